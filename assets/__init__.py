@@ -1,0 +1,1 @@
+"""Software-defined assets; each body is a short recipe over the `medvec` domain package."""

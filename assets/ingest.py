@@ -1,0 +1,98 @@
+"""Ingest assets: a batch's fixed file list, and its files normalised to WebP plus metadata records."""
+
+
+import base64
+import time
+
+import dagster as dg
+
+from medvec import progress, store
+from medvec.batches import BatchManifest, BatchResult, load_manifest, normalize_batch
+from medvec.normalize import NormalizeOptions
+from medvec.records import ImageRecord
+from medvec.webp_output import thumbnail_strip
+from pipelines.partitions import batch_partitions
+from resources import MedvecHomeResource
+
+ERRORS_SHOWN = 10
+
+
+class NormalizeConfig(dg.Config):
+    size: int = 512  # long side of the viewing WebP, px
+    thumb_size: int = 256
+    pad_square: bool = False
+    workers: int = 0  # 0: one process per CPU core
+    allow_columns: list[str] = []  # identifying metadata-CSV columns the user chooses to keep
+    allow_tags: list[str] = []  # extra DICOM keywords the user chooses to keep
+
+
+@dg.asset(partitions_def=batch_partitions, group_name="ingest")
+def source_manifest(context: dg.AssetExecutionContext, medvec: MedvecHomeResource) -> dg.Output[BatchManifest]:
+    """The batch's source files (uri, size, mtime or etag), fixed when the batch was opened."""
+    manifest = load_manifest(medvec.home_path, context.partition_key)
+    return dg.Output(manifest, metadata={
+        "files": len(manifest.files),
+        "bytes": sum(f.size for f in manifest.files),
+        "source": manifest.source,
+        "metadata_csv": manifest.metadata_csv or "none",
+        "created_at": manifest.created_at,
+    })
+
+
+@dg.asset(partitions_def=batch_partitions, group_name="ingest")
+def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig, medvec: MedvecHomeResource,
+                      source_manifest: BatchManifest) -> dg.Output[list[ImageRecord]]:
+    """Each file decoded, rendered to 8-bit grey and written as WebP (viewing size and thumbnail),
+    with an allow-listed metadata record; failures go to the `ingest_errors` table."""
+    options = NormalizeOptions(size=config.size, thumb_size=config.thumb_size, pad_square=config.pad_square,
+                               allow_tags=tuple(config.allow_tags))
+    result = normalize_batch(source_manifest, medvec.home_path, options=options,
+                             pseudonym_key=medvec.pseudonym_key, s3_endpoint_url=medvec.s3_endpoint_url,
+                             workers=config.workers or None, allow_columns=tuple(config.allow_columns),
+                             progress=_progress_logger(context, source_manifest.batch))
+    store.replace_batch_errors(store.connect(medvec.lancedb_uri), result.batch, result.errors)
+    for error in result.errors:
+        context.log.warning(f"{error.source_uri}: {error.stage} failed: {error.message}")
+    if result.changed:
+        context.log.warning(f"{len(result.changed)} file(s) changed size since the batch was opened")
+    return dg.Output(result.records, metadata=_summary_metadata(result, medvec))
+
+
+def _progress_logger(context: dg.AssetExecutionContext, batch: str):
+    last = {"at": 0.0}
+
+    def report(done: int, total: int) -> None:
+        progress.report(f"batch {batch}", done, total)
+        now = time.monotonic()
+        if done == total or now - last["at"] > 10:
+            last["at"] = now
+            context.log.info(f"normalised {done}/{total} files")
+
+    return report
+
+
+def _summary_metadata(result: BatchResult, medvec: MedvecHomeResource) -> dict:
+    metadata = {
+        "ok": len(result.records),
+        "errors": len(result.errors),
+        "skipped_unchanged": result.unchanged,
+        "skipped_duplicates": len(result.duplicates),
+        "changed_since_opened": len(result.changed),
+        "normalized_this_run": result.normalized,
+        "images_per_second": dg.MetadataValue.float(round(result.images_per_second, 2)),
+        "seconds": dg.MetadataValue.float(round(result.seconds, 2)),
+        "output": dg.MetadataValue.path(str(medvec.home_path / "images")),
+    }
+    if result.errors:
+        rows = "\n".join(f"| `{e.source_uri.rsplit('/', 1)[-1]}` | {e.stage} | {e.error} | {e.message} |"
+                         for e in result.errors[:ERRORS_SHOWN])
+        metadata["first_errors"] = dg.MetadataValue.md(
+            f"| file | stage | error | reason |\n|---|---|---|---|\n{rows}")
+    if result.notes:
+        metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes[:ERRORS_SHOWN]))
+    strip = thumbnail_strip([(medvec.home_path / r.thumb_uri).read_bytes() for r in result.records[:8]])
+    if strip:
+        # Dagster renders markdown images from data URIs: the operator sees the batch at a glance.
+        metadata["thumbnails"] = dg.MetadataValue.md(
+            f"![thumbnails](data:image/png;base64,{base64.b64encode(strip).decode()})")
+    return metadata

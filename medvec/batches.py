@@ -1,0 +1,308 @@
+"""Batches: fixed lists of source files (manifests), and normalising one batch in worker processes.
+
+Layout under the Medvec home:
+    batches/<batch>/manifest.json   written once when the batch opens, never changed
+    batches/<batch>/records.parquet one row per normalised image (replaced whole on re-run)
+    batches/<batch>/errors.parquet  one row per file that failed
+    images/<shard>/<image_id>.webp, thumbs/<shard>/<image_id>.webp
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pyarrow.parquet as pq
+
+from medvec.dicom_read import UnreadableImage
+from medvec.metadata_csv import MetadataTable
+from medvec.normalize import NormalizeOptions, normalize_bytes
+from medvec.phi import Pseudonymizer
+from medvec.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
+from medvec.sources import ImageSource, SourceFile, open_source
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class BatchManifest:
+    batch: str
+    source: str  # root the files were listed from (folder or s3:// prefix)
+    created_at: str
+    files: list[SourceFile]
+    metadata_csv: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"batch": self.batch, "source": self.source, "created_at": self.created_at,
+                           "metadata_csv": self.metadata_csv, "files": [f.to_dict() for f in self.files]},
+                          indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BatchManifest":
+        raw = json.loads(text)
+        return cls(batch=raw["batch"], source=raw["source"], created_at=raw["created_at"],
+                   metadata_csv=raw.get("metadata_csv"), files=[SourceFile(**f) for f in raw["files"]])
+
+
+def batch_dir(home: Path, batch: str) -> Path:
+    return Path(home) / "batches" / batch
+
+
+def load_manifest(home: Path, batch: str) -> BatchManifest:
+    path = batch_dir(home, batch) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"batch {batch!r} has no manifest at {path}; open batches with `medvec ingest SOURCE` "
+            "(or the sensor) rather than adding partitions by hand")
+    return BatchManifest.from_json(path.read_text())
+
+
+def list_batches(home: Path) -> list[str]:
+    root = Path(home) / "batches"
+    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) if root.exists() else []
+
+
+def claimed_uris(home: Path) -> set[str]:
+    """Every source file already held by some batch (a file is never put into two batches)."""
+    claimed: set[str] = set()
+    for batch in list_batches(home):
+        claimed.update(f.uri for f in load_manifest(home, batch).files)
+    return claimed
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def plan_batches(source: ImageSource, home: Path, *, batch_size: int, limit: int | None = None,
+                 metadata_csv: str | None = None, now: datetime | None = None) -> list[BatchManifest]:
+    """Group the source's unclaimed files into batches of at most `batch_size` (nothing written)."""
+    if batch_size < 1:
+        raise ValueError("batch size must be at least 1")
+    claimed = claimed_uris(home)
+    fresh: list[SourceFile] = []
+    for entry in source.list_files():
+        if entry.uri not in claimed and entry.uri != metadata_csv:
+            fresh.append(entry)
+            if limit is not None and len(fresh) >= limit:
+                break
+    now = now or datetime.now(timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    existing = set(list_batches(home))
+    manifests, seq = [], 0
+    for start in range(0, len(fresh), batch_size):
+        seq += 1
+        while f"b{stamp}-{seq:03d}" in existing:
+            seq += 1
+        manifests.append(BatchManifest(batch=f"b{stamp}-{seq:03d}", source=source.root,
+                                       created_at=now.isoformat(timespec="seconds"),
+                                       files=fresh[start:start + batch_size], metadata_csv=metadata_csv))
+    return manifests
+
+
+def write_manifest(home: Path, manifest: BatchManifest) -> Path:
+    path = batch_dir(home, manifest.batch) / "manifest.json"
+    if path.exists():
+        raise FileExistsError(f"batch {manifest.batch} already exists; a batch's file list never changes")
+    _write_atomic(path, manifest.to_json().encode())
+    return path
+
+
+# --- normalising one batch -------------------------------------------------------------------
+
+@dataclass
+class BatchResult:
+    batch: str
+    records: list[ImageRecord]
+    errors: list[IngestError]
+    normalized: int = 0  # decoded and written in this run
+    unchanged: int = 0  # skipped: same content hash as the stored record, files present
+    duplicates: list[str] = field(default_factory=list)  # source uris whose image_id another file holds
+    changed: list[str] = field(default_factory=list)  # files whose size differs from the manifest
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.normalized / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Worker:
+    """Per-process state: the source client, the pseudonymiser and the CSV, built once."""
+
+    def __init__(self, source_root: str, s3_endpoint_url: str | None, pseudonym_key: str | None,
+                 options: NormalizeOptions, metadata_csv_text: str | None, allow_columns: tuple[str, ...],
+                 batch: str):
+        self.source = open_source(source_root, s3_endpoint_url)
+        # The parent process already warned about a missing key; workers stay quiet.
+        self.pseudonymizer = Pseudonymizer(pseudonym_key, warn=multiprocessing.parent_process() is None)
+        self.options = options
+        self.batch = batch
+        self.metadata = (MetadataTable.from_csv_text(metadata_csv_text, self.pseudonymizer, allow_columns)
+                         if metadata_csv_text else None)
+
+    def run(self, index: int, entry: SourceFile, known_sha: str | None):
+        try:
+            data = self.source.read_bytes(entry.uri)
+        except Exception as exc:  # noqa: BLE001 - any failure to fetch (disk, network) is a per-file error
+            return index, IngestError(entry.uri, self.batch, "read", type(exc).__name__,
+                                      f"could not read the file ({str(exc)[:200]})"), None
+        sha = hashlib.sha256(data).hexdigest()
+        changed = len(data) != entry.size
+        if known_sha == sha:
+            return index, "unchanged", changed
+        meta = self.metadata.lookup(entry.uri) if self.metadata else None
+        try:
+            result = normalize_bytes(data, entry.uri, batch=self.batch, options=self.options,
+                                     pseudonymizer=self.pseudonymizer, metadata=meta, content_sha256=sha)
+        except UnreadableImage as exc:
+            return index, IngestError(entry.uri, self.batch, exc.stage, exc.error, exc.reason), changed
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the batch
+            log.exception("unexpected failure normalising one file")
+            return index, IngestError(entry.uri, self.batch, "decode", type(exc).__name__,
+                                      f"unexpected failure while decoding ({str(exc)[:200]})"), changed
+        return index, result, changed
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(*args) -> None:
+    global _WORKER
+    _WORKER = _Worker(*args)
+
+
+def _run_in_worker(index: int, entry: SourceFile, known_sha: str | None):
+    return _WORKER.run(index, entry, known_sha)
+
+
+def is_normalized(home: Path, batch: str) -> bool:
+    return (batch_dir(home, batch) / "records.parquet").exists()
+
+
+def load_batch_records(home: Path, batch: str) -> list[ImageRecord]:
+    path = batch_dir(home, batch) / "records.parquet"
+    if not path.exists():
+        return []
+    return [ImageRecord.from_row(row) for row in pq.read_table(path).to_pylist()]
+
+
+def load_batch_errors(home: Path, batch: str) -> list[IngestError]:
+    path = batch_dir(home, batch) / "errors.parquet"
+    if not path.exists():
+        return []
+    return [IngestError(**row) for row in pq.read_table(path).to_pylist()]
+
+
+def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOptions = NormalizeOptions(),
+                    pseudonym_key: str | None = None, s3_endpoint_url: str | None = None,
+                    workers: int | None = None, allow_columns: tuple[str, ...] = (),
+                    progress: Progress | None = None) -> BatchResult:
+    """Normalise every file of a batch; re-running gives the same records and files.
+
+    Files whose content hash matches the stored record (and whose WebP files exist) are skipped.
+    Failures become `IngestError` records; the rest of the batch goes on.
+    """
+    home = Path(home)
+    started = time.perf_counter()
+    metadata_text = None
+    if manifest.metadata_csv:
+        csv_source = open_source(manifest.metadata_csv, s3_endpoint_url)
+        metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
+    previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
+    known = {uri: r.content_sha256 for uri, r in previous.items()
+             if (home / r.image_uri).exists() and (home / r.thumb_uri).exists()}
+    init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
+                 manifest.batch)
+    tasks = [(i, entry, known.get(entry.uri)) for i, entry in enumerate(manifest.files)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+
+    outcomes: dict[int, object] = {}
+    result = BatchResult(batch=manifest.batch, records=[], errors=[])
+    for index, outcome, changed in _execute(tasks, init_args, workers, progress):
+        entry = manifest.files[index]
+        if changed:
+            result.changed.append(entry.uri)
+        if outcome == "unchanged":
+            outcomes[index] = previous[entry.uri]
+            result.unchanged += 1
+        elif isinstance(outcome, IngestError):
+            outcomes[index] = outcome
+        else:
+            # Written as results arrive so memory stays flat in batch size.
+            _write_atomic(home / outcome.record.image_uri, outcome.view_webp)
+            _write_atomic(home / outcome.record.thumb_uri, outcome.thumb_webp)
+            result.notes.extend(f"{entry.uri}: {note}" for note in outcome.notes)
+            outcomes[index] = outcome.record
+            result.normalized += 1
+
+    seen: dict[str, str] = {}
+    for index in sorted(outcomes):  # manifest order makes duplicate resolution deterministic
+        outcome = outcomes[index]
+        if isinstance(outcome, IngestError):
+            result.errors.append(outcome)
+        elif outcome.image_id in seen:
+            result.duplicates.append(outcome.source_uri)
+            result.notes.append(f"{outcome.source_uri}: same image_id as {seen[outcome.image_id]}; kept once")
+        else:
+            seen[outcome.image_id] = outcome.source_uri
+            result.records.append(outcome)
+
+    directory = batch_dir(home, manifest.batch)
+    _write_parquet(directory / "records.parquet", image_records_table(result.records))
+    _write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write_parquet(path: Path, table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _execute(tasks: list, init_args: tuple, workers: int, progress: Progress | None) -> Iterable[tuple]:
+    """Yield task outcomes as they finish, in worker processes when more than one is asked for."""
+    total, done = len(tasks), 0
+    if workers == 1 or total <= 2:
+        worker = _Worker(*init_args)
+        for task in tasks:
+            yield worker.run(*task)
+            done += 1
+            if progress:
+                progress(done, total)
+        return
+    # spawn, not fork: LanceDB, gRPC (Dagster) and torch threads do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
+        pending, queue = set(), iter(tasks)
+        # Bounded in-flight work: results (encoded WebP) never pile up beyond a few per worker.
+        for task in queue:
+            pending.add(pool.submit(_run_in_worker, *task))
+            if len(pending) >= workers * 4:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+                done += 1
+                if progress:
+                    progress(done, total)
+                task = next(queue, None)
+                if task is not None:
+                    pending.add(pool.submit(_run_in_worker, *task))

@@ -1,0 +1,237 @@
+"""The `medvec` command line: argument parsing and presentation only; work happens in the domain.
+
+`--json` output is a stable contract (README, "Command line"); everything else is for humans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from medvec.settings import DEFAULT_BATCH_SIZE, Settings
+
+log = logging.getLogger("medvec")
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
+
+
+# --- normalize ---------------------------------------------------------------------------------
+
+def cmd_normalize(args) -> int:
+    from medvec.dicom_read import UnreadableImage
+    from medvec.metadata_csv import MetadataTable
+    from medvec.normalize import NormalizeOptions, normalize_bytes
+    from medvec.phi import Pseudonymizer
+    from medvec.records import IngestError
+    from medvec.sources import LocalFolderSource
+
+    settings = Settings.from_env()
+    out = Path(args.out)
+    pseudonymizer = Pseudonymizer(settings.pseudonym_key)
+    metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer)
+                if args.metadata else None)
+    options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square)
+    files = [entry.uri for path in args.inputs for entry in LocalFolderSource(path).list_files()]
+    records, errors = [], []
+    with _bar(len(files), "normalising", not args.json) as bar:
+        for uri in files:
+            data = Path(uri).read_bytes()
+            try:
+                result = normalize_bytes(data, uri, options=options, pseudonymizer=pseudonymizer,
+                                         metadata=metadata.lookup(uri) if metadata else None)
+            except UnreadableImage as exc:
+                errors.append(IngestError(uri, "", exc.stage, exc.error, exc.reason))
+            else:
+                name = result.record.image_id
+                (out / "images").mkdir(parents=True, exist_ok=True)
+                (out / "thumbs").mkdir(parents=True, exist_ok=True)
+                (out / "images" / f"{name}.webp").write_bytes(result.view_webp)
+                (out / "thumbs" / f"{name}.webp").write_bytes(result.thumb_webp)
+                result.record.image_uri = f"images/{name}.webp"
+                result.record.thumb_uri = f"thumbs/{name}.webp"
+                records.append(result.record)
+            bar.update(1)
+    with open(out / "records.jsonl", "w") as fh:
+        for record in records:
+            fh.write(json.dumps(record.to_row()) + "\n")
+    if args.json:
+        print(json.dumps({"out": str(out), "ok": len(records), "errors": len(errors),
+                          "records": [r.to_row() for r in records],
+                          "error_records": [e.to_row() for e in errors]}, indent=2))
+    else:
+        print(f"{len(records)} image(s) written to {out}/images and {out}/thumbs; records in {out}/records.jsonl")
+        _print_errors(errors)
+    return 0 if records or not files else 1
+
+
+def _print_errors(errors) -> None:
+    if not errors:
+        return
+    print(f"{len(errors)} file(s) could not be normalised:")
+    for error in errors[:20]:
+        print(f"  {error.source_uri}\n    {error.stage}: {error.message}")
+    if len(errors) > 20:
+        print(f"  ... and {len(errors) - 20} more (see the ingest_errors table or --json)")
+
+
+# --- ingest --------------------------------------------------------------------------------------
+
+def _ensure_dagster_home(settings: Settings) -> Path:
+    """Runs launched from the CLI land where `make dagster` / `dagster dev` look for them."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster"))).absolute()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
+def cmd_ingest(args) -> int:
+    settings = Settings.from_env()
+    if not args.dry_run:
+        _ensure_dagster_home(settings)
+    from medvec import progress
+    from pipelines.ingest import ingest
+
+    source = args.source if args.source.startswith("s3://") else str(Path(args.source).expanduser().absolute())
+    metadata = args.metadata
+    if metadata and not metadata.startswith("s3://"):
+        metadata = str(Path(metadata).absolute())
+    bars: dict[str, object] = {}
+
+    def on_progress(what: str, done: int, total: int) -> None:
+        if args.json:
+            return
+        bar = bars.get(what)
+        if bar is None:
+            bar = bars[what] = _bar(total, what, True)
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+
+    with progress.listening(on_progress):
+        summary = ingest(source, settings, limit=args.limit, batch_size=args.batch_size, metadata_csv=metadata,
+                         dry_run=args.dry_run, workers=args.workers,
+                         normalize_config={"size": args.size, "thumb_size": args.thumb_size,
+                                           "pad_square": args.pad_square})
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return 0 if not summary.failed_runs else 1
+    if summary.dry_run:
+        print(f"dry run: {summary.files} new file(s) in {len(summary.batches)} batch(es) "
+              f"would be opened from {summary.source}" + (f" (metadata: {summary.metadata_csv})" if summary.metadata_csv else ""))
+        for batch in summary.batches:
+            print(f"  {batch}")
+        return 0
+    if not summary.batches:
+        print(f"nothing new in {summary.source}: every file already belongs to a batch")
+        return 0
+    print(f"ingested {summary.files} file(s) in {len(summary.batches)} batch(es) in {summary.seconds:.1f}s: "
+          f"{summary.ok} ok, {len(summary.errors)} error(s), {summary.skipped} skipped")
+    print(f"  images and thumbnails: {settings.home / 'images'}, {settings.home / 'thumbs'}")
+    print(f"  batch records:         {settings.home / 'batches'}")
+    _print_errors(summary.errors)
+    if summary.failed_runs:
+        print(f"Dagster runs failed for batch(es) {', '.join(summary.failed_runs)}: open `dagster dev` to see why")
+        return 1
+    return 0
+
+
+# --- sample data and demo ----------------------------------------------------------------------
+
+def cmd_sample_data(args) -> int:
+    from medvec.sample_data import write_sample_data
+
+    with _bar(0, "writing sample data", True) as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        summary = write_sample_data(args.dir, count=args.count, progress=on_progress)
+    labels = ", ".join(f"{name}: {n}" for name, n in sorted(summary.by_label.items()))
+    print(f"wrote {len(summary.files)} file(s) to {summary.out_dir} ({labels}); labels in {summary.labels_csv}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Sample data → batches → normalised WebP, offline, with a summary of where everything is."""
+    settings = Settings.from_env()
+    sample_dir = settings.home / "sample_data"
+    if not (sample_dir / "labels.csv").exists():
+        cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
+    ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size,
+                                     metadata=None, dry_run=False, json=False, workers=0, size=512,
+                                     thumb_size=256, pad_square=False)
+    started = time.perf_counter()
+    code = cmd_ingest(ingest_args)
+    print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
+    print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    print(f"  normalise your own files:               medvec ingest /path/to/dicoms --limit 100")
+    return code
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+def _add_render_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=512, help="long side of the viewing WebP in px (default 512)")
+    parser.add_argument("--thumb-size", type=int, default=256, help="long side of the thumbnail (default 256)")
+    parser.add_argument("--pad-square", action="store_true", help="pad to a square before resizing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medvec", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("normalize", help="normalise DICOM/PNG/JPEG/TIFF files to WebP (no Dagster, no batches)")
+    p.add_argument("inputs", nargs="+", help="files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--metadata", help="metadata CSV mapping files to labels, view, split, patient")
+    p.add_argument("--json", action="store_true", help="print records and errors as JSON")
+    _add_render_options(p)
+    p.set_defaults(func=cmd_normalize)
+
+    p = sub.add_parser("ingest", help="open batches for new files in SOURCE and materialise them in process")
+    p.add_argument("source", help="folder or s3://bucket/prefix")
+    p.add_argument("--limit", type=int, help="take at most N new files")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files per batch (default 2000)")
+    p.add_argument("--metadata", help="metadata CSV (default: labels.csv or metadata.csv at the source root)")
+    p.add_argument("--dry-run", action="store_true", help="list the batches that would open; change nothing")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
+    p.add_argument("--json", action="store_true", help="print one summary object")
+    _add_render_options(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("sample-data", help="write the offline sample dataset (real WG04 + synthetic chest DICOM)")
+    p.add_argument("dir")
+    p.add_argument("--count", type=int, default=36, help="synthetic chest images (default 36)")
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("demo", help="sample data → batches → WebP, offline")
+    p.add_argument("--count", type=int, default=36)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Reading DICOM files as archives really hold them: any transfer syntax, no preamble, no meta.
+
+Returns the first frame's stored values plus the allow-listed header fields; every expected
+failure is raised as `UnreadableImage` with the stage and a plain-words reason.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from medvec.phi import IDENTIFYING_TAGS, scrub
+
+
+class UnreadableImage(Exception):
+    """An expected per-file failure: `stage` says where, the message says why in plain words."""
+
+    def __init__(self, stage: str, reason: str, cause: BaseException | None = None):
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+        self.error = type(cause).__name__ if cause is not None else "UnreadableImage"
+
+
+@dataclass
+class DicomFrame:
+    dataset: Dataset  # header only (pixel data dropped once decoded)
+    pixels: np.ndarray  # first frame: (rows, cols) stored values, or (rows, cols, 3) RGB
+    frames: int
+    transfer_syntax: str
+    is_colour: bool
+    colour_max: float | None = None  # full-scale value of RGB output (palette LUTs may be 16-bit)
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse a DICOM byte string, tolerating a missing preamble and a missing file meta header."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+        raise UnreadableImage("parse", f"not a readable DICOM file ({_short(exc)})", exc) from exc
+    if len(ds) == 0 or ("PixelData" not in ds and "FloatPixelData" not in ds
+                        and "DoubleFloatPixelData" not in ds):
+        if len(ds) == 0 or not any(tag.group in (0x0008, 0x0010, 0x0020, 0x0028) for tag in ds.keys()):
+            raise UnreadableImage("parse", "not a DICOM file (no DICOM header found)")
+        raise UnreadableImage("parse", "no image in this file (the DICOM object has no Pixel Data)")
+    _ensure_transfer_syntax(ds)
+    return ds
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Files without file meta (legacy ACR-NEMA style) get the syntax they were actually read in."""
+    meta = ds.file_meta if hasattr(ds, "file_meta") else None
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    elem = ds.get("PixelData")
+    if elem is not None and getattr(ds["PixelData"], "is_undefined_length", False):
+        raise UnreadableImage("parse", "compressed pixel data but no transfer syntax recorded in the file")
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        implicit, little = True, True
+    syntax = (ImplicitVRLittleEndian if implicit else
+              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ds.ensure_file_meta()
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
+def identifying_values(ds: Dataset) -> list[str]:
+    """Values of identifying tags present in `ds`, so error messages can be scrubbed of them."""
+    values = []
+    for keyword in IDENTIFYING_TAGS:
+        value = ds.get(keyword)
+        if value is not None and str(value).strip():
+            values.append(str(value).strip())
+    return values
+
+
+def decode_first_frame(ds: Dataset) -> DicomFrame:
+    """Decode only the first frame; colour (RGB, YBR, palette) arrives as RGB."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    try:
+        arr = pixel_array(ds, index=0 if frames > 1 else None)
+    except NotImplementedError as exc:  # pydicom's "no available plugin can decode ..."
+        raise UnreadableImage("decode", f"no installed decoder supports transfer syntax {_syntax_name(syntax)}", exc) from exc
+    except (RuntimeError, ValueError, KeyError, AttributeError, TypeError, OSError, EOFError) as exc:
+        message = scrub(_short(exc), identifying_values(ds))
+        if "less than expected" in message or "truncat" in message.lower():
+            reason = f"pixel data is truncated or shorter than the header says ({message})"
+        else:
+            reason = f"pixel data could not be decoded as {_syntax_name(syntax)} ({message})"
+        raise UnreadableImage("decode", reason, exc) from exc
+    if frames > 1 and arr.ndim == 4:
+        arr = arr[0]
+    colour_max = None
+    if photometric == "PALETTE COLOR":
+        try:
+            arr = apply_color_lut(arr, ds)
+        except (ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise UnreadableImage("render", f"palette colour lookup table is unusable ({_short(exc)})", exc) from exc
+        colour_max = float(2 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1)
+    is_colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+    if not is_colour and arr.ndim != 2:
+        raise UnreadableImage("decode", f"unexpected pixel array shape {arr.shape} for a single frame")
+    if "PixelData" in ds:
+        del ds.PixelData  # keep only the header in memory from here on
+    return DicomFrame(ds, arr, frames, syntax, is_colour, colour_max)
+
+
+def _syntax_name(uid: str) -> str:
+    try:
+        return f"{pydicom.uid.UID(uid).name} ({uid})"
+    except Exception:  # noqa: BLE001 - a malformed UID string still deserves a message
+        return uid
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    lines = [line.strip().rstrip(":") for line in str(exc).strip().splitlines() if line.strip()]
+    return ("; ".join(lines) or type(exc).__name__)[:limit]

@@ -1,0 +1,51 @@
+"""PNG, JPEG and TIFF inputs (8 and 16 bit) rendered to the same 8-bit grey as DICOM."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from medvec.dicom_read import UnreadableImage
+from medvec.windowing import rgb_to_grey
+
+#: Leading bytes of the raster formats we read; anything else is tried as DICOM.
+RASTER_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+    b"BM": "bmp",
+}
+
+
+def sniff_raster(data: bytes) -> str | None:
+    for magic, kind in RASTER_MAGIC.items():
+        if data.startswith(magic):
+            return kind
+    return None
+
+
+def read_raster(data: bytes) -> tuple[np.ndarray, dict]:
+    """Decode the first page to uint8 grey. 16-bit data is scaled min→max (it is already a rendered
+    image, so no clinical window applies); colour is converted by BT.601 luma."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image = ImageOps.exif_transpose(image)  # phone/scanner JPEGs store rotation in EXIF
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImage("decode", f"image file is corrupt or truncated ({str(exc)[:160]})", exc) from exc
+    info = {"rows": image.height, "columns": image.width, "mode": image.mode}
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image).astype(np.float64)
+        bits = 16 if mode.startswith("I;16") else (32 if mode == "I" else 32)
+        lo, hi = float(arr.min()), float(arr.max())
+        grey = np.zeros(arr.shape, np.uint8) if hi <= lo else np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return grey, {**info, "bits_stored": bits, "photometric": "MONOCHROME2", "window_source": "minmax"}
+    if mode in ("L", "1", "P", "LA", "PA") and not (mode == "P" and "transparency" in image.info):
+        grey = np.asarray(image.convert("L"))
+        return grey, {**info, "bits_stored": 8, "photometric": "MONOCHROME2", "window_source": "8bit"}
+    rgb = np.asarray(image.convert("RGB"))
+    return rgb_to_grey(rgb, 255.0), {**info, "bits_stored": 8, "photometric": "RGB", "window_source": "colour"}

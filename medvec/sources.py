@@ -1,0 +1,159 @@
+"""Where source files come from: a local folder or an S3 prefix, behind one interface."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+#: Files a download leaves beside images that are never images themselves.
+IGNORED_SUFFIXES = (".csv", ".done", ".json", ".md5", ".sha256", ".part", ".tmp", ".crdownload")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One listed file: enough to notice later that it changed (size plus mtime or etag)."""
+
+    uri: str
+    size: int
+    mtime: float | None = None
+    etag: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_candidate(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return bool(base) and not base.startswith(".") and not base.lower().endswith(IGNORED_SUFFIXES)
+
+
+class ImageSource(ABC):
+    """A place holding source images. `root` is the folder path or `s3://bucket/prefix`."""
+
+    root: str
+
+    @abstractmethod
+    def list_files(self) -> Iterator[SourceFile]:
+        """Every candidate image file under the root, in a stable (sorted) order."""
+
+    @abstractmethod
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    @abstractmethod
+    def stat(self, uri: str) -> SourceFile | None:
+        """Current size/mtime/etag of one file, or None when it is gone."""
+
+    def find_metadata_csv(self) -> str | None:
+        """A metadata CSV at the root (labels.csv, metadata.csv, or the only CSV there)."""
+        return None
+
+
+class LocalFolderSource(ImageSource):
+    def __init__(self, root: str | Path):
+        self.root = os.path.abspath(os.path.expanduser(str(root)))  # collapses "..", keeps symlinks
+
+    def list_files(self) -> Iterator[SourceFile]:
+        root = Path(self.root)
+        if root.is_file():
+            yield self.stat(str(root))
+            return
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if is_candidate(name):
+                    entry = self.stat(os.path.join(dirpath, name))
+                    if entry is not None:
+                        yield entry
+
+    def read_bytes(self, uri: str) -> bytes:
+        return Path(uri).read_bytes()
+
+    def stat(self, uri: str) -> SourceFile | None:
+        try:
+            st = os.stat(uri)
+        except FileNotFoundError:
+            return None
+        return SourceFile(uri=str(uri), size=st.st_size, mtime=st.st_mtime)
+
+    def find_metadata_csv(self) -> str | None:
+        root = Path(self.root)
+        if not root.is_dir():
+            return None
+        csvs = sorted(root.glob("*.csv"))
+        for preferred in ("labels.csv", "metadata.csv"):
+            if (root / preferred).exists():
+                return str(root / preferred)
+        return str(csvs[0]) if len(csvs) == 1 else None
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+class S3PrefixSource(ImageSource):
+    """An S3 (or S3-compatible: MinIO, moto) prefix. Credentials come from boto3's usual chain."""
+
+    def __init__(self, root: str, endpoint_url: str | None = None, region_name: str | None = None):
+        self.root = root.rstrip("/")
+        self.bucket, self.prefix = split_s3_uri(self.root)
+        self.endpoint_url = endpoint_url
+        self.region_name = region_name
+        self._client = None
+
+    def __getstate__(self):  # boto3 clients do not pickle; worker processes make their own
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url,
+                                        region_name=self.region_name or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        return self._client
+
+    def list_files(self) -> Iterator[SourceFile]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):  # S3 lists keys in UTF-8 binary order: stable
+                if is_candidate(obj["Key"]) and not obj["Key"].endswith("/"):
+                    yield SourceFile(uri=f"s3://{self.bucket}/{obj['Key']}", size=obj["Size"],
+                                     mtime=obj["LastModified"].timestamp(), etag=obj["ETag"].strip('"'))
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def stat(self, uri: str) -> SourceFile | None:
+        bucket, key = split_s3_uri(uri)
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return SourceFile(uri=uri, size=head["ContentLength"], mtime=head["LastModified"].timestamp(),
+                          etag=head["ETag"].strip('"'))
+
+    def find_metadata_csv(self) -> str | None:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        keys = sorted(o["Key"] for o in listing.get("Contents", []) if o["Key"].lower().endswith(".csv"))
+        for preferred in ("labels.csv", "metadata.csv"):
+            if f"{prefix}{preferred}" in keys:
+                return f"s3://{self.bucket}/{prefix}{preferred}"
+        return f"s3://{self.bucket}/{keys[0]}" if len(keys) == 1 else None
+
+
+def open_source(root: str, s3_endpoint_url: str | None = None) -> ImageSource:
+    """The source for a folder path or an `s3://bucket/prefix` URI."""
+    if root.startswith("s3://"):
+        return S3PrefixSource(root, endpoint_url=s3_endpoint_url)
+    return LocalFolderSource(root)

@@ -1,0 +1,1 @@
+"""Dagster wiring: partitions, jobs, the code location's Definitions, in-process ingest."""

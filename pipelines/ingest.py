@@ -1,0 +1,90 @@
+"""`medvec ingest`: open batches for a source's new files and materialise them in process.
+
+Runs go into the Dagster instance at $DAGSTER_HOME, so `dagster dev` shows them afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from assets.ingest import normalized_images, source_manifest
+from medvec.batches import (BatchManifest, is_normalized, list_batches, load_batch_errors, load_batch_records,
+                            load_manifest, plan_batches, write_manifest)
+from medvec.records import IngestError
+from medvec.settings import DEFAULT_BATCH_SIZE, Settings
+from medvec.sources import open_source
+from pipelines.partitions import batch_partitions
+from resources import MedvecHomeResource
+
+
+@dataclass
+class IngestSummary:
+    source: str
+    dry_run: bool
+    batches: list[str] = field(default_factory=list)
+    files: int = 0
+    ok: int = 0
+    skipped: int = 0
+    errors: list[IngestError] = field(default_factory=list)
+    seconds: float = 0.0
+    metadata_csv: str | None = None
+    failed_runs: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The documented `medvec ingest --json` object."""
+        return {"source": self.source, "dry_run": self.dry_run, "batches": self.batches, "files": self.files,
+                "ok": self.ok, "errors": len(self.errors), "skipped": self.skipped,
+                "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv,
+                "failed_runs": self.failed_runs, "error_records": [e.to_row() for e in self.errors]}
+
+
+def pending_batches(settings: Settings, source_root: str) -> list[BatchManifest]:
+    """Batches of this source that were opened but never normalised (e.g. an interrupted ingest)."""
+    manifests = [load_manifest(settings.home, b) for b in list_batches(settings.home)]
+    return [m for m in manifests if m.source == source_root and not is_normalized(settings.home, m.batch)]
+
+
+def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
+           batch_size: int = DEFAULT_BATCH_SIZE, metadata_csv: str | None = None, dry_run: bool = False,
+           workers: int = 0, instance: dg.DagsterInstance | None = None,
+           normalize_config: dict | None = None) -> IngestSummary:
+    started = time.perf_counter()
+    source = open_source(source_root, settings.s3_endpoint_url)
+    metadata_csv = metadata_csv or source.find_metadata_csv()
+    planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv)
+    summary = IngestSummary(source=source.root, dry_run=dry_run, metadata_csv=metadata_csv)
+    if dry_run:
+        summary.batches = [m.batch for m in planned]
+        summary.files = sum(len(m.files) for m in planned)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    manifests = pending_batches(settings, source.root)
+    for manifest in planned:
+        write_manifest(settings.home, manifest)
+        manifests.append(manifest)
+    instance = instance or dg.DagsterInstance.get()
+    instance.add_dynamic_partitions(batch_partitions.name, [m.batch for m in manifests])
+    resources = {"medvec": MedvecHomeResource(
+        home=str(settings.home), lancedb_uri=settings.lancedb_uri, s3_endpoint_url=settings.s3_endpoint_url,
+        pseudonym_key=settings.pseudonym_key)}
+    run_config = {
+        "ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    for manifest in manifests:
+        result = dg.materialize([source_manifest, normalized_images], partition_key=manifest.batch,
+                                instance=instance, resources=resources, run_config=run_config,
+                                raise_on_error=False, tags={"medvec/launched_by": "medvec ingest"})
+        if not result.success:
+            summary.failed_runs.append(manifest.batch)
+        summary.batches.append(manifest.batch)
+        summary.files += len(manifest.files)
+        summary.ok += len(load_batch_records(settings.home, manifest.batch))
+        summary.errors.extend(load_batch_errors(settings.home, manifest.batch))
+    summary.skipped = summary.files - summary.ok - len(summary.errors)
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,31 @@
+"""Where Medvec keeps its state (home, LanceDB, S3 endpoint) and the pseudonym key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from medvec.settings import Settings
+
+
+class MedvecHomeResource(dg.ConfigurableResource):
+    """The Medvec home (WebP files, batch manifests and records) and the LanceDB URI."""
+
+    home: str
+    lancedb_uri: str
+    s3_endpoint_url: str | None = None
+    # Secret: an EnvVar in the definitions, so the UI shows the variable's name, never its value.
+    pseudonym_key: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "MedvecHomeResource":
+        settings = Settings.from_env()
+        key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if os.environ.get("MEDVEC_PSEUDONYM_KEY") else None
+        return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
+                   s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
