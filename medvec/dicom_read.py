@@ -7,6 +7,8 @@ failure is raised as `UnreadableImage` with the stage and a plain-words reason.
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,10 @@ from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medvec.phi import IDENTIFYING_TAGS, scrub
+
+# pydicom's warnings quote element values ("Invalid value for VR PN: '<a name>'"): they must not
+# reach logs, so they are silenced here and read (never logged) where they explain a failure.
+logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 class UnreadableImage(Exception):
@@ -41,17 +47,32 @@ class DicomFrame:
 
 def read_dataset(data: bytes) -> Dataset:
     """Parse a DICOM byte string, tolerating a missing preamble and a missing file meta header."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-        raise UnreadableImage("parse", f"not a readable DICOM file ({_short(exc)})", exc) from exc
-    if len(ds) == 0 or ("PixelData" not in ds and "FloatPixelData" not in ds
-                        and "DoubleFloatPixelData" not in ds):
-        if len(ds) == 0 or not any(tag.group in (0x0008, 0x0010, 0x0020, 0x0028) for tag in ds.keys()):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+            raise UnreadableImage("parse", f"not a readable DICOM file ({_short(exc)})", exc) from exc
+    truncated = any("End of file reached" in str(w.message) for w in caught)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if truncated:
+            raise UnreadableImage("parse", "the file is truncated: it ends before its pixel data")
+        if data[128:132] != b"DICM" and _standard_elements(ds) < 2:
             raise UnreadableImage("parse", "not a DICOM file (no DICOM header found)")
         raise UnreadableImage("parse", "no image in this file (the DICOM object has no Pixel Data)")
     _ensure_transfer_syntax(ds)
     return ds
+
+
+def _standard_elements(ds: Dataset) -> int:
+    """How many elements are known public DICOM tags: a non-DICOM file read with force=True parses
+    into a handful of random private or unknown tags."""
+    from pydicom.datadict import dictionary_has_tag
+
+    try:
+        return sum(1 for tag in ds.keys() if tag.group % 2 == 0 and dictionary_has_tag(tag))
+    except Exception:  # noqa: BLE001 - a garbage dataset may fail to enumerate
+        return 0
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
@@ -84,14 +105,21 @@ def identifying_values(ds: Dataset) -> list[str]:
 def decode_first_frame(ds: Dataset) -> DicomFrame:
     """Decode only the first frame; colour (RGB, YBR, palette) arrives as RGB."""
     syntax = str(ds.file_meta.TransferSyntaxUID)
-    frames = int(ds.get("NumberOfFrames") or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableImage("parse", "the header's Number of Frames is not a number", exc) from exc
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     try:
-        arr = pixel_array(ds, index=0 if frames > 1 else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = pixel_array(ds, index=0 if frames > 1 else None)
     except NotImplementedError as exc:  # pydicom's "no available plugin can decode ..."
         raise UnreadableImage("decode", f"no installed decoder supports transfer syntax {_syntax_name(syntax)}", exc) from exc
     except (RuntimeError, ValueError, KeyError, AttributeError, TypeError, OSError, EOFError) as exc:
         message = scrub(_short(exc), identifying_values(ds))
+        if "Missing required element" in message:
+            raise UnreadableImage("parse", f"the image header is incomplete ({message})", exc) from exc
         if "less than expected" in message or "truncat" in message.lower():
             reason = f"pixel data is truncated or shorter than the header says ({message})"
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,10 +67,13 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
             photometric=info["photometric"], bits_stored=info["bits_stored"], window_source=info["window_source"],
         )
     else:
-        ds = read_dataset(data)
-        frame = decode_first_frame(ds)
-        grey, window_source = _render_dicom(frame)
-        record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options.allow_tags)
+        # pydicom's warnings quote element values (names, IDs): never let them reach a log.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = read_dataset(data)
+            frame = decode_first_frame(ds)
+            grey, window_source = _render_dicom(frame)
+            record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options.allow_tags)
         record.window_source = window_source
     if metadata is not None:
         _apply_metadata(record, metadata)

@@ -17,6 +17,13 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def open_table_if_exists(db, name: str):
+    try:
+        return db.open_table(name)
+    except ValueError:  # lancedb: "Table 'x' was not found"
+        return None
+
+
 def replace_batch_errors(db, batch: str, errors: list[IngestError]) -> None:
     """Make the errors table hold exactly `errors` for `batch`, in one commit.
 
@@ -36,9 +43,9 @@ def replace_batch_errors(db, batch: str, errors: list[IngestError]) -> None:
 
 
 def list_errors(db, batch: str | None = None) -> list[dict]:
-    if INGEST_ERRORS_TABLE not in db.table_names():
+    table = open_table_if_exists(db, INGEST_ERRORS_TABLE)
+    if table is None:
         return []
-    table = db.open_table(INGEST_ERRORS_TABLE)
     query = table.search()
     if batch is not None:
         query = query.where(f"batch = {_sql_string(batch)}")

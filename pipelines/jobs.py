@@ -3,11 +3,9 @@
 import dagster as dg
 
 from assets.ingest import normalized_images, source_manifest
-from pipelines.partitions import batch_partitions
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(source_manifest, normalized_images),
-    partitions_def=batch_partitions,
     description="Normalise the files of one batch: manifest → WebP images and records.",
 )
