@@ -37,9 +37,10 @@ def cmd_normalize(args) -> int:
     settings = Settings.from_env()
     out = Path(args.out)
     pseudonymizer = Pseudonymizer(settings.pseudonym_key)
-    metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer)
-                if args.metadata else None)
-    options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square)
+    metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer,
+                                            tuple(args.allow_column)) if args.metadata else None)
+    options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square,
+                               allow_tags=tuple(args.allow_tag))
     files = [entry.uri for path in args.inputs for entry in LocalFolderSource(path).list_files()]
     records, errors = [], []
     with _bar(len(files), "normalising", not args.json) as bar:
@@ -124,7 +125,8 @@ def cmd_ingest(args) -> int:
         summary = ingest(source, settings, limit=args.limit, batch_size=args.batch_size, metadata_csv=metadata,
                          dry_run=args.dry_run, workers=args.workers,
                          normalize_config={"size": args.size, "thumb_size": args.thumb_size,
-                                           "pad_square": args.pad_square})
+                                           "pad_square": args.pad_square, "allow_tags": args.allow_tag,
+                                           "allow_columns": args.allow_column})
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
         return 0 if not summary.failed_runs else 1
@@ -173,7 +175,7 @@ def cmd_demo(args) -> int:
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
     ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size,
                                      metadata=None, dry_run=False, json=False, workers=0, size=512,
-                                     thumb_size=256, pad_square=False)
+                                     thumb_size=256, pad_square=False, allow_tag=[], allow_column=[])
     started = time.perf_counter()
     code = cmd_ingest(ingest_args)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
@@ -188,6 +190,10 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=512, help="long side of the viewing WebP in px (default 512)")
     parser.add_argument("--thumb-size", type=int, default=256, help="long side of the thumbnail (default 256)")
     parser.add_argument("--pad-square", action="store_true", help="pad to a square before resizing")
+    parser.add_argument("--allow-tag", action="append", default=[], metavar="KEYWORD",
+                        help="also keep this DICOM attribute (e.g. StationName); identifying tags only if you must")
+    parser.add_argument("--allow-column", action="append", default=[], metavar="NAME",
+                        help="keep this metadata-CSV column even though its name looks identifying")
 
 
 def build_parser() -> argparse.ArgumentParser:
