@@ -21,6 +21,7 @@ class NormalizeConfig(dg.Config):
     size: int = 512  # long side of the viewing WebP, px
     thumb_size: int = 256
     pad_square: bool = False
+    window: str = "header"  # or "percentile": ignore header windows (some span the whole bit range)
     workers: int = 0  # 0: one process per CPU core
     allow_columns: list[str] = []  # identifying metadata-CSV columns the user chooses to keep
     allow_tags: list[str] = []  # extra DICOM keywords the user chooses to keep
@@ -45,7 +46,7 @@ def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig
     """Each file decoded, rendered to 8-bit grey and written as WebP (viewing size and thumbnail),
     with an allow-listed metadata record; failures go to the `ingest_errors` table."""
     options = NormalizeOptions(size=config.size, thumb_size=config.thumb_size, pad_square=config.pad_square,
-                               allow_tags=tuple(config.allow_tags))
+                               window=config.window, allow_tags=tuple(config.allow_tags))
     result = normalize_batch(source_manifest, medvec.home_path, options=options,
                              pseudonym_key=medvec.pseudonym_key, s3_endpoint_url=medvec.s3_endpoint_url,
                              workers=config.workers or None, allow_columns=tuple(config.allow_columns),

@@ -21,7 +21,8 @@ log = logging.getLogger("medvec")
 def _bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False,
+                mininterval=0.5)
 
 
 # --- normalize ---------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def cmd_normalize(args) -> int:
     metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer,
                                             tuple(args.allow_column)) if args.metadata else None)
     options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square,
-                               allow_tags=tuple(args.allow_tag))
+                               window=args.window, allow_tags=tuple(args.allow_tag))
     files = [entry.uri for path in args.inputs for entry in LocalFolderSource(path).list_files()]
     records, errors = [], []
     with _bar(len(files), "normalising", not args.json) as bar:
@@ -104,7 +105,8 @@ def cmd_ingest(args) -> int:
     from medvec import progress
     from pipelines.ingest import ingest
 
-    source = args.source if args.source.startswith("s3://") else str(Path(args.source).expanduser().absolute())
+    source = args.source or settings.source
+    source = source if source.startswith("s3://") else os.path.abspath(os.path.expanduser(source))
     metadata = args.metadata
     if metadata and not metadata.startswith("s3://"):
         metadata = str(Path(metadata).absolute())
@@ -125,7 +127,8 @@ def cmd_ingest(args) -> int:
         summary = ingest(source, settings, limit=args.limit, batch_size=args.batch_size, metadata_csv=metadata,
                          dry_run=args.dry_run, workers=args.workers,
                          normalize_config={"size": args.size, "thumb_size": args.thumb_size,
-                                           "pad_square": args.pad_square, "allow_tags": args.allow_tag,
+                                           "pad_square": args.pad_square, "window": args.window,
+                                           "allow_tags": args.allow_tag,
                                            "allow_columns": args.allow_column})
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
@@ -175,13 +178,45 @@ def cmd_demo(args) -> int:
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
     ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size,
                                      metadata=None, dry_run=False, json=False, workers=0, size=512,
-                                     thumb_size=256, pad_square=False, allow_tag=[], allow_column=[])
+                                     thumb_size=256, pad_square=False, window="header", allow_tag=[],
+                                     allow_column=[])
     started = time.perf_counter()
     code = cmd_ingest(ingest_args)
+    _print_collection(settings)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
     print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     print(f"  normalise your own files:               medvec ingest /path/to/dicoms --limit 100")
     return code
+
+
+def _print_collection(settings: Settings) -> None:
+    """What the home now holds, by view, label and window, plus a contact sheet to look at."""
+    from collections import Counter
+
+    from medvec.batches import list_batches, load_batch_records
+    from medvec.webp_output import contact_sheet
+
+    records = [r for batch in list_batches(settings.home) for r in load_batch_records(settings.home, batch)]
+    if not records:
+        return
+    views = Counter(r.view_position or "unknown" for r in records)
+    labels = Counter(label for r in records for label in (r.labels or ["(unlabelled)"]))
+    windows = Counter(r.window_source or "unknown" for r in records)
+    syntaxes = Counter((r.transfer_syntax and _syntax_name(r.transfer_syntax)) or r.source_format for r in records)
+    print(f"\n{len(records)} image(s) in {settings.home}:")
+    for title, counts in (("view", views), ("label", labels), ("grey window", windows), ("encoding", syntaxes)):
+        print(f"  by {title:<12} " + ", ".join(f"{k}: {v}" for k, v in counts.most_common()))
+    sheet = contact_sheet([(settings.home / r.thumb_uri).read_bytes() for r in records[:48]], columns=12)
+    if sheet:
+        path = settings.home / "contact_sheet.png"
+        path.write_bytes(sheet)
+        print(f"  contact sheet:  {path}")
+
+
+def _syntax_name(uid: str) -> str:
+    import pydicom.uid
+
+    return pydicom.uid.UID(uid).name
 
 
 # --- parser --------------------------------------------------------------------------------------
@@ -190,6 +225,8 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=512, help="long side of the viewing WebP in px (default 512)")
     parser.add_argument("--thumb-size", type=int, default=256, help="long side of the thumbnail (default 256)")
     parser.add_argument("--pad-square", action="store_true", help="pad to a square before resizing")
+    parser.add_argument("--window", choices=("header", "percentile"), default="header",
+                        help="grey window: the file's own (default) or always a robust percentile window")
     parser.add_argument("--allow-tag", action="append", default=[], metavar="KEYWORD",
                         help="also keep this DICOM attribute (e.g. StationName); identifying tags only if you must")
     parser.add_argument("--allow-column", action="append", default=[], metavar="NAME",
@@ -210,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_normalize)
 
     p = sub.add_parser("ingest", help="open batches for new files in SOURCE and materialise them in process")
-    p.add_argument("source", help="folder or s3://bucket/prefix")
+    p.add_argument("source", nargs="?", help="folder or s3://bucket/prefix (default: $MEDVEC_SOURCE)")
     p.add_argument("--limit", type=int, help="take at most N new files")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files per batch (default 2000)")
     p.add_argument("--metadata", help="metadata CSV (default: labels.csv or metadata.csv at the source root)")

@@ -30,6 +30,7 @@ class NormalizeOptions:
     size: int = 512  # long side of the viewing WebP
     thumb_size: int = 256
     pad_square: bool = False
+    window: str = "header"  # "header": the file's VOI when present; "percentile": always a robust window
     quality: int = 90
     thumb_quality: int = 80
     webp_method: int = 2  # libwebp effort 0-6: 2 is ~3x faster than the default 4 at equal quality here
@@ -54,6 +55,8 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
                     pseudonymizer: Pseudonymizer, metadata: ImageMetadata | None = None,
                     content_sha256: str | None = None) -> NormalizedImage:
     """Decode, render and encode one file. Raises `UnreadableImage` for expected failures."""
+    if options.window not in ("header", "percentile"):
+        raise ValueError(f"window must be 'header' or 'percentile', not {options.window!r}")
     if not data:
         raise UnreadableImage("read", "empty file (0 bytes)")
     sha = content_sha256 or hashlib.sha256(data).hexdigest()
@@ -72,7 +75,7 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
             warnings.simplefilter("ignore")
             ds = read_dataset(data)
             frame = decode_first_frame(ds)
-            grey, window_source = _render_dicom(frame)
+            grey, window_source = _render_dicom(frame, options.window == "header")
             record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options.allow_tags)
         record.window_source = window_source
     if metadata is not None:
@@ -94,12 +97,12 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
     return NormalizedImage(record, view_webp, thumb_webp, notes)
 
 
-def _render_dicom(frame: DicomFrame) -> tuple[np.ndarray, str]:
+def _render_dicom(frame: DicomFrame, use_header_voi: bool) -> tuple[np.ndarray, str]:
     if frame.is_colour:
         rgb = frame.pixels[..., :3]
         return rgb_to_grey(rgb, frame.colour_max), "colour"
     try:
-        rendering = render_grey(frame.pixels, frame.dataset)
+        rendering = render_grey(frame.pixels, frame.dataset, use_header_voi)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise UnreadableImage("render", f"grey-level lookup tables in the header are unusable ({str(exc)[:160]})", exc) from exc
     return rendering.pixels, rendering.window_source

@@ -16,6 +16,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -23,6 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
+    UID,
     RLELossless,
 )
 
@@ -83,6 +85,7 @@ TRANSFER_SYNTAX_CYCLE = (
     ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless,
     JPEGLSLossless, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
 )
+NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 BITS_STORED_CYCLE = (12, 10, 8, 15, 12, 16, 10)
 SIZE_CYCLE = ((640, 560), (512, 512), (768, 640), (600, 512), (704, 704), (512, 448), (720, 608))
 LARGE_SIZE = (1024, 896)
@@ -117,7 +120,8 @@ class ChestSpec:
 
     @property
     def labels(self) -> list[str]:
-        found = ([CARDIOMEGALY] if self.cardiomegaly else []) + ([PLEURAL_EFFUSION] if self.effusion_sides else [])
+        found = [CARDIOMEGALY] if self.cardiomegaly else []
+        found += [PLEURAL_EFFUSION] if self.effusion_sides else []
         return found or [NO_FINDING]
 
     @property
@@ -131,6 +135,9 @@ class ChestSpec:
 
 @dataclass
 class SampleDataSummary:
+    """What write_sample_data wrote. `by_label` counts labelled images per finding label
+    (an image with two findings counts once for each)."""
+
     out_dir: Path
     files: list[Path]
     labels_csv: Path
@@ -210,12 +217,12 @@ class ThoraxLayout:
 def frontal_layout(spec: ChestSpec) -> ThoraxLayout:
     height, width = spec.rows, spec.columns
     rng = np.random.default_rng([SEED, 2, spec.index])
-    midline = width * (0.5 + rng.uniform(-0.01, 0.01))
-    lung_half_width = width * rng.uniform(0.140, 0.150)
+    midline = width * (0.5 + float(rng.uniform(-0.01, 0.01)))
+    lung_half_width = width * float(rng.uniform(0.140, 0.150))
     lung_offset = width * 0.215
     thorax_half = lung_offset + lung_half_width
     # A supine AP film is taken at shallower inspiration: domes sit higher.
-    right_dome = height * (rng.uniform(0.745, 0.765) - (0.035 if spec.view == "AP" else 0.0))
+    right_dome = height * (float(rng.uniform(0.745, 0.765)) - (0.035 if spec.view == "AP" else 0.0))
     left_dome = right_dome + height * 0.02  # the liver pushes the right hemidiaphragm up
     heart_half_width = spec.ctr * thorax_half
     return ThoraxLayout(
@@ -246,7 +253,7 @@ def _torso(x, y, cx: float, cy: float, ax: float, ay: float, edge: float):
     body is thinner."""
     dx, dy = (x - cx) / ax, (y - cy) / ay
     radius = np.sqrt(np.sqrt(dx**4 + dy**4))
-    return _inside((radius - 1.0) * min(ax, ay), edge) * (1.0 - 0.35 * np.minimum(dx**2, 1.0))
+    return _inside((radius - 1.0) * min(ax, ay), edge) * (1.0 - 0.25 * np.minimum(dx**2, 1.0))
 
 
 def _band(offset, half_thickness: float, edge: float):
@@ -269,7 +276,8 @@ def _frontal_lungs(x, y, layout: ThoraxLayout, spec: ChestSpec, edge: float):
                         layout.lung_half_height, edge)
         # The dome peaks medial to the lung centre, so the lateral recess (costophrenic angle)
         # is the lowest, sharpest point of the lung.
-        across = (x - (centre_x - image_side * 0.15 * layout.lung_half_width)) / (1.15 * layout.lung_half_width)
+        dome_peak_x = centre_x - image_side * 0.15 * layout.lung_half_width
+        across = (x - dome_peak_x) / (1.15 * layout.lung_half_width)
         dome = dome_y - height * 0.075 * np.clip(1.0 - across**2, 0.0, 1.0)
         lung = lung * _inside(y - dome, edge)
         if patient_side in spec.effusion_sides:
@@ -285,7 +293,7 @@ def _effusion(x, y, centre_x: float, image_side: int, dome_y: float, layout: Tho
     rng = np.random.default_rng([SEED, 3, spec.index, image_side + 1])
     height = spec.rows
     lateral = np.clip((image_side * (x - centre_x) / layout.lung_half_width + 1.0) / 2.0, 0.0, 1.0)
-    top = dome_y - height * rng.uniform(0.09, 0.15) - height * 0.07 * lateral**2
+    top = dome_y - height * float(rng.uniform(0.09, 0.15)) - height * 0.07 * lateral**2
     return _inside(top - y, height * 0.02)  # layering fluid fades in rather than edging sharply
 
 
@@ -365,7 +373,7 @@ def _draw_lateral(spec: ChestSpec) -> np.ndarray:
     height, width = spec.rows, spec.columns
     edge = max(1.5, 0.004 * width)
     rng = np.random.default_rng([SEED, 2, spec.index])
-    base = height * rng.uniform(0.77, 0.79)
+    base = height * float(rng.uniform(0.77, 0.79))
 
     body = _torso(x, y, width * 0.50, height * 0.60, width * 0.44, height * 0.62, edge * 3)
     lung = _ellipse(x, y, width * 0.52, height * 0.47, width * 0.31, height * 0.39, edge)
@@ -374,7 +382,7 @@ def _draw_lateral(spec: ChestSpec) -> np.ndarray:
     lung = lung * _inside(y - (base - height * 0.09 * np.clip(1.0 - across**2, 0.0, 1.0)), edge)
     if spec.effusion_sides:  # fluid collects first in the posterior sulcus
         posterior = np.clip((x - width * 0.50) / (width * 0.33), 0.0, 1.0)
-        top = base - height * rng.uniform(0.07, 0.11) - height * 0.08 * posterior**2
+        top = base - height * float(rng.uniform(0.07, 0.11)) - height * 0.08 * posterior**2
         lung = lung * (1.0 - _inside(top - y, height * 0.02))
     scale = spec.ctr / 0.45
     heart_half_width = width * 0.15 * scale  # an enlarged heart fills the retrocardiac space
@@ -383,16 +391,18 @@ def _draw_lateral(spec: ChestSpec) -> np.ndarray:
     air = lung * (1.0 - heart)
     trachea_x = width * (0.45 + 0.05 * y / (height * 0.3))
     trachea = _band(x - trachea_x, width * 0.016, edge) * _inside(y - height * 0.32, height * 0.03)
-    distance_from_hilum = np.sqrt(((x - width * 0.55) / (width * 0.2)) ** 2 + ((y - height * 0.42) / (height * 0.2)) ** 2)
+    from_hilum = np.sqrt(((x - width * 0.55) / (width * 0.2)) ** 2
+                         + ((y - height * 0.42) / (height * 0.2)) ** 2)
 
     image = 0.50 * body - 0.30 * air * body - 0.07 * trachea
-    image += 0.05 * air * np.clip(1.0 - 0.7 * distance_from_hilum, 0.0, 1.0) ** 2
+    image += 0.05 * air * np.clip(1.0 - 0.7 * from_hilum, 0.0, 1.0) ** 2
     image += 0.10 * _spine(x, y, width * 0.84, width * 0.045, spec, edge) * body
-    sternum = _band(x - width * 0.18, width * 0.012, edge) * _inside(np.abs(y - height * 0.36) - height * 0.2, edge)
+    sternum = _band(x - width * 0.18, width * 0.012, edge) * _band(y - height * 0.36, height * 0.2, edge)
     image += 0.08 * sternum
+    behind_hilum = _inside(width * 0.55 - x, edge * 4) * body
     for k in range(7):  # posterior ribs cross the back of the lungs obliquely
         centre = height * (0.16 + 0.085 * k) + 0.35 * (x - width * 0.5)
-        image += 0.04 * _band(y - centre, height * 0.01, edge) * _inside(width * 0.55 - x, edge * 4) * body
+        image += 0.04 * _band(y - centre, height * 0.01, edge) * behind_hilum
     return image
 
 
@@ -408,7 +418,7 @@ def _linear_resample(values: np.ndarray, size: int, axis: int) -> np.ndarray:
     n = values.shape[axis]
     position = np.linspace(0.0, n - 1.0, size, dtype=np.float32)
     lower = np.minimum(position.astype(np.int64), n - 2)
-    weight = position - lower
+    weight = position - lower.astype(np.float32)
     if axis == 0:
         return values[lower] * (1 - weight[:, None]) + values[lower + 1] * weight[:, None]
     return values[:, lower] * (1 - weight[None, :]) + values[:, lower + 1] * weight[None, :]
@@ -508,7 +518,7 @@ def chest_dataset(spec: ChestSpec, stored: np.ndarray) -> Dataset:
     if spec.modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.PixelIntensityRelationship = "LOG"
-        # +1: lower stored values mean less beam reaching the detector (MONOCHROME1 semantics).
+        # -1: dense anatomy (less beam reaching the detector) is stored high, as MONOCHROME2 is.
         ds.PixelIntensityRelationshipSign = 1 if spec.photometric == "MONOCHROME1" else -1
     if spec.rescale is not None or spec.modality == "DX":
         slope, intercept = spec.rescale or (1.0, 0.0)
@@ -527,13 +537,13 @@ def chest_dataset(spec: ChestSpec, stored: np.ndarray) -> Dataset:
 
 def encode(ds: Dataset, transfer_syntax: str) -> str:
     """Put `ds` into `transfer_syntax`; falls back to Explicit VR LE if no encoder is installed."""
-    if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
-        ds.file_meta.TransferSyntaxUID = transfer_syntax  # native: save_as encodes these itself
+    if transfer_syntax in NATIVE_SYNTAXES:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax  # save_as encodes these itself
         return transfer_syntax
     try:
         ds.compress(transfer_syntax, generate_instance_uid=False)
     except Exception as exc:  # a missing or broken plugin must not stop the demo data
-        log.debug("no encoder for %s (%s); writing Explicit VR Little Endian", transfer_syntax.name, exc)
+        log.debug("no encoder for %s (%s); writing Explicit VR Little Endian", UID(transfer_syntax).name, exc)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return ExplicitVRLittleEndian
     return transfer_syntax
@@ -584,8 +594,6 @@ def _wg04_sources() -> list[tuple[str, Path, str, str]]:
 
 
 def _wg04_patient_id(path: Path) -> str:
-    from pydicom import dcmread
-
     return str(dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", ""))
 
 
@@ -635,10 +643,10 @@ def write_sample_data(out_dir: str | Path, *, count: int = 36, include_broken: b
         done(path)
 
     if include_broken:
-        # Its own instance UID, so the truncated copy is never mistaken for a good image.
-        source_spec = chest_specs(1)[0]
-        for path in _write_broken(out_dir, replace(source_spec, index=max(count, 1) + 900,
-                                                   transfer_syntax=ExplicitVRLittleEndian)):
+        # The next unused index gives the truncated file its own UIDs, so it is never mistaken
+        # for a good image; uncompressed, so the cut lands in the middle of the pixel data.
+        broken_spec = replace(chest_specs(1)[0], index=count, transfer_syntax=ExplicitVRLittleEndian)
+        for path in _write_broken(out_dir, broken_spec):
             done(path)
 
     splits = assign_splits(list(dict.fromkeys(row["patient_id"] for row in rows)))
@@ -651,6 +659,6 @@ def write_sample_data(out_dir: str | Path, *, count: int = 36, include_broken: b
 
     by_label = Counter(label for row in rows for label in row["finding_labels"].split("|") if label)
     log.info("sample data: %d files in %s; labels %s; transfer syntaxes %s", len(files), out_dir,
-             dict(sorted(by_label.items())), {uid.name: n for uid, n in sorted(used_syntaxes.items())})
+             dict(sorted(by_label.items())), {UID(uid).name: n for uid, n in sorted(used_syntaxes.items())})
     return SampleDataSummary(out_dir=out_dir, files=files, labels_csv=labels_csv,
                              by_label=dict(sorted(by_label.items())))

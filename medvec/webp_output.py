@@ -43,20 +43,23 @@ def encode_webp(image: Image.Image, quality: int, method: int) -> bytes:
     return buffer.getvalue()
 
 
-def thumbnail_strip(thumbnails: list[bytes], height: int = 96, limit: int = 8) -> bytes | None:
-    """Several thumbnails side by side as one small PNG (shown in the Dagster UI)."""
-    images = []
-    for data in thumbnails[:limit]:
-        image = Image.open(io.BytesIO(data)).convert("L")
-        scale = height / image.height
-        images.append(image.resize((max(1, round(image.width * scale)), height), Image.Resampling.BILINEAR))
-    if not images:
+def contact_sheet(thumbnails: list[bytes], columns: int = 8, cell: int = 96) -> bytes | None:
+    """Thumbnails in a grid of `cell`-px squares, as one small PNG (Dagster UI, demo output)."""
+    if not thumbnails:
         return None
-    strip = Image.new("L", (sum(i.width for i in images) + 4 * (len(images) - 1), height), 32)
-    x = 0
-    for image in images:
-        strip.paste(image, (x, 0))
-        x += image.width + 4
+    rows = (len(thumbnails) + columns - 1) // columns
+    width = min(columns, len(thumbnails))
+    sheet = Image.new("L", (width * (cell + 4) - 4, rows * (cell + 4) - 4), 32)
+    for i, data in enumerate(thumbnails):
+        image = Image.open(io.BytesIO(data)).convert("L")
+        image.thumbnail((cell, cell), Image.Resampling.BILINEAR)
+        x, y = (i % columns) * (cell + 4), (i // columns) * (cell + 4)
+        sheet.paste(image, (x + (cell - image.width) // 2, y + (cell - image.height) // 2))
     buffer = io.BytesIO()
-    strip.save(buffer, format="PNG", optimize=True)
+    sheet.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def thumbnail_strip(thumbnails: list[bytes], limit: int = 8) -> bytes | None:
+    """The first few thumbnails side by side (a batch at a glance in the Dagster UI)."""
+    return contact_sheet(thumbnails[:limit], columns=limit)

@@ -117,12 +117,13 @@ def percentile_limits(values: np.ndarray, counts: np.ndarray | None = None,
     return float(lo), float(hi)
 
 
-def voi_to_unit(x: np.ndarray, ds: Dataset, counts: np.ndarray | None) -> tuple[np.ndarray, str, tuple | None]:
+def voi_to_unit(x: np.ndarray, ds: Dataset, counts: np.ndarray | None,
+                use_header_voi: bool = True) -> tuple[np.ndarray, str, tuple | None]:
     """Modality values → [0, 1] display values: VOI LUT, else header window, else percentiles."""
-    y = voi_lut_sequence(x, ds)
+    y = voi_lut_sequence(x, ds) if use_header_voi else None
     if y is not None:
         return y, "voi_lut", None
-    window = header_window(ds)
+    window = header_window(ds) if use_header_voi else None
     if window is not None:
         centre, width, function = window
         return window_linear(x, centre, width, function), "header_window", (centre, width)
@@ -132,15 +133,20 @@ def voi_to_unit(x: np.ndarray, ds: Dataset, counts: np.ndarray | None) -> tuple[
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0), "percentile", ((lo + hi) / 2, hi - lo)
 
 
-def render_grey(pixels: np.ndarray, ds: Dataset) -> Rendering:
-    """Render one 2-D frame of stored values to uint8 with the header's grey-level semantics."""
+def render_grey(pixels: np.ndarray, ds: Dataset, use_header_voi: bool = True) -> Rendering:
+    """Render one 2-D frame of stored values to uint8 with the header's grey-level semantics.
+
+    `use_header_voi=False` ignores the header's VOI and always takes the percentile window: some
+    writers (the WG04 set among them) store a window spanning the whole bit range, which renders flat.
+    """
     invert = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    header_voi = use_header_voi and _has_header_voi(ds)
     domain = stored_value_domain(pixels.dtype)
     if domain is None:
         # Wide integers or float pixel data: rare in radiography; evaluate on the image itself.
         x = apply_modality_lut(pixels, ds).astype(np.float64)
         sample = x[:: max(1, x.shape[0] // 512), :: max(1, x.shape[1] // 512)].ravel()
-        y, source, window = voi_to_unit(x, ds, None) if _has_header_voi(ds) else _percentile_unit(x, sample)
+        y, source, window = voi_to_unit(x, ds, None) if header_voi else _percentile_unit(x, sample)
         if invert:
             y = 1.0 - y
         return Rendering(np.rint(y * 255.0).astype(np.uint8), source, window)
@@ -148,8 +154,8 @@ def render_grey(pixels: np.ndarray, ds: Dataset) -> Rendering:
     values, index_dtype = domain
     index = pixels.view(index_dtype)
     x = apply_modality_lut(values, ds).astype(np.float64)
-    counts = None if _has_header_voi(ds) else np.bincount(index.ravel(), minlength=len(values))
-    y, source, window = voi_to_unit(x, ds, counts)
+    counts = None if header_voi else np.bincount(index.ravel(), minlength=len(values))
+    y, source, window = voi_to_unit(x, ds, counts, use_header_voi)
     if invert:
         y = 1.0 - y
     table = np.rint(y * 255.0).astype(np.uint8)

@@ -73,7 +73,8 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         pseudonym_key=settings.pseudonym_key)}
     run_config = {
         "ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        # The CLI prints its own summary of errors; the run log keeps every line for the UI.
+        "loggers": {"console": {"config": {"log_level": "ERROR"}}},
     }
     for manifest in manifests:
         result = dg.materialize([source_manifest, normalized_images], partition_key=manifest.batch,

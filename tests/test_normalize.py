@@ -163,3 +163,12 @@ def test_nih1000_pngs_with_labels_csv(pseudonymizer):
         assert result.record.split == path.parts[-3]
         assert ("No Finding" in result.record.labels) == (path.parts[-2] == "0_normal")
         assert result.record.view_position in {"PA", "AP"}
+
+
+def test_percentile_window_option_ignores_a_full_range_header_window(pseudonymizer):
+    path = dicom_testfile("RG1_UNCR.dcm")  # WG04 header window spans the whole 15-bit range
+    header = normalize_bytes(path.read_bytes(), str(path), pseudonymizer=pseudonymizer)
+    robust = normalize_bytes(path.read_bytes(), str(path), pseudonymizer=pseudonymizer,
+                             options=NormalizeOptions(window="percentile"))
+    assert header.record.window_source == "header_window" and robust.record.window_source == "percentile"
+    assert _grey(robust.view_webp).std() > _grey(header.view_webp).std() * 1.3  # more contrast
