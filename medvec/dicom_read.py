@@ -16,13 +16,19 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless,
+                         JPEGLSNearLossless)
 
 from medvec.phi import IDENTIFYING_TAGS, scrub
 
 # pydicom's warnings quote element values ("Invalid value for VR PN: '<a name>'"): they must not
 # reach logs, so they are silenced here and read (never logged) where they explain a failure.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+# pydicom's default JPEG-LS decoder here is pylibjpeg-libjpeg (306 ms on RG1); CharLS via pyjpegls
+# decodes the same frame in 87 ms (BENCHMARKS.md). Preferred when installed, default otherwise.
+PREFERRED_DECODERS = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
 
 
 class UnreadableImage(Exception):
@@ -113,7 +119,7 @@ def decode_first_frame(ds: Dataset) -> DicomFrame:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=0 if frames > 1 else None)
+            arr = _decode(ds, syntax, index=0 if frames > 1 else None)
     except NotImplementedError as exc:  # pydicom's "no available plugin can decode ..."
         raise UnreadableImage("decode", f"no installed decoder supports transfer syntax {_syntax_name(syntax)}", exc) from exc
     except (RuntimeError, ValueError, KeyError, AttributeError, TypeError, OSError, EOFError) as exc:
@@ -140,6 +146,16 @@ def decode_first_frame(ds: Dataset) -> DicomFrame:
     if "PixelData" in ds:
         del ds.PixelData  # keep only the header in memory from here on
     return DicomFrame(ds, arr, frames, syntax, is_colour, colour_max)
+
+
+def _decode(ds: Dataset, syntax: str, index: int | None) -> np.ndarray:
+    plugin = PREFERRED_DECODERS.get(syntax)
+    if plugin:
+        try:
+            return pixel_array(ds, index=index, decoding_plugin=plugin)
+        except Exception:  # noqa: BLE001 - plugin missing or failing: pydicom's own choice decides
+            pass
+    return pixel_array(ds, index=index)
 
 
 def _syntax_name(uid: str) -> str:

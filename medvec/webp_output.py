@@ -24,7 +24,8 @@ def fit_long_side(image: Image.Image, size: int) -> Image.Image:
     """Shrink so the long side is `size` px; never enlarge (small sources stay their own size).
 
     `reducing_gap` makes Pillow box-reduce by an integer factor first and resample only the last
-    step, which is several times faster on 2,000 px radiographs at the same visual quality.
+    step; BOX for that step measured 2.8 ms against BILINEAR's 4.5 ms on RG1, at a mean difference of
+    0.39 grey levels from LANCZOS (BENCHMARKS.md).
     """
     width, height = image.size
     long_side = max(width, height)
@@ -32,7 +33,7 @@ def fit_long_side(image: Image.Image, size: int) -> Image.Image:
         return image
     scale = size / long_side
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return image.resize(target, Image.Resampling.BOX, reducing_gap=2.0)
 
 
 def encode_webp(image: Image.Image, quality: int, method: int) -> bytes:
