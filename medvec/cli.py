@@ -127,7 +127,7 @@ def cmd_ingest(args) -> int:
 
     with progress.listening(on_progress):
         summary = ingest(source, settings, limit=args.limit, batch_size=args.batch_size, metadata_csv=metadata,
-                         dry_run=args.dry_run, workers=args.workers,
+                         dry_run=args.dry_run, workers=args.workers, embed=not args.no_embed,
                          normalize_config={"size": args.size, "thumb_size": args.thumb_size,
                                            "pad_square": args.pad_square, "window": args.window,
                                            "allow_tags": args.allow_tag,
@@ -148,10 +148,47 @@ def cmd_ingest(args) -> int:
           f"{summary.ok} ok, {len(summary.errors)} error(s), {summary.skipped} skipped")
     print(f"  images and thumbnails: {settings.home / 'images'}, {settings.home / 'thumbs'}")
     print(f"  batch records:         {settings.home / 'batches'}")
+    if summary.model:
+        print(f"  embeddings:            {summary.embedded} vector(s) from {summary.model} in table {summary.table} "
+              f"at {settings.lancedb_uri}")
     _print_errors(summary.errors)
     if summary.failed_runs:
         print(f"Dagster runs failed for batch(es) {', '.join(summary.failed_runs)}: open `dagster dev` to see why")
         return 1
+    return 0
+
+
+# --- models and the embedding server ----------------------------------------------------------
+
+def cmd_models(args) -> int:
+    from medvec.models.registry import model_rows
+
+    rows = model_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<15} {'dim':>5} {'px':>4}  {'loader':<12} {'available':<9}  model id / note")
+    for row in rows:
+        note = row.get("why_not") or ""
+        if row.get("no_retrieval_quality"):
+            note = "random weights: no retrieval quality"
+        print(f"{row['name']:<15} {row['dim']:>5} {row['image_size']:>4}  {row['loader']:<12} "
+              f"{'yes' if row['available'] else 'no':<9}  {row['model_id']}" + (f"  ({note})" if note else ""))
+    return 0
+
+
+def cmd_embed_server(args) -> int:
+    from medvec.embed_server import serve
+    from resources.embedders import LocalEmbedderResource
+
+    settings = Settings.from_env()
+    resource = LocalEmbedderResource(model=args.model or settings.model, device=args.device,
+                                     s3_endpoint_url=settings.s3_endpoint_url,
+                                     hf_token=os.environ.get("HF_TOKEN") or None)
+    artifact = resource.resolve(settings.model_cache)
+    with resource.load(artifact) as embedder:
+        serve(embedder, args.host, args.port, max_batch=args.max_batch,
+              api_key=os.environ.get("MEDVEC_EMBED_SERVER_KEY") or None)
     return 0
 
 
@@ -178,7 +215,8 @@ def cmd_demo(args) -> int:
     sample_dir = settings.home / "sample_data"
     if not (sample_dir / "labels.csv").exists():
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
-    ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size,
+    _choose_demo_model(settings)
+    ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size, no_embed=False,
                                      metadata=None, dry_run=False, json=False, workers=0, size=512,
                                      thumb_size=256, pad_square=False, window="header", allow_tag=[],
                                      allow_column=[])
@@ -190,6 +228,24 @@ def cmd_demo(args) -> int:
     print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     print(f"  normalise your own files:               medvec ingest /path/to/dicoms --limit 100")
     return code
+
+
+def _choose_demo_model(settings: Settings) -> None:
+    """The configured model when this machine has it, else tiny-siglip, said in plain words."""
+    from medvec.models.registry import model_rows
+
+    rows = {row["name"]: row for row in model_rows()}
+    row = rows.get(settings.model)
+    if settings.embedder == "nim" or (row and row["available"] and not row.get("no_retrieval_quality")):
+        print(f"embedding with {settings.model}")
+        return
+    if settings.model != "tiny-siglip":
+        reason = row["why_not"] if row else "not a registry model"
+        print(f"{settings.model} is not available here ({reason}).")
+    os.environ["MEDVEC_MODEL"] = "tiny-siglip"
+    print("embedding with tiny-siglip: a small model with RANDOM weights, built offline. It exercises the whole "
+          "pipeline but its search results mean nothing; set MEDVEC_MODEL=siglip-base (or another model from "
+          "`medvec models`) where its files can be downloaded for real retrieval.")
 
 
 def _print_collection(settings: Settings) -> None:
@@ -256,9 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="metadata CSV (default: labels.csv or metadata.csv at the source root)")
     p.add_argument("--dry-run", action="store_true", help="list the batches that would open; change nothing")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
+    p.add_argument("--no-embed", action="store_true", help="normalise only; do not embed")
     p.add_argument("--json", action="store_true", help="print one summary object")
     _add_render_options(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("models", help="list known embedding models and whether this machine can run them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("embed-server", help="serve a local model over the NIM embeddings protocol")
+    p.add_argument("--model", help="registry name or Hugging Face id (default: $MEDVEC_MODEL)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to serve others)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.set_defaults(func=cmd_embed_server)
 
     p = sub.add_parser("sample-data", help="write the offline sample dataset (real WG04 + synthetic chest DICOM)")
     p.add_argument("dir")

@@ -87,6 +87,19 @@ INGEST_ERROR_SCHEMA = pa.schema([
 ])
 
 
+def image_table_schema(dim: int) -> pa.Schema:
+    """A model's image table (`images__<slug>`): the record, its vector and provenance.
+
+    `image_id` is non-nullable because LanceDB's unenforced primary key requires it; the key is
+    what stops concurrent writers of the same new ids from creating duplicates.
+    """
+    fields = [pa.field("image_id", pa.string(), nullable=False)]
+    fields += [f for f in IMAGE_RECORD_SCHEMA if f.name != "image_id"]
+    fields += [pa.field("vector", pa.list_(pa.float32(), dim)), pa.field("model_id", pa.string()),
+               pa.field("model_revision", pa.string()), pa.field("embedded_at", pa.string())]
+    return pa.schema(fields)
+
+
 def image_records_table(records: list[ImageRecord]) -> pa.Table:
     return pa.Table.from_pylist([r.to_row() for r in records], schema=IMAGE_RECORD_SCHEMA)
 

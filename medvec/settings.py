@@ -8,6 +8,8 @@ from pathlib import Path
 
 DEFAULT_HOME = "./medvec_home"
 DEFAULT_BATCH_SIZE = 2000
+#: Offline default: a random-weights model built locally (no retrieval quality, said wherever it shows).
+DEFAULT_MODEL = "tiny-siglip"
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,15 @@ class Settings:
     source: str
     s3_endpoint_url: str | None = None
     pseudonym_key: str | None = field(default=None, repr=False)
+    model: str = DEFAULT_MODEL  # registry name or Hugging Face id
+    embedder: str = "local"  # "local" | "nim"
+    nim_url: str | None = None
+    nim_model: str | None = None
+
+    @property
+    def model_cache(self) -> Path:
+        """Where model snapshots, S3 mirrors and built tiny models are kept."""
+        return self.home / "models"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -35,4 +46,8 @@ class Settings:
             source=env.get("MEDVEC_SOURCE") or str(home / "incoming"),
             s3_endpoint_url=env.get("MEDVEC_S3_ENDPOINT_URL") or None,
             pseudonym_key=env.get("MEDVEC_PSEUDONYM_KEY") or None,
+            model=env.get("MEDVEC_MODEL") or DEFAULT_MODEL,
+            embedder=(env.get("MEDVEC_EMBEDDER") or "local").lower(),
+            nim_url=env.get("MEDVEC_NIM_URL") or None,
+            nim_model=env.get("MEDVEC_NIM_MODEL") or None,
         )

@@ -1,4 +1,4 @@
-"""The LanceDB store: the `ingest_errors` table (and, later, the per-model image tables)."""
+"""The LanceDB store: connection and the `ingest_errors` table every stage reports into."""
 
 from __future__ import annotations
 
@@ -24,21 +24,28 @@ def open_table_if_exists(db, name: str):
         return None
 
 
-def replace_batch_errors(db, batch: str, errors: list[IngestError]) -> None:
-    """Make the errors table hold exactly `errors` for `batch`, in one commit.
+#: The stages each asset owns in the errors table; an asset replaces only its own rows.
+NORMALIZE_STAGES = ("read", "parse", "decode", "render")
+EMBED_STAGES = ("embed",)
 
-    merge_insert with a scoped delete replaces the batch's rows atomically, so a re-run never
+
+def replace_batch_errors(db, batch: str, errors: list[IngestError],
+                         stages: tuple[str, ...] = NORMALIZE_STAGES) -> None:
+    """Make the errors table hold exactly `errors` for `batch` and `stages`, in one commit.
+
+    merge_insert with a scoped delete replaces those rows atomically, so a re-run never
     duplicates an error and a fixed file's old error disappears.
     """
     table = db.create_table(INGEST_ERRORS_TABLE, schema=INGEST_ERROR_SCHEMA, exist_ok=True)
-    rows = ingest_errors_table(errors)
+    scope = f"batch = {_sql_string(batch)} AND stage IN ({', '.join(_sql_string(s) for s in stages)})"
+    rows = ingest_errors_table([e for e in errors if e.stage in stages])
     if rows.num_rows == 0:
-        table.delete(f"batch = {_sql_string(batch)}")
+        table.delete(scope)
         return
-    (table.merge_insert(["batch", "source_uri"])
+    (table.merge_insert(["batch", "source_uri", "stage"])
      .when_matched_update_all()
      .when_not_matched_insert_all()
-     .when_not_matched_by_source_delete(f"batch = {_sql_string(batch)}")
+     .when_not_matched_by_source_delete(scope)
      .execute(rows))
 
 

@@ -1,4 +1,5 @@
-"""`medvec ingest`: open batches for a source's new files and materialise them in process.
+"""`medvec ingest`: open batches for a source's new files and materialise them in process:
+normalise, then (unless told not to) resolve the model once and embed every batch into LanceDB.
 
 Runs go into the Dagster instance at $DAGSTER_HOME, so `dagster dev` shows them afterwards.
 """
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
 from medvec.batches import (BatchManifest, is_normalized, list_batches, load_batch_errors, load_batch_records,
                             load_manifest, plan_batches, write_manifest)
@@ -18,6 +20,7 @@ from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
 from pipelines.partitions import batch_partitions
 from resources import MedvecHomeResource
+from resources.embedders import EmbedderResource, embedder_from_env
 
 
 @dataclass
@@ -32,13 +35,17 @@ class IngestSummary:
     seconds: float = 0.0
     metadata_csv: str | None = None
     failed_runs: list[str] = field(default_factory=list)
+    model: str | None = None  # None when embedding was skipped
+    table: str | None = None
+    embedded: int = 0
 
     def to_json(self) -> dict:
         """The documented `medvec ingest --json` object."""
         return {"source": self.source, "dry_run": self.dry_run, "batches": self.batches, "files": self.files,
                 "ok": self.ok, "errors": len(self.errors), "skipped": self.skipped,
                 "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv,
-                "failed_runs": self.failed_runs, "error_records": [e.to_row() for e in self.errors]}
+                "failed_runs": self.failed_runs, "model": self.model, "table": self.table,
+                "embedded": self.embedded, "error_records": [e.to_row() for e in self.errors]}
 
 
 def pending_batches(settings: Settings, source_root: str) -> list[BatchManifest]:
@@ -50,7 +57,8 @@ def pending_batches(settings: Settings, source_root: str) -> list[BatchManifest]
 def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
            batch_size: int = DEFAULT_BATCH_SIZE, metadata_csv: str | None = None, dry_run: bool = False,
            workers: int = 0, instance: dg.DagsterInstance | None = None,
-           normalize_config: dict | None = None) -> IngestSummary:
+           normalize_config: dict | None = None, embed: bool = True,
+           embedder: EmbedderResource | None = None) -> IngestSummary:
     started = time.perf_counter()
     source = open_source(source_root, settings.s3_endpoint_url)
     metadata_csv = metadata_csv or source.find_metadata_csv()
@@ -71,21 +79,37 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     resources = {"medvec": MedvecHomeResource(
         home=str(settings.home), lancedb_uri=settings.lancedb_uri, s3_endpoint_url=settings.s3_endpoint_url,
         pseudonym_key=settings.pseudonym_key)}
-    run_config = {
-        "ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
-        # The CLI prints its own summary of errors; the run log keeps every line for the UI.
-        "loggers": {"console": {"config": {"log_level": "ERROR"}}},
-    }
+    # The CLI prints its own summary of errors; the run log keeps every line for the UI.
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
+                  **quiet}
+    assets = [source_manifest, normalized_images]
+    tags = {"medvec/launched_by": "medvec ingest"}
+    if embed and manifests:
+        resources["embedder"] = embedder or embedder_from_env(settings)
+        model_run = dg.materialize([embedding_model], instance=instance, resources=resources, run_config=quiet,
+                                   raise_on_error=False, tags=tags)
+        if not model_run.success:
+            summary.failed_runs.append("embedding_model")
+            embed = False
+        else:
+            artifact = model_run.output_for_node("embedding_model")
+            spec = resources["embedder"].spec()
+            summary.model, summary.table = artifact.name, f"images__{spec.slug}"
+            assets = [embedding_model, source_manifest, normalized_images, image_embeddings]
+    selection = [source_manifest, normalized_images] + ([image_embeddings] if embed else [])
     for manifest in manifests:
-        result = dg.materialize([source_manifest, normalized_images], partition_key=manifest.batch,
-                                instance=instance, resources=resources, run_config=run_config,
-                                raise_on_error=False, tags={"medvec/launched_by": "medvec ingest"})
+        result = dg.materialize(assets, selection=selection, partition_key=manifest.batch, instance=instance,
+                                resources=resources, run_config=run_config, raise_on_error=False, tags=tags)
         if not result.success:
             summary.failed_runs.append(manifest.batch)
         summary.batches.append(manifest.batch)
         summary.files += len(manifest.files)
         summary.ok += len(load_batch_records(settings.home, manifest.batch))
         summary.errors.extend(load_batch_errors(settings.home, manifest.batch))
+        if embed and result.success:
+            [materialization] = result.asset_materializations_for_node("image_embeddings")
+            summary.embedded += materialization.metadata["rows_written"].value
     summary.skipped = summary.files - summary.ok - len(summary.errors)
     summary.seconds = time.perf_counter() - started
     return summary

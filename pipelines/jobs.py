@@ -2,10 +2,11 @@
 
 import dagster as dg
 
+from assets.embeddings import image_embeddings
 from assets.ingest import normalized_images, source_manifest
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.assets(source_manifest, normalized_images),
-    description="Normalise the files of one batch: manifest → WebP images and records.",
+    selection=dg.AssetSelection.assets(source_manifest, normalized_images, image_embeddings),
+    description="One batch end to end: manifest → WebP images and records → vectors in LanceDB.",
 )

@@ -111,4 +111,6 @@ def test_cli_ingest_json_and_dry_run(tmp_path, settings):
     # The runs went into $DAGSTER_HOME, where `dagster dev` will show them.
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         assert instance.get_dynamic_partitions("batch") == summary["batches"]
-        assert len(instance.get_runs()) == 1
+        runs = instance.get_runs()
+        assert len(runs) == 2  # the model once, then the batch
+        assert summary["model"] == "tiny-siglip" and summary["embedded"] == summary["ok"]

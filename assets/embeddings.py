@@ -1,0 +1,74 @@
+"""Embedding assets: the model resolved to files, and each batch's images embedded into LanceDB."""
+
+import time
+
+import dagster as dg
+
+from assets.ingest import normalized_images
+from medvec import progress, store
+from medvec.batches import load_batch_records
+from medvec.embedders.base import EmbedderError
+from medvec.embedding import check_vectors, embed_records
+from medvec.image_table import image_rows, image_table_name, open_image_table, upsert_batch
+from pipelines.partitions import batch_partitions
+from resources import MedvecHomeResource
+from resources.embedders import EmbedderResource, ModelArtifact
+
+NO_QUALITY_NOTE = "random weights: no retrieval quality (offline demo and tests only)"
+
+
+@dg.asset(group_name="embed")
+def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResource,
+                    medvec: MedvecHomeResource) -> dg.Output[ModelArtifact]:
+    """The configured model as files on disk (Hub snapshot, S3 mirror, local folder or the built
+    tiny model), with revision and file hashes; for a NIM, its model id and readiness."""
+    artifact = embedder.resolve(medvec.home_path / "models")
+    spec = embedder.spec()
+    metadata = {"model": artifact.name, "model_id": artifact.model_id, "loader": artifact.loader,
+                "dim": artifact.dim, "revision": artifact.revision or "n/a",
+                "table": image_table_name(spec.slug), "details": dg.MetadataValue.json(artifact.metadata)}
+    if spec.no_retrieval_quality:
+        metadata["warning"] = NO_QUALITY_NOTE
+        context.log.warning(f"{artifact.name}: {NO_QUALITY_NOTE}")
+    return dg.Output(artifact, metadata=metadata)
+
+
+@dg.asset(partitions_def=batch_partitions, group_name="embed", deps=[normalized_images], pool="gpu",
+          backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=8))
+def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResource, medvec: MedvecHomeResource,
+                     embedding_model: ModelArtifact) -> dg.MaterializeResult:
+    """Each batch's normalised images embedded and upserted into the model's table
+    (`images__<model>`, keyed by `image_id`). A backfill loads the model once for several batches."""
+    spec = embedder.spec()
+    db = store.connect(medvec.lancedb_uri)
+    table_name = image_table_name(spec.slug)
+    table = open_image_table(db, table_name, embedding_model.dim)  # a dimension mismatch stops here
+    written, errors_total, seconds = 0, 0, 0.0
+    with embedder.load(embedding_model) as model:
+        for batch in context.partition_keys:
+            records = load_batch_records(medvec.home_path, batch)
+            started = time.perf_counter()
+            result = embed_records(records, medvec.home_path, model,
+                                   progress=lambda done, total, b=batch: progress.report(f"embed {b}", done, total))
+            problems = check_vectors(result.vectors, embedding_model.dim)
+            if problems:
+                raise EmbedderError(f"batch {batch}: {'; '.join(problems)}; nothing was written")
+            rows = image_rows(result.records, result.vectors, dim=embedding_model.dim,
+                              model_id=embedding_model.model_id, revision=embedding_model.revision)
+            upsert_batch(table, batch, rows)
+            store.replace_batch_errors(db, batch, result.errors, stages=store.EMBED_STAGES)
+            for error in result.errors:
+                context.log.warning(f"{error.source_uri}: embed failed: {error.message}")
+            written += len(result.records)
+            errors_total += len(result.errors)
+            seconds += time.perf_counter() - started
+            context.log.info(f"batch {batch}: {len(result.records)} vectors in {result.seconds:.1f}s")
+        runtime = model.runtime()
+    metadata = {"rows_written": written, "errors": errors_total, "batches": len(context.partition_keys),
+                "table": table_name, "table_rows": table.count_rows(),
+                "images_per_second": dg.MetadataValue.float(round(written / seconds, 2) if seconds else 0.0),
+                "model": embedding_model.name, "model_revision": embedding_model.revision or "n/a",
+                **{key: str(value) for key, value in runtime.items()}}
+    if spec.no_retrieval_quality:
+        metadata["warning"] = NO_QUALITY_NOTE
+    return dg.MaterializeResult(metadata=metadata)

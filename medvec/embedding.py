@@ -1,0 +1,116 @@
+"""Embedding a batch's normalised images: prepare in worker processes, embed in this one.
+
+Preparing (WebP decode, resize, normalise, or PNG encoding for a NIM) runs in spawned workers a
+few chunks ahead, so the model never waits for decoding; vectors come back in record order.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medvec.embedders.base import Embedder, ImagePreparer
+from medvec.records import ImageRecord, IngestError
+
+log = logging.getLogger(__name__)
+
+#: Below this many images, worker start-up (~0.3 s each) costs more than it saves.
+MIN_IMAGES_FOR_WORKERS = 64
+
+
+@dataclass
+class EmbeddedBatch:
+    records: list[ImageRecord]  # the records that got a vector, in order
+    vectors: np.ndarray  # (len(records), dim) float32, L2-normalised
+    errors: list[IngestError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.records) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _prepare_chunk(prepare: ImagePreparer, paths: list[str]) -> list:
+    """Worker side: one prepared payload per path, or the exception that file raised."""
+    prepared = []
+    for path in paths:
+        try:
+            prepared.append(prepare(Path(path).read_bytes()))
+        except Exception as exc:  # noqa: BLE001 - reported per image by the caller
+            prepared.append(exc)
+    return prepared
+
+
+def embed_records(records: list[ImageRecord], home: Path, embedder: Embedder, *, chunk_size: int = 64,
+                  workers: int = 0, prefetch: int = 4,
+                  progress: Callable[[int, int], None] | None = None) -> EmbeddedBatch:
+    """Vectors for every record whose WebP can be read; an error record for each that cannot."""
+    started = time.perf_counter()
+    prepare = embedder.image_preparer()
+    chunks = [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)]
+    kept: list[ImageRecord] = []
+    vectors: list[np.ndarray] = []
+    errors: list[IngestError] = []
+    done = 0
+
+    def consume(chunk: list[ImageRecord], prepared: list) -> None:
+        nonlocal done
+        good = [(r, p) for r, p in zip(chunk, prepared) if not isinstance(p, Exception)]
+        for record, payload in zip(chunk, prepared):
+            if isinstance(payload, Exception):
+                errors.append(IngestError(record.source_uri, record.batch, "embed", type(payload).__name__,
+                                          f"normalised image could not be read for embedding ({str(payload)[:200]})"))
+        if good:
+            vectors.append(embedder.embed_prepared([p for _, p in good]))
+            kept.extend(r for r, _ in good)
+        done += len(chunk)
+        if progress:
+            progress(done, len(records))
+
+    paths = [[str(Path(home) / r.image_uri) for r in chunk] for chunk in chunks]
+    use_workers = workers != 1 and len(records) >= MIN_IMAGES_FOR_WORKERS
+    if not use_workers:
+        for chunk, chunk_paths in zip(chunks, paths):
+            consume(chunk, _prepare_chunk(prepare, chunk_paths))
+    else:
+        context = multiprocessing.get_context("spawn")  # torch and LanceDB threads do not survive fork
+        n_workers = workers or max(1, (multiprocessing.cpu_count() or 2) - 1)
+        with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+            pending: deque = deque()
+            upcoming = iter(zip(chunks, paths))
+            for chunk, chunk_paths in upcoming:
+                pending.append((chunk, pool.submit(_prepare_chunk, prepare, chunk_paths)))
+                if len(pending) >= prefetch:
+                    break
+            while pending:
+                chunk, future = pending.popleft()
+                nxt = next(upcoming, None)
+                if nxt is not None:  # keep the queue full before the model call blocks this thread
+                    pending.append((nxt[0], pool.submit(_prepare_chunk, prepare, nxt[1])))
+                consume(chunk, future.result())
+
+    dim = embedder.dim
+    stacked = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
+    return EmbeddedBatch(kept, stacked, errors, time.perf_counter() - started)
+
+
+def check_vectors(vectors: np.ndarray, dim: int) -> list[str]:
+    """Problems that must stop a write: wrong shape, NaN, zero vectors."""
+    problems = []
+    if vectors.ndim != 2 or (len(vectors) and vectors.shape[1] != dim):
+        problems.append(f"vectors have shape {vectors.shape}, expected (n, {dim})")
+        return problems
+    if not np.isfinite(vectors).all():
+        problems.append(f"{int((~np.isfinite(vectors)).any(axis=1).sum())} vector(s) contain NaN or infinity")
+    norms = np.linalg.norm(vectors, axis=1)
+    if (norms < 1e-6).any():
+        problems.append(f"{int((norms < 1e-6).sum())} vector(s) are all zeros")
+    return problems

@@ -1,0 +1,139 @@
+"""Embedder resources: assets ask for `EmbedderResource`; local models or a remote NIM plug in."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from medvec.embedders.base import Embedder
+from medvec.models.registry import ModelSpec, resolve_model
+from medvec.settings import Settings
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """What the `embedding_model` asset resolved: enough to load the same model anywhere."""
+
+    name: str
+    model_id: str
+    loader: str
+    dim: int
+    revision: str | None
+    local_dir: str | None  # None for a remote NIM
+    metadata: dict = field(default_factory=dict)
+
+
+class EmbedderResource(dg.ConfigurableResource, ABC):
+    """Which model embeds and where it runs. `model` is a registry name or a Hugging Face id."""
+
+    model: str
+
+    def spec(self) -> ModelSpec:
+        return resolve_model(self.model)
+
+    @abstractmethod
+    def resolve(self, cache_dir: Path) -> ModelArtifact:
+        """Make the model available (download, mirror, build, or probe) and describe it."""
+
+    @abstractmethod
+    def load(self, artifact: ModelArtifact) -> Embedder:
+        """An embedder for the resolved model; close it when done."""
+
+
+class LocalEmbedderResource(EmbedderResource):
+    """A model run in this process: transformers (SigLIP, MedSigLIP, CLIP) or open_clip (BiomedCLIP)."""
+
+    model: str = "tiny-siglip"
+    model_source: str = "hub"  # hub | s3 | local (tiny models are always built locally)
+    model_location: str | None = None  # s3://bucket/prefix or a folder, for s3 and local sources
+    revision: str | None = None  # pin a Hub revision; the resolved commit is recorded either way
+    hf_token: str | None = None  # an EnvVar("HF_TOKEN") in the definitions: never shown
+    s3_endpoint_url: str | None = None
+    device: str = "auto"  # auto | cuda | mps | cpu
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
+    batch_size: int = 32
+
+    def resolve(self, cache_dir: Path) -> ModelArtifact:
+        from medvec.model_files import resolve_model_files
+
+        spec = self.spec()
+        if spec.no_retrieval_quality:
+            from medvec.models.tiny import build_tiny_siglip
+
+            local_dir = build_tiny_siglip(Path(cache_dir) / "tiny" / spec.name)
+            resolved = resolve_model_files(spec.model_id, source="local", location=str(local_dir), cache_dir=cache_dir)
+        else:
+            resolved = resolve_model_files(
+                spec.model_id, source=self.model_source, location=self.model_location,
+                revision=self.revision or spec.revision, cache_dir=cache_dir, token=self.hf_token,
+                s3_endpoint_url=self.s3_endpoint_url)
+        return ModelArtifact(name=spec.name, model_id=spec.model_id, loader=spec.loader, dim=spec.dim,
+                             revision=resolved.revision, local_dir=str(resolved.local_dir),
+                             metadata=resolved.to_metadata())
+
+    def load(self, artifact: ModelArtifact) -> Embedder:
+        spec = self.spec()
+        if spec.loader == "open_clip":
+            from medvec.embedders.open_clip_local import OpenClipEmbedder
+
+            return OpenClipEmbedder(spec, Path(artifact.local_dir), device=self.device, batch_size=self.batch_size,
+                                    revision=artifact.revision)
+        from medvec.embedders.transformers_local import TransformersEmbedder
+
+        return TransformersEmbedder(spec, Path(artifact.local_dir), device=self.device, dtype=self.dtype,
+                                    batch_size=self.batch_size, revision=artifact.revision)
+
+
+class NimEmbedderResource(EmbedderResource):
+    """A remote NVIDIA NIM (or `medvec embed-server`) speaking `POST /v1/embeddings`."""
+
+    model: str = "nvclip"
+    url: str
+    nim_model: str = "nvidia/nvclip"
+    api_key: str | None = None  # an EnvVar("NVIDIA_API_KEY") in the definitions: never shown
+    concurrency: int = 4
+    timeout_s: float = 60.0
+
+    def resolve(self, cache_dir: Path) -> ModelArtifact:
+        embedder = self._client(dim=None)
+        ready, detail = embedder.ready(timeout=self.timeout_s)
+        if not ready:
+            from medvec.embedders.base import EmbedderError
+
+            raise EmbedderError(f"NIM at {self.url} is not ready ({detail}); start it or fix MEDVEC_NIM_URL")
+        dim = embedder.embed_texts(["chest x-ray"]).shape[1]
+        embedder.close()
+        return ModelArtifact(name=self.model, model_id=self.nim_model, loader="nim", dim=dim, revision=None,
+                             local_dir=None, metadata={"url": self.url, "ready": detail, "dim": dim})
+
+    def load(self, artifact: ModelArtifact) -> Embedder:
+        return self._client(dim=artifact.dim)
+
+    def _client(self, dim: int | None):
+        from medvec.embedders.nim import NimEmbedder
+
+        return NimEmbedder(self.url, self.nim_model, api_key=self.api_key, dim=dim, name=self.model,
+                           timeout_s=self.timeout_s, concurrency=self.concurrency)
+
+
+def embedder_from_env(settings: Settings | None = None) -> EmbedderResource:
+    """MEDVEC_EMBEDDER picks the kind; MEDVEC_MODEL, MEDVEC_NIM_URL, MEDVEC_NIM_MODEL configure it."""
+    settings = settings or Settings.from_env()
+    if settings.embedder == "nim":
+        if not settings.nim_url:
+            raise ValueError("MEDVEC_EMBEDDER=nim needs MEDVEC_NIM_URL (e.g. http://gpu-box:8000)")
+        api_key = dg.EnvVar("NVIDIA_API_KEY") if os.environ.get("NVIDIA_API_KEY") else None
+        model = settings.model if settings.model != "tiny-siglip" else "nvclip"
+        return NimEmbedderResource(model=model, url=settings.nim_url,
+                                   nim_model=settings.nim_model or "nvidia/nvclip", api_key=api_key)
+    if settings.embedder != "local":
+        raise ValueError(f"MEDVEC_EMBEDDER must be 'local' or 'nim', not {settings.embedder!r}")
+    token = dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None
+    return LocalEmbedderResource(model=settings.model, hf_token=token, s3_endpoint_url=settings.s3_endpoint_url,
+                                 model_source=os.environ.get("MEDVEC_MODEL_SOURCE", "hub"),
+                                 model_location=os.environ.get("MEDVEC_MODEL_LOCATION") or None,
+                                 revision=os.environ.get("MEDVEC_MODEL_REVISION") or None)

@@ -1,0 +1,92 @@
+"""Per-model LanceDB tables: exact per-batch upserts, concurrent writers, dimension mismatches."""
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from medvec import store
+from medvec.embedding import check_vectors
+from medvec.image_table import (TableDimensionMismatch, image_rows, image_table_name, open_image_table,
+                                upsert_batch)
+from medvec.records import ImageRecord
+
+
+def _records(batch: str, ids: list[str]) -> list[ImageRecord]:
+    return [ImageRecord(image_id=i, batch=batch, source_uri=f"/src/{i}.dcm", content_sha256=i * 2,
+                        image_uri=f"images/{i}.webp", thumb_uri=f"thumbs/{i}.webp", source_format="dicom",
+                        labels=["Edema"], view_position="PA") for i in ids]
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _write(db_uri: str, batch: str, ids: list[str], dim: int = 8, seed: int = 0) -> None:
+    db = store.connect(db_uri)
+    table = open_image_table(db, image_table_name("tiny"), dim)
+    rows = image_rows(_records(batch, ids), _vectors(len(ids), dim, seed), dim=dim, model_id="m", revision="r")
+    upsert_batch(table, batch, rows)
+
+
+def _ids(db_uri: str) -> list[str]:
+    table = store.connect(db_uri).open_table(image_table_name("tiny"))
+    return sorted(table.to_arrow().column("image_id").to_pylist())
+
+
+def test_reupserting_a_batch_leaves_the_row_count_unchanged(tmp_path):
+    uri = str(tmp_path / "db")
+    _write(uri, "b1", ["a", "b", "c"])
+    _write(uri, "b2", ["d"])
+    _write(uri, "b1", ["a", "b", "c"], seed=1)
+    assert _ids(uri) == ["a", "b", "c", "d"]
+    table = store.connect(uri).open_table("images__tiny")
+    row = table.search().where("image_id = 'a'").limit(1).to_list()[0]
+    assert row["labels"] == ["Edema"] and row["model_id"] == "m" and len(row["vector"]) == 8
+
+
+def test_a_batch_rewrite_drops_only_that_batchs_vanished_rows(tmp_path):
+    uri = str(tmp_path / "db")
+    _write(uri, "b1", ["a", "b", "c"])
+    _write(uri, "b2", ["d", "e"])
+    _write(uri, "b1", ["a", "c"])
+    assert _ids(uri) == ["a", "c", "d", "e"]
+
+
+def test_dimension_mismatch_is_a_clear_error_and_the_table_is_untouched(tmp_path):
+    uri = str(tmp_path / "db")
+    _write(uri, "b1", ["a", "b"], dim=8)
+    db = store.connect(uri)
+    version = db.open_table("images__tiny").version
+    with pytest.raises(TableDimensionMismatch, match="8-d vectors but this model gives 16-d"):
+        open_image_table(db, "images__tiny", 16)
+    assert db.open_table("images__tiny").version == version and _ids(uri) == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_concurrent_writers_of_the_same_new_ids_leave_no_duplicates(tmp_path):
+    uri = str(tmp_path / "db")
+    _write(uri, "seed", ["z"])  # the table and its primary key exist before the race
+    ids = [f"id{i:04d}" for i in range(300)]
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write, args=(uri, "b1", ids)) for _ in range(4)]
+    writers += [context.Process(target=_write, args=(uri, "b2", [f"x{i}" for i in range(100)]))]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    found = _ids(uri)
+    assert len(found) == len(set(found)) == 300 + 100 + 1
+
+
+def test_vector_checks_catch_nan_zero_and_wrong_shape():
+    good = _vectors(3)
+    assert check_vectors(good, 8) == []
+    bad = good.copy()
+    bad[0, 0] = np.nan
+    bad[1] = 0
+    problems = check_vectors(bad, 8)
+    assert any("NaN" in p for p in problems) and any("zeros" in p for p in problems)
+    assert "expected (n, 16)" in check_vectors(good, 16)[0]
