@@ -111,3 +111,27 @@ def test_a_backfill_run_embeds_several_batches_with_one_model_load(tmp_path, set
     assert sorted(m.partition for m in materializations) == sorted(summary.batches)
     table = store.connect(settings.lancedb_uri).open_table(image_table_name("tiny_siglip"))
     assert table.count_rows() == 5
+
+
+def test_the_nim_backend_fills_the_same_table_as_the_local_model(tmp_path, settings, dagster_instance):
+    from medvec.embed_server import EmbedServer
+    from resources.embedders import NimEmbedderResource
+
+    local = LocalEmbedderResource(model="tiny-siglip")
+    artifact = local.resolve(settings.home / "models")
+    with local.load(artifact) as model:
+        server = EmbedServer(model).start()
+        try:
+            nim = NimEmbedderResource(model="tiny-siglip", url=server.url, nim_model="medvec/tiny-siglip")
+            summary = ingest(str(_folder(tmp_path)), settings, instance=dagster_instance, embedder=nim)
+        finally:
+            server.stop()
+        assert not summary.failed_runs and summary.embedded == 5 and summary.table == "images__tiny_siglip"
+        records = load_batch_records(settings.home, summary.batches[0])
+        direct = model.embed_images([(settings.home / r.image_uri).read_bytes() for r in records])
+    stored = {r["image_id"]: r["vector"] for r in
+              store.connect(settings.lancedb_uri).open_table(summary.table).to_arrow().to_pylist()}
+    for record, vector in zip(records, direct):
+        np.testing.assert_allclose(stored[record.image_id], vector, atol=1e-4)
+    model_event = dagster_instance.get_latest_materialization_event(dg.AssetKey("embedding_model"))
+    assert model_event.asset_materialization.metadata["loader"].value == "nim"
