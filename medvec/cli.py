@@ -343,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
+    # Dagster marks BackfillPolicy as beta on every import; users of the CLI cannot act on it.
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)

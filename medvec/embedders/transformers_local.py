@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -60,6 +61,21 @@ class PixelPreparer:
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
+@contextmanager
+def quiet_transformers():
+    """Config validation warns about default sub-config token ids our checkpoints never use, and
+    per-weight progress bars flood logs; the pipeline reports its own progress."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 def pick_device(requested: str = "auto") -> str:
     import torch
 
@@ -98,8 +114,9 @@ class TransformersEmbedder(Embedder):
         self.dtype = dtype
         self._autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
         try:
-            self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval().to(self.device)
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            with quiet_transformers():
+                self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval().to(self.device)
+                self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise EmbedderError(f"could not load {spec.name} from {model_dir}: {exc}") from exc
         config = self.model.config
