@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export MEDVEC_HOME ?= $(CURDIR)/medvec_home
 export DAGSTER_HOME ?= $(MEDVEC_HOME)/dagster
 
-.PHONY: install demo test test-fast validate dagster benchmark clean
+.PHONY: install demo test test-fast test-biomedclip validate dagster benchmark clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,21 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# BiomedCLIP needs open_clip + torchvision, and torchvision pairs only with its own torch build
+# (here torch 2.14.1 / torchvision 0.29.1, several GB): a separate venv keeps the default install lean.
+BIOMEDCLIP_VENV ?= .venv-biomedclip
+BIOMEDCLIP_TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+$(BIOMEDCLIP_VENV)/.installed: pyproject.toml
+	test -x $(BIOMEDCLIP_VENV)/bin/python || $(PYTHON) -m venv $(BIOMEDCLIP_VENV)
+	$(BIOMEDCLIP_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BIOMEDCLIP_VENV)/bin/python -m pip install --quiet $(BIOMEDCLIP_TORCH)
+	$(BIOMEDCLIP_VENV)/bin/python -m pip install --quiet -e '.[dev,biomedclip]'
+	touch $@
+
+test-biomedclip: $(BIOMEDCLIP_VENV)/.installed
+	$(BIOMEDCLIP_VENV)/bin/python -m pytest -q -ra tests/test_open_clip.py
 
 validate: install
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml

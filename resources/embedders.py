@@ -62,9 +62,9 @@ class LocalEmbedderResource(EmbedderResource):
 
         spec = self.spec()
         if spec.no_retrieval_quality:
-            from medvec.models.tiny import build_tiny_siglip
+            from medvec.models.tiny import TINY_BUILDERS
 
-            local_dir = build_tiny_siglip(Path(cache_dir) / "tiny" / spec.name)
+            local_dir = TINY_BUILDERS[spec.name](Path(cache_dir) / "tiny" / spec.name)
             resolved = resolve_model_files(spec.model_id, source="local", location=str(local_dir), cache_dir=cache_dir)
         else:
             resolved = resolve_model_files(

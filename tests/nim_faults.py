@@ -1,5 +1,10 @@
-"""A fault-injecting HTTP proxy for NIM client tests: forwards to a real EmbedServer and, per
-request, can answer 429/503 instead, stall, truncate, shuffle or distort the real answer."""
+"""A fault-injecting HTTP proxy for NIM client tests.
+
+It forwards to a real `EmbedServer` and, one scripted fault per `POST /v1/embeddings`, answers
+429/5xx instead, stalls, truncates the body, or distorts a real answer (wrong dimension, wrong
+count, shuffled `index` order). It records every request it saw, so tests can count retries and
+check request bodies.
+"""
 
 from __future__ import annotations
 
@@ -8,60 +13,135 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+@dataclass(frozen=True)
+class Fault:
+    """What to do to one request. `Fault()` forwards it untouched.
+
+    status: answer this status (with Retry-After when `retry_after` is set) without forwarding.
+    sleep_s: wait this long before forwarding (longer than the client's timeout: a timeout).
+    truncate: cut the real answer's body in half (malformed JSON).
+    dim: keep only the first `dim` numbers of each embedding.
+    drop: drop this many items from `data` (wrong count).
+    shuffle: reverse `data` (the `index` fields stay right, the list order does not).
+    """
+
+    status: int | None = None
+    retry_after: str | None = None
+    sleep_s: float = 0.0
+    truncate: bool = False
+    dim: int | None = None
+    drop: int = 0
+    shuffle: bool = False
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    body: dict | None
+    authorization: str | None
+    at: float = field(default_factory=time.monotonic)
+
+
 class FaultProxy:
-    """`faults` is consumed one entry per POST: None forwards untouched; otherwise a dict such as
-    {"status": 429, "retry_after": "0.2"}, {"sleep": 2}, {"truncate": True}, {"shuffle": True},
-    {"dim": 5}, {"drop_one": True}."""
+    """Forwards to `upstream`; `inject(...)` queues faults, consumed one per embeddings request."""
 
     def __init__(self, upstream: str):
-        self.upstream = upstream
-        self.faults: list[dict | None] = []
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        proxy = self
+        self.upstream = upstream.rstrip("/")
+        self.seen: list[SeenRequest] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._httpd = _Server(("127.0.0.1", 0), _handler(self))
+        threading.Thread(target=self._httpd.serve_forever, name="fault-proxy", daemon=True).start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-            def log_message(self, *args):
-                pass
+    def inject(self, *faults: Fault) -> None:
+        with self._lock:
+            self._faults.extend(faults)
 
-            def do_GET(self):
-                self._forward(None)
+    def posts(self) -> list[SeenRequest]:
+        with self._lock:
+            return [seen for seen in self.seen if seen.method == "POST" and seen.path == "/v1/embeddings"]
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with proxy.lock:
-                    proxy.requests.append({"path": self.path, "body": json.loads(body or b"{}"),
-                                           "auth": self.headers.get("Authorization"), "at": time.monotonic()})
-                    fault = proxy.faults.pop(0) if proxy.faults else None
-                if fault and "status" in fault:
-                    headers = {"Retry-After": fault["retry_after"]} if "retry_after" in fault else {}
-                    return self._send(fault["status"], b'{"detail": "injected"}', headers)
-                if fault and "sleep" in fault:
-                    time.sleep(fault["sleep"])
-                self._forward(body, fault)
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
 
-            def _forward(self, body, fault=None):
-                request = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                                 headers={k: v for k, v in self.headers.items()
-                                                          if k.lower() in ("content-type", "authorization")})
-                try:
-                    with urllib.request.urlopen(request, timeout=30) as answer:
-                        status, payload = answer.status, answer.read()
-                except urllib.error.HTTPError as error:
-                    status, payload = error.code, error.read()
-                if fault and status == 200:
-                    payload = proxy._distort(payload, fault)
-                try:
-                    self._send(status, payload, {})
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout): expected for the slow-answer fault
+    def _record(self, seen: SeenRequest) -> Fault:
+        with self._lock:
+            self.seen.append(seen)
+            if seen.method == "POST" and seen.path == "/v1/embeddings" and self._faults:
+                return self._faults.pop(0)
+        return Fault()
 
-            def _send(self, status, payload, headers):
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+
+def _distort(payload: bytes, fault: Fault) -> bytes:
+    if fault.truncate:
+        return payload[: len(payload) // 2]
+    if fault.dim is None and not fault.drop and not fault.shuffle:
+        return payload
+    answer = json.loads(payload)
+    if fault.dim is not None:
+        for item in answer["data"]:
+            item["embedding"] = item["embedding"][: fault.dim]
+    if fault.drop:
+        answer["data"] = answer["data"][: -fault.drop]
+    if fault.shuffle:
+        answer["data"].reverse()
+    return json.dumps(answer).encode()
+
+
+def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            proxy._record(SeenRequest("GET", self.path, None, self.headers.get("Authorization")))
+            self._forward(None, Fault())
+
+        def do_POST(self):
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            fault = proxy._record(SeenRequest("POST", self.path, body, self.headers.get("Authorization")))
+            if fault.status is not None:
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+                return self._send(fault.status, json.dumps({"detail": "injected fault"}).encode(), headers)
+            if fault.sleep_s:
+                time.sleep(fault.sleep_s)
+            self._forward(raw, fault)
+
+        def _forward(self, raw: bytes | None, fault: Fault):
+            headers = {key: value for key, value in self.headers.items()
+                       if key.lower() in ("content-type", "authorization")}
+            request = urllib.request.Request(proxy.upstream + self.path, data=raw, method=self.command,
+                                             headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    status, payload = answer.status, answer.read()
+            except urllib.error.HTTPError as error:
+                status, payload = error.code, error.read()
+            self._send(status, _distort(payload, fault) if status == 200 else payload, {})
+
+        def _send(self, status: int, payload: bytes, headers: dict[str, str]):
+            try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -69,32 +149,7 @@ class FaultProxy:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client timed out first: the point of a slow fault
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-
-    @staticmethod
-    def _distort(payload: bytes, fault: dict) -> bytes:
-        if fault.get("truncate"):
-            return payload[: len(payload) // 2]
-        answer = json.loads(payload)
-        if fault.get("shuffle"):
-            answer["data"] = answer["data"][::-1]
-        if "dim" in fault:
-            for item in answer["data"]:
-                item["embedding"] = item["embedding"][: fault["dim"]]
-        if fault.get("drop_one"):
-            answer["data"] = answer["data"][:-1]
-        return json.dumps(answer).encode()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def posts(self) -> list[dict]:
-        return [r for r in self.requests if r["path"] == "/v1/embeddings"]
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    return Handler

@@ -39,13 +39,13 @@ def _rgb(data: bytes) -> Image.Image:
 
 def test_registry_entries_are_consistent():
     assert set(REGISTRY) == {"siglip-base", "siglip-so400m", "medsiglip", "clip-b32", "biomedclip", "nvclip",
-                             "tiny-siglip"}
+                             "tiny-siglip", "tiny-biomedclip"}
     for spec in REGISTRY.values():
         assert spec.dim > 0 and spec.image_size > 0 and spec.slug.replace("_", "").isalnum()
         assert spec.loader in {"transformers", "open_clip", "nim"}
         assert spec.text_padding == "max_length" or "siglip" not in spec.name
     assert REGISTRY["medsiglip"].gated and REGISTRY["medsiglip"].resize == "pad_square"
-    assert [s.name for s in REGISTRY.values() if s.no_retrieval_quality] == ["tiny-siglip"]
+    assert [s.name for s in REGISTRY.values() if s.no_retrieval_quality] == ["tiny-siglip", "tiny-biomedclip"]
 
 
 def test_resolve_model_by_name_override_or_hub_id():

@@ -33,6 +33,7 @@ class PixelPreparer:
     std: tuple[float, float, float]
     resize: str
     resample: str
+    crop_rounding: str = "floor"  # HF image processors floor the crop offset; torchvision rounds it
 
     def __call__(self, data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
@@ -52,7 +53,8 @@ class PixelPreparer:
             new_long = int(self.size * long / short)
             target = (self.size, new_long) if width <= height else (new_long, self.size)
             image = image.resize(target, resample)
-            left, top = (image.width - self.size) // 2, (image.height - self.size) // 2
+            offset = (lambda extra: int(round(extra / 2.0))) if self.crop_rounding == "round" else (lambda e: e // 2)
+            left, top = offset(image.width - self.size), offset(image.height - self.size)
             image = image.crop((left, top, left + self.size, top + self.size))
         else:
             image = image.resize((self.size, self.size), resample)
