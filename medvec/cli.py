@@ -181,6 +181,7 @@ def cmd_embed_server(args) -> int:
     from medvec.embed_server import serve
     from resources.embedders import LocalEmbedderResource
 
+    logging.getLogger("medvec.embed_server").setLevel(logging.INFO)  # its startup line is for the operator
     settings = Settings.from_env()
     resource = LocalEmbedderResource(model=args.model or settings.model, device=args.device,
                                      s3_endpoint_url=settings.s3_endpoint_url,

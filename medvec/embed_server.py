@@ -255,9 +255,12 @@ class EmbedServer:
         return dict(self._batcher.counts)
 
     def start(self, wait_ready: bool = True) -> "EmbedServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="embed-server", daemon=True)
-        self._thread.start()
-        self._batcher.start()
+        if self._thread is None:
+            # A short poll keeps stop() quick; an idle select wake-up ten times a second costs nothing.
+            self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,), name="embed-server",
+                                            daemon=True)
+            self._thread.start()
+            self._batcher.start()
         if wait_ready:
             self._batcher.warm.wait()
             if self._batcher.warm_up_error:
@@ -274,7 +277,7 @@ class EmbedServer:
         self._batcher.stop()
 
     def __enter__(self) -> "EmbedServer":
-        return self.start()
+        return self if self._thread is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -287,6 +290,8 @@ def _handler_class(server: EmbedServer, prepare, api_key: str | None) -> type[Ba
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so clients' connection pools work
         timeout = 300  # idle keep-alive connections give their thread back eventually
+        # Headers and body go out in two writes; with Nagle on, delayed ACKs add ~40 ms per answer.
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt, *args):  # request lines only at debug level; never headers
             log.debug("%s " + fmt, self.address_string(), *args)

@@ -56,7 +56,7 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _handler(self))
-        threading.Thread(target=self._httpd.serve_forever, name="fault-proxy", daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="fault-proxy", daemon=True).start()
 
     @property
     def url(self) -> str:
@@ -106,6 +106,7 @@ def _distort(payload: bytes, fault: Fault) -> bytes:
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else delayed ACKs add ~40 ms to every answer
 
         def log_message(self, *args):
             pass

@@ -82,8 +82,8 @@ class NimEmbedder(Embedder):
         self._dim_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        # requests.Session is not documented as thread-safe, so each sending thread keeps its own
-        # (each still pools its keep-alive connection).
+        # requests.Session is not documented as thread-safe, so each pool thread keeps its own
+        # (each still reuses its keep-alive connection).
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
 
@@ -121,9 +121,9 @@ class NimEmbedder(Embedder):
         A server without the health route (404) counts as ready when `GET /v1/models` lists the model.
         """
         try:
-            answer = self._session().get(f"{self.url}/v1/health/ready", timeout=timeout)
+            answer = requests.get(f"{self.url}/v1/health/ready", headers=self._auth(), timeout=timeout)
             if answer.status_code == 200:
-                return True, _message(answer) or "ready"
+                return True, self._scrub(_message(answer)) or "ready"
             if answer.status_code == 404:
                 return self._listed(timeout)
         except requests.RequestException as exc:
@@ -134,7 +134,7 @@ class NimEmbedder(Embedder):
     # --- sending ------------------------------------------------------------------------------
 
     def _listed(self, timeout: float) -> tuple[bool, str]:
-        answer = self._session().get(f"{self.url}/v1/models", timeout=timeout)
+        answer = requests.get(f"{self.url}/v1/models", headers=self._auth(), timeout=timeout)
         if answer.status_code != 200:
             return False, f"{self._shown_url} has neither /v1/health/ready nor /v1/models (HTTP {answer.status_code})"
         try:
@@ -145,12 +145,14 @@ class NimEmbedder(Embedder):
             return True, f"{self.model_id} is listed at /v1/models"
         return False, f"{self.model_id} is not among the models served at {self._shown_url}: {', '.join(served)}"
 
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            if self._api_key:
-                session.headers["Authorization"] = f"Bearer {self._api_key}"
+            session.headers.update(self._auth())
             self._local.session = session
             with self._pool_lock:
                 self._sessions.append(session)
@@ -167,9 +169,10 @@ class NimEmbedder(Embedder):
             return np.zeros((0, self.dim or 0), np.float32)
         chunks = [inputs[i:i + self.max_batch] for i in range(0, len(inputs), self.max_batch)]
         abandon = threading.Event()
-        if len(chunks) == 1:
-            return l2_normalize(self._post_with_retries(chunks[0], abandon))
-        futures: list[Future] = [self._executor().submit(self._post_with_retries, chunk, abandon) for chunk in chunks]
+        # Even a single chunk goes through the pool: only its `concurrency` threads ever hold a
+        # session, however many threads (e.g. a search server's) call this embedder.
+        pool = self._executor()
+        futures: list[Future] = [pool.submit(self._post_with_retries, chunk, abandon) for chunk in chunks]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in futures if f in done and f.exception() is not None), None)
