@@ -163,7 +163,7 @@ def cmd_ingest(args) -> int:
 def cmd_models(args) -> int:
     from medvec.models.registry import model_rows
 
-    rows = model_rows()
+    rows = model_rows(hub_cache_dirs=[Settings.from_env().model_cache / "hub", None])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -235,7 +235,7 @@ def _choose_demo_model(settings: Settings) -> None:
     """The configured model when this machine has it, else tiny-siglip, said in plain words."""
     from medvec.models.registry import model_rows
 
-    rows = {row["name"]: row for row in model_rows()}
+    rows = {row["name"]: row for row in model_rows(hub_cache_dirs=[settings.model_cache / "hub", None])}
     row = rows.get(settings.model)
     if settings.embedder == "nim" or (row and row["available"] and not row.get("no_retrieval_quality")):
         print(f"embedding with {settings.model}")

@@ -28,12 +28,16 @@ class ModelArtifact:
 
 
 class EmbedderResource(dg.ConfigurableResource, ABC):
-    """Which model embeds and where it runs. `model` is a registry name or a Hugging Face id."""
+    """Which model embeds and where it runs. `model` is a registry name or a Hugging Face id; an id
+    outside the registry names its embedding `dim` and `image_size` (or is already in the cache)."""
 
     model: str
+    dim: int | None = None
+    image_size: int | None = None
 
     def spec(self) -> ModelSpec:
-        return resolve_model(self.model)
+        overrides = {k: v for k, v in (("dim", self.dim), ("image_size", self.image_size)) if v is not None}
+        return resolve_model(self.model, **overrides)
 
     @abstractmethod
     def resolve(self, cache_dir: Path) -> ModelArtifact:
@@ -133,7 +137,9 @@ def embedder_from_env(settings: Settings | None = None) -> EmbedderResource:
     if settings.embedder != "local":
         raise ValueError(f"MEDVEC_EMBEDDER must be 'local' or 'nim', not {settings.embedder!r}")
     token = dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None
+    dim, size = os.environ.get("MEDVEC_MODEL_DIM"), os.environ.get("MEDVEC_MODEL_IMAGE_SIZE")
     return LocalEmbedderResource(model=settings.model, hf_token=token, s3_endpoint_url=settings.s3_endpoint_url,
+                                 dim=int(dim) if dim else None, image_size=int(size) if size else None,
                                  model_source=os.environ.get("MEDVEC_MODEL_SOURCE", "hub"),
                                  model_location=os.environ.get("MEDVEC_MODEL_LOCATION") or None,
                                  revision=os.environ.get("MEDVEC_MODEL_REVISION") or None)
