@@ -15,7 +15,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MANIFEST = "medvec_files.json"
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "vocab*", "merges*"]
+# Weights as safetensors, plus open_clip checkpoints (BiomedCLIP ships only open_clip_pytorch_model.bin).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "vocab*", "merges*", "open_clip_*"]
 
 
 class ModelFilesError(RuntimeError):

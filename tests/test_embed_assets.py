@@ -102,7 +102,7 @@ def test_a_backfill_run_embeds_several_batches_with_one_model_load(tmp_path, set
     dg.materialize([embedding_model], instance=dagster_instance, resources=resources)
     job = dg.Definitions(assets=[embedding_model, source_manifest, normalized_images, image_embeddings],
                          jobs=[dg.define_asset_job("embed_job", selection=[image_embeddings])],
-                         resources=resources).get_job_def("embed_job")
+                         resources=resources).resolve_job_def("embed_job")
     result = job.execute_in_process(instance=dagster_instance, tags={
         "dagster/asset_partition_range_start": summary.batches[0],
         "dagster/asset_partition_range_end": summary.batches[-1]})

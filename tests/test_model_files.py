@@ -6,7 +6,7 @@ import boto3
 import pytest
 
 from medvec.model_files import ModelFilesError, resolve_model_files, verify_model_files
-from tests.conftest import free_port
+
 
 
 @pytest.fixture
@@ -35,17 +35,6 @@ def test_a_local_folder_resolves_with_sizes_hashes_and_a_stable_revision(model_f
     changed = resolve_model_files("org/m", source="local", location=str(model_folder), cache_dir=tmp_path / "c")
     assert changed.revision != resolved.revision
     assert changed.to_metadata()["n_files"] == 3
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_an_s3_mirror_downloads_once_and_repairs_a_corrupted_copy(s3_endpoint, model_folder, tmp_path, monkeypatch):

@@ -67,3 +67,9 @@ def test_ingest_embeds_with_the_open_clip_backend(tmp_path, settings, dagster_in
                      embedder=LocalEmbedderResource(model="tiny-biomedclip"))
     assert not summary.failed_runs and summary.embedded == 2 and summary.table == "images__tiny_biomedclip"
     assert store.connect(settings.lancedb_uri).open_table(summary.table).count_rows() == 2
+
+
+def test_tiny_biomedclip_builds_are_deterministic(tmp_path, model_dir):
+    again = build_tiny_biomedclip(tmp_path / "again")
+    name = "open_clip_model.safetensors"
+    assert (again / name).read_bytes() == (model_dir / name).read_bytes()

@@ -68,6 +68,17 @@ def _seeded(seed: int = SEED):
         yield
 
 
+def _begin_build(out_dir: str | Path) -> tuple[Path, Path | None]:
+    """(out_dir, an empty scratch folder beside it), or (out_dir, None) when already built."""
+    out_dir = Path(out_dir).absolute()
+    if _is_built(out_dir):
+        return out_dir, None
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return out_dir, tmp
+
+
 def _finish(tmp: Path, out_dir: Path, what: str) -> Path:
     (tmp / MARKER).write_text(f"{what}, recipe {RECIPE_VERSION}, seed {SEED}: random weights, NO retrieval quality. "
                               "Built by medvec.models.tiny for offline runs and tests.\n")
@@ -92,12 +103,9 @@ def build_tiny_siglip(out_dir: str | Path) -> Path:
 
     spec = REGISTRY["tiny-siglip"]
     image_size, width = spec.image_size, spec.dim
-    out_dir = Path(out_dir)
-    if _is_built(out_dir):
+    out_dir, tmp = _begin_build(out_dir)
+    if tmp is None:
         return out_dir
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     # Like google/siglip-*: no attention mask, because SigLIP was trained without one.
     _, vocab = _build_tokenizer(tmp, pad="</s>", eos="</s>", bos=None, max_length=spec.text_length,
                                 model_input_names=["input_ids"])
@@ -125,12 +133,9 @@ def build_tiny_clip(out_dir: str | Path, image_size: int = 32) -> Path:
 
     from medvec.models.registry import CLIP_MEAN, CLIP_STD
 
-    out_dir = Path(out_dir)
-    if _is_built(out_dir):
+    out_dir, tmp = _begin_build(out_dir)
+    if tmp is None:
         return out_dir
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     _, vocab = _build_tokenizer(tmp, pad="<pad>", eos="</s>", bos="<s>", max_length=77)
     from medvec.embedders.transformers_local import quiet_transformers
 
@@ -151,10 +156,9 @@ def build_tiny_clip(out_dir: str | Path, image_size: int = 32) -> Path:
 
 def build_tiny_biomedclip(out_dir: str | Path, image_size: int = 224) -> Path:
     """A 32-d open_clip model shaped like BiomedCLIP: a timm ViT-Tiny image tower (224 px: open_clip does
-    not pass other sizes to timm) and a Hugging Face BERT
-    text tower with CLS pooling and an MLP projection, loadable with open_clip's `local-dir:` schema.
+    not pass other sizes to timm) and a Hugging Face BERT text tower with CLS pooling and an MLP
+    projection, loadable with open_clip's `local-dir:` schema.
     Needs the biomedclip extra. The text tower lives in `out_dir/text`, named by absolute path."""
-    import torch
     from open_clip.model import CustomTextCLIP
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
@@ -164,12 +168,10 @@ def build_tiny_biomedclip(out_dir: str | Path, image_size: int = 224) -> Path:
     from medvec.embedders.transformers_local import quiet_transformers
     from medvec.models.registry import CLIP_MEAN, CLIP_STD
 
-    out_dir = Path(out_dir).absolute()
-    if _is_built(out_dir):
+    out_dir, tmp = _begin_build(out_dir)
+    if tmp is None:
         return out_dir
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "text").mkdir(parents=True)
+    (tmp / "text").mkdir()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _WORDS
     ids = {token: i for i, token in enumerate(vocab)}
     core = Tokenizer(WordPiece(ids, unk_token="[UNK]"))  # a BERT-style uncased WordPiece, like BiomedBERT's
@@ -183,7 +185,7 @@ def build_tiny_biomedclip(out_dir: str | Path, image_size: int = 224) -> Path:
     # open_clip's `local-dir:` reads the tokenizer from the model folder itself, as BiomedCLIP's repo has it.
     tokenizer.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp / "text")
-    with quiet_transformers():
+    with _seeded(), quiet_transformers():
         BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64, max_position_embeddings=256)).save_pretrained(tmp / "text")
     text_dir = str(out_dir / "text")  # where it will live once the build is moved into place
@@ -197,9 +199,8 @@ def build_tiny_biomedclip(out_dir: str | Path, image_size: int = 224) -> Path:
     (tmp / "open_clip_config.json").write_text(json.dumps({
         "model_cfg": model_cfg, "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD),
                                                    "interpolation": "bicubic", "resize_mode": "shortest"}}, indent=1))
-    torch.manual_seed(SEED)
     text_cfg = {**model_cfg["text_cfg"], "hf_model_name": str(tmp / "text"), "hf_tokenizer_name": str(tmp / "text")}
-    with quiet_transformers():
+    with _seeded(), quiet_transformers():
         model = CustomTextCLIP(embed_dim=32, vision_cfg=model_cfg["vision_cfg"], text_cfg=text_cfg)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
     return _finish(tmp, out_dir, "tiny-biomedclip")
