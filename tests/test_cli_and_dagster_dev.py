@@ -86,3 +86,30 @@ def test_dagster_dev_shows_the_assets_and_the_batches_that_ingest_made(tmp_path)
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_medvec_embed_server_serves_the_nim_protocol(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MEDVEC_HOME": str(tmp_path / "home"), "MEDVEC_MODEL": "tiny-siglip"}
+    server = subprocess.Popen([str(BIN / "medvec"), "embed-server", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health/ready", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/embeddings", headers={
+            "Content-Type": "application/json"}, data=json.dumps(
+                {"input": ["pleural effusion", "cardiomegaly"], "model": "medvec/tiny-siglip",
+                 "encoding_format": "float"}).encode())
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            data = json.loads(answer.read())["data"]
+        assert [d["index"] for d in data] == [0, 1] and len(data[0]["embedding"]) == 64
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -135,3 +135,29 @@ def test_the_nim_backend_fills_the_same_table_as_the_local_model(tmp_path, setti
         np.testing.assert_allclose(stored[record.image_id], vector, atol=1e-4)
     model_event = dagster_instance.get_latest_materialization_event(dg.AssetKey("embedding_model"))
     assert model_event.asset_materialization.metadata["loader"].value == "nim"
+
+
+def test_a_model_mirrored_on_s3_is_resolved_recorded_and_used(tmp_path, settings, dagster_instance, s3_endpoint,
+                                                               monkeypatch):
+    import boto3
+
+    from medvec.models.tiny import build_tiny_siglip
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    model_dir = build_tiny_siglip(tmp_path / "built")
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="hospital-models")
+    for path in model_dir.iterdir():
+        client.upload_file(str(path), "hospital-models", f"mirror/chest-siglip/{path.name}")
+    embedder = LocalEmbedderResource(model="hospital/chest-siglip", dim=64, image_size=32, model_source="s3",
+                                     model_location="s3://hospital-models/mirror/chest-siglip",
+                                     s3_endpoint_url=s3_endpoint)
+    summary = ingest(str(_folder(tmp_path)), settings, instance=dagster_instance, embedder=embedder)
+    assert not summary.failed_runs and summary.embedded == 5 and summary.table == "images__hospital_chest_siglip"
+    metadata = dagster_instance.get_latest_materialization_event(
+        dg.AssetKey("embedding_model")).asset_materialization.metadata
+    details = metadata["details"].value
+    assert details["source"] == "s3" and details["n_files"] == len(list(model_dir.iterdir()))
+    assert metadata["revision"].value.startswith("sha256:") and "warning" not in metadata
+    assert {f["path"] for f in details["files"]} >= {"config.json", "model.safetensors"}
