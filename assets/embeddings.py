@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.ingest import normalized_images
 from medvec import progress, store
-from medvec.batches import load_batch_records
+from medvec.batches import is_normalized, load_batch_records
 from medvec.embedders.base import EmbedderError
 from medvec.embedding import check_vectors, embed_records
 from medvec.image_table import image_rows, image_table_name, open_image_table, upsert_batch
@@ -40,6 +40,14 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
     """Each batch's normalised images embedded and upserted into the model's table
     (`images__<model>`, keyed by `image_id`). A backfill loads the model once for several batches."""
     spec = embedder.spec()
+    if (embedding_model.name, embedding_model.model_id) != (spec.name, spec.model_id):
+        # The stored artifact is from another model: embedding with it would fill the wrong table.
+        raise EmbedderError(f"embedding_model holds {embedding_model.name} but the embedder is configured for "
+                            f"{spec.name}: materialise embedding_model again first")
+    missing = [b for b in context.partition_keys if not is_normalized(medvec.home_path, b)]
+    if missing:
+        raise EmbedderError(f"batch(es) {', '.join(missing)} have no normalised images yet: "
+                            "materialise normalized_images for them first")
     db = store.connect(medvec.lancedb_uri)
     table_name = image_table_name(spec.slug)
     table = open_image_table(db, table_name, embedding_model.dim)  # a dimension mismatch stops here
@@ -57,8 +65,9 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
                               model_id=embedding_model.model_id, revision=embedding_model.revision)
             upsert_batch(table, batch, rows)
             store.replace_batch_errors(db, batch, result.errors, stages=store.EMBED_STAGES)
-            for error in result.errors:
-                context.log.warning(f"{error.source_uri}: embed failed: {error.message}")
+            if result.errors:  # file paths may hold identifiers: the details live in ingest_errors
+                context.log.warning(f"batch {batch}: {len(result.errors)} image(s) could not be embedded "
+                                    "(see the ingest_errors table)")
             written += len(result.records)
             errors_total += len(result.errors)
             seconds += time.perf_counter() - started

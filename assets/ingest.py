@@ -52,8 +52,9 @@ def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig
                              workers=config.workers or None, allow_columns=tuple(config.allow_columns),
                              progress=_progress_logger(context, source_manifest.batch))
     store.replace_batch_errors(store.connect(medvec.lancedb_uri), result.batch, result.errors)
-    for error in result.errors:
-        context.log.warning(f"{error.source_uri}: {error.stage} failed: {error.message}")
+    if result.errors:  # file paths may hold identifiers: the details live in ingest_errors
+        stages = ", ".join(sorted({e.stage for e in result.errors}))
+        context.log.warning(f"{len(result.errors)} file(s) failed ({stages}); see first_errors and ingest_errors")
     if result.changed:
         context.log.warning(f"{len(result.changed)} file(s) changed size since the batch was opened")
     return dg.Output(result.records, metadata=_summary_metadata(result, medvec))

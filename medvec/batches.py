@@ -9,6 +9,7 @@ Layout under the Medvec home:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -115,11 +117,32 @@ def plan_batches(source: ImageSource, home: Path, *, batch_size: int, limit: int
 
 
 def write_manifest(home: Path, manifest: BatchManifest) -> Path:
+    """Create the manifest; never replace one (a batch's file list never changes)."""
     path = batch_dir(home, manifest.batch) / "manifest.json"
-    if path.exists():
-        raise FileExistsError(f"batch {manifest.batch} already exists; a batch's file list never changes")
-    _write_atomic(path, manifest.to_json().encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".manifest.{os.getpid()}.tmp")
+    tmp.write_bytes(manifest.to_json().encode())
+    try:
+        os.link(tmp, path)  # atomic and exclusive: fails if another writer got there first
+    except FileExistsError:
+        raise FileExistsError(f"batch {manifest.batch} already exists; a batch's file list never changes") from None
+    finally:
+        tmp.unlink()
     return path
+
+
+@contextmanager
+def batch_opening_lock(home: Path):
+    """Serialises planning and writing manifests between processes (two ingests, CLI and sensor), so
+    no file is planned into two batches."""
+    root = Path(home) / "batches"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".open.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- normalising one batch -------------------------------------------------------------------
@@ -246,18 +269,22 @@ def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOp
             # Written as results arrive so memory stays flat in batch size.
             _write_atomic(home / outcome.record.image_uri, outcome.view_webp)
             _write_atomic(home / outcome.record.thumb_uri, outcome.thumb_webp)
-            result.notes.extend(f"{entry.uri}: {note}" for note in outcome.notes)
+            result.notes.extend(f"{_name(entry.uri)}: {note}" for note in outcome.notes)
             outcomes[index] = outcome.record
             result.normalized += 1
 
+    # An image belongs to the first batch that held it: a later batch with the same image_id (the same
+    # SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over.
+    owners = image_owners(home, exclude=manifest.batch)
     seen: dict[str, str] = {}
     for index in sorted(outcomes):  # manifest order makes duplicate resolution deterministic
         outcome = outcomes[index]
         if isinstance(outcome, IngestError):
             result.errors.append(outcome)
-        elif outcome.image_id in seen:
+        elif outcome.image_id in seen or outcome.image_id in owners:
+            holder = _name(seen[outcome.image_id]) if outcome.image_id in seen else f"batch {owners[outcome.image_id]}"
             result.duplicates.append(outcome.source_uri)
-            result.notes.append(f"{outcome.source_uri}: same image_id as {seen[outcome.image_id]}; kept once")
+            result.notes.append(f"{_name(outcome.source_uri)}: same image as {holder}; kept once")
         else:
             seen[outcome.image_id] = outcome.source_uri
             result.records.append(outcome)
@@ -267,6 +294,23 @@ def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOp
     _write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _name(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1]
+
+
+def image_owners(home: Path, exclude: str | None = None) -> dict[str, str]:
+    """image_id → the batch holding it, over every normalised batch but `exclude`; batches are read in
+    name (creation) order so the earliest holder wins."""
+    owners: dict[str, str] = {}
+    for batch in list_batches(home):
+        path = batch_dir(home, batch) / "records.parquet"
+        if batch == exclude or not path.exists():
+            continue
+        for image_id in pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist():
+            owners.setdefault(image_id, batch)
+    return owners
 
 
 def _write_parquet(path: Path, table) -> None:

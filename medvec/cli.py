@@ -46,18 +46,23 @@ def cmd_normalize(args) -> int:
                                window=args.window, allow_tags=tuple(args.allow_tag))
     files = [entry.uri for path in args.inputs for entry in LocalFolderSource(path).list_files()]
     records, errors = [], []
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "thumbs").mkdir(parents=True, exist_ok=True)
     with _bar(len(files), "normalising", not args.json) as bar:
         for uri in files:
-            data = Path(uri).read_bytes()
             try:
-                result = normalize_bytes(data, uri, options=options, pseudonymizer=pseudonymizer,
+                result = normalize_bytes(Path(uri).read_bytes(), uri, options=options, pseudonymizer=pseudonymizer,
                                          metadata=metadata.lookup(uri) if metadata else None)
             except UnreadableImage as exc:
                 errors.append(IngestError(uri, "", exc.stage, exc.error, exc.reason))
+            except OSError as exc:
+                errors.append(IngestError(uri, "", "read", type(exc).__name__, f"could not read the file ({exc})"))
+            except Exception as exc:  # noqa: BLE001 - one decoder bug must not stop the other files
+                log.exception("unexpected failure normalising one file")
+                errors.append(IngestError(uri, "", "decode", type(exc).__name__,
+                                          f"unexpected failure while decoding ({str(exc)[:200]})"))
             else:
                 name = result.record.image_id
-                (out / "images").mkdir(parents=True, exist_ok=True)
-                (out / "thumbs").mkdir(parents=True, exist_ok=True)
                 (out / "images" / f"{name}.webp").write_bytes(result.view_webp)
                 (out / "thumbs" / f"{name}.webp").write_bytes(result.thumb_webp)
                 result.record.image_uri = f"images/{name}.webp"

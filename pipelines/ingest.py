@@ -14,8 +14,8 @@ import dagster as dg
 
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
-from medvec.batches import (BatchManifest, is_normalized, list_batches, load_batch_errors, load_batch_records,
-                            load_manifest, plan_batches, write_manifest)
+from medvec.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
+                            load_batch_records, load_manifest, plan_batches, write_manifest)
 from medvec.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
@@ -49,10 +49,12 @@ class IngestSummary:
                 "embedded": self.embedded, "error_records": [e.to_row() for e in self.errors]}
 
 
-def pending_batches(settings: Settings, source_root: str) -> list[BatchManifest]:
-    """Batches of this source that were opened but never normalised (e.g. an interrupted ingest)."""
+def pending_batches(settings: Settings, source_root: str, embedded: set[str] | None = None) -> list[BatchManifest]:
+    """Batches of this source that were opened but never normalised (an interrupted ingest) or, when
+    `embedded` is given, never embedded (the model or NIM failed last time)."""
     manifests = [load_manifest(settings.home, b) for b in list_batches(settings.home)]
-    return [m for m in manifests if m.source == source_root and not is_normalized(settings.home, m.batch)]
+    return [m for m in manifests if m.source == source_root and (
+        not is_normalized(settings.home, m.batch) or (embedded is not None and m.batch not in embedded))]
 
 
 def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
@@ -63,23 +65,24 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     started = time.perf_counter()
     source = open_source(source_root, settings.s3_endpoint_url)
     metadata_csv = metadata_csv or source.find_metadata_csv()
-    planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv)
     summary = IngestSummary(source=source.root, dry_run=dry_run, metadata_csv=metadata_csv)
     if dry_run:
+        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv)
         summary.batches = [m.batch for m in planned]
         summary.files = sum(len(m.files) for m in planned)
         summary.seconds = time.perf_counter() - started
         return summary
 
-    manifests = pending_batches(settings, source.root)
-    for manifest in planned:
-        write_manifest(settings.home, manifest)
-        manifests.append(manifest)
     instance = instance or dg.DagsterInstance.get()
+    embedded = instance.get_materialized_partitions(image_embeddings.key) if embed else None
+    with batch_opening_lock(settings.home):
+        manifests = pending_batches(settings, source.root, embedded)
+        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv)
+        for manifest in planned:
+            write_manifest(settings.home, manifest)
+            manifests.append(manifest)
     instance.add_dynamic_partitions(batch_partitions.name, [m.batch for m in manifests])
-    resources = {"medvec": MedvecHomeResource(
-        home=str(settings.home), lancedb_uri=settings.lancedb_uri, s3_endpoint_url=settings.s3_endpoint_url,
-        pseudonym_key=settings.pseudonym_key)}
+    resources = {"medvec": MedvecHomeResource.from_settings(settings)}
     # The CLI prints its own summary of errors; the run log keeps every line for the UI.
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},

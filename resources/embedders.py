@@ -103,16 +103,17 @@ class NimEmbedderResource(EmbedderResource):
     timeout_s: float = 60.0
 
     def resolve(self, cache_dir: Path) -> ModelArtifact:
-        embedder = self._client(dim=None)
-        ready, detail = embedder.ready(timeout=self.timeout_s)
-        if not ready:
-            from medvec.embedders.base import EmbedderError
+        from medvec.embedders.base import EmbedderError
+        from medvec.embedders.nim import _without_credentials
 
-            raise EmbedderError(f"NIM at {self.url} is not ready ({detail}); start it or fix MEDVEC_NIM_URL")
-        dim = embedder.embed_texts(["chest x-ray"]).shape[1]
-        embedder.close()
+        shown_url = _without_credentials(self.url)  # a URL may carry user:password; never show it
+        with self._client(dim=None) as embedder:
+            ready, detail = embedder.ready(timeout=self.timeout_s)
+            if not ready:
+                raise EmbedderError(f"NIM at {shown_url} is not ready ({detail}); start it or fix MEDVEC_NIM_URL")
+            dim = embedder.embed_texts(["chest x-ray"]).shape[1]
         return ModelArtifact(name=self.model, model_id=self.nim_model, loader="nim", dim=dim, revision=None,
-                             local_dir=None, metadata={"url": self.url, "ready": detail, "dim": dim})
+                             local_dir=None, metadata={"url": shown_url, "ready": detail, "dim": dim})
 
     def load(self, artifact: ModelArtifact) -> Embedder:
         return self._client(dim=artifact.dim)

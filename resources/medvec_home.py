@@ -21,7 +21,12 @@ class MedvecHomeResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> "MedvecHomeResource":
-        settings = Settings.from_env()
+        return cls.from_settings(Settings.from_env())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "MedvecHomeResource":
+        # The key goes in as an EnvVar, never its value: Dagster stores resource values in every run's
+        # snapshot ($DAGSTER_HOME/history), where a raw key would sit in plain text.
         key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if os.environ.get("MEDVEC_PSEUDONYM_KEY") else None
         return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                    s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key)

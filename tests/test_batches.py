@@ -144,3 +144,21 @@ def test_same_image_twice_in_a_batch_is_stored_once(tmp_path):
     result = normalize_batch(manifest, home, pseudonym_key="k", workers=1)
     assert len(result.records) == 1 and result.records[0].source_uri.endswith("a.dcm")
     assert [u.rsplit("/", 1)[-1] for u in result.duplicates] == ["b.dcm"]
+
+
+def test_an_image_already_held_by_an_earlier_batch_stays_there(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, names in ((first, ["CT_small.dcm", "MR_small_RLE.dcm"]), (second, ["CT_small.dcm", "image_dfl.dcm"])):
+        folder.mkdir()
+        for name in names:
+            shutil.copy(dicom_testfile(name), folder / f"{folder.name}_{name}")
+    home = tmp_path / "home"
+    results = []
+    for folder in (first, second):
+        manifest = plan_batches(LocalFolderSource(folder), home, batch_size=10)[0]
+        write_manifest(home, manifest)
+        results.append(normalize_batch(manifest, home, pseudonym_key="k", workers=1))
+    assert len(results[0].records) == 2
+    assert [r.source_uri.rsplit("/", 1)[-1] for r in results[1].records] == ["second_image_dfl.dcm"]
+    assert [u.rsplit("/", 1)[-1] for u in results[1].duplicates] == ["second_CT_small.dcm"]
+    assert any(f"batch {results[0].batch}" in note for note in results[1].notes)

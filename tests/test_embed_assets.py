@@ -161,3 +161,28 @@ def test_a_model_mirrored_on_s3_is_resolved_recorded_and_used(tmp_path, settings
     assert details["source"] == "s3" and details["n_files"] == len(list(model_dir.iterdir()))
     assert metadata["revision"].value.startswith("sha256:") and "warning" not in metadata
     assert {f["path"] for f in details["files"]} >= {"config.json", "model.safetensors"}
+
+
+def test_embedding_refuses_an_unnormalised_batch_or_a_stale_model(tmp_path, settings, dagster_instance):
+    from medvec.batches import plan_batches, write_manifest
+    from medvec.sources import LocalFolderSource
+
+    resources = _resources(settings)
+    dg.materialize([embedding_model], instance=dagster_instance, resources=resources)
+    [manifest] = plan_batches(LocalFolderSource(_folder(tmp_path)), settings.home, batch_size=10)
+    write_manifest(settings.home, manifest)
+    dagster_instance.add_dynamic_partitions("batch", [manifest.batch])
+    assets = [embedding_model, source_manifest, normalized_images, image_embeddings]
+    result = dg.materialize(assets, selection=[image_embeddings], partition_key=manifest.batch,
+                            instance=dagster_instance, resources=resources, raise_on_error=False)
+    assert not result.success  # nothing normalised yet: no silent zero-row success
+    other = {**resources, "embedder": LocalEmbedderResource(model="my-org/other", dim=64, image_size=32)}
+    dg.materialize(assets, selection=[source_manifest, normalized_images], partition_key=manifest.batch,
+                   instance=dagster_instance, resources=resources)
+    stale = dg.materialize(assets, selection=[image_embeddings], partition_key=manifest.batch,
+                           instance=dagster_instance, resources=other, raise_on_error=False)
+    assert not stale.success
+    messages = [e.event_specific_data.error.to_string() for e in stale.all_events
+                if e.is_step_failure]
+    assert any("materialise embedding_model again" in m for m in messages)
+    assert open_image_table(store.connect(settings.lancedb_uri), image_table_name("tiny_siglip"), 64).count_rows() == 0

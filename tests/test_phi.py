@@ -2,12 +2,14 @@
 
 import logging
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import pydicom
 import pytest
 
 from medvec.phi import IDENTIFYING_TAGS, Pseudonymizer
+from medvec.settings import Settings
 from pipelines.ingest import ingest
 from tests.conftest import dicom_testfile
 
@@ -47,7 +49,10 @@ def test_sentinel_covers_every_identifying_tag_we_strip():
 
 
 @pytest.mark.slow
-def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagster_instance, caplog):
+def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagster_instance, caplog, monkeypatch):
+    secret = "ZZPSEUDONYMKEYSENTINELQQ"
+    monkeypatch.setenv("MEDVEC_PSEUDONYM_KEY", secret)
+    settings = Settings.from_env()
     folder = tmp_path / "incoming"
     folder.mkdir()
     _with_sentinels("CT_small.dcm", folder / "ct.dcm")
@@ -61,13 +66,20 @@ def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagst
     assert summary.ok == 3 and len(summary.errors) == 1
 
     haystacks = {str(p): p.read_bytes() for p in settings.home.rglob("*") if p.is_file()}
+    dagster_files = {str(p): p.read_bytes() for p in Path(dagster_instance.root_directory).rglob("*") if p.is_file()}
+    assert dagster_files and not [p for p, data in dagster_files.items() if secret.encode() in data]  # run snapshots
+    haystacks.update(dagster_files)
     assert any(p.endswith(".webp") for p in haystacks) and any("lancedb" in p for p in haystacks)
     haystacks["log"] = caplog.text.encode()
     haystacks["summary"] = repr(summary.to_json()).encode()
     for key in ("source_manifest", "normalized_images"):
         for record in dagster_instance.fetch_materializations(dg.AssetKey(key), limit=10).records:
             haystacks[f"metadata {record.storage_id}"] = repr(record.asset_materialization.metadata).encode()
+    from dagster._serdes import serialize_value  # run snapshots are stored compressed: read them back
+
     for run in dagster_instance.get_runs():
+        snapshot = serialize_value(dagster_instance.get_job_snapshot(run.job_snapshot_id))
+        assert secret not in snapshot and secret not in serialize_value(run)  # the key went in as an EnvVar
         for event in dagster_instance.all_logs(run.run_id):
             haystacks[f"event {run.run_id}"] = haystacks.get(f"event {run.run_id}", b"") + repr(event).encode()
     assert len(haystacks) > 10
@@ -79,7 +91,7 @@ def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagst
     from medvec.batches import load_batch_records
 
     records = load_batch_records(settings.home, summary.batches[0])
-    expected = Pseudonymizer("test-key").subject_key(SENTINELS["PatientID"])
+    expected = Pseudonymizer(secret).subject_key(SENTINELS["PatientID"])
     assert {r.subject_key for r in records if not r.source_uri.endswith("plain.dcm")} == {expected}
 
 
