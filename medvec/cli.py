@@ -18,13 +18,12 @@ from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 log = logging.getLogger("medvec")
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def _bar(total: int, desc: str, enabled: bool, unit: str = "img"):
     from tqdm import tqdm
 
     # Not a terminal (CI logs, pipes): no bar; the summary that follows says what happened.
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled or not sys.stderr.isatty(),
-                file=sys.stderr, leave=False,
-                mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr, leave=False,
+                disable=not enabled or not sys.stderr.isatty(), mininterval=0.5)
 
 
 # --- normalize ---------------------------------------------------------------------------------
@@ -124,7 +123,9 @@ def cmd_ingest(args) -> int:
             return
         bar = bars.get(what)
         if bar is None:
-            bar = bars[what] = _bar(total, what, True)
+            # Batches report images; model downloads and hashing report bytes.
+            unit = "img" if what.startswith(("batch", "embed")) else "B"
+            bar = bars[what] = _bar(total, what, True, unit)
         bar.n = done
         bar.refresh()
         if done == total:

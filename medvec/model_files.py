@@ -136,7 +136,8 @@ def _listed_paths(folder: Path) -> list[str]:
         rel_dir = Path(dirpath).relative_to(folder)
         for name in filenames:
             rel = (rel_dir / name).as_posix()
-            if not name.startswith(".") and rel != MANIFEST_NAME:
+            # isfile follows symlinks: a Hub snapshot's link to a deleted blob is a missing file, not a file.
+            if not name.startswith(".") and rel != MANIFEST_NAME and os.path.isfile(os.path.join(dirpath, name)):
                 found.append(rel)
     return sorted(found)
 
@@ -431,11 +432,12 @@ def _resolve_hub(model_id: str, revision: str | None, cache_dir: Path, token: st
     damaged = [] if previous is None else _damaged(previous, files, matching(previous.entries, patterns))
     if damaged:
         if offline:
-            raise ModelFilesError(f"cached files of {repo} at commit {commit} changed since they were downloaded "
-                                  f"({_summary(damaged)}) and HF_HUB_OFFLINE is set: unset it to download them "
-                                  f"again, or delete {snapshot.parent.parent} and download the model once more")
-        log.warning("cached files of %s at commit %s changed since they were downloaded (%s); downloading them again",
-                    repo, commit, _summary(damaged))
+            raise ModelFilesError(f"cached files of {repo} at commit {commit} are missing or changed since they "
+                                  f"were downloaded ({_summary(damaged)}) and HF_HUB_OFFLINE is set: unset it to "
+                                  f"download them again, or delete {snapshot.parent.parent} and download the model "
+                                  "once more")
+        log.warning("cached files of %s at commit %s are missing or changed since they were downloaded (%s); "
+                    "downloading them again", repo, commit, _summary(damaged))
         with _hub_errors(repo, revision, hub_cache, offline, token):
             for rel in damaged:
                 hf_hub_download(repo_id=repo, filename=rel, revision=commit, cache_dir=hub_cache, token=token,
@@ -501,7 +503,7 @@ def _hub_errors(repo: str, revision: str | None, hub_cache: Path, offline: bool,
                                         RevisionNotFoundError)
 
     def reason(exc: BaseException) -> str:
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].removeprefix("Got: ")[:200]
         return text.replace(token, "***") if token else text
 
     mirror = "mirror it to S3 or a local folder and set MEDVEC_MODEL_SOURCE=s3 or local with MEDVEC_MODEL_LOCATION"

@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from medvec.model_files import MANIFEST_NAME, ModelFilesError, resolve_model_files, verify_model_files
+from tests.conftest import free_port
 
 FILES = {"config.json": b'{"model_type": "siglip"}', "model.safetensors": bytes(range(256)) * 40,
          "tokenizer/tokenizer.json": b'{"version": "1.0"}'}
@@ -110,6 +111,16 @@ def test_unchanged_old_files_are_not_hashed_again(model_folder, tmp_path):
     assert heard[-1] == ("hashing model files", 24, 24) and changed.revision != again.revision
 
 
+def test_metadata_stays_small_for_a_model_with_many_files(tmp_path):
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    for i in range(60):
+        (folder / f"model-{i:05d}-of-00060.safetensors").write_bytes(b"s" * i)
+    metadata = resolve_local(folder, tmp_path / "cache").to_metadata()
+    assert metadata["n_files"] == 60 and len(metadata["files"]) == 50 and metadata["files_not_shown"] == 10
+    assert metadata["total_bytes"] == sum(range(60)) and len(json.dumps(metadata)) < 8000
+
+
 def test_a_missing_local_folder_says_what_to_fix(tmp_path):
     with pytest.raises(ModelFilesError, match="does not exist.*MEDVEC_MODEL_LOCATION"):
         resolve_local(tmp_path / "nowhere", tmp_path / "cache")
@@ -194,7 +205,8 @@ def test_a_damaged_or_outdated_local_copy_of_an_s3_mirror_is_downloaded_again(s3
 
 def test_an_unusable_s3_location_says_what_to_check(s3_mirror, s3_endpoint, tmp_path):
     _, bucket, _ = s3_mirror
-    with pytest.raises(ModelFilesError, match=f"s3://{bucket}/nothing-here .*holds no model files.*MEDVEC_MODEL_LOCATION"):
+    empty = f"s3://{bucket}/nothing-here .*holds no model files.*MEDVEC_MODEL_LOCATION"
+    with pytest.raises(ModelFilesError, match=empty):
         resolve_model_files("org/siglip", source="s3", location=f"s3://{bucket}/nothing-here", cache_dir=tmp_path,
                             s3_endpoint_url=s3_endpoint)
     with pytest.raises(ModelFilesError, match="could not list .*s3://no-such-bucket-here/m.*NoSuchBucket.*credentials"):
@@ -239,6 +251,20 @@ def test_an_unreachable_hub_without_a_cached_copy_is_a_plain_words_error(hub_off
     assert time.monotonic() - started < 5  # offline means no network attempt, not a timeout
 
 
+def test_a_hub_that_does_not_answer_is_a_plain_words_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(ModelFilesError) as caught:
+        resolve_model_files("google/siglip-base-patch16-224", source="hub", cache_dir=tmp_path, token="hf_secret")
+    message = str(caught.value)
+    assert message.startswith("could not reach the Hugging Face Hub for google/siglip-base-patch16-224: ConnectError")
+    assert "mirror it to S3 or a local folder" in message and "set HF_HUB_OFFLINE=1 with a populated cache" in message
+    assert "hf_secret" not in message
+
+
 def test_a_populated_hub_cache_resolves_offline_to_its_commit(hub_offline, tmp_path):
     snapshot = cached_hub_repo(tmp_path / "cache", "org/cached", {
         "config.json": b"{}", "model.safetensors": b"w" * 100, "pytorch_model.bin": b"p" * 100,
@@ -254,7 +280,8 @@ def test_a_populated_hub_cache_resolves_offline_to_its_commit(hub_offline, tmp_p
 
 
 def test_pytorch_bin_weights_are_used_only_without_safetensors(hub_offline, tmp_path):
-    cached_hub_repo(tmp_path / "cache", "org/old", {"open_clip_config.json": b"{}", "open_clip_pytorch_model.bin": b"b"})
+    cached_hub_repo(tmp_path / "cache", "org/old",
+                    {"open_clip_config.json": b"{}", "open_clip_pytorch_model.bin": b"b"})
     resolved = resolve_model_files("org/old", source="hub", cache_dir=tmp_path / "cache")
     assert [f.path for f in resolved.files] == ["open_clip_config.json", "open_clip_pytorch_model.bin"]
 
@@ -263,7 +290,11 @@ def test_a_damaged_hub_cache_is_refused_offline(hub_offline, tmp_path):
     snapshot = cached_hub_repo(tmp_path / "cache", "org/cached", {"config.json": b"{}", "model.safetensors": b"w" * 9})
     resolve_model_files("org/cached", source="hub", cache_dir=tmp_path / "cache")
     (snapshot / "model.safetensors").resolve().write_bytes(b"x" * 9)  # a blob damaged in place
-    with pytest.raises(ModelFilesError, match="model.safetensors.*changed since they were downloaded.*HF_HUB_OFFLINE"):
+    damaged = r"missing or changed since they were downloaded \(model.safetensors\).*HF_HUB_OFFLINE is set: unset it"
+    with pytest.raises(ModelFilesError, match=damaged):
+        resolve_model_files("org/cached", source="hub", cache_dir=tmp_path / "cache")
+    (snapshot / "config.json").resolve().unlink()  # a blob gone: the snapshot keeps a dangling link
+    with pytest.raises(ModelFilesError, match=r"\(config.json, model.safetensors\)"):
         resolve_model_files("org/cached", source="hub", cache_dir=tmp_path / "cache")
 
 
@@ -321,7 +352,7 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def downloads(self) -> list[str]:
         return [path.split("/resolve/", 1)[1].split("/", 1)[1] for method, path, _ in self.requests
@@ -360,6 +391,15 @@ def test_a_hub_model_is_downloaded_at_its_commit_and_a_damaged_file_fetched_agai
     repaired = resolve_model_files("org/online", source="hub", cache_dir=tmp_path / "cache")
     assert fake_hub.downloads() == ["model.safetensors"]
     assert repaired == resolved and verify_model_files(repaired) == []
+
+
+def test_an_incomplete_hub_cache_is_refused_offline(fake_hub, tmp_path, monkeypatch):
+    fake_hub.repos["org/online"] = (COMMIT, HUB_FILES)
+    resolved = resolve_model_files("org/online", source="hub", cache_dir=tmp_path / "cache")
+    (resolved.local_dir / "tokenizer.json").unlink()  # an interrupted download leaves a snapshot like this
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFilesError, match="HF_HUB_OFFLINE is set and .* holds no complete copy of it"):
+        resolve_model_files("org/online", source="hub", cache_dir=tmp_path / "cache")
 
 
 def test_a_pinned_commit_with_a_verified_copy_is_reused_without_asking_the_hub(fake_hub, tmp_path):
