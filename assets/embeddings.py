@@ -22,7 +22,7 @@ def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResourc
                     medvec: MedvecHomeResource) -> dg.Output[ModelArtifact]:
     """The configured model as files on disk (Hub snapshot, S3 mirror, local folder or the built
     tiny model), with revision and file hashes; for a NIM, its model id and readiness."""
-    artifact = embedder.resolve(medvec.home_path / "models")
+    artifact = embedder.resolve(medvec.model_cache)
     spec = embedder.spec()
     metadata = {"model": artifact.name, "model_id": artifact.model_id, "loader": artifact.loader,
                 "dim": artifact.dim, "revision": artifact.revision or "n/a",

@@ -75,14 +75,6 @@ def list_batches(home: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) if root.exists() else []
 
 
-def claimed_uris(home: Path) -> set[str]:
-    """Every source file already held by some batch (a file is never put into two batches)."""
-    claimed: set[str] = set()
-    for batch in list_batches(home):
-        claimed.update(f.uri for f in load_manifest(home, batch).files)
-    return claimed
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -91,11 +83,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def plan_batches(source: ImageSource, home: Path, *, batch_size: int, limit: int | None = None,
-                 metadata_csv: str | None = None, now: datetime | None = None) -> list[BatchManifest]:
-    """Group the source's unclaimed files into batches of at most `batch_size` (nothing written)."""
+                 metadata_csv: str | None = None, now: datetime | None = None,
+                 existing: list[BatchManifest] | None = None) -> list[BatchManifest]:
+    """Group the source's unclaimed files into batches of at most `batch_size` (nothing written).
+    `existing` is every manifest already under `home`, when the caller has read them."""
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
-    claimed = claimed_uris(home)
+    if existing is None:
+        existing = [load_manifest(home, b) for b in list_batches(home)]
+    claimed = {f.uri for m in existing for f in m.files}
     fresh: list[SourceFile] = []
     for entry in source.list_files():
         if entry.uri not in claimed and entry.uri != metadata_csv:
@@ -104,11 +100,11 @@ def plan_batches(source: ImageSource, home: Path, *, batch_size: int, limit: int
                 break
     now = now or datetime.now(timezone.utc)
     stamp = now.strftime("%Y%m%dT%H%M%S")
-    existing = set(list_batches(home))
+    taken = {m.batch for m in existing}
     manifests, seq = [], 0
     for start in range(0, len(fresh), batch_size):
         seq += 1
-        while f"b{stamp}-{seq:03d}" in existing:
+        while f"b{stamp}-{seq:03d}" in taken:
             seq += 1
         manifests.append(BatchManifest(batch=f"b{stamp}-{seq:03d}", source=source.root,
                                        created_at=now.isoformat(timespec="seconds"),

@@ -28,12 +28,12 @@ import numpy as np
 from PIL import UnidentifiedImageError
 
 from medvec.embedders.base import Embedder, EmbedderError
+from medvec.embedders.nim import MAX_INPUTS  # the protocol's limit, one place for client and server
 
 log = logging.getLogger(__name__)
 
 # NV-CLIP's EmbeddingsRequest schema: these properties only (`additionalProperties: false`), <= 64 inputs.
 ALLOWED_PROPERTIES = frozenset({"input", "model", "encoding_format"})
-MAX_INPUTS = 64
 ENCODINGS = ("float", "base64")
 # NIM accepts jpg, png and jpeg data URIs; anything else is refused, so a client tested here works there.
 _IMAGE_URI = re.compile(r"data:image/(png|jpe?g);base64,(.*)", re.DOTALL)

@@ -30,11 +30,15 @@ class Settings:
     embedder: str = "local"  # "local" | "nim"
     nim_url: str | None = None
     nim_model: str | None = None
+    model_source: str = "hub"  # where local model files come from: hub | s3 | local
+    model_location: str | None = None  # s3://bucket/prefix or a folder, for the s3 and local sources
+    model_revision: str | None = None
+    model_dim: int | None = None  # for a Hugging Face id outside the registry
+    model_image_size: int | None = None
 
     @property
     def model_cache(self) -> Path:
-        """Where model snapshots, S3 mirrors and built tiny models are kept."""
-        return self.home / "models"
+        return model_cache(self.home)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -50,4 +54,14 @@ class Settings:
             embedder=(env.get("MEDVEC_EMBEDDER") or "local").lower(),
             nim_url=env.get("MEDVEC_NIM_URL") or None,
             nim_model=env.get("MEDVEC_NIM_MODEL") or None,
+            model_source=env.get("MEDVEC_MODEL_SOURCE") or "hub",
+            model_location=env.get("MEDVEC_MODEL_LOCATION") or None,
+            model_revision=env.get("MEDVEC_MODEL_REVISION") or None,
+            model_dim=int(env["MEDVEC_MODEL_DIM"]) if env.get("MEDVEC_MODEL_DIM") else None,
+            model_image_size=int(env["MEDVEC_MODEL_IMAGE_SIZE"]) if env.get("MEDVEC_MODEL_IMAGE_SIZE") else None,
         )
+
+
+def model_cache(home: Path) -> Path:
+    """Where model snapshots, S3 mirrors and built tiny models are kept under a Medvec home."""
+    return Path(home) / "models"

@@ -127,10 +127,7 @@ def voi_to_unit(x: np.ndarray, ds: Dataset, counts: np.ndarray | None,
     if window is not None:
         centre, width, function = window
         return window_linear(x, centre, width, function), "header_window", (centre, width)
-    lo, hi = percentile_limits(x, counts)
-    if hi <= lo:
-        return np.zeros_like(x, dtype=np.float64), "flat", None
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0), "percentile", ((lo + hi) / 2, hi - lo)
+    return _stretch(x, *percentile_limits(x, counts))
 
 
 def render_grey(pixels: np.ndarray, ds: Dataset, use_header_voi: bool = True) -> Rendering:
@@ -146,7 +143,7 @@ def render_grey(pixels: np.ndarray, ds: Dataset, use_header_voi: bool = True) ->
         # Wide integers or float pixel data: rare in radiography; evaluate on the image itself.
         x = apply_modality_lut(pixels, ds).astype(np.float64)
         sample = x[:: max(1, x.shape[0] // 512), :: max(1, x.shape[1] // 512)].ravel()
-        y, source, window = voi_to_unit(x, ds, None) if header_voi else _percentile_unit(x, sample)
+        y, source, window = voi_to_unit(x, ds, None) if header_voi else _stretch(x, *percentile_limits(sample))
         if invert:
             y = 1.0 - y
         return Rendering(np.rint(y * 255.0).astype(np.uint8), source, window)
@@ -166,10 +163,10 @@ def _has_header_voi(ds: Dataset) -> bool:
     return bool(ds.get("VOILUTSequence")) or header_window(ds) is not None
 
 
-def _percentile_unit(x: np.ndarray, sample: np.ndarray):
-    lo, hi = percentile_limits(sample)
+def _stretch(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, str, tuple | None]:
+    """Percentile limits → [0, 1]; a flat image (hi <= lo) renders black rather than dividing by zero."""
     if hi <= lo:
-        return np.zeros_like(x), "flat", None
+        return np.zeros_like(x, dtype=np.float64), "flat", None
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0), "percentile", ((lo + hi) / 2, hi - lo)
 
 

@@ -16,6 +16,7 @@ from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
 from medvec.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
+from medvec.image_table import image_table_name
 from medvec.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
@@ -49,10 +50,10 @@ class IngestSummary:
                 "embedded": self.embedded, "error_records": [e.to_row() for e in self.errors]}
 
 
-def pending_batches(settings: Settings, source_root: str, embedded: set[str] | None = None) -> list[BatchManifest]:
+def pending_batches(settings: Settings, manifests: list[BatchManifest], source_root: str,
+                    embedded: set[str] | None = None) -> list[BatchManifest]:
     """Batches of this source that were opened but never normalised (an interrupted ingest) or, when
     `embedded` is given, never embedded (the model or NIM failed last time)."""
-    manifests = [load_manifest(settings.home, b) for b in list_batches(settings.home)]
     return [m for m in manifests if m.source == source_root and (
         not is_normalized(settings.home, m.batch) or (embedded is not None and m.batch not in embedded))]
 
@@ -76,8 +77,10 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     instance = instance or dg.DagsterInstance.get()
     embedded = instance.get_materialized_partitions(image_embeddings.key) if embed else None
     with batch_opening_lock(settings.home):
-        manifests = pending_batches(settings, source.root, embedded)
-        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv)
+        existing = [load_manifest(settings.home, b) for b in list_batches(settings.home)]
+        manifests = pending_batches(settings, existing, source.root, embedded)
+        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv,
+                               existing=existing)
         for manifest in planned:
             write_manifest(settings.home, manifest)
             manifests.append(manifest)
@@ -99,7 +102,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         else:
             artifact = model_run.output_for_node("embedding_model")
             spec = resources["embedder"].spec()
-            summary.model, summary.table = artifact.name, f"images__{spec.slug}"
+            summary.model, summary.table = artifact.name, image_table_name(spec.slug)
             assets = [embedding_model, source_manifest, normalized_images, image_embeddings]
     selection = [source_manifest, normalized_images] + ([image_embeddings] if embed else [])
     for manifest in manifests:

@@ -138,9 +138,7 @@ def embedder_from_env(settings: Settings | None = None) -> EmbedderResource:
     if settings.embedder != "local":
         raise ValueError(f"MEDVEC_EMBEDDER must be 'local' or 'nim', not {settings.embedder!r}")
     token = dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None
-    dim, size = os.environ.get("MEDVEC_MODEL_DIM"), os.environ.get("MEDVEC_MODEL_IMAGE_SIZE")
     return LocalEmbedderResource(model=settings.model, hf_token=token, s3_endpoint_url=settings.s3_endpoint_url,
-                                 dim=int(dim) if dim else None, image_size=int(size) if size else None,
-                                 model_source=os.environ.get("MEDVEC_MODEL_SOURCE", "hub"),
-                                 model_location=os.environ.get("MEDVEC_MODEL_LOCATION") or None,
-                                 revision=os.environ.get("MEDVEC_MODEL_REVISION") or None)
+                                 dim=settings.model_dim, image_size=settings.model_image_size,
+                                 model_source=settings.model_source, model_location=settings.model_location,
+                                 revision=settings.model_revision)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from medvec.settings import Settings
+from medvec.settings import Settings, model_cache
 
 
 class MedvecHomeResource(dg.ConfigurableResource):
@@ -34,3 +34,7 @@ class MedvecHomeResource(dg.ConfigurableResource):
     @property
     def home_path(self) -> Path:
         return Path(self.home)
+
+    @property
+    def model_cache(self) -> Path:
+        return model_cache(self.home_path)
