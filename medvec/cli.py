@@ -199,6 +199,110 @@ def cmd_embed_server(args) -> int:
     return 0
 
 
+# --- search, stats, reset ------------------------------------------------------------------------
+
+def _filters(args):
+    from medvec.search import Filters
+
+    return Filters.of(view=args.view, modality=args.modality, split=args.split, labels=args.label)
+
+
+def _run_search(args, ask) -> int:
+    """Run one query and print it; bad input is a plain message and exit code 2."""
+    from medvec.search import NotIndexed, SearchInputError
+    from medvec.service import open_search
+
+    search = open_search(Settings.from_env(), args.model)
+    try:
+        result = ask(search)
+    except (SearchInputError, NotIndexed) as exc:
+        print(f"medvec: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        search.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(f"{len(result.hits)} hit(s) from {result.table} (v{result.table_version}) via {result.route} "
+          f"in {result.took_ms:.1f} ms")
+    print(f"{'#':>3}  {'score':>7}  {'image_id':<40} {'view':<8} {'split':<6} labels")
+    for hit in result.hits:
+        meta = hit.metadata
+        print(f"{hit.rank:>3}  {hit.score:>7.4f}  {hit.image_id[:40]:<40} {meta.get('view_position') or '-':<8} "
+              f"{meta.get('split') or '-':<6} {', '.join(meta.get('labels') or []) or '-'}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    if bool(args.text) == bool(args.image):
+        print("medvec search: give either TEXT or --image FILE", file=sys.stderr)
+        return 2
+    if args.image:
+        path = Path(args.image)
+        if not path.is_file():
+            print(f"medvec search: no file {path}", file=sys.stderr)
+            return 2
+        return _run_search(args, lambda s: s.search_image(path.read_bytes(), args.k, _filters(args), filename=path.name))
+    return _run_search(args, lambda s: s.search_text(" ".join(args.text), args.k, _filters(args)))
+
+
+def cmd_similar(args) -> int:
+    return _run_search(args, lambda s: s.similar(args.image_id, args.k, _filters(args)))
+
+
+def cmd_stats(args) -> int:
+    from medvec.collection import collection_stats
+
+    settings = Settings.from_env()
+    stats = collection_stats(settings.lancedb_uri, settings.home)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['images']} image(s), {stats['subjects']} subject(s), {stats['studies']} study(ies) "
+          f"in {stats['lancedb_uri']}")
+    for title in ("view", "modality", "split", "label"):
+        counts = stats[f"by_{title}"]
+        if counts:
+            print(f"  by {title:<9} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    print(f"  errors     {stats['errors']}" + (f" ({', '.join(f'{k}: {v}' for k, v in stats['errors_by_stage'].items())})"
+                                               if stats["errors"] else ""))
+    for model in stats["models"]:
+        print(f"  model {model['model']:<16} table {model['table']:<28} {model['rows']:>8} row(s)  "
+              f"{model['dim']}-d  indexes: {', '.join(model['indexes']) or 'none'}")
+    if not stats["models"]:
+        print("  no embeddings yet: run `medvec ingest SOURCE` (or `make demo`)")
+    return 0
+
+
+def cmd_reset(args) -> int:
+    from medvec.collection import medvec_tables, reset_tables
+    from medvec.store import connect
+
+    settings = Settings.from_env()
+    names = medvec_tables(connect(settings.lancedb_uri))
+    if not args.yes:
+        print(f"medvec reset drops {len(names)} table(s) at {settings.lancedb_uri}: {', '.join(names) or 'none'}.\n"
+              "Nothing was changed. Run `medvec reset --yes` to drop them.", file=sys.stderr)
+        return 2
+    dropped = reset_tables(settings.lancedb_uri, settings.home)
+    print(f"dropped {len(dropped)} table(s): {', '.join(dropped) or 'none'}. Batches and WebP files under "
+          f"{settings.home} are kept; `medvec ingest` embeds them again.")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from medvec.http_api import serve
+
+    return serve(Settings.from_env(), host=args.host, port=args.port, model=args.model,
+                 token=os.environ.get("MEDVEC_API_TOKEN") or None)
+
+
+def cmd_mcp(args) -> int:
+    from medvec.mcp_server import run_stdio
+
+    return run_stdio(Settings.from_env(), model=args.model)
+
+
 # --- sample data and demo ----------------------------------------------------------------------
 
 def cmd_sample_data(args) -> int:
@@ -299,6 +403,16 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
                         help="keep this metadata-CSV column even though its name looks identifying")
 
 
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k", type=int, default=10, help="number of hits (default 10)")
+    parser.add_argument("--view", action="append", help="only this view position (PA, AP, LATERAL, ...); repeatable")
+    parser.add_argument("--label", action="append", help="only images with this finding; repeatable (any of)")
+    parser.add_argument("--modality", action="append", help="only this modality (CR, DX, ...)")
+    parser.add_argument("--split", action="append", help="only this split (train, validate, test)")
+    parser.add_argument("--model", help="which model's table (default: $MEDVEC_MODEL)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medvec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -335,6 +449,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-batch", type=int, default=64)
     p.set_defaults(func=cmd_embed_server)
+
+    p = sub.add_parser("search", help="text → image or image → image search over a model's table")
+    p.add_argument("text", nargs="*", help="what to look for, e.g. 'left pleural effusion'")
+    p.add_argument("--image", help="a DICOM, PNG or JPEG to search with instead of text")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("similar", help="the images nearest to a stored image")
+    p.add_argument("image_id")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("stats", help="images by view and modality, subjects, studies, errors, models and tables")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("reset", help="drop Medvec's LanceDB tables (only with --yes)")
+    p.add_argument("--yes", action="store_true", help="really drop them")
+    p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for search")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--model", help="registry name (default: $MEDVEC_MODEL)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("mcp", help="MCP server on stdio with search tools for assistants")
+    p.add_argument("--model", help="registry name (default: $MEDVEC_MODEL)")
+    p.set_defaults(func=cmd_mcp)
 
     p = sub.add_parser("sample-data", help="write the offline sample dataset (real WG04 + synthetic chest DICOM)")
     p.add_argument("dir")

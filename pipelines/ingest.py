@@ -14,6 +14,7 @@ import dagster as dg
 
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
+from assets.search import fallback_queries, image_index, similar_images
 from medvec.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
 from medvec.image_table import image_table_name
@@ -40,6 +41,7 @@ class IngestSummary:
     model: str | None = None  # None when embedding was skipped
     table: str | None = None
     embedded: int = 0
+    indexed: bool = False  # image_index, fallback_queries and similar_images refreshed
 
     def to_json(self) -> dict:
         """The documented `medvec ingest --json` object."""
@@ -47,7 +49,10 @@ class IngestSummary:
                 "ok": self.ok, "errors": len(self.errors), "skipped": self.skipped,
                 "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv,
                 "failed_runs": self.failed_runs, "model": self.model, "table": self.table,
-                "embedded": self.embedded, "error_records": [e.to_row() for e in self.errors]}
+                "embedded": self.embedded, "indexed": self.indexed, "error_records": [e.to_row() for e in self.errors]}
+
+
+search_assets = [image_index, fallback_queries, similar_images]
 
 
 def pending_batches(settings: Settings, manifests: list[BatchManifest], source_root: str,
@@ -56,6 +61,19 @@ def pending_batches(settings: Settings, manifests: list[BatchManifest], source_r
     `embedded` is given, never embedded (the model or NIM failed last time)."""
     return [m for m in manifests if m.source == source_root and (
         not is_normalized(settings.home, m.batch) or (embedded is not None and m.batch not in embedded))]
+
+
+def embedded_batches(settings: Settings, model_slug: str) -> set[str]:
+    """Batches already in this model's table, plus batches with no image to embed. Read from the
+    table rather than Dagster's history, so another model or a `medvec reset` re-embeds."""
+    from medvec import store
+
+    done = {b for b in list_batches(settings.home) if is_normalized(settings.home, b)
+            and not load_batch_records(settings.home, b)}
+    table = store.open_table_if_exists(store.connect(settings.lancedb_uri), image_table_name(model_slug))
+    if table is not None:
+        done |= set(table.search().select(["batch"]).limit(None).to_arrow().column("batch").unique().to_pylist())
+    return done
 
 
 def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
@@ -75,7 +93,9 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         return summary
 
     instance = instance or dg.DagsterInstance.get()
-    embedded = instance.get_materialized_partitions(image_embeddings.key) if embed else None
+    if embed:
+        embedder = embedder or embedder_from_env(settings)
+    embedded = embedded_batches(settings, embedder.spec().slug) if embed else None
     with batch_opening_lock(settings.home):
         existing = [load_manifest(settings.home, b) for b in list_batches(settings.home)]
         manifests = pending_batches(settings, existing, source.root, embedded)
@@ -93,7 +113,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     assets = [source_manifest, normalized_images]
     tags = {"medvec/launched_by": "medvec ingest"}
     if embed and manifests:
-        resources["embedder"] = embedder or embedder_from_env(settings)
+        resources["embedder"] = embedder
         model_run = dg.materialize([embedding_model], instance=instance, resources=resources, run_config=quiet,
                                    raise_on_error=False, tags=tags)
         if not model_run.success:
@@ -120,6 +140,12 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         if embed and result.success:
             [materialization] = result.asset_materializations_for_node("image_embeddings")
             summary.embedded += materialization.metadata["rows_written"].value
+    if embed and summary.embedded:
+        refresh = dg.materialize([embedding_model, *search_assets], selection=search_assets, instance=instance,
+                                 resources=resources, run_config=quiet, raise_on_error=False, tags=tags)
+        summary.indexed = refresh.success
+        if not refresh.success:
+            summary.failed_runs.append("search_refresh")
     summary.skipped = summary.files - summary.ok - len(summary.errors)
     summary.seconds = time.perf_counter() - started
     return summary

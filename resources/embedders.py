@@ -62,34 +62,21 @@ class LocalEmbedderResource(EmbedderResource):
     batch_size: int = 32
 
     def resolve(self, cache_dir: Path) -> ModelArtifact:
-        from medvec.model_files import resolve_model_files
+        from medvec.embedders.loading import resolve_local_files
 
         spec = self.spec()
-        if spec.no_retrieval_quality:
-            from medvec.models.tiny import TINY_BUILDERS
-
-            local_dir = TINY_BUILDERS[spec.name](Path(cache_dir) / "tiny" / spec.name)
-            resolved = resolve_model_files(spec.model_id, source="local", location=str(local_dir), cache_dir=cache_dir)
-        else:
-            resolved = resolve_model_files(
-                spec.model_id, source=self.model_source, location=self.model_location,
-                revision=self.revision or spec.revision, cache_dir=cache_dir, token=self.hf_token,
-                s3_endpoint_url=self.s3_endpoint_url)
+        resolved = resolve_local_files(spec, cache_dir, source=self.model_source, location=self.model_location,
+                                       revision=self.revision, token=self.hf_token,
+                                       s3_endpoint_url=self.s3_endpoint_url)
         return ModelArtifact(name=spec.name, model_id=spec.model_id, loader=spec.loader, dim=spec.dim,
                              revision=resolved.revision, local_dir=str(resolved.local_dir),
                              metadata=resolved.to_metadata())
 
     def load(self, artifact: ModelArtifact) -> Embedder:
-        spec = self.spec()
-        if spec.loader == "open_clip":
-            from medvec.embedders.open_clip_local import OpenClipEmbedder
+        from medvec.embedders.loading import open_local
 
-            return OpenClipEmbedder(spec, Path(artifact.local_dir), device=self.device, batch_size=self.batch_size,
-                                    revision=artifact.revision)
-        from medvec.embedders.transformers_local import TransformersEmbedder
-
-        return TransformersEmbedder(spec, Path(artifact.local_dir), device=self.device, dtype=self.dtype,
-                                    batch_size=self.batch_size, revision=artifact.revision)
+        return open_local(self.spec(), Path(artifact.local_dir), revision=artifact.revision, device=self.device,
+                          dtype=self.dtype, batch_size=self.batch_size)
 
 
 class NimEmbedderResource(EmbedderResource):

@@ -1,0 +1,85 @@
+"""What a Medvec home holds (`medvec stats`) and how to empty its tables (`medvec reset`)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from medvec import store
+from medvec.search import index_dir
+
+#: Table-name prefixes Medvec owns in a LanceDB database; `reset` drops only these.
+TABLE_PREFIXES = ("images__", "fallback_queries__", "similar_images__")
+
+
+def medvec_tables(db) -> list[str]:
+    names = list(db.table_names(limit=10_000)) if _takes_limit(db) else list(db.table_names())
+    return sorted(n for n in names if n.startswith(TABLE_PREFIXES) or n == store.INGEST_ERRORS_TABLE)
+
+
+def _takes_limit(db) -> bool:
+    import inspect
+
+    return "limit" in inspect.signature(db.table_names).parameters
+
+
+def collection_stats(lancedb_uri: str, home: Path | None = None) -> dict:
+    """Images by view and modality, subjects, studies, errors, and per model its table and rows.
+
+    Counts come from the model tables (what search sees); the largest table is described when
+    several models embedded different subsets.
+    """
+    db = store.connect(lancedb_uri)
+    models = []
+    described = None
+    for name in medvec_tables(db):
+        if not name.startswith("images__"):
+            continue
+        table = db.open_table(name)
+        rows = table.count_rows()
+        head = table.search().select(["model_id", "model_revision"]).limit(1).to_arrow().to_pylist()
+        models.append({"table": name, "model": name.removeprefix("images__"), "rows": rows,
+                       "model_id": head[0]["model_id"] if head else None,
+                       "model_revision": head[0]["model_revision"] if head else None,
+                       "dim": table.schema.field("vector").type.list_size, "version": table.version,
+                       "indexes": sorted(i.name for i in table.list_indices())})
+        if described is None or rows > described[1]:
+            described = (table, rows)
+    stats = {"lancedb_uri": lancedb_uri, "images": 0, "subjects": 0, "studies": 0, "by_view": {},
+             "by_modality": {}, "by_label": {}, "by_split": {}, "errors": 0, "errors_by_stage": {}, "models": models}
+    if described is not None:
+        data = described[0].search().select(["view_position", "modality", "subject_key", "study_id", "labels", "split"]) \
+            .limit(None).to_arrow()
+        stats["images"] = data.num_rows
+        stats["subjects"] = pc.count_distinct(data.column("subject_key")).as_py()
+        stats["studies"] = pc.count_distinct(data.column("study_id")).as_py()
+        stats["by_view"] = _counts(data.column("view_position").to_pylist())
+        stats["by_modality"] = _counts(data.column("modality").to_pylist())
+        stats["by_split"] = _counts(data.column("split").to_pylist())
+        stats["by_label"] = _counts([label for labels in data.column("labels").to_pylist() for label in (labels or [])])
+    errors = store.list_errors(db)
+    stats["errors"] = len(errors)
+    stats["errors_by_stage"] = _counts([e["stage"] for e in errors])
+    return stats
+
+
+def _counts(values) -> dict:
+    return dict(Counter("unknown" if v in (None, "") else str(v) for v in values).most_common())
+
+
+def reset_tables(lancedb_uri: str, home: Path | None = None) -> list[str]:
+    """Drop every Medvec table (and the saved search indexes); returns the names dropped.
+
+    Batches, manifests and WebP files stay: the next `medvec ingest` re-embeds them.
+    """
+    db = store.connect(lancedb_uri)
+    dropped = []
+    for name in medvec_tables(db):
+        db.drop_table(name)
+        dropped.append(name)
+        if home is not None:
+            shutil.rmtree(index_dir(home, name), ignore_errors=True)
+    return dropped
