@@ -7,7 +7,7 @@ import dagster as dg
 from assets.embeddings import NO_QUALITY_NOTE, image_embeddings
 from medvec import store
 from medvec.image_table import image_table_name
-from medvec.precompute import compute_fallbacks, compute_similar
+from medvec.precompute import compute_fallbacks, compute_similar, stored_query_vectors
 from medvec.search import ImageSearch, fallback_table_name, similar_table_name
 from medvec.table_index import IndexOptions, maintain_table
 from resources import MedvecHomeResource
@@ -36,7 +36,8 @@ def image_index(context: dg.AssetExecutionContext, config: ImageIndexConfig, med
         raise dg.Failure(f"no table {image_table_name(spec.slug)} yet: materialise image_embeddings first")
     options = IndexOptions(min_rows_for_ann=config.min_rows_for_ann, target_recall=config.target_recall,
                            keep_versions_for=timedelta(hours=config.keep_versions_hours))
-    report = maintain_table(table, medvec.home_path, options, log_step=context.log.info)
+    report = maintain_table(table, medvec.home_path, options, log_step=context.log.info,
+                            tuning_queries=stored_query_vectors(medvec.lancedb_uri, spec.slug))
     search = report.search_index
     return dg.MaterializeResult(metadata={
         "table": report.table, "rows": report.rows, "dim": report.dim, "table_version": report.version,

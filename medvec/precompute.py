@@ -80,6 +80,16 @@ def compute_similar(search: ImageSearch, *, k: int = 20, chunk: int = 4096) -> d
             "seconds": round(time.perf_counter() - started, 2)}
 
 
+def stored_query_vectors(lancedb_uri: str, model_slug: str) -> np.ndarray | None:
+    """The text embeddings the last `fallback_queries` run stored (None before the first run)."""
+    from medvec import store
+
+    table = store.open_table_if_exists(store.connect(lancedb_uri), fallback_table_name(model_slug))
+    if table is None or table.count_rows() == 0:
+        return None
+    return np.asarray(table.to_arrow().column("vector").to_pylist(), dtype=np.float32)
+
+
 def _replace(search: ImageSearch, name: str, data: pa.Table) -> None:
     from medvec import store
 

@@ -72,8 +72,12 @@ def retry_on_conflict(step: Callable[[], T], *, what: str, attempts: int = 6, fi
 
 
 def maintain_table(table, home: Path, options: IndexOptions = IndexOptions(),
-                   log_step: Callable[[str], None] = lambda message: None) -> IndexReport:
-    """Compact, index, clean up and save the search index for the resulting version."""
+                   log_step: Callable[[str], None] = lambda message: None,
+                   tuning_queries: np.ndarray | None = None) -> IndexReport:
+    """Compact, index, clean up and save the search index for the resulting version.
+
+    `tuning_queries` (the model's stored text embeddings of common queries) join the query sets
+    the in-memory index is tuned on, so text queries reach the recall target too."""
     started = time.perf_counter()
     name = table.name
     dim = table.schema.field("vector").type.list_size
@@ -97,7 +101,7 @@ def maintain_table(table, home: Path, options: IndexOptions = IndexOptions(),
     log_step(f"vector index on {name}: {report.lancedb_index.get('type')}")
 
     report.version = table.version
-    report.search_index = save_search_index(table, home, options)
+    report.search_index = save_search_index(table, home, options, tuning_queries)
     report.seconds = round(time.perf_counter() - started, 2)
     return report
 
@@ -172,7 +176,8 @@ def _lancedb_ids(query) -> list[str]:
     return query.select(["image_id"]).to_arrow().column("image_id").to_pylist()
 
 
-def save_search_index(table, home: Path, options: IndexOptions = IndexOptions()) -> dict:
+def save_search_index(table, home: Path, options: IndexOptions = IndexOptions(),
+                      tuning_queries: np.ndarray | None = None) -> dict:
     """Build the in-memory index the search path uses, measure it, and save it for this version
     (large tables only: an exact index is rebuilt instantly on load)."""
     version = table.version
@@ -181,7 +186,8 @@ def save_search_index(table, home: Path, options: IndexOptions = IndexOptions())
     dim = data.schema.field("vector").type.list_size
     vectors = data.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = vectors.astype(np.float32, copy=False).reshape(len(ids), dim)
-    index = VectorIndex.build(vectors, exact_below=options.search_exact_below, target_recall=options.target_recall)
+    index = VectorIndex.build(vectors, exact_below=options.search_exact_below, target_recall=options.target_recall,
+                              tuning_queries=tuning_queries)
     measured = measure_index(index, sample=options.sample_queries)
     info = index.info.to_json()
     folder = index_dir(home, table.name)

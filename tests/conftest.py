@@ -60,3 +60,26 @@ def s3_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def search_collection(tmp_path_factory):
+    """A Medvec home with the sample data ingested, embedded with tiny-siglip and indexed, built once.
+
+    Read-only for tests: copy it (or build your own) to change it. `env` is what a subprocess
+    (`medvec serve`, `medvec mcp`) needs to find it.
+    """
+    import dagster as dg
+
+    from medvec.sample_data import write_sample_data
+    from pipelines.ingest import ingest
+
+    root = tmp_path_factory.mktemp("search_collection")
+    env = {"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_MODEL": "tiny-siglip"}
+    settings = Settings.from_env(env)
+    sample = write_sample_data(root / "sample", count=36)
+    with dg.instance_for_test() as instance:
+        summary = ingest(str(sample.out_dir), settings, batch_size=16, instance=instance)
+    assert summary.indexed and summary.embedded == 38, summary.to_json()
+    return type("SearchCollection", (), {"settings": settings, "env": env, "sample_dir": sample.out_dir,
+                                         "summary": summary})

@@ -112,5 +112,5 @@ def test_cli_ingest_json_and_dry_run(tmp_path, settings):
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         assert instance.get_dynamic_partitions("batch") == summary["batches"]
         runs = instance.get_runs()
-        assert len(runs) == 2  # the model once, then the batch
-        assert summary["model"] == "tiny-siglip" and summary["embedded"] == summary["ok"]
+        assert len(runs) == 3  # the model once, then the batch, then one search refresh
+        assert summary["model"] == "tiny-siglip" and summary["embedded"] == summary["ok"] and summary["indexed"]
