@@ -16,14 +16,14 @@ TABLE_PREFIXES = ("images__", "fallback_queries__", "similar_images__")
 
 
 def medvec_tables(db) -> list[str]:
-    names = list(db.table_names(limit=10_000)) if _takes_limit(db) else list(db.table_names())
+    names, token = [], None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += page.tables
+        token = page.page_token
+        if not token:
+            break
     return sorted(n for n in names if n.startswith(TABLE_PREFIXES) or n == store.INGEST_ERRORS_TABLE)
-
-
-def _takes_limit(db) -> bool:
-    import inspect
-
-    return "limit" in inspect.signature(db.table_names).parameters
 
 
 def collection_stats(lancedb_uri: str, home: Path | None = None) -> dict:

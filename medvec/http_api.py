@@ -128,7 +128,7 @@ def create_app(search: ImageSearch, home: Path, *, token: str | None = None,
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
                   "search over embedded chest X-rays.")
     _add_error_handlers(app)
-    app.add_middleware(_BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK)
+    app.add_middleware(_BodyLimit, max_upload_bytes=max_upload_bytes)
     app.include_router(_health_router(search, token))
     guard = [Depends(_bearer_guard(token))] if token else []
     app.include_router(_search_router(search, max_upload_bytes), prefix="/api", dependencies=guard,
@@ -159,7 +159,7 @@ def _health_router(search: ImageSearch, token: str | None) -> APIRouter:
 
 def _search_router(search: ImageSearch, max_upload_bytes: int) -> APIRouter:
     router = APIRouter(tags=["search"], responses=ERRORS)
-    limit_text = f"{max_upload_bytes / 2**20:g} MiB"
+    limit_text = _mib(max_upload_bytes)
 
     @router.get("/search", response_model=SearchOut, summary="Text → image search",
                 description="Images nearest to a text query. Common findings are answered from precomputed "
@@ -244,7 +244,8 @@ def _bearer_guard(token: str):
     scheme = HTTPBearer(auto_error=False, description="the server's MEDVEC_API_TOKEN")
     expected = token.encode()
 
-    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
+    # A default, not Annotated[...]: with postponed annotations FastAPI would look `scheme` up in globals.
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
             raise HTTPException(401, "this server needs its token: send `Authorization: Bearer <MEDVEC_API_TOKEN>`",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -270,6 +271,10 @@ def _stored_file(search: ImageSearch, home: Path, image_id: str, column: str) ->
     if path is None or not path.is_relative_to(home) or not path.is_file():
         raise HTTPException(404, f"no stored file for image {image_id!r}")
     return path
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
 
 
 def _webp(path: Path) -> FileResponse:
@@ -314,12 +319,12 @@ class _BodyLimit:
     Bodies sent without a length (chunked) are read, then the endpoint checks the file's size.
     """
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, max_upload_bytes: int):
+        self.app, self.max_upload_bytes = app, max_upload_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and self._declared_length(scope) > self.limit:
-            message = f"the request body is larger than the {self.limit / 2**20:.1f} MiB limit"
+        if scope["type"] == "http" and self._declared_length(scope) > self.max_upload_bytes + _MULTIPART_SLACK:
+            message = f"the upload is larger than the {_mib(self.max_upload_bytes)} limit"
             await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -81,7 +81,7 @@ View = Annotated[list[str] | None, Field(description="Only these projections, an
                                                      "(case-insensitive)")]
 Labels = Annotated[list[str] | None, Field(description="Only images carrying any of these findings, spelled as in "
                                                        "the collection (e.g. 'Cardiomegaly', 'Pleural Effusion', "
-                                                       "'No Finding'); exact, case-sensitive")]
+                                                       "'No Finding'); case-insensitive")]
 Modality = Annotated[list[str] | None, Field(description="Only these DICOM modalities, any of: CR, DX, ... "
                                                          "(case-insensitive)")]
 Split = Annotated[list[str] | None, Field(description="Only these dataset splits, any of: train, valid, test")]
@@ -112,7 +112,7 @@ def build_server(search: ImageSearch, home: Path) -> MCPServer:
         find_similar_images or get_image_metadata.
         """
         return _answer(lambda: search.search_text(query, k, Filters.of(view, modality, split, labels)),
-                       f"for {query!r}", search, home, thumbnails)
+                       f"for {query!r}", home, thumbnails)
 
     def find_similar_images(image_id: ImageId, k: K = 10, view: View = None, labels: Labels = None,
                             modality: Modality = None, split: Split = None,
@@ -123,7 +123,7 @@ def build_server(search: ImageSearch, home: Path) -> MCPServer:
         search_medical_images; the same filters apply (any-of within a filter, AND across filters).
         """
         return _answer(lambda: search.similar(image_id, k, Filters.of(view, modality, split, labels)),
-                       f"similar to {image_id}", search, home, thumbnails)
+                       f"similar to {image_id}", home, thumbnails)
 
     def get_image_metadata(image_id: ImageId) -> Annotated[CallToolResult, ImageMetadata]:
         """All the metadata the collection holds for one image, by image_id.
@@ -148,7 +148,7 @@ def build_server(search: ImageSearch, home: Path) -> MCPServer:
     return server
 
 
-def _answer(run, what: str, search: ImageSearch, home: Path, thumbnails: int) -> CallToolResult:
+def _answer(run, what: str, home: Path, thumbnails: int) -> CallToolResult:
     try:
         result = run()
     except (SearchInputError, NotIndexed) as exc:

@@ -377,9 +377,10 @@ class ImageSearch:
                 mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(list(values))), False).to_numpy(zero_copy_only=False)
         if filters.labels:
             labels = meta.column("labels").combine_chunks()
-            flat = pc.list_flatten(labels)
+            flat = pc.utf8_lower(pc.list_flatten(labels))  # "pleural effusion" finds "Pleural Effusion"
             parents = pc.list_parent_indices(labels).to_numpy()
-            matches = pc.fill_null(pc.is_in(flat, value_set=pa.array(list(filters.labels))), False)
+            wanted = pa.array([label.lower() for label in filters.labels])
+            matches = pc.fill_null(pc.is_in(flat, value_set=wanted), False)
             has = np.zeros(len(loaded.ids), dtype=bool)
             has[parents[matches.to_numpy(zero_copy_only=False)]] = True
             mask &= has
