@@ -321,7 +321,7 @@ def cmd_sample_data(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Sample data → batches → normalised WebP, offline, with a summary of where everything is."""
+    """Sample data → batches → WebP → embeddings → indexes, offline, then a few searches."""
     settings = Settings.from_env()
     sample_dir = settings.home / "sample_data"
     if not (sample_dir / "labels.csv").exists():
@@ -335,10 +335,51 @@ def cmd_demo(args) -> int:
     code = cmd_ingest(ingest_args)
     print("(the sample holds one truncated DICOM and one text file on purpose: 2 errors are expected)")
     _print_collection(settings)
+    searched = _demo_searches(Settings.from_env(), sample_dir)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
+    print(f"  search in the browser:                  medvec serve   then open http://127.0.0.1:8080")
+    print(f"  search from the terminal:               medvec search \"pleural effusion\" --view PA")
     print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
-    print(f"  normalise your own files:               medvec ingest /path/to/dicoms --limit 100")
-    return code
+    print(f"  ingest your own files:                  medvec ingest /path/to/dicoms --limit 100")
+    return code or searched
+
+
+def _demo_searches(settings: Settings, sample_dir: Path) -> int:
+    """A few searches of each kind, printed, so the demo ends where a user starts."""
+    from medvec.search import Filters, NotIndexed
+    from medvec.service import open_search
+
+    search = open_search(settings)
+    try:
+        queries = [("text (precomputed)", lambda: search.search_text("pleural effusion", 3)),
+                   ("text, PA only", lambda: search.search_text("cardiomegaly", 3, Filters.of(view="PA"))),
+                   ("text (encoded now)", lambda: search.search_text("small left apical pneumothorax", 3))]
+        dicom = next(iter(sorted((sample_dir / "synthetic").rglob("*.dcm"))), None)
+        if dicom is not None:
+            queries.append((f"image {dicom.name}",
+                            lambda: search.search_image(dicom.read_bytes(), 3, filename=dicom.name)))
+        print(f"\nsearches over {search.table_name}:")
+        first = None
+        for title, ask in queries:
+            result = ask()
+            first = first or result.hits[0].image_id
+            _print_hits(title, result)
+        if first:
+            _print_hits(f"similar to {first[:24]}…", search.similar(first, 3))
+    except NotIndexed as exc:
+        print(f"no search: {exc}")
+        return 1
+    finally:
+        search.close()
+    return 0
+
+
+def _print_hits(title: str, result) -> None:
+    print(f"  {title}: {result.route}, {result.took_ms:.1f} ms")
+    for hit in result.hits:
+        labels = ", ".join(hit.metadata.get("labels") or []) or "-"
+        print(f"    {hit.rank}. {hit.score:.3f}  {hit.image_id[:44]:<44} {hit.metadata.get('view_position') or '-':<8}"
+              f" {labels}")
 
 
 def _choose_demo_model(settings: Settings) -> None:
@@ -484,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=36, help="synthetic chest images (default 36)")
     p.set_defaults(func=cmd_sample_data)
 
-    p = sub.add_parser("demo", help="sample data → batches → WebP, offline")
+    p = sub.add_parser("demo", help="sample data → WebP → embeddings → search, offline")
     p.add_argument("--count", type=int, default=36)
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_demo)

@@ -8,7 +8,8 @@ a path the client sends.
 from __future__ import annotations
 
 import hmac
-import logging
+import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -21,9 +22,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from medvec.embedders.base import EmbedderError
 from medvec.search import MAX_K, Filters, ImageSearch, NoSuchImage, NotIndexed, SearchInputError, SearchResult
-
-log = logging.getLogger(__name__)
+from medvec.settings import Settings
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 #: Room for the multipart boundaries and headers around the file when checking Content-Length.
@@ -116,7 +117,7 @@ class StatsOut(BaseModel):
 
 ERRORS = {400: {"model": ErrorOut, "description": "bad input; `error` says why"},
           404: {"model": ErrorOut, "description": "no such image"},
-          503: {"model": ErrorOut, "description": "the model's table does not exist yet"}}
+          503: {"model": ErrorOut, "description": "the model's table does not exist yet, or its encoder cannot load"}}
 AUTH_ERRORS = {401: {"model": ErrorOut, "description": "missing or wrong bearer token"}}
 
 
@@ -194,7 +195,7 @@ def _search_router(search: ImageSearch, max_upload_bytes: int) -> APIRouter:
     def stats() -> dict:
         from medvec.collection import collection_stats
 
-        return collection_stats(search.lancedb_uri, search.home)
+        return collection_stats(search.lancedb_uri, search.home)  # StatsOut drops lancedb_uri: a server path
 
     return router
 
@@ -307,6 +308,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def not_indexed(request: Request, exc: NotIndexed):
         return error(503, str(exc))
 
+    @app.exception_handler(EmbedderError)
+    async def encoder_unavailable(request: Request, exc: EmbedderError):
+        return error(503, f"the model's encoder is unavailable: {exc}")  # worded as what to do next
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception):  # Starlette re-raises it after this, so uvicorn logs it
+        return error(500, "internal error; the server log has the details")
+
 
 def _plain_validation_error(error: dict) -> str:
     where = [str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path")]
@@ -339,30 +348,59 @@ class _BodyLimit:
 
 # --- `medvec serve` --------------------------------------------------------------------------------
 
-def serve(settings, *, host: str = "127.0.0.1", port: int = 8080, model: str | None = None,
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, model: str | None = None,
           token: str | None = None) -> int:
-    """Run the API and page in the foreground until Ctrl-C; 1 when the port cannot be bound."""
+    """Run the API and page in the foreground until Ctrl-C; 1 when the address cannot be bound."""
     import uvicorn
 
     from medvec.service import open_search
 
+    try:
+        listener = _listen(host, port)
+    except OSError as exc:
+        print(f"medvec serve: cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port",
+              file=sys.stderr)
+        return 1
     search = open_search(settings, model)
-    print(_describe(search))
-    # No access log: request lines carry image ids and query text, and `/?token=` would put the token there.
-    server = uvicorn.Server(uvicorn.Config(create_app(search, settings.home, token=token), host=host, port=port,
-                                           access_log=False, log_level="warning"))
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+    print(_describe(search), flush=True)
+    url = f"http://{_display_host(host)}:{listener.getsockname()[1]}/"
     print(f"medvec serve: open {url}  (API docs at {url}docs)" +
           ("; a bearer token is required (MEDVEC_API_TOKEN): paste it into the page or open "
            f"{url}?token=<token> once" if token else ""), flush=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"medvec serve: listening on {host} without a token: anyone who can reach this port can search "
               "and see images; set MEDVEC_API_TOKEN to require one", flush=True)
+    # No access log: request lines carry image ids and query text, and `/?token=` would put the token there.
+    config = uvicorn.Config(create_app(search, settings.home, token=token), access_log=False, log_level="warning")
     try:
-        server.run()
+        uvicorn.Server(config).run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down cleanly, then re-raised the Ctrl-C for us
     finally:
         search.close()
-    return 0 if server.started else 1
+        listener.close()
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before printing the URL, so a taken port is one plain line rather than a uvicorn exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _display_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _describe(search: ImageSearch) -> str:

@@ -94,4 +94,8 @@ def _replace(search: ImageSearch, name: str, data: pa.Table) -> None:
     from medvec import store
 
     db = store.connect(search.lancedb_uri)
-    db.create_table(name, data=data, schema=data.schema, mode="overwrite")
+    # One overwrite commit: readers see the old answers or the new ones, never a mix.
+    table = store.open_table_if_exists(db, name)
+    if table is None:
+        table = db.create_table(name, schema=data.schema, exist_ok=True)
+    table.add(data, mode="overwrite")

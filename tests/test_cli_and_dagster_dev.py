@@ -74,7 +74,8 @@ def test_dagster_dev_shows_the_assets_and_the_batches_that_ingest_made(tmp_path)
             time.sleep(2)
         assert assets and assets.get("data"), "dagster dev did not answer GraphQL in 180 s"
         keys = {"/".join(node["assetKey"]["path"]) for node in assets["data"]["assetNodes"]}
-        assert {"source_manifest", "normalized_images", "embedding_model", "image_embeddings"} <= keys
+        assert {"source_manifest", "normalized_images", "embedding_model", "image_embeddings",
+                "image_index", "fallback_queries", "similar_images"} <= keys
         materialized = _graphql(port, """{ assetOrError(assetKey: {path: ["normalized_images"]}) {
             ... on Asset { assetMaterializations(limit: 5) { partition metadataEntries { label } } } } }""")
         events = materialized["data"]["assetOrError"]["assetMaterializations"]

@@ -152,7 +152,8 @@ def test_view_filter_keeps_only_that_view(api):
 
 
 def test_label_and_split_filters_combine(api):
-    hits = api.get("/api/search", params={"q": "heart", "k": 100, "label": "Cardiomegaly", "split": "train"}).json()["hits"]
+    params = {"q": "heart", "k": 100, "label": "Cardiomegaly", "split": "train"}
+    hits = api.get("/api/search", params=params).json()["hits"]
     assert hits and all("Cardiomegaly" in h["labels"] and h["split"] == "train" for h in hits)
 
 

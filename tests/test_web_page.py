@@ -1,0 +1,156 @@
+"""The search page in headless Chromium against a real `medvec serve` app: search, detail, find-similar,
+image upload, the token form, and no request leaving the server's origin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medvec.http_api import create_app
+from medvec.service import open_search
+from tests.test_http_api import running
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+TOKEN = "page-token-for-tests"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="needs Debian's Chromium at /usr/bin/chromium (apt install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def search(search_collection):
+    search = open_search(search_collection.settings)
+    yield search
+    search.close()
+
+
+@pytest.fixture(scope="module")
+def site(search, search_collection):
+    with running(create_app(search, search_collection.settings.home)) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def page(browser, site):
+    """A fresh page that records every request it makes and every script error."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.requests = []
+    page.errors = []
+    page.on("request", lambda request: page.requests.append(request.url))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    yield page
+    context.close()
+
+
+def search_for(page, text: str) -> list[str]:
+    page.fill("#q", text)
+    page.click("#search-button")
+    page.wait_for_selector(".card")
+    page.wait_for_function("() => [...document.querySelectorAll('.card img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    return card_ids(page)
+
+
+def card_ids(page) -> list[str]:
+    return page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.imageId)")
+
+
+def off_origin(urls: list[str], origin: str) -> list[str]:
+    """Requests that are neither to the server nor blob:/data: URLs the page made from its answers."""
+    allowed = (origin + "/", f"blob:{origin}/", "data:")
+    return [url for url in urls if not url.startswith(allowed)]
+
+
+def test_search_shows_thumbnails_scores_detail_and_similar(page, site):
+    page.goto(site + "/")
+    page.wait_for_selector("#filter-view .chip")  # filter values came from /api/stats
+    assert "tiny-siglip" in page.inner_text("#status")
+    assert not page.is_visible("#token-form") and not page.is_visible("#detail")
+
+    first = search_for(page, "pleural effusion")
+    assert len(first) == 12  # the page's default k
+    widths = page.eval_on_selector_all(".card img.thumb", "imgs => imgs.map(i => i.naturalWidth)")
+    assert all(width > 0 for width in widths)
+    scores = page.eval_on_selector_all(".card .score", "nodes => nodes.map(n => parseFloat(n.textContent))")
+    assert len(scores) == 12 and scores == sorted(scores, reverse=True)
+    assert "route fallback" in page.inner_text("#summary") and " ms" in page.inner_text("#summary")
+
+    page.click(f".card[data-image-id='{first[2]}'] img")
+    page.wait_for_selector("#detail:not([hidden])")
+    assert page.inner_text("#detail-meta .image-id") == first[2]
+    page.wait_for_function("() => document.querySelector('#detail-image').naturalWidth > 0")
+
+    page.click(f".card[data-image-id='{first[2]}'] .similar")
+    page.wait_for_function("() => document.querySelector('#summary').textContent.includes('similar to')")
+    similar = card_ids(page)
+    assert similar != first and first[2] not in similar
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_search.png"), full_page=True)
+    assert off_origin(page.requests, site) == []
+    assert page.errors == []
+
+
+def test_view_filter_and_k_narrow_the_results(page, site):
+    page.goto(site + "/")
+    page.wait_for_selector("#filter-view .chip")
+    page.fill("#k", "5")
+    page.check("#filter-view input[value='LATERAL']")
+    search_for(page, "an opacity that is in no fallback list")
+    views = page.eval_on_selector_all(".card .tag.view", "tags => tags.map(t => t.textContent)")
+    assert views == ["LATERAL"] * 5
+    assert "route index" in page.inner_text("#summary")
+
+
+def test_uploading_a_dicom_shows_that_image_first(page, site, search_collection):
+    dicom = Path(search_collection.sample_dir) / "synthetic" / "chest_005.dcm"
+    page.goto(site + "/")
+    page.set_input_files("#upload", str(dicom))
+    page.wait_for_function("() => document.querySelector('#summary').textContent.includes('chest_005.dcm')")
+    top_score = float(page.inner_text(".card .score"))
+    assert top_score == pytest.approx(1.0, abs=1e-3)
+    assert off_origin(page.requests, site) == []
+
+
+def test_a_bad_upload_shows_the_reason(page, site, search_collection):
+    page.goto(site + "/")
+    page.set_input_files("#upload", str(Path(search_collection.sample_dir) / "broken" / "notes.txt"))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "could not be read as an image" in page.inner_text("#error")
+
+
+def test_the_page_takes_a_token_once_and_sends_it_with_every_request(browser, search, search_collection):
+    with running(create_app(search, search_collection.settings.home, token=TOKEN)) as base_url:
+        context = browser.new_context()
+        page = context.new_page()
+        auth = []
+        page.on("request", lambda r: auth.append((r.url, r.headers.get("authorization"))) if "/api/" in r.url else None)
+        page.goto(base_url + "/")
+        page.wait_for_selector("#token-form", state="visible")  # no token yet: the page asks for it
+
+        page.goto(f"{base_url}/?token={TOKEN}")
+        page.wait_for_selector("#filter-view .chip")
+        assert "token=" not in page.url  # taken out of the address bar (and so out of history)
+        assert page.evaluate("sessionStorage.getItem('medvec.token')") == TOKEN
+        search_for(page, "cardiomegaly")
+        page.reload()  # sessionStorage keeps it for the tab
+        search_for(page, "edema")
+        context.close()
+    protected = [(url, header) for url, header in auth if "/api/health" not in url]
+    assert any("/thumbnail" in url for url, _ in protected)
+    assert all(header == f"Bearer {TOKEN}" for _, header in protected)  # without one it asked /api/health only
