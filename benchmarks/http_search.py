@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import numpy as np
@@ -85,12 +86,12 @@ def _wait_for_url(process: subprocess.Popen) -> str:
     raise SystemExit("medvec serve did not start:\n" + "".join(lines))
 
 
-def timed(client: httpx.Client, requests: list[tuple[str, dict]]) -> tuple[np.ndarray, np.ndarray]:
+def timed(calls: list[Callable[[], httpx.Response]]) -> tuple[np.ndarray, np.ndarray]:
     """Client-side milliseconds per request, and the server's took_ms where the answer has one."""
     wall, inside = [], []
-    for path, params in requests:
+    for call in calls:
         started = time.perf_counter()
-        response = client.get(path, params=params)
+        response = call()
         wall.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
         if response.headers["content-type"].startswith("application/json"):
@@ -100,7 +101,35 @@ def timed(client: httpx.Client, requests: list[tuple[str, dict]]) -> tuple[np.nd
 
 def row(name: str, wall: np.ndarray, inside: np.ndarray) -> str:
     server = f"{np.percentile(inside, 50):.2f}" if inside.size else "-"
-    return (f"| {name} | {wall.size} | {np.percentile(wall, 50):.2f} | {np.percentile(wall, 99):.2f} | {server} |")
+    return f"| {name} | {wall.size} | {np.percentile(wall, 50):.2f} | {np.percentile(wall, 99):.2f} | {server} |"
+
+
+def get(client: httpx.Client, path: str, **params) -> Callable[[], httpx.Response]:
+    return lambda: client.get(path, params=params)
+
+
+def upload(client: httpx.Client, path: Path, k: int) -> Callable[[], httpx.Response]:
+    data = path.read_bytes()
+    return lambda: client.post("/api/search/image", params={"k": k}, files={"file": (path.name, data)})
+
+
+def warm_up_and_plan(client: httpx.Client, home: Path, n: int, k: int, warmup: int) -> list[tuple[str, list]]:
+    """Load both sides of the encoder, then the requests to time, row by row."""
+    texts = novel_queries(warmup + 2 * n)
+    dicoms = sorted((home / "sample_data" / "synthetic").glob("*.dcm"))
+    timed([get(client, "/api/search", q=t, k=k) for t in texts[:warmup]] + [upload(client, dicoms[0], k)] * 3)
+    novel, filtered = texts[warmup:warmup + n], texts[warmup + n:]
+    fallbacks = [FALLBACK_QUERIES[i % len(FALLBACK_QUERIES)] for i in range(n)]
+    ids = [h["image_id"] for h in client.get("/api/search", params={"q": "edema", "k": 50}).json()["hits"]]
+    some_ids = [ids[i % len(ids)] for i in range(n)]
+    return [
+        ("text, novel (encoder + index)", [get(client, "/api/search", q=t, k=k) for t in novel]),
+        ("text, novel, view=PA filter", [get(client, "/api/search", q=t, k=k, view="PA") for t in filtered]),
+        ("text, fallback (precomputed)", [get(client, "/api/search", q=t, k=k) for t in fallbacks]),
+        ("similar (precomputed)", [get(client, f"/api/similar/{i}", k=k) for i in some_ids]),
+        ("thumbnail (WebP bytes)", [get(client, f"/api/images/{i}/thumbnail") for i in some_ids]),
+        ("image upload (sample DICOM)", [upload(client, dicoms[i % len(dicoms)], k) for i in range(n)]),
+    ]
 
 
 def main() -> int:
@@ -117,26 +146,12 @@ def main() -> int:
         home = Path(args.home) if args.home else demo_home(Path(scratch))
         with served(home) as url, httpx.Client(base_url=url, timeout=60) as client:
             health = client.get("/api/health").json()
-            texts = novel_queries(args.warmup + 2 * args.n)
-            warm, novel, filtered = (texts[:args.warmup], texts[args.warmup:args.warmup + args.n],
-                                     texts[args.warmup + args.n:])
-            timed(client, [("/api/search", {"q": t, "k": args.k}) for t in warm])  # loads the text encoder
-            fallbacks = [FALLBACK_QUERIES[i % len(FALLBACK_QUERIES)] for i in range(args.n)]
-            ids = [h["image_id"] for h in client.get("/api/search", params={"q": "edema", "k": 50}).json()["hits"]]
-            some_ids = [ids[i % len(ids)] for i in range(args.n)]
-            rows = [
-                ("text, novel (encoder + index)", [("/api/search", {"q": t, "k": args.k}) for t in novel]),
-                ("text, novel, view=PA filter", [("/api/search", {"q": t, "k": args.k, "view": "PA"})
-                                                 for t in filtered]),
-                ("text, fallback (precomputed)", [("/api/search", {"q": t, "k": args.k}) for t in fallbacks]),
-                ("similar (precomputed)", [(f"/api/similar/{i}", {"k": args.k}) for i in some_ids]),
-                ("thumbnail (WebP bytes)", [(f"/api/images/{i}/thumbnail", {}) for i in some_ids]),
-            ]
+            rows = warm_up_and_plan(client, home, args.n, args.k, args.warmup)
             print(f"{health['rows']} images, {health['model']}, k={args.k}, one keep-alive connection (httpx)\n")
             print("| request | n | p50 ms | p99 ms | in search p50 ms |")
             print("|---|---:|---:|---:|---:|")
-            for name, requests in rows:
-                print(row(name, *timed(client, requests)), flush=True)
+            for name, calls in rows:
+                print(row(name, *timed(calls)), flush=True)
     return 0
 
 

@@ -290,6 +290,42 @@ def cmd_reset(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from medvec import store
+    from medvec.evaluation import evaluate_models, markdown_table, per_finding_table, save_report
+    from medvec.service import eval_targets
+
+    settings = Settings.from_env()
+    targets = eval_targets(settings, args.model)
+    if not targets:
+        print("medvec eval: no model tables yet: run `medvec ingest SOURCE` (or `make demo`) first", file=sys.stderr)
+        return 2
+    progress = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
+    result = evaluate_models(store.connect(settings.lancedb_uri), targets, split=None if args.split == "all" else args.split,
+                             policy=args.uncertain, progress=progress)
+    paths = save_report(settings.home, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"\nretrieval evaluation, {result['split'] or 'all'} images, uncertain labels: {result['uncertain_policy']}\n")
+    print(markdown_table(result))
+    for section in result["models"]:
+        if "error" in section:
+            print(f"\n{section['model']}: {section['error']}")
+            continue
+        if section["image_to_image"].get("note"):
+            print(f"\n{section['model']}: image → image: {section['image_to_image']['note']}")
+        if section.get("text_to_image_skipped"):
+            print(f"\n{section['model']}: text → image skipped ({section['text_to_image_skipped']})")
+        table = per_finding_table(section)
+        if table:
+            print(f"\n{section['model']}, text → image per finding:\n{table}")
+        if section["model"].startswith("tiny-"):
+            print(f"({section['model']} has random weights: these numbers show the plumbing, not a model)")
+    print(f"\nreport: {paths['json']}\nplot:   {paths['png']}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from medvec.http_api import serve
 
@@ -509,6 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reset", help="drop Medvec's LanceDB tables (only with --yes)")
     p.add_argument("--yes", action="store_true", help="really drop them")
     p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser("eval", help="retrieval evaluation: Recall@K, MRR, mAP per finding and per model")
+    p.add_argument("--model", action="append", help="registry name; repeat to compare (default: every model table)")
+    p.add_argument("--split", default="test", help="split to evaluate, or 'all' (default test; all when no splits)")
+    p.add_argument("--uncertain", choices=("exclude", "positive", "negative"), default="exclude",
+                   help="what CheXpert's uncertain (-1) labels mean (default: exclude from that finding)")
+    p.add_argument("--json", action="store_true", help="print the report (schema medvec.eval/1)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="HTTP API and web page for search")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")

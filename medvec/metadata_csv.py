@@ -12,13 +12,14 @@ import io
 import logging
 from dataclasses import dataclass, field
 
+from medvec.labels import chexpert_columns, chexpert_row, labels_from_findings_text, labels_from_terms
 from medvec.phi import Pseudonymizer, is_identifying_column
 
 log = logging.getLogger(__name__)
 
 # Header aliases, compared after lower-casing and turning "_"/"-" into spaces.
 FILE_COLUMNS = ("path", "file", "filename", "file name", "image", "image index", "image path", "dicom", "source")
-LABEL_COLUMNS = ("finding labels", "labels", "label", "findings")
+LABEL_COLUMNS = ("finding labels", "labels", "label", "findings", "problems", "mesh")
 VIEW_COLUMNS = ("view position", "view", "viewposition", "projection")
 SPLIT_COLUMNS = ("split", "subset", "fold")
 PATIENT_COLUMNS = ("patient id", "patientid", "patient", "subject id", "subject")
@@ -79,7 +80,11 @@ class MetadataTable:
         label_col, view_col = _find(headers, LABEL_COLUMNS), _find(headers, VIEW_COLUMNS)
         split_col, patient_col = _find(headers, SPLIT_COLUMNS), _find(headers, PATIENT_COLUMNS)
         allowed = {_norm(a) for a in allow_columns}
-        known = {file_col, label_col, view_col, split_col, patient_col}
+        # CheXpert / MIMIC-CXR-JPG: one column per finding (1 / 0 / -1 / blank) when no label column.
+        finding_cols = chexpert_columns(reader.fieldnames) if label_col is None else {}
+        if len(finding_cols) < 3:
+            finding_cols = {}
+        known = {file_col, label_col, view_col, split_col, patient_col, *finding_cols}
         dropped = [h for h in reader.fieldnames
                    if h not in known and is_identifying_column(h) and _norm(h) not in allowed]
         if dropped:
@@ -92,16 +97,14 @@ class MetadataTable:
             path = (row.get(file_col) or "").strip()
             if not path:
                 continue
-            labels_text = (row.get(label_col) or "") if label_col else ""
-            labels = [l.strip() for l in labels_text.replace(";", "|").split("|")
-                      if l.strip().lower() not in NO_LABEL_VALUES]
+            labels, notes = _labels(row, label_col, finding_cols)
+            extra = {_norm(k).replace(" ", "_"): (row.get(k) or "").strip() for k in keep if (row.get(k) or "").strip()}
             rows[_path_key(path)] = ImageMetadata(
                 labels=labels,
                 view_position=((row.get(view_col) or "").strip().upper() or None) if view_col else None,
                 split=((row.get(split_col) or "").strip().lower() or None) if split_col else None,
                 subject_key=pseudonymizer.subject_key(row.get(patient_col)) if patient_col else None,
-                extra={_norm(k).replace(" ", "_"): (row.get(k) or "").strip() for k in keep
-                       if (row.get(k) or "").strip()},
+                extra={**extra, **notes},
             )
         return cls(rows, dropped)
 
@@ -114,3 +117,23 @@ class MetadataTable:
             if meta is not None:
                 return meta
         return self._by_name.get(parts[-1])
+
+
+def _labels(row: dict, label_col: str | None, finding_cols: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Findings in the one vocabulary (medvec.labels), plus notes for `extra`: labels that did not
+    map, and CheXpert's uncertain (-1) findings."""
+    notes: dict[str, str] = {}
+    if finding_cols:
+        labels, uncertain = chexpert_row(row, finding_cols)
+        if uncertain:
+            notes["uncertain_labels"] = "|".join(uncertain)
+        return labels, notes
+    text = (row.get(label_col) or "").strip() if label_col else ""
+    if text.lower() in NO_LABEL_VALUES:
+        return [], notes
+    if len(text) > 80 or ". " in text:  # a sentence of findings text (Open-I style), not a list of terms
+        return labels_from_findings_text(text), notes
+    labels, unmapped = labels_from_terms(text)
+    if unmapped:
+        notes["unmapped_labels"] = "|".join(unmapped)
+    return labels, notes

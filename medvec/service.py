@@ -28,3 +28,35 @@ def open_search(settings: Settings, model: str | None = None, *, refresh_seconds
     return ImageSearch(settings.lancedb_uri, spec.slug, model_name=spec.name, home=settings.home,
                        embedder_factory=lambda: embedder_from_settings(model_settings),
                        refresh_seconds=refresh_seconds)
+
+
+def eval_targets(settings: Settings, models: list[str] | None = None):
+    """Models to evaluate: the named ones, else every model table in the database. A table's text
+    encoder is the registry model with its slug (tables of unregistered models: image → image only)."""
+    from medvec import store
+    from medvec.collection import medvec_tables
+    from medvec.embedders.loading import embedder_from_settings
+    from medvec.evaluation import EvalTarget
+    from medvec.image_table import image_table_name
+    from medvec.models.registry import REGISTRY
+
+    by_slug = {spec.slug: spec.name for spec in REGISTRY.values()}
+    if models:
+        names = [resolve_model(m).name if m in REGISTRY else m for m in models]
+        slugs = [resolve_model(m).slug for m in models]
+    else:
+        slugs = [t.removeprefix("images__") for t in medvec_tables(store.connect(settings.lancedb_uri))
+                 if t.startswith("images__")]
+        names = [by_slug.get(s, s) for s in slugs]
+    current = search_model_name(settings)
+    targets = []
+    for name, slug in zip(names, slugs):
+        opener = None
+        if name == current or name in REGISTRY:
+            # The configured model is encoded the way it was embedded (local or NIM); others locally,
+            # except NIM-only models.
+            kind = settings.embedder if name == current else ("nim" if REGISTRY[name].loader == "nim" else "local")
+            model_settings = replace(settings, model=name, embedder=kind)
+            opener = lambda s=model_settings: embedder_from_settings(s)  # noqa: E731
+        targets.append(EvalTarget(model=name, table=image_table_name(slug), open_embedder=opener))
+    return targets

@@ -130,7 +130,8 @@ NIH_CSV = """Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patie
 def test_nih_style_csv_maps_labels_view_split_and_pseudonymised_patient(pseudonymizer):
     table = MetadataTable.from_csv_text(NIH_CSV, pseudonymizer)
     first = table.lookup("/data/nih/images/00000001_000.png")
-    assert first.labels == ["Cardiomegaly", "Effusion"] and first.view_position == "PA" and first.split == "train"
+    # NIH names map into the CheXpert vocabulary (medvec.labels): Effusion → Pleural Effusion.
+    assert first.labels == ["Cardiomegaly", "Pleural Effusion"] and first.view_position == "PA" and first.split == "train"
     assert first.subject_key == pseudonymizer.subject_key("1") and first.subject_key != "1"
     assert first.extra["patient_age"] == "58" and first.extra["follow_up_#"] == "0"
     assert "patient_name" not in first.extra and table.dropped_columns == ["Patient Name"]
