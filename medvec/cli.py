@@ -301,7 +301,7 @@ def cmd_eval(args) -> int:
         print("medvec eval: no model tables yet: run `medvec ingest SOURCE` (or `make demo`) first", file=sys.stderr)
         return 2
     progress = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
-    result = evaluate_models(store.connect(settings.lancedb_uri), targets, split=None if args.split == "all" else args.split,
+    result = evaluate_models(store.connect(settings.lancedb_uri), targets, split=args.split,
                              policy=args.uncertain, progress=progress)
     paths = save_report(settings.home, result)
     if args.json:

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from medvec.labels import FINDINGS, NO_FINDING
 from medvec.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance
@@ -59,7 +60,8 @@ class EvalData:
 
 
 def load_eval_data(table, split: str | None = "test") -> EvalData:
-    """Rows of `split` (all rows when None, or when no row carries a split at all)."""
+    """Rows of `split` (all rows when None or "all", or when no row carries a split at all)."""
+    split = None if split == "all" else split
     import json
 
     data = table.to_arrow()
@@ -69,7 +71,7 @@ def load_eval_data(table, split: str | None = "test") -> EvalData:
         keep = [i for i, s in enumerate(splits) if s == split]
     elif split is not None:
         split = None  # the table has no splits: evaluate everything, and say so in the report
-    rows = data.take(keep)
+    rows = data.take(pa.array(keep, type=pa.int64()))
     dim = rows.schema.field("vector").type.list_size
     vectors = rows.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     extras = [json.loads(e or "{}") for e in rows.column("extra").to_pylist()]

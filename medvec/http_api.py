@@ -2,7 +2,7 @@
 
 Endpoints are plain `def` functions: search is CPU-bound, so FastAPI runs them in its thread pool.
 Image bytes are found by id only (the table's `image_uri` / `thumb_uri` under the home), never from
-a path the client sends.
+a path the client sends. The latest retrieval evaluation is served from the home as `medvec eval` wrote it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 IMAGE_CACHE = "private, max-age=3600"
+#: Where `medvec eval` and the retrieval_evaluation asset leave the latest run (evaluation.save_report).
+EVAL_FILES = {"report": Path("eval") / "report.json", "plot": Path("eval") / "recall_at_k.png"}
+NO_EVAL = "no evaluation yet: run `medvec eval` or materialise retrieval_evaluation"
+#: A new run replaces the files in place, so the browser must ask again (the ETag makes that cheap).
+EVAL_CACHE = "private, no-cache"
 
 
 # --- what the API answers (the OpenAPI schema at /openapi.json) ------------------------------------
@@ -115,6 +120,46 @@ class StatsOut(BaseModel):
     models: list[dict[str, Any]]
 
 
+class EvalModelOut(BaseModel):
+    """One model's section of the report; a model whose table is missing has `error` and nothing else."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(examples=["tiny-siglip"])
+    table: str = Field(examples=["images__tiny_siglip"])
+    table_version: int | None = None
+    split: str | None = Field(None, description="the split evaluated; null = every image")
+    images: int | None = None
+    labelled_images: int | None = None
+    text_to_image: dict[str, Any] | None = Field(
+        None, description="`per_finding` (recall@k, precision@k, mrr, map, prompts, relevant, candidates), "
+                          "`macro` (their mean over findings) and `hard_cases` (`confused_with`: other findings "
+                          "retrieved instead, with counts; `worst_ranked`: relevant images ranked lowest); "
+                          "null when skipped")
+    text_to_image_skipped: str | None = Field(None, description="why text → image was not evaluated")
+    image_to_image: dict[str, Any] | None = Field(
+        None, description="queries, recall@k, precision@k, mrr, map, excluded_same_subject_or_study, sampled, "
+                          "and `note` when no query could be scored")
+    chance: dict[str, float] | None = Field(None, description="what a random ranking scores on text → image")
+    recall_curve: dict[str, list[float]] | None = Field(None, description="Recall@K for K = 1..50: text, image, "
+                                                                          "chance")
+    seconds: float | None = None
+    error: str | None = Field(None, description="why this model was not evaluated")
+
+
+class EvalReportOut(BaseModel):
+    """`$MEDVEC_HOME/eval/report.json`, as the latest `medvec eval` or retrieval_evaluation wrote it."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_id: str = Field(alias="schema", examples=["medvec.eval/1"])
+    split: str | None = Field(None, description="the split evaluated; null = every image")
+    ks: list[int] = Field(examples=[[1, 5, 10]])
+    uncertain_policy: str = Field(examples=["exclude"])
+    findings: list[str]
+    models: list[EvalModelOut]
+
+
 ERRORS = {400: {"model": ErrorOut, "description": "bad input; `error` says why"},
           404: {"model": ErrorOut, "description": "no such image"},
           503: {"model": ErrorOut, "description": "the model's table does not exist yet, or its encoder cannot load"}}
@@ -135,6 +180,8 @@ def create_app(search: ImageSearch, home: Path, *, token: str | None = None,
     app.include_router(_search_router(search, max_upload_bytes), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
     app.include_router(_image_router(search, Path(home).resolve()), prefix="/api", dependencies=guard,
+                       responses=AUTH_ERRORS if token else None)
+    app.include_router(_eval_router(Path(home).resolve()), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
     app.include_router(_page_router())
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
@@ -221,6 +268,26 @@ def _image_router(search: ImageSearch, home: Path) -> APIRouter:
     return router
 
 
+def _eval_router(home: Path) -> APIRouter:
+    router = APIRouter(tags=["evaluation"], responses={404: {"model": ErrorOut, "description": NO_EVAL}})
+
+    @router.get("/eval", response_model=EvalReportOut, summary="The latest retrieval evaluation",
+                description="The report (schema `medvec.eval/1`) that `medvec eval` or the retrieval_evaluation "
+                            "asset last wrote: per model, text → image per finding and macro-averaged, image → "
+                            "image, a random ranking, Recall@K curves and hard cases. Read from disk on every "
+                            "request, so a new run shows without restarting the server.")
+    def eval_report() -> FileResponse:
+        return FileResponse(_eval_file(home, "report"), media_type="application/json",
+                            headers={"Cache-Control": EVAL_CACHE})
+
+    @router.get("/eval/plot.png", response_class=FileResponse, summary="The latest Recall@K plot (PNG)",
+                responses={200: {"content": {"image/png": {}}, "description": "Recall@K for K = 1..50 per model"}})
+    def eval_plot() -> FileResponse:
+        return FileResponse(_eval_file(home, "plot"), media_type="image/png", headers={"Cache-Control": EVAL_CACHE})
+
+    return router
+
+
 def _page_router() -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
@@ -271,6 +338,13 @@ def _stored_file(search: ImageSearch, home: Path, image_id: str, column: str) ->
     path = (home / uri).resolve() if uri else None
     if path is None or not path.is_relative_to(home) or not path.is_file():
         raise HTTPException(404, f"no stored file for image {image_id!r}")
+    return path
+
+
+def _eval_file(home: Path, name: str) -> Path:
+    path = (home / EVAL_FILES[name]).resolve()
+    if not path.is_relative_to(home) or not path.is_file():
+        raise HTTPException(404, NO_EVAL)
     return path
 
 

@@ -1,5 +1,6 @@
 // Medvec search page: talks to /api/* on this origin only. Images are fetched with the same
 // Authorization header as the JSON calls and shown through blob: URLs, so a token never sits in a URL.
+// Two views, chosen by the address's #hash: search (the default) and metrics (the latest `medvec eval`).
 "use strict";
 
 const TOKEN_KEY = "medvec.token";
@@ -18,6 +19,10 @@ const state = {
   resultBlobs: [],     // blob: URLs of the thumbnails on screen, revoked when results change
   detailBlob: null,
   generation: 0,       // a newer search makes older answers stale
+  view: "search",      // "search" | "metrics"
+  ready: false,        // health answered and, where one is needed, a token is at hand
+  metricsBlobs: [],    // blob: URLs of the plot and hard-case thumbnails, revoked when the report is redrawn
+  metricsGeneration: 0,
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -87,6 +92,8 @@ async function start() {
     showTokenForm(true);
     return;
   }
+  state.ready = true;
+  if (state.view === "metrics") loadMetrics();
   await loadFilters();
 }
 
@@ -131,6 +138,10 @@ function queryParams() {
 // --- searching ------------------------------------------------------------------------------------
 
 async function run(query) {
+  if (state.view !== "search") { // answers show in the search view
+    window.location.hash = "search";
+    showView("search");
+  }
   const generation = ++state.generation;
   state.last = query;
   showError("");
@@ -229,9 +240,8 @@ function tags(hit) {
 
 async function openDetail(hit) {
   state.selected = hit;
-  document.querySelectorAll(".card.selected").forEach((c) => c.classList.remove("selected"));
-  document.querySelectorAll(".card").forEach((c) => {
-    if (c.dataset.imageId === hit.image_id) c.classList.add("selected");
+  document.querySelectorAll(".card, .worst-image").forEach((c) => {
+    c.classList.toggle("selected", c.dataset.imageId === hit.image_id);
   });
   $("#detail").hidden = false;
   $("#detail-meta tbody").replaceChildren(...META_ROWS.map(([key, title]) => metaRow(title, metaValue(hit, key))));
@@ -269,7 +279,297 @@ function metaRow(title, value) {
 function closeDetail() {
   state.selected = null;
   $("#detail").hidden = true;
-  document.querySelectorAll(".card.selected").forEach((c) => c.classList.remove("selected"));
+  document.querySelectorAll(".selected").forEach((c) => c.classList.remove("selected"));
+}
+
+// --- views ------------------------------------------------------------------------------------------
+
+function showView(name) {
+  const previous = state.view;
+  state.view = name === "metrics" ? "metrics" : "search";
+  const metrics = state.view === "metrics";
+  document.body.classList.toggle("view-metrics", metrics);
+  $("#view-search").hidden = metrics;
+  $("#view-metrics").hidden = !metrics;
+  for (const [id, view] of [["#tab-search", "search"], ["#tab-metrics", "metrics"]]) {
+    if (view === state.view) $(id).setAttribute("aria-current", "page");
+    else $(id).removeAttribute("aria-current");
+  }
+  if (state.view !== previous) showError("");
+  if (metrics && state.ready) loadMetrics(); // read again on every visit: a new `medvec eval` shows at once
+}
+
+const viewFromAddress = () => window.location.hash.replace("#", "");
+
+// --- the metrics view: the latest retrieval evaluation ----------------------------------------------
+
+const METRIC_NAMES = ["mrr", "map"];
+const TASKS = [
+  ["text", "text → image (macro)"], ["image", "image → image"], ["chance", "random ranking (text → image)"],
+];
+
+async function loadMetrics() {
+  const generation = ++state.metricsGeneration;
+  $("#metrics-summary").textContent = "loading the latest evaluation…";
+  try {
+    const response = await api("/api/eval");
+    const report = await response.json();
+    if (generation !== state.metricsGeneration) return;
+    renderMetrics(report, response.headers.get("Last-Modified"));
+  } catch (err) {
+    if (generation !== state.metricsGeneration) return;
+    clearMetrics();
+    $("#metrics-empty").hidden = err.status !== 404;
+    $("#metrics-summary").textContent = err.status === 404 ? "" : `could not load the evaluation: ${err.message}`;
+  }
+}
+
+function clearMetrics() {
+  state.metricsBlobs.forEach((url) => URL.revokeObjectURL(url));
+  state.metricsBlobs = [];
+  $("#metrics-body").replaceChildren();
+}
+
+function renderMetrics(report, written) {
+  clearMetrics();
+  $("#metrics-empty").hidden = true;
+  const models = report.models || [];
+  const when = written ? ` · written ${new Date(written).toLocaleString()}` : "";
+  $("#metrics-summary").replaceChildren(
+    element("strong", `${models.length} model${models.length === 1 ? "" : "s"}`),
+    ` · ${report.split ? `${report.split} split` : "all images"} · uncertain labels: ${report.uncertain_policy}${when}`,
+  );
+  const ks = report.ks || [1, 5, 10];
+  const body = $("#metrics-body");
+  const randomWeights = models.filter(hasRandomWeights).map((m) => m.model);
+  if (randomWeights.length) body.append(warning(randomWeightsText(randomWeights)));
+  body.append(element("h3", "Models side by side"), scroll(modelsTable(models, ks)), plotFigure(models));
+  for (const section of models) body.append(modelSection(section, ks));
+}
+
+function modelsTable(models, ks) {
+  const table = element("table", null, "numbers");
+  table.id = "metrics-models";
+  table.append(head(["Model", "Task", ...ks.map((k) => `R@${k}`), "MRR", "mAP", "Queries"]));
+  const tbody = document.createElement("tbody");
+  const span = ks.length + 3;
+  for (const section of models) {
+    const rows = section.error
+      ? [[null, "—", null, section.error]]
+      : modelRows(section);
+    rows.forEach(([task, title, values, queries], i) => {
+      const tr = document.createElement("tr");
+      tr.dataset.model = section.model;
+      if (task) tr.dataset.task = task;
+      if (i === 0) {
+        const name = element("th", null, "model-name");
+        name.scope = "row";
+        name.rowSpan = rows.length;
+        name.append(element("span", section.model));
+        if (hasRandomWeights(section)) name.append(" ", element("small", "random weights", "badge"));
+        tr.append(name);
+      }
+      tr.append(element("td", title, "task"));
+      if (values) {
+        for (const name of metricNames(ks)) tr.append(numberCell(values[name], name));
+        tr.append(element("td", queries, "num queries"));
+      } else {
+        const note = element("td", queries, "note");
+        note.colSpan = span;
+        tr.append(note);
+      }
+      tbody.append(tr);
+    });
+  }
+  table.append(tbody);
+  return table;
+}
+
+function modelRows(section) {
+  const rows = [];
+  const t2i = section.text_to_image;
+  if (!t2i) {
+    rows.push(["text", "text → image", null, `skipped: ${section.text_to_image_skipped || "no text encoder"}`]);
+  } else if (!Object.keys(t2i.macro || {}).length) {
+    rows.push(["text", "text → image", null, "no finding with a prompt has relevant images here"]);
+  } else {
+    const prompts = Object.values(t2i.per_finding).reduce((sum, m) => sum + m.queries, 0);
+    rows.push(["text", TASKS[0][1], t2i.macro, `${prompts} (${t2i.macro.findings} findings)`]);
+  }
+  const i2i = section.image_to_image || {};
+  rows.push(i2i.queries ? ["image", TASKS[1][1], i2i, String(i2i.queries)] : ["image", TASKS[1][1], null, i2i.note || "no queries"]);
+  if (section.chance && Object.keys(section.chance).length) rows.push(["chance", TASKS[2][1], section.chance, "—"]);
+  return rows;
+}
+
+function plotFigure(models) {
+  const figure = element("figure", null, "plot");
+  const img = element("img");
+  img.id = "metrics-plot";
+  img.alt = "Recall@K for K = 1 to 50: text → image and image → image per model, and a random ranking";
+  const caption = element("figcaption", "Recall@K, K = 1…50: solid text → image (macro), dashed image → image, " +
+    "dotted a random ranking.");
+  figure.append(element("h3", "Recall@K"), img, caption);
+  if (!models.some((m) => m.recall_curve)) return figure;
+  blobUrl("/api/eval/plot.png").then((url) => {
+    state.metricsBlobs.push(url);
+    img.src = url;
+  }).catch((err) => caption.replaceChildren(`The plot could not be loaded: ${err.message}`));
+  return figure;
+}
+
+function modelSection(section, ks) {
+  const box = element("section", null, "eval-model");
+  box.dataset.model = section.model;
+  const title = element("h3", section.model);
+  if (hasRandomWeights(section)) title.append(" ", element("small", "random weights", "badge"));
+  box.append(title);
+  if (section.error) {
+    box.append(notes([["error", `not evaluated: ${section.error}`]]));
+    return box;
+  }
+  const i2i = section.image_to_image || {};
+  box.append(element("p", [
+    `${section.table} v${section.table_version}`, `${section.images} images, ${section.labelled_images} labelled`,
+    section.split ? `${section.split} split` : "all images", `${section.seconds} s`,
+  ].join(" · "), "meta-line"));
+  const said = [];
+  if (section.text_to_image_skipped) said.push(["note", `text → image skipped: ${section.text_to_image_skipped}`]);
+  if (i2i.note) said.push(["note", `image → image: ${i2i.note}`]);
+  if (i2i.queries) {
+    said.push(["info", `image → image: ${i2i.queries} labelled images each queried the rest; ` +
+      `${i2i.excluded_same_subject_or_study} candidate pairs of the same subject or study were left out` +
+      (i2i.sampled ? "; the queries are a random sample" : "")]);
+  }
+  box.append(notes(said));
+  const t2i = section.text_to_image;
+  if (!t2i || !Object.keys(t2i.per_finding).length) return box;
+  box.append(element("h4", "Text → image per finding"), scroll(findingTable(t2i, ks)));
+  box.append(element("h4", "Hard cases"), element("p",
+    "Per finding: the other findings its prompts retrieve among the top " +
+    `${Math.max(...ks)}, and the relevant images ranked lowest (mean rank over its prompts). ` +
+    "Click one to see it.", "hint"));
+  const grid = element("div", null, "hard-cases");
+  for (const [finding, cases] of Object.entries(t2i.hard_cases || {})) grid.append(hardCase(finding, cases));
+  box.append(grid);
+  return box;
+}
+
+function findingTable(t2i, ks) {
+  const table = element("table", null, "numbers per-finding");
+  table.append(head(["Finding", "Relevant", "Candidates", ...ks.map((k) => `R@${k}`), "MRR", "mAP", "Prompts"]));
+  const tbody = document.createElement("tbody");
+  for (const [finding, m] of Object.entries(t2i.per_finding)) {
+    const tr = document.createElement("tr");
+    tr.dataset.finding = finding;
+    const name = element("th", finding);
+    name.scope = "row";
+    tr.append(name, element("td", String(m.relevant), "num"), element("td", String(m.candidates), "num"));
+    for (const metric of metricNames(ks)) tr.append(numberCell(m[metric], metric));
+    tr.append(element("td", String(m.prompts), "num"));
+    tbody.append(tr);
+  }
+  table.append(tbody);
+  return table;
+}
+
+function hardCase(finding, cases) {
+  const box = element("div", null, "hard-case");
+  box.dataset.finding = finding;
+  box.append(element("h5", finding));
+  const instead = element("p", null, "instead");
+  const confused = Object.entries(cases.confused_with || {});
+  instead.append(element("span", "Retrieves instead: ", "muted"));
+  if (!confused.length) instead.append("nothing else");
+  for (const [other, count] of confused) {
+    const chip = element("span", `${other} `, "tag label");
+    chip.dataset.finding = other;
+    chip.append(element("b", String(count)));
+    instead.append(chip, " ");
+  }
+  const strip = element("div", null, "worst");
+  for (const image of cases.worst_ranked || []) strip.append(worstImage(image));
+  box.append(instead, strip);
+  return box;
+}
+
+function worstImage(image) {
+  const figure = element("figure", null, "worst-image");
+  figure.dataset.imageId = image.image_id;
+  figure.tabIndex = 0;
+  figure.title = `${image.image_id}\nlabels: ${(image.labels || []).join(", ")}\nmean score ${fixed3(image.score)}`;
+  const img = element("img", null, "thumb");
+  img.alt = `${(image.labels || []).join(", ")}, mean rank ${image.mean_rank.toFixed(1)}`;
+  blobUrl(`/api/images/${encodeURIComponent(image.image_id)}/thumbnail`).then((url) => {
+    state.metricsBlobs.push(url);
+    img.src = url;
+  }).catch(() => img.classList.add("missing")); // not in the table this server searches
+  figure.append(img, element("figcaption", `rank ${image.mean_rank.toFixed(1)}`));
+  const open = () => openStoredImage(image.image_id);
+  figure.addEventListener("click", open);
+  figure.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+  return figure;
+}
+
+async function openStoredImage(imageId) {
+  try {
+    openDetail(await getJson(`/api/images/${encodeURIComponent(imageId)}`));
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+// The registry's tiny-* models have random weights: their numbers test the plumbing, not retrieval.
+const hasRandomWeights = (section) => section.model.startsWith("tiny-");
+
+function randomWeightsText(names) {
+  const which = names.join(", ");
+  return `${which} ${names.length === 1 ? "has" : "have"} random weights: these numbers show that the ` +
+    "evaluation runs, not how well a model retrieves. Embed and evaluate a real model for meaningful numbers.";
+}
+
+function metricNames(ks) {
+  return [...ks.map((k) => `recall@${k}`), ...METRIC_NAMES];
+}
+
+function numberCell(value, metric) {
+  const cell = element("td", value === null || value === undefined ? "—" : fixed3(value), "num");
+  cell.dataset.metric = metric;
+  return cell;
+}
+
+// Three decimals as `medvec eval` prints them. Python rounds an exact half to even (1/16 = 0.0625 → 0.062)
+// where toFixed rounds it up; a double is an exact half at the third decimal only when it is a multiple of 1/16.
+function fixed3(value) {
+  const scaled = value * 1000;
+  if (Number.isInteger(value * 16) && scaled % 1 === 0.5 && Math.floor(scaled) % 2 === 0) {
+    return (Math.floor(scaled) / 1000).toFixed(3);
+  }
+  return value.toFixed(3);
+}
+
+function head(titles) {
+  const thead = document.createElement("thead");
+  const tr = document.createElement("tr");
+  tr.append(...titles.map((title) => element("th", title)));
+  thead.append(tr);
+  return thead;
+}
+
+function scroll(table) {
+  const box = element("div", null, "table-scroll");
+  box.append(table);
+  return box;
+}
+
+function warning(text) {
+  return element("p", text, "callout warn");
+}
+
+function notes(items) {
+  const list = element("ul", null, "notes");
+  for (const [kind, text] of items) list.append(element("li", text, `callout ${kind}`));
+  return list;
 }
 
 // --- small helpers --------------------------------------------------------------------------------
@@ -318,12 +618,15 @@ function wire() {
     event.preventDefault();
     setToken($("#token-input").value.trim());
     $("#token-input").value = "";
+    state.ready = true;
     loadFilters().then(rerun);
+    if (state.view === "metrics") loadMetrics();
   });
   $("#token-forget").addEventListener("click", () => {
     setToken("");
     showTokenForm(true);
   });
+  window.addEventListener("hashchange", () => showView(viewFromAddress()));
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDetail(); });
   document.addEventListener("dragover", (event) => event.preventDefault());
   document.addEventListener("drop", (event) => {
@@ -334,4 +637,5 @@ function wire() {
 }
 
 wire();
+showView(viewFromAddress());
 start();
