@@ -47,6 +47,7 @@ test-biomedclip: $(BIOMEDCLIP_VENV)/.installed
 	$(BIOMEDCLIP_VENV)/bin/python -m pytest -q -ra tests/test_open_clip.py
 
 validate: install
+	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
 
 dagster: install
@@ -56,6 +57,8 @@ dagster: install
 
 benchmark: install
 	$(PY) benchmarks/normalize.py
+	$(PY) benchmarks/search.py
+	$(PY) benchmarks/http_search.py
 
 clean:
 	rm -rf $(MEDVEC_HOME) .pytest_cache

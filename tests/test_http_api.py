@@ -1,10 +1,12 @@
-"""`medvec serve` over real HTTP: search routes, uploads, image bytes, errors, the token, the bind address."""
+"""`medvec serve` over real HTTP: search routes, uploads, image bytes, the evaluation report, errors, the token,
+the bind address."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
 import io
+import json
 import os
 import shutil
 import socket
@@ -20,7 +22,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from medvec.http_api import create_app
+from medvec.http_api import NO_EVAL, create_app
 from medvec.service import open_search
 from medvec.settings import Settings
 from tests.conftest import free_port
@@ -88,6 +90,32 @@ def _read_until(process: subprocess.Popen, needle: str, timeout_s: float) -> lis
             return lines
         assert time.monotonic() < deadline, "medvec serve never answered"
         time.sleep(0.1)
+
+
+def evaluated_home(search_collection, folder: Path) -> Settings:
+    """A copy of the shared collection (read-only) with `medvec eval --split all` run over it, as a user runs it."""
+    home = folder / "home"
+    shutil.copytree(search_collection.settings.home, home, symlinks=True)
+    env = {**search_collection.env, "MEDVEC_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "medvec.cli", "eval", "--split", "all"], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (home / "eval" / "report.json").is_file() and (home / "eval" / "recall_at_k.png").is_file()
+    return Settings.from_env(env)
+
+
+@pytest.fixture(scope="module")
+def evaluated(search_collection, tmp_path_factory) -> Settings:
+    return evaluated_home(search_collection, tmp_path_factory.mktemp("evaluated"))
+
+
+@pytest.fixture(scope="module")
+def eval_api(evaluated):
+    search = open_search(evaluated)
+    with running(create_app(search, evaluated.home)) as base_url:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            yield client
+    search.close()
 
 
 def _synthetic_dicom(search_collection, name="chest_003.dcm") -> Path:
@@ -303,6 +331,66 @@ def test_stats_counts_the_collection_and_hides_the_database_path(api, search_col
     assert "lancedb_uri" not in stats
 
 
+# --- the evaluation report --------------------------------------------------------------------------
+
+def test_eval_report_is_served_as_medvec_eval_wrote_it(eval_api, evaluated):
+    response = eval_api.get("/api/eval")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    written = json.loads((evaluated.home / "eval" / "report.json").read_text())
+    assert response.json() == written
+    assert written["schema"] == "medvec.eval/1" and written["split"] is None  # --split all
+    section = written["models"][0]
+    assert (section["model"], section["table"]) == ("tiny-siglip", "images__tiny_siglip")
+    assert section["text_to_image"]["macro"]["findings"] >= 1 and section["image_to_image"]["queries"] > 0
+    assert "no-cache" in response.headers["cache-control"]  # a new run must show without a stale copy
+
+
+def test_eval_plot_is_the_recall_at_k_png(eval_api, evaluated):
+    response = eval_api.get("/api/eval/plot.png")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content == (evaluated.home / "eval" / "recall_at_k.png").read_bytes()
+    assert Image.open(io.BytesIO(response.content)).size == (640, 400)
+
+
+def test_eval_routes_are_404_until_a_report_exists_then_serve_it_without_a_restart(tmp_path, evaluated):
+    settings = Settings.from_env({"MEDVEC_HOME": str(tmp_path / "home"), "MEDVEC_MODEL": "tiny-siglip"})
+    routes = ("/api/eval", "/api/eval/plot.png")
+    with running(create_app(open_search(settings), settings.home)) as base_url:
+        before = [httpx.get(base_url + route) for route in routes]
+        shutil.copytree(evaluated.home / "eval", settings.home / "eval")  # what a run writes
+        after = [httpx.get(base_url + route) for route in routes]
+    for response in before:
+        assert response.status_code == 404
+        assert response.json() == {"error": "no evaluation yet: run `medvec eval` or materialise retrieval_evaluation"}
+    assert NO_EVAL == before[0].json()["error"]
+    assert [r.status_code for r in after] == [200, 200]
+    assert after[0].json()["models"][0]["model"] == "tiny-siglip" and after[1].content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_eval_report_that_links_outside_home_is_not_served(tmp_path, evaluated):
+    settings = Settings.from_env({"MEDVEC_HOME": str(tmp_path / "home"), "MEDVEC_MODEL": "tiny-siglip"})
+    outside = tmp_path / "outside.json"
+    outside.write_text((evaluated.home / "eval" / "report.json").read_text())
+    (settings.home / "eval").mkdir(parents=True)
+    (settings.home / "eval" / "report.json").symlink_to(outside)
+    with running(create_app(open_search(settings), settings.home)) as base_url:
+        response = httpx.get(f"{base_url}/api/eval")
+    assert response.status_code == 404 and response.json()["error"] == NO_EVAL
+
+
+def test_eval_routes_need_the_token_when_one_is_set(evaluated):
+    search = open_search(evaluated)
+    with running(create_app(search, evaluated.home, token=TOKEN)) as base_url:
+        for route in ("/api/eval", "/api/eval/plot.png"):
+            missing = httpx.get(base_url + route)
+            wrong = httpx.get(base_url + route, headers={"Authorization": "Bearer nope"})
+            good = httpx.get(base_url + route, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert missing.status_code == wrong.status_code == 401
+            assert "token" in missing.json()["error"] and "tiny-siglip" not in missing.text
+            assert good.status_code == 200 and len(good.content) > 1000
+    search.close()
+
+
 # --- the page, the schema, the token and the bind address --------------------------------------------
 
 def test_page_and_its_script_are_served_with_a_same_origin_policy(api):
@@ -320,11 +408,17 @@ def test_openapi_documents_every_route(api):
     assert set(operations) == {
         ("get", "/api/health"), ("get", "/api/search"), ("post", "/api/search/image"),
         ("get", "/api/similar/{image_id}"), ("get", "/api/images/{image_id}"),
-        ("get", "/api/images/{image_id}/image"), ("get", "/api/images/{image_id}/thumbnail"), ("get", "/api/stats")}
+        ("get", "/api/images/{image_id}/image"), ("get", "/api/images/{image_id}/thumbnail"), ("get", "/api/stats"),
+        ("get", "/api/eval"), ("get", "/api/eval/plot.png")}
     assert all(op.get("summary") for op in operations.values())
     search_params = {p["name"] for p in operations[("get", "/api/search")]["parameters"]}
     assert search_params == {"q", "k", "view", "label", "modality", "split"}
     assert "HitOut" in schema["components"]["schemas"]
+    report = schema["components"]["schemas"]["EvalReportOut"]
+    assert {"schema", "split", "ks", "uncertain_policy", "findings", "models"} <= report["properties"].keys()
+    assert "text_to_image_skipped" in schema["components"]["schemas"]["EvalModelOut"]["properties"]
+    assert "no evaluation yet" in operations[("get", "/api/eval")]["responses"]["404"]["description"]
+    assert "image/png" in operations[("get", "/api/eval/plot.png")]["responses"]["200"]["content"]
     assert api.get("/docs").status_code == 200
 
 
