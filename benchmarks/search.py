@@ -39,6 +39,7 @@ Progress goes to stderr; the report (markdown) to stdout; every number as JSON t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import math
@@ -92,6 +93,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def settle_memory() -> None:
+    """Return freed memory to the OS (Python, Arrow's pool, glibc) so RSS deltas mean what is kept."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def rss_mb() -> float:
@@ -256,15 +267,44 @@ class Collection:
 
 # --- measuring ---------------------------------------------------------------------------------
 
+class FullCollections:
+    """Counts Python's full (generation 2) garbage collections and their time while active: with
+    377k ids in dicts and lists, one can cost tens of milliseconds inside a query."""
+
+    def __init__(self):
+        self.count, self.seconds, self._started = 0, 0.0, None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self)
+
+
+LAST_GC: dict = {}
+
+
 def timed(fn, queries: np.ndarray, warmup: np.ndarray) -> tuple[list, list[float]]:
     """Run fn(query) once per query, one at a time; returns (answers, seconds per query)."""
     for q in warmup:
         fn(q)
     answers, seconds = [], []
-    for q in queries:
-        t0 = time.perf_counter()
-        answers.append(fn(q))
-        seconds.append(time.perf_counter() - t0)
+    with FullCollections() as collections:
+        for q in queries:
+            t0 = time.perf_counter()
+            answers.append(fn(q))
+            seconds.append(time.perf_counter() - t0)
+    LAST_GC.update(count=collections.count, ms=round(collections.seconds * 1000, 1))
     return answers, seconds
 
 
@@ -273,7 +313,8 @@ def summary(seconds: list[float], found: list | None = None, truth: np.ndarray |
     ms = np.asarray(seconds) * 1000
     out = {"queries": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
            "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3),
-           "max_ms": round(float(ms.max()), 3), "load": load()}
+           "max_ms": round(float(ms.max()), 3), "load": load(),
+           "full_gc": {"count": LAST_GC.get("count", 0), "ms": LAST_GC.get("ms", 0.0)}}
     if found is not None:
         out["recall_at_10"] = round(recall_at_k(found, truth[:len(found)]), 4)
         if kinds is not None:
@@ -288,7 +329,8 @@ def rounds_of(measure, rounds: int) -> dict:
     at times) and list every round's p50/p99/load."""
     runs = [measure() for _ in range(rounds)]
     best = min(runs, key=lambda r: r["p50_ms"])
-    return {**best, "rounds": [{"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "load": r["load"]} for r in runs]}
+    return {**best, "rounds": [{"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "load": r["load"],
+                                "full_gc": r["full_gc"]["count"]} for r in runs]}
 
 
 def exact_search(vectors: np.ndarray):
@@ -339,10 +381,13 @@ def section_lancedb(table, col: Collection, queries, kinds, truth, truth_pa, tun
 
     partitions = max(1, rows // 4096)
     log(f"LanceDB: IVF_RQ index, {partitions} partitions (as medvec.table_index builds it)")
+    settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
     table.create_index("vector", config=IvfRq(distance_type="dot", num_partitions=partitions), replace=True,
                        name="vector_idx")
-    out["index"] = {"type": "IVF_RQ", "num_partitions": partitions, "build_s": round(time.perf_counter() - t0, 2),
+    build_s = time.perf_counter() - t0
+    settle_memory()
+    out["index"] = {"type": "IVF_RQ", "num_partitions": partitions, "build_s": round(build_s, 2),
                     "rss_delta_mb": round(rss_mb() - rss0, 1),
                     "on_disk_mb": round(dir_mb(Path(table.uri) / "_indices"), 1) if hasattr(table, "uri") else None}
 
@@ -426,10 +471,11 @@ def run_dim(dim: int, args, workdir: Path) -> dict:
 
     # (c) Medvec's index, as the image_index asset builds and saves it
     log("VectorIndex.build")
-    gc.collect()
+    settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
     index = VectorIndex.build(X)
     build_s = time.perf_counter() - t0
+    settle_memory()
     ours: dict = {"build_s": round(build_s, 2), "rss_delta_mb": round(rss_mb() - rss0, 1), "info": index.info.to_json(),
                   "vectors_mb": round(X.nbytes / 2**20, 1)}
     version = table.version
@@ -466,11 +512,13 @@ def run_dim(dim: int, args, workdir: Path) -> dict:
 
     # (d) the full search path
     log("ImageSearch: loading the table and the saved index")
-    gc.collect()
+    settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
     search = ImageSearch(uri, SLUG, home=home)
     info = search.info()
-    e2e: dict = {"load_s": round(time.perf_counter() - t0, 2), "rss_delta_mb": round(rss_mb() - rss0, 1),
+    load_s = time.perf_counter() - t0
+    settle_memory()
+    e2e: dict = {"load_s": round(load_s, 2), "rss_delta_mb": round(rss_mb() - rss0, 1),
                  "index_kind": info["index"]["kind"], "rows": info["rows"],
                  "fallback_answers_current": info["fallback_answers_current"]}
     if info["table_version"] != version or e2e["fallback_answers_current"] != len(FALLBACK_QUERIES):
@@ -596,17 +644,22 @@ def render_report(res: dict) -> str:
             lines.append(f"| {label} | {filt} | {s['queries']} | {fmt(s['p50_ms'])} | {fmt(s['p99_ms'])} | "
                          f"{fmt(s.get('recall_at_10'), 3) if s.get('recall_at_10') is not None else '–'} | {build} | {mem} |")
         v, e = r["vector_index"], r["image_search"]
+        def rounds(s: dict) -> str:
+            return ", ".join(f"{x['p50_ms']:.2f}/{x['p99_ms']:.2f} @{x['load'][0]}"
+                             + (f" ({x['full_gc']} full GC)" if x.get("full_gc") else "") for x in s["rounds"])
+
         lines += ["", "Recall@10 of `VectorIndex.search` by query kind: "
                   f"unfiltered {v['search'].get('recall_by_query_kind')}, PA {v['search_pa'].get('recall_by_query_kind')}.",
-                  f"Rounds (p50/p99 ms, load): VectorIndex none {[(x['p50_ms'], x['p99_ms'], x['load'][0]) for x in v['search']['rounds']]}, "
-                  f"PA {[(x['p50_ms'], x['p99_ms'], x['load'][0]) for x in v['search_pa']['rounds']]}; "
-                  f"ImageSearch none {[(x['p50_ms'], x['p99_ms'], x['load'][0]) for x in e['search_vector']['rounds']]}, "
-                  f"PA {[(x['p50_ms'], x['p99_ms'], x['load'][0]) for x in e['search_vector_pa']['rounds']]}.",
+                  "",
+                  "Every round, p50/p99 ms @ 1-minute load average: "
+                  f"VectorIndex none [{rounds(v['search'])}], PA [{rounds(v['search_pa'])}]; "
+                  f"ImageSearch none [{rounds(e['search_vector'])}], PA [{rounds(e['search_vector_pa'])}].",
+                  "",
                   f"ImageSearch re-checks the table version every {e['refresh_seconds']} s "
                   f"(one check: {e['version_check_ms']} ms, paid by the query that triggers it).",
-                  f"Index tuning: {v['info'].get('tuning')}"]
+                  "", f"VectorIndex tuning (nprobe, re-rank depth, recall@10 per tuning set): {v['info'].get('tuning')}"]
         if "lancedb" in r:
-            lines.append(f"LanceDB tuning ({res['tune_queries']} tuning queries): {r['lancedb']['tuning']['tried']}")
+            lines += ["", f"LanceDB tuning ({res['tune_queries']} tuning queries): {r['lancedb']['tuning']['tried']}"]
         checks = []
         for label, s in (("VectorIndex none", v["search"]), ("VectorIndex PA", v["search_pa"]),
                          ("ImageSearch none", e["search_vector"]), ("ImageSearch PA", e["search_vector_pa"])):

@@ -29,6 +29,7 @@ from medvec.dicom_read import UnreadableImage
 from medvec.metadata_csv import MetadataTable
 from medvec.normalize import NormalizeOptions, normalize_bytes
 from medvec.phi import Pseudonymizer
+from medvec.reports import is_report_file
 from medvec.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
 from medvec.sources import ImageSource, SourceFile, open_source
 
@@ -247,7 +248,8 @@ def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOp
              if (home / r.image_uri).exists() and (home / r.thumb_uri).exists()}
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
                  manifest.batch)
-    tasks = [(i, entry, known.get(entry.uri)) for i, entry in enumerate(manifest.files)]
+    # Report files (medvec.reports) travel in the same batches; the report assets read them.
+    tasks = [(i, entry, known.get(entry.uri)) for i, entry in enumerate(manifest.files) if not is_report_file(entry.uri)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
 
     outcomes: dict[int, object] = {}

@@ -233,7 +233,60 @@ def _run_search(args, ask) -> int:
     return 0
 
 
+def _run_report_search(args, ask) -> int:
+    from medvec.report_search import NoReports, ReportSearch
+    from medvec.search import NotIndexed, SearchInputError
+    from medvec.service import open_search
+
+    search = open_search(Settings.from_env(), args.model)
+    try:
+        result = ask(ReportSearch(search))
+    except (SearchInputError, NotIndexed, NoReports) as exc:
+        print(f"medvec: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        search.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if "studies" in result:
+        print(f"{len(result['studies'])} report(s) ({result['query']['mode']}) and {len(result['images'])} image(s) "
+              f"in {result['took_ms']:.1f} ms")
+        for rank, study in enumerate(result["studies"], start=1):
+            print(f"{rank:>3}. {study['score']:.4f}  study {study['study_key']} ({study['layout']}, "
+                  f"{'+'.join(study['routes'])})  {', '.join(study['labels']) or '-'}")
+            print(f"       {_highlight(study['snippet'], study['highlights'])}")
+            for image in study["images"]:
+                print(f"       image {image['image_id'][:44]} {image.get('view_position') or '-'}")
+        print("images (direct and through reports):")
+        for image in result["images"]:
+            print(f"{image['rank']:>3}. {image['score']:.4f}  {image['image_id'][:44]:<44} "
+                  f"{'+'.join(image['routes']):<13} {', '.join(image.get('labels') or []) or '-'}")
+        return 0
+    print(f"{len(result['hits'])} similar image(s) via {result['route']} in {result['took_ms']:.1f} ms")
+    for hit in result["hits"]:
+        print(f"{hit['rank']:>3}. {hit['score']:.4f}  {hit['image_id'][:44]:<44} {', '.join(hit.get('labels') or []) or '-'}")
+        for report in hit["reports"]:
+            print(f"       study {report['study_key']}: {report['impression'] or report['findings']}")
+    return 0
+
+
+def _highlight(text: str, spans) -> str:
+    """Matched words between «» in the terminal (the web page uses <mark>)."""
+    out, last = [], 0
+    for start, end in spans:
+        out += [text[last:start], "«", text[start:end], "»"]
+        last = end
+    return "".join(out + [text[last:]])
+
+
 def cmd_search(args) -> int:
+    if args.reports:
+        if args.image or not args.text:
+            print("medvec search --reports: give TEXT (image queries: medvec similar IMAGE_ID --reports)",
+                  file=sys.stderr)
+            return 2
+        return _run_report_search(args, lambda s: s.search(" ".join(args.text), args.k, _filters(args), args.mode))
     if bool(args.text) == bool(args.image):
         print("medvec search: give either TEXT or --image FILE", file=sys.stderr)
         return 2
@@ -247,6 +300,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_similar(args) -> int:
+    if args.reports:
+        return _run_report_search(args, lambda s: s.similar_with_reports(args.image_id, args.k, _filters(args)))
     return _run_search(args, lambda s: s.similar(args.image_id, args.k, _filters(args)))
 
 
@@ -337,6 +392,69 @@ def cmd_mcp(args) -> int:
     from medvec.mcp_server import run_stdio
 
     return run_stdio(Settings.from_env(), model=args.model)
+
+
+# --- backfill ------------------------------------------------------------------------------------
+
+def cmd_backfill(args) -> int:
+    """Re-run chosen batches from their manifests, in process: named ones, all, or the failed ones."""
+    settings = Settings.from_env()
+    _ensure_dagster_home(settings)
+    import dagster as dg
+
+    from medvec import progress
+    from medvec.backfill import select_batches
+    from medvec.batches import list_batches
+    from pipelines.backfill import backfill, batch_status, reap_dead_runs
+
+    instance = dg.DagsterInstance.get()
+    reaped = reap_dead_runs(instance)  # a killed medvec command's runs would look in progress forever
+    known = list_batches(settings.home)
+    status = batch_status(instance, known, embed=not args.no_embed) if args.failed else None
+    try:
+        chosen = select_batches(known, names=args.batches, every=args.all, status=status)
+    except ValueError as exc:
+        print(f"medvec backfill: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run or not chosen:
+        if args.json:
+            print(json.dumps({"dry_run": True, "batches": chosen, "reaped_runs": reaped}, indent=2))
+        else:
+            print(f"{'would re-run' if chosen else 'nothing to re-run:'} {len(chosen)} of {len(known)} batch(es)"
+                  + (f" ({len(reaped)} dead run(s) marked failed)" if reaped else ""))
+            for batch in chosen:
+                print(f"  {batch}" + (f"  ({status[batch]})" if status else ""))
+        return 0
+    bars: dict[str, object] = {}
+
+    def on_progress(what: str, done: int, total: int) -> None:
+        bar = bars.get(what)
+        if bar is None:  # batches report images; model downloads report bytes
+            bar = bars[what] = _bar(total, what, not args.json, "img" if what.startswith(("batch", "embed")) else "B")
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+
+    with progress.listening(on_progress):
+        summary = backfill(settings, chosen, instance=instance, per_run=args.per_run, embed=not args.no_embed,
+                           refresh=not args.no_refresh, normalize_config={"workers": args.workers})
+    summary.reaped_runs = reaped
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return 0 if not summary.failed_runs else 1
+    runs = ", ".join("[" + " ".join(group) + "]" for group in summary.embed_runs) or "none"
+    print(f"re-ran {len(chosen)} batch(es) in {summary.seconds:.1f}s: {summary.ok} image(s) ok, {summary.errors} "
+          f"error(s); {summary.normalize_runs} normalise run(s), embedding runs {runs}")
+    if summary.model:
+        print(f"  {summary.embedded} vector(s) from {summary.model} in {summary.table}"
+              + ("; search assets refreshed" if summary.indexed else ""))
+    if reaped:
+        print(f"  {len(reaped)} run(s) of a killed medvec command marked failed and their pool slots freed")
+    if summary.failed_runs:
+        print(f"runs failed for {', '.join(summary.failed_runs)}: see `make dagster` (Runs) for why")
+        return 1
+    return 0
 
 
 # --- sample data and demo ----------------------------------------------------------------------
@@ -488,6 +606,10 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", action="append", help="only this split (train, validate, test)")
     parser.add_argument("--model", help="which model's table (default: $MEDVEC_MODEL)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--reports", action="store_true",
+                        help="search the reports too: studies with report snippets, images found both ways")
+    parser.add_argument("--mode", choices=("hybrid", "bm25", "vector"), default="hybrid",
+                        help="report ranking with --reports (default hybrid: BM25 and vector, rank-fused)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -563,6 +685,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mcp", help="MCP server on stdio with search tools for assistants")
     p.add_argument("--model", help="registry name (default: $MEDVEC_MODEL)")
     p.set_defaults(func=cmd_mcp)
+
+    p = sub.add_parser("backfill", help="re-run batches from their manifests: named ones, all, or the failed ones")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--batches", nargs="+", metavar="BATCH", help="these batches (`medvec backfill --all --dry-run` lists them)")
+    which.add_argument("--all", action="store_true", help="every batch")
+    which.add_argument("--failed", action="store_true", help="batches whose last run failed or never finished")
+    p.add_argument("--per-run", type=int, default=8, help="batches per embedding run (default 8; the model loads once)")
+    p.add_argument("--no-embed", action="store_true", help="normalise only")
+    p.add_argument("--no-refresh", action="store_true", help="do not refresh the search assets afterwards")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
+    p.add_argument("--dry-run", action="store_true", help="list the batches that would re-run; change nothing")
+    p.add_argument("--json", action="store_true", help="print one summary object")
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("sample-data", help="write the offline sample dataset (real WG04 + synthetic chest DICOM)")
     p.add_argument("dir")

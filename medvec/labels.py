@@ -44,7 +44,7 @@ SYNONYMS = {
 UNMAPPED = ("Emphysema", "Fibrosis", "Hernia")
 
 #: Words that, shortly before a finding in free text, negate it ("no pleural effusion").
-_NEGATIONS = re.compile(r"\b(no|without|negative for|free of|resolved|absence of|not)\b[^.;]{0,40}$")
+_NEGATIONS = re.compile(r"\b(no|without|negative for|free of|resolved|absence of|not|clear of)\b[^.;]{0,70}$")
 
 
 def to_finding(name: str) -> str | None:
@@ -87,7 +87,7 @@ def labels_from_findings_text(text: str) -> list[str]:
     names = sorted({*_KEY, *(k for k, v in SYNONYMS.items() if v)}, key=len, reverse=True)
     for name in names:
         for match in re.finditer(rf"\b{re.escape(name)}\b", lowered):
-            if not _NEGATIONS.search(lowered[max(0, match.start() - 60):match.start()]):
+            if not _NEGATIONS.search(lowered[max(0, match.start() - 90):match.start()]):
                 finding = to_finding(name)
                 if finding and finding != NO_FINDING:
                     found.add(finding)

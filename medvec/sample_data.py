@@ -94,6 +94,7 @@ SIGNED_INDICES = (4, 23)  # int16 with RescaleIntercept -1024, as some CR export
 RESCALED_INDEX = 7  # the one unsigned image with a non-identity modality LUT
 
 LABELS_CSV_HEADER = ("path", "finding_labels", "view_position", "split", "patient_id")
+REPORT_LAYOUTS = ("indiana", "openi", "mimic")
 SPLIT_FRACTIONS = (("test", 0.15), ("valid", 0.15))  # the rest is train
 
 
@@ -129,7 +130,19 @@ class ChestSpec:
         return f"SYN-{self.patient:04d}"
 
     @property
+    def report_layout(self) -> str:
+        """Which of the three report layouts this image's study is written in (a third each)."""
+        return REPORT_LAYOUTS[(self.patient + self.study) % 3]
+
+    @property
+    def study_folder(self) -> str:
+        """MIMIC-CXR style study folder name."""
+        return f"s{50_000_000 + self.patient * 10 + self.study}"
+
+    @property
     def relative_path(self) -> str:
+        if self.report_layout == "mimic":  # files/p10/p<subject>/s<study>/ as MIMIC-CXR lays images out
+            return f"synthetic/files/p10/p{10_000_000 + self.patient}/{self.study_folder}/chest_{self.index:03d}.dcm"
         return f"synthetic/chest_{self.index:03d}.dcm"
 
 
@@ -611,13 +624,14 @@ def _write_broken(out_dir: Path, spec: ChestSpec) -> list[Path]:
 
 
 def write_sample_data(out_dir: str | Path, *, count: int = 36, include_broken: bool = True,
+                      include_reports: bool = True,
                       progress: Callable[[int, int], None] | None = None) -> SampleDataSummary:
     """Write the demo dataset under `out_dir` (files are overwritten, nothing else is removed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wg04 = _wg04_sources()
     specs = chest_specs(count)
-    total = len(wg04) + len(specs) + (2 if include_broken else 0)
+    total = len(wg04) + len(specs) + (2 if include_broken else 0) + (len(_studies(specs)) if include_reports else 0)
     files: list[Path] = []
     rows: list[dict[str, str]] = []
 
@@ -642,6 +656,10 @@ def write_sample_data(out_dir: str | Path, *, count: int = 36, include_broken: b
                      "view_position": spec.view, "patient_id": spec.patient_id})
         done(path)
 
+    if include_reports:
+        for path in write_sample_reports(out_dir, specs):
+            done(path)
+
     if include_broken:
         # The next unused index gives the truncated file its own UIDs, so it is never mistaken
         # for a good image; uncompressed, so the cut lands in the middle of the pixel data.
@@ -662,3 +680,98 @@ def write_sample_data(out_dir: str | Path, *, count: int = 36, include_broken: b
              dict(sorted(by_label.items())), {UID(uid).name: n for uid, n in sorted(used_syntaxes.items())})
     return SampleDataSummary(out_dir=out_dir, files=files, labels_csv=labels_csv,
                              by_label=dict(sorted(by_label.items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports: one per study, worded from the study's findings, in the three layouts users bring
+
+def _studies(specs: list[ChestSpec]) -> dict[tuple[int, int], list[ChestSpec]]:
+    studies: dict[tuple[int, int], list[ChestSpec]] = {}
+    for spec in specs:
+        studies.setdefault((spec.patient, spec.study), []).append(spec)
+    return studies
+
+
+def report_sections(spec: ChestSpec) -> dict[str, str]:
+    """Findings and impression that say what the synthetic image shows (and nothing else). One
+    study in four carries identifiers a real report might, for the PHI scrubber to remove."""
+    sides = " and ".join(spec.effusion_sides)
+    effusion = ("bilateral pleural effusions" if len(spec.effusion_sides) == 2 else
+                f"small {sides} pleural effusion") if spec.effusion_sides else ""
+    findings = []
+    findings.append("The heart is enlarged." if spec.cardiomegaly else "Heart size is normal.")
+    if len(spec.effusion_sides) == 2:
+        findings.append("There are bilateral pleural effusions with blunting of the costophrenic angles.")
+    else:
+        findings.append(f"There is a {effusion} with blunting of the costophrenic angle." if effusion
+                        else "No pleural effusion.")
+    findings.append("No focal consolidation or pneumothorax.")
+    impression = "; ".join(filter(None, ["Cardiomegaly" if spec.cardiomegaly else "",
+                                         effusion.capitalize() if effusion else ""]))
+    sections = {"indication": "___-year-old with shortness of breath.",
+                "comparison": "None.",
+                "findings": " ".join(findings),
+                "impression": (impression + ".") if impression else "No acute cardiopulmonary process."}
+    if spec.patient % 4 == 0:
+        sections["impression"] += " Findings discussed with Dr. Quentin Sentinelle at 10:45 on 03/14/2021."
+    return sections
+
+
+def write_sample_reports(out_dir: Path, specs: list[ChestSpec]) -> list[Path]:
+    """A report per study: MIMIC-CXR `.txt` beside the study folder, Open-I XML, or a row of the
+    Indiana `indiana_reports.csv` / `indiana_projections.csv` pair, by the study's layout."""
+    written: list[Path] = []
+    indiana_rows, projection_rows = [], []
+    for (patient, study), views in _studies(specs).items():
+        spec = views[0]
+        sections = report_sections(spec)
+        if spec.report_layout == "mimic":
+            folder = (out_dir / spec.relative_path).parent
+            path = folder.parent / f"{spec.study_folder}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("                                 FINAL REPORT\n"
+                            f" EXAMINATION:  CHEST ({'PA AND LAT' if len(views) > 1 else views[0].view})\n\n"
+                            + "".join(f" {name.upper()}:  {text}\n\n" for name, text in sections.items()),
+                            encoding="utf-8")
+            written.append(path)
+        elif spec.report_layout == "openi":
+            uid = f"CXR{patient}_{study}"
+            path = out_dir / "reports" / "openi" / f"{uid}.xml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_openi_xml(uid, sections, views), encoding="utf-8")
+            written.append(path)
+        else:
+            uid = f"IU{patient}_{study}"
+            indiana_rows.append({"uid": uid, "MeSH": _mesh(spec), "Problems": _mesh(spec) or "normal",
+                                 "image": "Xray Chest PA and Lateral", **sections})
+            projection_rows += [{"uid": uid, "filename": Path(v.relative_path).name,
+                                 "projection": "Lateral" if v.view == "LATERAL" else "Frontal"} for v in views]
+    if indiana_rows:
+        for name, rows, header in (
+                ("indiana_reports.csv", indiana_rows,
+                 ("uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression")),
+                ("indiana_projections.csv", projection_rows, ("uid", "filename", "projection"))):
+            path = out_dir / name
+            with path.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=header, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(rows)
+            written.append(path)
+    return written
+
+
+def _mesh(spec: ChestSpec) -> str:
+    terms = (["Cardiomegaly"] if spec.cardiomegaly else []) + (["Pleural Effusion"] if spec.effusion_sides else [])
+    return ";".join(terms)
+
+
+def _openi_xml(uid: str, sections: dict[str, str], views: list[ChestSpec]) -> str:
+    from xml.sax.saxutils import escape
+
+    texts = "".join(f'<AbstractText Label="{name.upper()}">{escape(text)}</AbstractText>'
+                    for name, text in sections.items())
+    mesh = "".join(f"<major>{escape(term)}</major>" for term in (_mesh(views[0]).split(";") if _mesh(views[0]) else ["normal"]))
+    images = "".join(f'<parentImage id="chest_{v.index:03d}"><caption>{v.view}</caption></parentImage>' for v in views)
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<eCitation><meta type="rr"/><uId id="{uid}"/>'
+            f"<MedlineCitation><Article><Abstract>{texts}</Abstract></Article></MedlineCitation>"
+            f"<MeSH>{mesh}</MeSH>{images}</eCitation>\n")

@@ -281,12 +281,17 @@ class ImageSearch:
         if stored is not None and not filters and k <= len(stored):
             hits = self._hits(loaded, [loaded.row_of[i] for i, _ in stored[:k]], [s for _, s in stored[:k]])
             return self._result(hits, "fallback", loaded, started, query)
-        vector = loaded.fallback_vectors.get(key)
-        route = "fallback_vector+index"
-        if vector is None:
-            vector = self._encoder().embed_texts([text])[0]
-            route = "index"
+        vector, encoded = self.text_vector(text)
+        route = "index" if encoded else "fallback_vector+index"
         return self._vector_search(loaded, vector, k, filters, started, query, route)
+
+    def text_vector(self, text: str) -> tuple[np.ndarray, bool]:
+        """The model's embedding of `text`: the stored one for a common query, else encoded now
+        (the second value says whether the encoder ran)."""
+        vector = self._current().fallback_vectors.get(normalize_query_text(text))
+        if vector is not None:
+            return vector, False
+        return self._encoder().embed_texts([text])[0], True
 
     def search_image(self, data: bytes, k: int = 10, filters: Filters = Filters(), *,
                      filename: str = "query") -> SearchResult:

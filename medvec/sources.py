@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 #: Files a download leaves beside images that are never images themselves.
 IGNORED_SUFFIXES = (".csv", ".done", ".json", ".md5", ".sha256", ".part", ".tmp", ".crdownload")
+#: A download's "complete" marker: `<file>.done` beside one file, or `.done` in a folder (every file
+#: in that folder and below is complete). Watching takes marked files without waiting for them to settle.
+DONE_MARKER = ".done"
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,17 @@ class SourceFile:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class SourceScan:
+    """One look at a source for watching it: candidate files and `.done` markers, in uri order.
+    `complete` is False when the look stopped at its deadline; the next look resumes after `last`."""
+
+    files: list[SourceFile] = field(default_factory=list)
+    markers: set[str] = field(default_factory=set)
+    complete: bool = True
+    last: str | None = None
 
 
 def is_candidate(name: str) -> bool:
@@ -49,6 +64,11 @@ class ImageSource(ABC):
     def find_metadata_csv(self) -> str | None:
         """A metadata CSV at the root (labels.csv, metadata.csv, or the only CSV there)."""
         return None
+
+    def scan(self, start_after: str | None = None, deadline: float | None = None) -> SourceScan:
+        """Candidates and `.done` markers in one pass, in uri order, after `start_after`; stops
+        (incomplete) once `time.monotonic()` passes `deadline`, so a sensor tick stays bounded."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be watched")
 
 
 class LocalFolderSource(ImageSource):
@@ -78,6 +98,27 @@ class LocalFolderSource(ImageSource):
             return None
         return SourceFile(uri=str(uri), size=st.st_size, mtime=st.st_mtime)
 
+    def scan(self, start_after: str | None = None, deadline: float | None = None) -> SourceScan:
+        result = SourceScan()
+        if os.path.isfile(self.root):
+            entry = self.stat(self.root)
+            result.files = [entry] if entry else []
+            return result
+        for path, entry in _walk_in_uri_order(self.root, start_after):
+            if deadline is not None and time.monotonic() > deadline:
+                result.complete = False
+                return result
+            if entry.name.endswith(DONE_MARKER):
+                result.markers.add(path)
+            elif is_candidate(entry.name):
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # deleted between listing and stat
+                    continue
+                result.files.append(SourceFile(uri=path, size=st.st_size, mtime=st.st_mtime))
+            result.last = path
+        return result
+
     def find_metadata_csv(self) -> str | None:
         root = Path(self.root)
         if not root.is_dir():
@@ -87,6 +128,29 @@ class LocalFolderSource(ImageSource):
             if (root / preferred).exists():
                 return str(root / preferred)
         return str(csvs[0]) if len(csvs) == 1 else None
+
+
+def _walk_in_uri_order(folder: str, start_after: str | None):
+    """(path, DirEntry) for every file under `folder` in the order of the path strings (a folder
+    sorts as `name/`), so a look can resume after any path; folders wholly before `start_after`
+    are never opened. Hidden entries are skipped (but `.done` markers kept); like `os.walk`, links
+    to folders are not followed."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = [(e.name + os.sep if e.is_dir(follow_symlinks=False) else e.name, e) for e in listing
+                       if not e.name.startswith(".") or e.name == DONE_MARKER]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    for key, entry in sorted(entries, key=lambda item: item[0]):
+        path = os.path.join(folder, key)
+        if key.endswith(os.sep):
+            if start_after is not None and path < start_after and not start_after.startswith(path):
+                continue
+            yield from _walk_in_uri_order(path[:-1], start_after if start_after and start_after > path else None)
+        elif start_after is not None and path <= start_after:
+            continue
+        elif not entry.is_dir():  # a link to a folder
+            yield path, entry
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -126,6 +190,28 @@ class S3PrefixSource(ImageSource):
                 if is_candidate(obj["Key"]) and not obj["Key"].endswith("/"):
                     yield SourceFile(uri=f"s3://{self.bucket}/{obj['Key']}", size=obj["Size"],
                                      mtime=obj["LastModified"].timestamp(), etag=obj["ETag"].strip('"'))
+
+    def scan(self, start_after: str | None = None, deadline: float | None = None) -> SourceScan:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        request = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            request["StartAfter"] = split_s3_uri(start_after)[1]
+        result = SourceScan()
+        for page in self.client.get_paginator("list_objects_v2").paginate(**request):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                uri = f"s3://{self.bucket}/{key}"
+                if key.endswith(DONE_MARKER):
+                    result.markers.add(uri)
+                elif is_candidate(key) and not key.endswith("/"):
+                    result.files.append(SourceFile(uri=uri, size=obj["Size"], mtime=obj["LastModified"].timestamp(),
+                                                   etag=obj["ETag"].strip('"')))
+                result.last = uri
+            # A page (1,000 keys) is the unit of work: a look stops between pages, never inside one.
+            if deadline is not None and page.get("IsTruncated") and time.monotonic() > deadline:
+                result.complete = False
+                return result
+        return result
 
     def read_bytes(self, uri: str) -> bytes:
         bucket, key = split_s3_uri(uri)

@@ -5,14 +5,17 @@ import dagster as dg
 from assets.embeddings import embedding_model, image_embeddings
 from assets.evaluation import retrieval_evaluation
 from assets.ingest import normalized_images, source_manifest
+from assets.reports import report_embeddings, report_records
 from assets.search import fallback_queries, image_index, similar_images
 from pipelines.jobs import ingest_job, search_refresh_job
+from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
 from resources import MedvecHomeResource
 from resources.embedders import embedder_from_env
 
 defs = dg.Definitions(
-    assets=[source_manifest, normalized_images, embedding_model, image_embeddings,
+    assets=[source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
             image_index, fallback_queries, similar_images, retrieval_evaluation],
-    jobs=[ingest_job, search_refresh_job],
+    jobs=[ingest_job, search_refresh_job, rescan_job],
+    sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor],
     resources={"medvec": MedvecHomeResource.from_env(), "embedder": embedder_from_env()},
 )

@@ -14,10 +14,13 @@ import dagster as dg
 
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
+from assets.reports import report_embeddings, report_records
 from assets.search import fallback_queries, image_index, similar_images
 from medvec.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
 from medvec.image_table import image_table_name
+from medvec.report_store import load_batch_reports
+from medvec.reports import is_report_file
 from medvec.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
@@ -42,6 +45,8 @@ class IngestSummary:
     table: str | None = None
     embedded: int = 0
     indexed: bool = False  # image_index, fallback_queries and similar_images refreshed
+    report_files: int = 0  # report files among `files` (MIMIC .txt, Open-I .xml)
+    reports: int = 0  # reports stored (Indiana CSV rows included)
 
     def to_json(self) -> dict:
         """The documented `medvec ingest --json` object."""
@@ -49,7 +54,7 @@ class IngestSummary:
                 "ok": self.ok, "errors": len(self.errors), "skipped": self.skipped,
                 "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv,
                 "failed_runs": self.failed_runs, "model": self.model, "table": self.table,
-                "embedded": self.embedded, "indexed": self.indexed, "error_records": [e.to_row() for e in self.errors]}
+                "embedded": self.embedded, "indexed": self.indexed, "report_files": self.report_files, "reports": self.reports, "error_records": [e.to_row() for e in self.errors]}
 
 
 search_assets = [image_index, fallback_queries, similar_images]
@@ -110,7 +115,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
                   **quiet}
-    assets = [source_manifest, normalized_images]
+    assets = [source_manifest, normalized_images, report_records]
     tags = {"medvec/launched_by": "medvec ingest"}
     if embed and manifests:
         resources["embedder"] = embedder
@@ -123,8 +128,10 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
             artifact = model_run.output_for_node("embedding_model")
             spec = resources["embedder"].spec()
             summary.model, summary.table = artifact.name, image_table_name(spec.slug)
-            assets = [embedding_model, source_manifest, normalized_images, image_embeddings]
-    selection = [source_manifest, normalized_images] + ([image_embeddings] if embed else [])
+            assets = [embedding_model, source_manifest, normalized_images, report_records, image_embeddings,
+                      report_embeddings]
+    selection = [source_manifest, normalized_images, report_records] + (
+        [image_embeddings, report_embeddings] if embed else [])
     for manifest in manifests:
         with warnings.catch_warnings():
             # One partition per run here, so the mixed backfill policies Dagster warns about do not apply.
@@ -137,6 +144,8 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         summary.files += len(manifest.files)
         summary.ok += len(load_batch_records(settings.home, manifest.batch))
         summary.errors.extend(load_batch_errors(settings.home, manifest.batch))
+        summary.report_files += sum(1 for f in manifest.files if is_report_file(f.uri))
+        summary.reports += len(load_batch_reports(settings.home, manifest.batch))
         if embed and result.success:
             [materialization] = result.asset_materializations_for_node("image_embeddings")
             summary.embedded += materialization.metadata["rows_written"].value
@@ -146,6 +155,6 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         summary.indexed = refresh.success
         if not refresh.success:
             summary.failed_runs.append("search_refresh")
-    summary.skipped = summary.files - summary.ok - len(summary.errors)
+    summary.skipped = summary.files - summary.report_files - summary.ok - len(summary.errors)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,15 +1,17 @@
 """The search page in headless Chromium against a real `medvec serve` app: search, detail, find-similar,
-image upload, the token form, and no request leaving the server's origin."""
+image upload, the token form, the metrics view over a real `medvec eval` report, and no request leaving the
+server's origin."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from medvec.http_api import create_app
 from medvec.service import open_search
-from tests.test_http_api import running
+from tests.test_http_api import evaluated_home, running
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -42,6 +44,17 @@ def search(search_collection):
 def site(search, search_collection):
     with running(create_app(search, search_collection.settings.home)) as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="module")
+def evaluated_site(search_collection, tmp_path_factory):
+    """A server over a copy of the collection that `medvec eval --split all` has run on, and its report."""
+    settings = evaluated_home(search_collection, tmp_path_factory.mktemp("evaluated_site"))
+    search = open_search(settings)
+    report = json.loads((settings.home / "eval" / "report.json").read_text())
+    with running(create_app(search, settings.home)) as base_url:
+        yield type("EvaluatedSite", (), {"url": base_url, "report": report})
+    search.close()
 
 
 @pytest.fixture
@@ -150,7 +163,89 @@ def test_the_page_takes_a_token_once_and_sends_it_with_every_request(browser, se
         search_for(page, "cardiomegaly")
         page.reload()  # sessionStorage keeps it for the tab
         search_for(page, "edema")
+        page.click("#tab-metrics")
+        page.wait_for_selector("#metrics-empty", state="visible")  # past the token: this home has no report
         context.close()
     protected = [(url, header) for url, header in auth if "/api/health" not in url]
-    assert any("/thumbnail" in url for url, _ in protected)
+    assert any("/thumbnail" in url for url, _ in protected) and any(url.endswith("/api/eval") for url, _ in protected)
     assert all(header == f"Bearer {TOKEN}" for _, header in protected)  # without one it asked /api/health only
+
+
+# --- the metrics view ------------------------------------------------------------------------------
+
+def test_metrics_view_shows_the_report_numbers_plot_and_hard_cases(page, evaluated_site):
+    report, site = evaluated_site.report, evaluated_site.url
+    section = report["models"][0]
+    t2i, i2i = section["text_to_image"], section["image_to_image"]
+    page.goto(site + "/")
+    page.wait_for_selector("#filter-view .chip")
+    page.click("#tab-metrics")
+    page.wait_for_selector("#metrics-models tbody tr")
+    assert page.url.endswith("#metrics")
+    assert not page.is_visible("#search-form") and not page.is_visible(".filters")
+
+    # Side by side: one row per task, every number as `medvec eval` prints it (three decimals).
+    names = [f"recall@{k}" for k in report["ks"]] + ["mrr", "map"]
+    assert page.eval_on_selector_all("#metrics-models thead th", "ths => ths.map(t => t.textContent)") == [
+        "Model", "Task", "R@1", "R@5", "R@10", "MRR", "mAP", "Queries"]
+    tasks = page.eval_on_selector_all("#metrics-models tr[data-model='tiny-siglip']", "rows => rows.map(r => r.dataset.task)")
+    assert tasks == ["text", "image", "chance"]
+    for task, values in (("text", t2i["macro"]), ("image", i2i), ("chance", section["chance"])):
+        shown = page.eval_on_selector_all(f"#metrics-models tr[data-task='{task}'] td[data-metric]",
+                                          "cells => cells.map(c => [c.dataset.metric, c.textContent])")
+        assert shown == [[name, f"{values[name]:.3f}"] for name in names]
+    assert page.inner_text("#metrics-models tr[data-task='image'] .queries") == str(i2i["queries"])
+    assert page.inner_text("#metrics-models tr[data-task='text'] .queries") == (
+        f"{sum(m['queries'] for m in t2i['per_finding'].values())} ({t2i['macro']['findings']} findings)")
+    assert "tiny-siglip has random weights" in page.inner_text("#metrics-body > .callout.warn")
+
+    # Per finding, in the report's order.
+    model = page.locator(".eval-model[data-model='tiny-siglip']")
+    rows = model.locator(".per-finding tbody tr")
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.finding)") == list(t2i["per_finding"])
+    cells = rows.evaluate_all("rows => rows.map(r => [...r.querySelectorAll('td[data-metric]')].map(c => c.textContent))")
+    # Exact halves such as 1/16 = 0.0625 round to even, as Python prints them (0.062), not up as toFixed would.
+    assert cells == [[f"{m[name]:.3f}" for name in names] for m in t2i["per_finding"].values()]
+    assert f"{i2i['queries']} labelled images each queried the rest" in model.inner_text()
+
+    # The plot and the hard cases' thumbnails arrive as blobs.
+    page.wait_for_function("() => document.querySelector('#metrics-plot').naturalWidth > 0")
+    assert page.eval_on_selector("#metrics-plot", "img => [img.naturalWidth, img.src.slice(0, 5)]") == [640, "blob:"]
+    page.wait_for_function("() => [...document.querySelectorAll('.worst-image img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    for finding, cases in t2i["hard_cases"].items():
+        case = model.locator(f".hard-case[data-finding='{finding}']")
+        assert case.locator(".worst-image").evaluate_all("fs => fs.map(f => f.dataset.imageId)") == [
+            image["image_id"] for image in cases["worst_ranked"]]
+        chips = case.locator(".instead .tag").evaluate_all("cs => cs.map(c => [c.dataset.finding, c.querySelector('b').textContent])")
+        assert chips == [[other, str(count)] for other, count in cases["confused_with"].items()]
+    shown = page.eval_on_selector_all(".worst-image img", "imgs => imgs.length")
+    assert shown == sum(len(cases["worst_ranked"]) for cases in t2i["hard_cases"].values()) > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_metrics.png"), full_page=True)
+
+    # A hard case opens in the detail panel; find-similar answers in the search view.
+    worst = next(iter(t2i["hard_cases"].values()))["worst_ranked"][0]["image_id"]
+    page.click(f".worst-image[data-image-id='{worst}']")
+    page.wait_for_selector("#detail:not([hidden])")
+    assert page.inner_text("#detail-meta .image-id") == worst
+    page.wait_for_function("() => document.querySelector('#detail-image').naturalWidth > 0")
+    page.click("#detail-similar")
+    page.wait_for_function("() => document.querySelector('#summary').textContent.includes('similar to')")
+    assert page.url.endswith("#search") and page.is_visible("#search-form")
+    assert card_ids(page) and worst not in card_ids(page)
+
+    assert off_origin(page.requests, site) == []
+    assert page.errors == []
+
+
+def test_metrics_view_says_how_to_get_a_report_when_there_is_none(page, site):
+    page.goto(site + "/#metrics")  # the shared collection has never been evaluated
+    page.wait_for_selector("#metrics-empty", state="visible")
+    empty = page.inner_text("#metrics-empty")
+    assert "No evaluation yet" in empty and "medvec eval" in empty and "retrieval_evaluation" in empty
+    assert page.locator("#metrics-models").count() == 0 and not page.is_visible("#error")
+    page.click("#tab-search")
+    page.wait_for_selector("#search-form", state="visible")
+    assert page.is_visible(".filters") and not page.is_visible("#view-metrics")
+    assert off_origin(page.requests, site) == [] and page.errors == []

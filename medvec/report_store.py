@@ -1,0 +1,167 @@
+"""Reports per batch (parsed, scrubbed, on disk) and per model (`reports__<model>` in LanceDB, with a
+full-text index and the model's text embedding), plus how report labels agree with given labels."""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medvec.batches import BatchManifest, batch_dir
+from medvec.records import IngestError, ImageRecord
+from medvec.reports import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_SCHEMA, ReportRecord, _stem,
+                            is_report_file, links_image, parse_indiana, parse_report_file, report_table_schema,
+                            reports_table)
+from medvec.sources import open_source
+from medvec.store import _sql_string, open_table_if_exists
+
+log = logging.getLogger(__name__)
+REPORT_STAGES = ("report",)
+
+
+def report_table_name(model_slug: str) -> str:
+    return f"reports__{model_slug}"
+
+
+def read_batch_reports(manifest: BatchManifest, s3_endpoint_url: str | None = None
+                       ) -> tuple[list[ReportRecord], list[IngestError]]:
+    """The batch's report files, and the Indiana pair's reports that name one of the batch's images."""
+    source = open_source(manifest.source, s3_endpoint_url)
+    records, errors = [], []
+    for entry in manifest.files:
+        if not is_report_file(entry.uri):
+            continue
+        try:
+            records.append(parse_report_file(source.read_bytes(entry.uri), entry.uri, manifest.batch))
+        except (ET.ParseError, ValueError, UnicodeDecodeError) as exc:
+            errors.append(IngestError(entry.uri, manifest.batch, "report", type(exc).__name__,
+                                      f"report could not be parsed ({str(exc).splitlines()[0][:160]})"))
+        except OSError as exc:
+            errors.append(IngestError(entry.uri, manifest.batch, "report", type(exc).__name__,
+                                      f"report could not be read ({exc.strerror or exc})"))
+    stems = {_stem(f.uri) for f in manifest.files if not is_report_file(f.uri)}
+    pair = _read_indiana_pair(source, manifest.source)
+    if pair is not None:
+        reports_uri, reports_text, projections_text = pair
+        for record in parse_indiana(reports_text, projections_text, reports_uri, manifest.batch):
+            if stems & set(record.image_names):
+                records.append(record)
+    return records, errors
+
+
+def _read_indiana_pair(source, root: str):
+    join = (lambda name: f"{root.rstrip('/')}/{name}") if root.startswith("s3://") else \
+        (lambda name: str(Path(root) / name))
+    for reports_name, projections_name in zip(INDIANA_REPORTS, INDIANA_PROJECTIONS):
+        try:
+            reports = source.read_bytes(join(reports_name)).decode("utf-8-sig")
+        except Exception as exc:  # noqa: BLE001 - absent in most sources; boto3 and OS errors differ
+            if not _is_missing(exc):
+                log.warning("could not read %s: %s", reports_name, type(exc).__name__)
+            continue
+        try:
+            projections = source.read_bytes(join(projections_name)).decode("utf-8-sig")
+        except Exception:  # noqa: BLE001 - reports without projections link to no image
+            projections = None
+        return join(reports_name), reports, projections
+    return None
+
+
+def _is_missing(exc: Exception) -> bool:
+    return isinstance(exc, FileNotFoundError) or "NoSuchKey" in type(exc).__name__ or "404" in str(exc) \
+        or "NoSuchKey" in str(exc)
+
+
+def write_batch_reports(home: Path, batch: str, records: list[ReportRecord]) -> Path:
+    path = batch_dir(home, batch) / "reports.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(reports_table(records), tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_batch_reports(home: Path, batch: str) -> list[ReportRecord]:
+    path = batch_dir(home, batch) / "reports.parquet"
+    if not path.exists():
+        return []
+    return [ReportRecord(**row) for row in pq.read_table(path, schema=REPORT_RECORD_SCHEMA).to_pylist()]
+
+
+def has_batch_reports(home: Path, batch: str) -> bool:
+    return (batch_dir(home, batch) / "reports.parquet").exists()
+
+
+def report_embedding_text(record: ReportRecord) -> str:
+    """What the text tower embeds: the impression (the report's conclusion), else the findings.
+    SigLIP reads 64 tokens, so the whole report would be cut anyway."""
+    return record.impression or record.findings or record.text
+
+
+def open_report_table(db, name: str, dim: int):
+    from medvec.image_table import TableDimensionMismatch, table_dim
+
+    table = open_table_if_exists(db, name)
+    if table is None:
+        table = db.create_table(name, schema=report_table_schema(dim), exist_ok=True)
+        try:
+            table.set_unenforced_primary_key("report_id")
+        except ValueError as exc:
+            if "already set" not in str(exc):
+                raise
+    if table_dim(table) != dim:
+        raise TableDimensionMismatch(f"table {name} holds {table_dim(table)}-d vectors; this model gives {dim}-d")
+    return table
+
+
+def upsert_batch_reports(table, batch: str, records: list[ReportRecord], vectors: np.ndarray, model_id: str):
+    """Make the table hold exactly these reports for `batch` (one commit), then refresh the FTS index."""
+    from medvec.table_index import retry_on_conflict
+
+    if len(records) != len(vectors):
+        raise ValueError(f"{len(records)} reports but {len(vectors)} vectors")
+    dim = table.schema.field("vector").type.list_size
+    rows = [{**r.to_row(), "vector": v.astype(np.float32).tolist(), "model_id": model_id} for r, v in zip(records, vectors)]
+    data = pa.Table.from_pylist(rows, schema=report_table_schema(dim))
+    if data.num_rows == 0:
+        table.delete(f"batch = {_sql_string(batch)}")
+    else:
+        (table.merge_insert("report_id").when_matched_update_all().when_not_matched_insert_all()
+         .when_not_matched_by_source_delete(f"batch = {_sql_string(batch)}").execute(data))
+    if table.count_rows():
+        from lancedb.index import FTS
+
+        retry_on_conflict(lambda: table.create_index("text", config=FTS(), replace=True), what="report FTS index")
+
+
+def label_agreement(reports: list[ReportRecord], images: list[ImageRecord]) -> dict:
+    """How the labels read from reports agree with the labels given for the same images.
+
+    Per finding: precision and recall of the report labels against the given ones; overall: the
+    share of images whose two label sets are equal. Only images with both count."""
+    pairs = []
+    for image in images:
+        if not image.labels:
+            continue
+        linked = [r for r in reports if links_image(r, image.source_uri)]
+        if linked:
+            pairs.append((set(image.labels), set().union(*(set(r.labels) for r in linked))))
+    if not pairs:
+        return {"images": 0}
+    counts = Counter()
+    for given, read in pairs:
+        for finding in given | read:
+            counts[(finding, "tp" if finding in given and finding in read else "fp" if finding in read else "fn")] += 1
+    per_finding = {}
+    for finding in sorted({f for f, _ in counts}):
+        tp, fp, fn = (counts[(finding, k)] for k in ("tp", "fp", "fn"))
+        per_finding[finding] = {"given": tp + fn, "read": tp + fp,
+                                "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+                                "recall": round(tp / (tp + fn), 4) if tp + fn else None}
+    return {"images": len(pairs), "exact_match": round(sum(g == r for g, r in pairs) / len(pairs), 4),
+            "per_finding": per_finding}

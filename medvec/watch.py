@@ -1,0 +1,360 @@
+"""Watching a source for new downloads: which files are settled, which are new, which changed after
+their batch was opened; opening bounded batches from the settled new files. No Dagster here: the
+sensors in `pipelines/sensors.py` call `watch_source` once per tick and turn its answer into runs.
+
+A file is *settled* when it carries a `.done` marker (`<file>.done`, or `.done` in its folder or a
+folder above), or when its modification time is older than the start of the previous complete look
+at the source: it cannot have changed, so its size cannot either, since that look. This needs no
+per-file state between ticks (a cursor holding 100,000 sizes would be megabytes in Dagster's
+database) and a half-written download, whose mtime moves with every write, never qualifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medvec.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
+                            write_manifest)
+from medvec.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
+from medvec.settings import DEFAULT_BATCH_SIZE
+from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
+
+#: The stage under which a file that changed after its batch was opened is reported in `ingest_errors`.
+CHANGED_STAGE = "changed"
+#: Beside a batch's manifest while the batch waits for its run (the model is not ready yet, more
+#: batches opened than one tick launches, or `rescan_job` opened it); holds the launching sensor's name.
+AWAITING_LAUNCH = "awaiting_launch.json"
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """How much one tick may do. Environment: MEDVEC_WATCH_BATCH_SIZE, MEDVEC_WATCH_BATCHES_PER_TICK,
+    MEDVEC_WATCH_RUNS_PER_TICK, MEDVEC_WATCH_PARTIAL_WAIT_S, MEDVEC_WATCH_LISTING_BUDGET_S,
+    MEDVEC_WATCH_INTERVAL_S, MEDVEC_WATCH_SETTLE_MARGIN_S, MEDVEC_REFRESH_QUIET_S."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batches_per_tick: int = 4  # batches opened per tick at most
+    runs_per_tick: int = 8  # batch runs requested per tick at most
+    # A batch smaller than batch_size opens once the source is quiet (nothing unsettled) or after this
+    # long: a slow trickle of downloads must not become one tiny partition per tick.
+    partial_wait_s: float = 300.0
+    listing_budget_s: float = 15.0  # a look stops here and the next tick resumes (S3: page granularity)
+    settle_margin_s: float = 2.0  # clock skew allowed between the file server and this machine
+    interval_s: int = 30  # sensor minimum_interval_seconds
+    refresh_quiet_s: float = 60.0  # search refresh waits this long after the last embedding landed
+    model_retry_s: float = 300.0  # after a failed embedding_model run, wait this long before retrying
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "WatchOptions":
+        env = os.environ if environ is None else environ
+        names = {"batch_size": ("MEDVEC_WATCH_BATCH_SIZE", int),
+                 "batches_per_tick": ("MEDVEC_WATCH_BATCHES_PER_TICK", int),
+                 "runs_per_tick": ("MEDVEC_WATCH_RUNS_PER_TICK", int),
+                 "partial_wait_s": ("MEDVEC_WATCH_PARTIAL_WAIT_S", float),
+                 "listing_budget_s": ("MEDVEC_WATCH_LISTING_BUDGET_S", float),
+                 "settle_margin_s": ("MEDVEC_WATCH_SETTLE_MARGIN_S", float),
+                 "interval_s": ("MEDVEC_WATCH_INTERVAL_S", int),
+                 "refresh_quiet_s": ("MEDVEC_REFRESH_QUIET_S", float)}
+        values = {key: kind(env[var]) for key, (var, kind) in names.items() if env.get(var)}
+        options = cls(**values)
+        if options.batch_size < 1 or options.batches_per_tick < 1 or options.runs_per_tick < 1:
+            raise ValueError("MEDVEC_WATCH_BATCH_SIZE, _BATCHES_PER_TICK and _RUNS_PER_TICK must be at least 1")
+        return options
+
+
+@dataclass
+class WatchCursor:
+    """What a sensor remembers between ticks (a few numbers: it lives in Dagster's database).
+
+    A *pass* is one complete look at the source, possibly over several ticks (`resume_after`).
+    """
+
+    pass_started: float | None = None  # wall-clock start of the pass in progress
+    previous_pass_started: float | None = None  # start of the last complete pass: the settle reference
+    resume_after: str | None = None  # the pass in progress continues after this uri
+    held_since: float | None = None  # a partial batch has been held back since
+    model_attempt: int = 0  # embedding_model runs this sensor requested
+    model_requested_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "WatchCursor":
+        if not text:
+            return cls()
+        raw = json.loads(text)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    """A file that differs from what its batch's manifest recorded when the batch opened."""
+
+    uri: str
+    batch: str
+    message: str
+
+
+@dataclass
+class WatchTick:
+    """What one look found and did."""
+
+    opened: list[BatchManifest]
+    cursor: WatchCursor
+    listed: int = 0  # candidate files seen in this look
+    new_settled: int = 0  # unclaimed and settled
+    unsettled: int = 0  # unclaimed, still being written (or not looked at twice yet)
+    held: int = 0  # settled, but held back for a fuller batch
+    changed: list[ChangedFile] = field(default_factory=list)
+    complete: bool = True  # this look reached the end of the source
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def files_opened(self) -> int:
+        return sum(len(m.files) for m in self.opened)
+
+    def summary(self) -> str:
+        return (f"listed {self.listed} file(s){'' if self.complete else ' (partial look, continues next tick)'}; "
+                f"{self.new_settled} new and settled, {self.unsettled} still settling, {self.held} held for a "
+                f"fuller batch; opened {len(self.opened)} batch(es) of {self.files_opened} file(s); "
+                f"{len(self.changed)} changed after ingest")
+
+
+# --- which files a batch already holds -----------------------------------------------------------
+
+_claims_cache: dict[str, tuple[tuple[int, int], str, list[SourceFile]]] = {}
+
+
+def claimed_files(home: Path) -> dict[str, tuple[str, SourceFile]]:
+    """uri → (batch, the file as listed when its batch opened), over every manifest under `home`.
+
+    Manifests never change after they are written, so each is parsed once per process (keyed by its
+    inode and mtime): a tick over 100,000 claimed files stays a dictionary build, not 50 JSON parses.
+    """
+    claims: dict[str, tuple[str, SourceFile]] = {}
+    for batch in list_batches(home):
+        path = batch_dir(home, batch) / "manifest.json"
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns)
+        cached = _claims_cache.get(str(path))
+        if cached is None or cached[0] != key:
+            manifest = BatchManifest.from_json(path.read_text())
+            cached = _claims_cache[str(path)] = (key, manifest.batch, manifest.files)
+        for entry in cached[2]:
+            claims.setdefault(entry.uri, (cached[1], entry))
+    return claims
+
+
+def describe_change(was: SourceFile, now: SourceFile) -> str | None:
+    """Why `now` is not the file the batch opened with, in plain words, or None when it is."""
+    if was.etag and now.etag and was.etag != now.etag:
+        return f"content changed after its batch was opened (ETag differs; {was.size:,} → {now.size:,} bytes)"
+    if was.size != now.size:
+        return f"size changed after its batch was opened ({was.size:,} → {now.size:,} bytes)"
+    if not was.etag and was.mtime is not None and now.mtime is not None and abs(was.mtime - now.mtime) > 1e-3:
+        return f"rewritten after its batch was opened (same size, {now.size:,} bytes, newer modification time)"
+    return None
+
+
+# --- settling ------------------------------------------------------------------------------------
+
+def _marked_done(uri: str, markers: set[str], root: str) -> bool:
+    if not markers:
+        return False
+    if uri + DONE_MARKER in markers:
+        return True
+    folder = uri.rsplit("/", 1)[0]
+    while len(folder) >= len(root):
+        if f"{folder}/{DONE_MARKER}" in markers:
+            return True
+        if "/" not in folder:
+            break
+        folder = folder.rsplit("/", 1)[0]
+    return False
+
+
+def is_settled(entry: SourceFile, markers: set[str], root: str, reference: float | None, margin_s: float) -> bool:
+    """Marked done, or unchanged since the previous complete look began (`reference`)."""
+    if _marked_done(entry.uri, markers, root.rstrip("/")):
+        return True
+    return reference is not None and entry.mtime is not None and entry.mtime < reference - margin_s
+
+
+# --- batches waiting for their run -------------------------------------------------------------
+
+def mark_awaiting(home: Path, batch: str, launcher: str) -> None:
+    path = batch_dir(home, batch) / AWAITING_LAUNCH
+    path.write_text(json.dumps({"launcher": launcher, "since": time.time()}))
+
+
+def awaiting_batches(home: Path, launcher: str | None = None) -> list[str]:
+    """Batches opened but not launched yet, oldest first; only `launcher`'s when given."""
+    found = []
+    for batch in list_batches(home):
+        path = batch_dir(home, batch) / AWAITING_LAUNCH
+        try:
+            owner = json.loads(path.read_text()).get("launcher")
+        except FileNotFoundError:
+            continue
+        except ValueError:  # a torn write; the writer holds the opening lock, so this is rare
+            owner = None
+        if launcher is None or owner == launcher:
+            found.append(batch)
+    return found
+
+
+def clear_awaiting(home: Path, batch: str) -> None:
+    (batch_dir(home, batch) / AWAITING_LAUNCH).unlink(missing_ok=True)
+
+
+# --- one look --------------------------------------------------------------------------------------
+
+class _Chosen(ImageSource):
+    """The files one look chose, posing as a source so `plan_batches` names and cuts the batches."""
+
+    def __init__(self, root: str, files: list[SourceFile]):
+        self.root, self._files = root, files
+
+    def list_files(self):
+        return iter(self._files)
+
+    def read_bytes(self, uri: str) -> bytes:
+        raise NotImplementedError
+
+    def stat(self, uri: str):
+        raise NotImplementedError
+
+
+def _open(source: ImageSource, home: Path, files: list[SourceFile], batch_size: int, launcher: str,
+          now: float) -> list[BatchManifest]:
+    """Write manifests (and awaiting markers) for `files`; the caller holds the opening lock."""
+    if not files:
+        return []
+    from datetime import datetime, timezone
+
+    taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in list_batches(home)]
+    manifests = plan_batches(_Chosen(source.root, files), home, batch_size=batch_size, existing=taken,
+                             metadata_csv=source.find_metadata_csv(),
+                             now=datetime.fromtimestamp(now, timezone.utc))
+    for manifest in manifests:
+        write_manifest(home, manifest)
+        mark_awaiting(home, manifest.batch, launcher)
+    return manifests
+
+
+def watch_source(source: ImageSource, home: Path, cursor: WatchCursor, options: WatchOptions, *,
+                 launcher: str, now: float | None = None) -> WatchTick:
+    """Look at the source once (resuming a partial look), open batches of settled new files, and
+    say which claimed files changed. Every opened batch is marked as awaiting `launcher`'s run."""
+    now = time.time() if now is None else now
+    started = time.monotonic()
+    pass_started = cursor.pass_started if cursor.resume_after and cursor.pass_started else now
+    scan: SourceScan = source.scan(start_after=cursor.resume_after, deadline=started + options.listing_budget_s)
+    listed_at = time.monotonic()
+    tick = WatchTick(opened=[], cursor=WatchCursor(**asdict(cursor)), listed=len(scan.files), complete=scan.complete)
+    with batch_opening_lock(home):
+        claims = claimed_files(home)
+        fresh: list[SourceFile] = []
+        for entry in scan.files:
+            claim = claims.get(entry.uri)
+            if claim is not None:
+                message = describe_change(claim[1], entry)
+                if message:
+                    tick.changed.append(ChangedFile(entry.uri, claim[0], message))
+            elif is_settled(entry, scan.markers, source.root, cursor.previous_pass_started, options.settle_margin_s):
+                fresh.append(entry)
+            else:
+                tick.unsettled += 1
+        tick.new_settled = len(fresh)
+        take, capped, held_since = _choose(fresh, tick, cursor, options, now)
+        tick.held = len(fresh) - len(take) if not capped else 0
+        tick.opened = _open(source, home, take, options.batch_size, launcher, now)
+    next_cursor = tick.cursor
+    next_cursor.held_since = held_since
+    if capped:  # more settled files than one tick opens: continue right after the last one taken
+        next_cursor.pass_started, next_cursor.resume_after = pass_started, take[-1].uri
+    elif not scan.complete:
+        next_cursor.pass_started, next_cursor.resume_after = pass_started, scan.last
+    else:
+        next_cursor.previous_pass_started, next_cursor.pass_started, next_cursor.resume_after = pass_started, None, None
+    tick.seconds = {"list": round(listed_at - started, 3), "total": round(time.monotonic() - started, 3)}
+    return tick
+
+
+def _choose(fresh: list[SourceFile], tick: WatchTick, cursor: WatchCursor, options: WatchOptions,
+            now: float) -> tuple[list[SourceFile], bool, float | None]:
+    """(files to open now, whether the per-tick cap cut the list, held_since for the cursor)."""
+    size, cap = options.batch_size, options.batches_per_tick
+    if len(fresh) >= size * cap:
+        return fresh[:size * cap], len(fresh) > size * cap, None
+    full = len(fresh) - len(fresh) % size
+    if full == len(fresh):
+        return fresh, False, None
+    quiet = tick.complete and tick.unsettled == 0
+    waited = cursor.held_since is not None and now - cursor.held_since >= options.partial_wait_s
+    if quiet or waited:
+        return fresh, False, None
+    return fresh[:full], False, cursor.held_since or now
+
+
+def rescan(source: ImageSource, home: Path, *, batch_size: int = DEFAULT_BATCH_SIZE, min_age_s: float = 60.0,
+           launcher: str, now: float | None = None) -> tuple[list[BatchManifest], int]:
+    """Open batches for every file on the source that no batch holds, whatever the sensors' cursors
+    say: files marked done or unmodified for `min_age_s`. Returns (batches opened, files too young)."""
+    now = time.time() if now is None else now
+    scan = source.scan()
+    with batch_opening_lock(home):
+        claims = claimed_files(home)
+        unclaimed = [e for e in scan.files if e.uri not in claims]
+        take = [e for e in unclaimed if is_settled(e, scan.markers, source.root, now - min_age_s, 0.0)]
+        return _open(source, home, take, batch_size, launcher, now), len(unclaimed) - len(take)
+
+
+# --- reporting changed files -----------------------------------------------------------------------
+
+def report_changed(db, changed: list[ChangedFile]) -> int:
+    """Record changed files in `ingest_errors` (stage `changed`), once per file and message; returns
+    how many rows were new. The file is never put into another batch: its batch keeps it."""
+    if not changed:
+        return 0
+    from medvec.store import INGEST_ERRORS_TABLE
+
+    table = db.create_table(INGEST_ERRORS_TABLE, schema=INGEST_ERROR_SCHEMA, exist_ok=True)
+    known = {(r["batch"], r["source_uri"]): r["message"] for r in
+             table.search().where(f"stage = '{CHANGED_STAGE}'").select(["batch", "source_uri", "message"])
+             .limit(None).to_arrow().to_pylist()}
+    new = [error for error in (IngestError(c.uri, c.batch, CHANGED_STAGE, "ChangedAfterIngest",
+                                           f"{c.message}: it stays in batch {c.batch} and is not batched again; "
+                                           f"to use the new content, re-run the batch "
+                                           f"(medvec backfill --batches {c.batch})") for c in changed)
+           if known.get((error.batch, error.source_uri)) != error.message]
+    if new:
+        (table.merge_insert(["batch", "source_uri", "stage"]).when_matched_update_all()
+         .when_not_matched_insert_all().execute(ingest_errors_table(new)))
+    return len(new)
+
+
+# --- refreshing search after a wave --------------------------------------------------------------
+
+def refresh_decision(*, last_embedded_at: float | None, indexed_from: float | None, embedding_in_flight: int,
+                     refresh_in_flight: bool, awaiting: int, now: float, quiet_s: float) -> tuple[bool, str]:
+    """Whether the search assets should refresh now, and why (not). Once after a wave: new vectors
+    landed since the last refresh began, nothing is still embedding or waiting to, and no vector
+    landed for `quiet_s`."""
+    if last_embedded_at is None:
+        return False, "no embeddings yet"
+    if indexed_from is not None and last_embedded_at <= indexed_from:
+        return False, "the search assets already cover the latest embeddings"
+    if refresh_in_flight:
+        return False, "a search refresh is already running"
+    if embedding_in_flight or awaiting:
+        return False, (f"waiting for the wave to finish: {embedding_in_flight} embedding run(s) in flight, "
+                       f"{awaiting} batch(es) awaiting launch")
+    if now - last_embedded_at < quiet_s:
+        return False, f"debouncing: last embeddings landed {now - last_embedded_at:.0f}s ago (waits {quiet_s:.0f}s)"
+    return True, "new embeddings since the last refresh, and the wave is over"

@@ -1,0 +1,207 @@
+"""`medvec backfill`: re-run chosen batches from their manifests in this process, as a backfill from
+the UI would: one run per batch to normalise, several batches per run to embed (the model loads
+once), then one search refresh. Also the run bookkeeping the sensors share: whether the model is
+ready, each batch's status, and runs whose in-process medvec command died.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from assets.embeddings import embedding_model, image_embeddings
+from assets.ingest import normalized_images, source_manifest
+from assets.search import fallback_queries, image_index, similar_images
+from medvec.backfill import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, combine_status, group_runs
+from medvec.batches import load_batch_errors, load_batch_records
+from medvec.image_table import image_table_name
+from medvec.models.registry import ModelSpec
+from medvec.settings import Settings
+from pipelines.partitions import batch_partitions
+from resources import MedvecHomeResource
+from resources.embedders import EmbedderResource, embedder_from_env
+
+LAUNCHED_BY_TAG = "medvec/launched_by"  # runs a medvec command executed in its own process
+PROCESS_TAG = "medvec/process"  # "<host>/<pid>:<start time>" of that process
+BATCH_ASSETS = [source_manifest, normalized_images, image_embeddings]
+SEARCH_ASSETS = [image_index, fallback_queries, similar_images]
+#: In-process runs the CLI makes are logged to the run log only; the CLI prints its own summary.
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+embed_batches_job = dg.define_asset_job(
+    "embed_batches_job", selection=[image_embeddings], partitions_def=batch_partitions,
+    description="image_embeddings over a range of batches in one run (the model loads once).")
+
+
+# --- runs of processes that died -----------------------------------------------------------------
+
+def _process_identity(pid: int) -> str | None:
+    """pid plus the process's start time (Linux), so a recycled pid is not mistaken for the original."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return f"{pid}:{handle.read().rsplit(')', 1)[1].split()[19]}"
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):  # no /proc (macOS): the pid alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return str(pid)
+
+
+def process_tags(command: str) -> dict[str, str]:
+    """Tags for runs executed in this process, so a later command can tell if it died."""
+    return {LAUNCHED_BY_TAG: command,
+            PROCESS_TAG: f"{socket.gethostname()}/{_process_identity(os.getpid()) or os.getpid()}"}
+
+
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the unfinished runs whose medvec process on this machine is gone, and free their
+    pool slots.
+
+    A run executed in process (CLI) by a process that was killed stays STARTED forever and keeps its
+    `gpu` pool slot, so with a pool limit every later embedding step would wait for it. Dagster's run
+    monitoring does this for runs its launcher started; nothing does it for in-process runs.
+    """
+    host = socket.gethostname()
+    reaped = []
+    unfinished = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=unfinished)):
+        run = record.dagster_run
+        where = run.tags.get(PROCESS_TAG, "")
+        run_host, _, identity = where.rpartition("/")
+        if run_host != host or not identity:
+            continue
+        pid = int(identity.split(":")[0])
+        if _process_identity(pid) == identity or (":" not in identity and _process_identity(pid)):
+            continue
+        instance.report_run_failed(run, message=f"the medvec process that ran this run in process (pid {pid}) is "
+                                                "gone (killed or crashed); marked failed by a later medvec command")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
+    return reaped
+
+
+# --- what the instance knows -----------------------------------------------------------------------
+
+def model_ready(instance: dg.DagsterInstance, spec: ModelSpec) -> bool:
+    """Whether embedding_model's latest materialisation is the configured model (the check
+    image_embeddings itself makes), so batch runs can load it."""
+    event = instance.get_latest_materialization_event(embedding_model.key)
+    if event is None or event.asset_materialization is None:
+        return False
+    metadata = event.asset_materialization.metadata
+    return (getattr(metadata.get("model"), "value", None) == spec.name
+            and getattr(metadata.get("model_id"), "value", None) == spec.model_id)
+
+
+def batch_status(instance: dg.DagsterInstance, batches: list[str], embed: bool = True) -> dict[str, str]:
+    """materialized | failed | in_progress | missing per batch, over its batch assets."""
+    if not batches:
+        return {}
+    words = {dg.AssetPartitionStatus.MATERIALIZED: MATERIALIZED, dg.AssetPartitionStatus.FAILED: FAILED,
+             dg.AssetPartitionStatus.IN_PROGRESS: IN_PROGRESS}
+    assets = BATCH_ASSETS if embed else BATCH_ASSETS[:2]
+    known = set(instance.get_dynamic_partitions(batch_partitions.name))
+    keys = [b for b in batches if b in known]
+    per_asset = [instance.get_status_by_partition(a.key, keys, batch_partitions) or {} for a in assets]
+    return {b: combine_status([words.get(status.get(b), MISSING) for status in per_asset]) for b in batches}
+
+
+# --- the backfill ------------------------------------------------------------------------------------
+
+@dataclass
+class BackfillSummary:
+    batches: list[str]
+    normalize_runs: int = 0
+    embed_runs: list[list[str]] = field(default_factory=list)  # batches per embedding run
+    failed_runs: list[str] = field(default_factory=list)  # batch names, "embedding_model", "search_refresh"
+    ok: int = 0
+    errors: int = 0
+    embedded: int = 0
+    model: str | None = None
+    table: str | None = None
+    indexed: bool = False
+    reaped_runs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        """The documented `medvec backfill --json` object."""
+        return {"batches": self.batches, "normalize_runs": self.normalize_runs, "embed_runs": self.embed_runs,
+                "failed_runs": self.failed_runs, "ok": self.ok, "errors": self.errors, "embedded": self.embedded,
+                "model": self.model, "table": self.table, "indexed": self.indexed,
+                "reaped_runs": self.reaped_runs, "seconds": round(self.seconds, 2)}
+
+
+def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInstance,
+             embedder: EmbedderResource | None = None, per_run: int = 8, embed: bool = True, refresh: bool = True,
+             normalize_config: dict | None = None) -> BackfillSummary:
+    """Re-run `batches` from their manifests: normalise each (unchanged files are skipped by hash, so
+    outputs are identical), embed them in runs of up to `per_run` neighbouring batches, refresh search."""
+    started = time.perf_counter()
+    summary = BackfillSummary(batches=list(batches))
+    known = set(instance.get_dynamic_partitions(batch_partitions.name))
+    instance.add_dynamic_partitions(batch_partitions.name, [b for b in batches if b not in known])
+    resources: dict = {"medvec": MedvecHomeResource.from_settings(settings)}
+    tags = process_tags("medvec backfill")
+    run_config = {"ops": {"normalized_images": {"config": normalize_config or {}}}, **QUIET}
+    normalized = []
+    with warnings.catch_warnings():
+        # One partition per run, or one asset per run: Dagster's mixed-policy warning does not apply.
+        warnings.filterwarnings("ignore", message=".*varying BackfillPolicies.*")
+        for batch in batches:
+            result = dg.materialize([source_manifest, normalized_images], partition_key=batch, instance=instance,
+                                    resources=resources, run_config=run_config, raise_on_error=False, tags=tags)
+            summary.normalize_runs += 1
+            if result.success:
+                normalized.append(batch)
+            else:
+                summary.failed_runs.append(batch)
+            summary.ok += len(load_batch_records(settings.home, batch))
+            summary.errors += len(load_batch_errors(settings.home, batch))
+        if embed and normalized:
+            embedder = embedder or embedder_from_env(settings)
+            resources["embedder"] = embedder
+            spec = embedder.spec()
+            summary.model, summary.table = spec.name, image_table_name(spec.slug)
+            if not model_ready(instance, spec):
+                model_run = dg.materialize([embedding_model], instance=instance, resources=resources,
+                                           run_config=QUIET, raise_on_error=False, tags=tags)
+                if not model_run.success:
+                    summary.failed_runs.append("embedding_model")
+                    normalized = []
+            _embed(summary, normalized, instance, resources, tags, per_run)
+        if refresh and summary.embedded:
+            result = dg.materialize([embedding_model, *SEARCH_ASSETS], selection=SEARCH_ASSETS, instance=instance,
+                                    resources=resources, run_config=QUIET, raise_on_error=False, tags=tags)
+            summary.indexed = result.success
+            if not result.success:
+                summary.failed_runs.append("search_refresh")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _embed(summary: BackfillSummary, batches: list[str], instance: dg.DagsterInstance, resources: dict,
+           tags: dict, per_run: int) -> None:
+    if not batches:
+        return
+    job = dg.Definitions(assets=[embedding_model, *BATCH_ASSETS], jobs=[embed_batches_job],
+                         resources=resources).resolve_job_def(embed_batches_job.name)
+    for group in group_runs(batches, instance.get_dynamic_partitions(batch_partitions.name), per_run):
+        summary.embed_runs.append(group)
+        range_tags = {"dagster/asset_partition_range_start": group[0], "dagster/asset_partition_range_end": group[-1]}
+        result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False,
+                                        tags={**tags, **range_tags})
+        if not result.success:
+            summary.failed_runs.extend(group)
+            continue
+        # One materialisation per batch, all carrying the run's totals.
+        summary.embedded += result.asset_materializations_for_node("image_embeddings")[0].metadata["rows_written"].value

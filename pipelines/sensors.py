@@ -1,0 +1,191 @@
+"""Sensors: new downloads in a folder or an S3 prefix open batches and launch their runs, and the search
+assets refresh once after a wave of batches. What to open and when to refresh is decided in
+`medvec.watch`; this module turns the answers into partitions, run requests and a cursor.
+
+Each source sensor, per tick: one bounded look at the source (`watch_source`), batches opened for the
+settled new files (each marked as awaiting launch), then the launch step: partitions added and runs
+requested in the same `SensorResult`. Runs need the configured model resolved first; when it is
+not, the sensor requests one `embedding_model` run and launches the batches on a later tick.
+"""
+
+
+import os
+import time
+
+import dagster as dg
+
+from assets.embeddings import embedding_model, image_embeddings
+from medvec import store
+from medvec.batches import is_normalized
+from medvec.settings import Settings
+from medvec.sources import open_source
+from medvec.watch import (WatchCursor, WatchOptions, awaiting_batches, clear_awaiting, refresh_decision,
+                          report_changed, rescan, watch_source)
+from pipelines.backfill import BATCH_ASSETS, LAUNCHED_BY_TAG, SEARCH_ASSETS, model_ready
+from pipelines.jobs import search_refresh_job
+from pipelines.partitions import batch_partitions
+from resources import MedvecHomeResource
+from resources.embedders import EmbedderResource
+
+FOLDER_SENSOR, S3_SENSOR = "incoming_folder_sensor", "s3_prefix_sensor"
+MODEL_RUN_TAG = "medvec/model_run"
+#: Only the tick interval is fixed when the code location loads; the rest is read on every tick.
+_INTERVAL_S = WatchOptions.from_env().interval_s
+_UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def folder_root(settings: Settings) -> str:
+    """The folder incoming_folder_sensor watches: MEDVEC_SOURCE when it is a folder, else
+    $MEDVEC_HOME/incoming."""
+    return settings.source if not settings.source.startswith("s3://") else str(settings.home / "incoming")
+
+
+def s3_root(settings: Settings) -> str | None:
+    """The prefix s3_prefix_sensor watches: MEDVEC_WATCH_S3, else MEDVEC_SOURCE when it is s3://."""
+    return os.environ.get("MEDVEC_WATCH_S3") or (settings.source if settings.source.startswith("s3://") else None)
+
+
+def _has_run(instance: dg.DagsterInstance, batch: str) -> bool:
+    return bool(instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/partition": batch}), limit=1))
+
+
+def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, spec, cursor: WatchCursor,
+            sensor_name: str, saw_new_files: bool, options: WatchOptions) -> tuple[list[dg.RunRequest], list[str]]:
+    """Run requests for the batches awaiting this sensor (and the partitions they still need)."""
+    instance, home = context.instance, medvec.home_path
+    awaiting = []
+    for batch in awaiting_batches(home, sensor_name):
+        if is_normalized(home, batch) or _has_run(instance, batch):
+            clear_awaiting(home, batch)  # launched on an earlier tick (or by hand)
+        else:
+            awaiting.append(batch)
+    known = set(instance.get_dynamic_partitions(batch_partitions.name))
+    new_partitions = [b for b in awaiting if b not in known]
+    if not awaiting and not saw_new_files:
+        return [], new_partitions
+    if not model_ready(instance, spec):
+        return _model_request(context, spec, cursor, options), new_partitions
+    requests = [dg.RunRequest(run_key=f"batch:{batch}", partition_key=batch,
+                              asset_selection=[a.key for a in BATCH_ASSETS], tags={"medvec/batch": batch})
+                for batch in awaiting[:options.runs_per_tick]]
+    return requests, new_partitions
+
+
+def _model_request(context, spec, cursor: WatchCursor, options: WatchOptions) -> list[dg.RunRequest]:
+    """One embedding_model run at a time; after a failed one, wait model_retry_s before the next."""
+    in_flight = context.instance.get_run_records(
+        filters=dg.RunsFilter(statuses=_UNFINISHED, tags={MODEL_RUN_TAG: spec.name}), limit=1)
+    now = time.time()
+    if in_flight or (cursor.model_requested_at and now - cursor.model_requested_at < options.model_retry_s):
+        return []
+    cursor.model_attempt += 1
+    cursor.model_requested_at = now
+    context.log.info(f"model {spec.name} is not resolved yet: requesting embedding_model first")
+    return [dg.RunRequest(run_key=f"embedding_model:{spec.name}:{cursor.model_attempt}",
+                          asset_selection=[embedding_model.key], tags={MODEL_RUN_TAG: spec.name})]
+
+
+def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
+               root: str | None, sensor_name: str) -> dg.SensorResult:
+    cursor, options = WatchCursor.from_json(context.cursor), WatchOptions.from_env()
+    if root is None:
+        return dg.SensorResult(skip_reason="no S3 prefix to watch: set MEDVEC_WATCH_S3=s3://bucket/prefix",
+                               cursor=cursor.to_json())
+    source = open_source(root, medvec.s3_endpoint_url)
+    if not root.startswith("s3://") and not os.path.isdir(root):
+        return dg.SensorResult(skip_reason=f"folder {root} does not exist yet", cursor=cursor.to_json())
+    tick = watch_source(source, medvec.home_path, cursor, options, launcher=sensor_name)
+    if tick.changed:
+        new = report_changed(store.connect(medvec.lancedb_uri), tick.changed)
+        if new:  # paths can hold identifiers: the log gives counts, ingest_errors the files
+            context.log.warning(f"{new} file(s) changed after their batch was opened; they are not batched "
+                                "again (see ingest_errors, stage 'changed', or `medvec stats`)")
+    requests, new_partitions = _launch(context, medvec, embedder.spec(), tick.cursor, sensor_name,
+                                       saw_new_files=bool(tick.new_settled or tick.unsettled), options=options)
+    context.log.info(f"{tick.summary()}; {len(requests)} run(s) requested in {tick.seconds['total']:.2f}s")
+    partitions = [batch_partitions.build_add_request(new_partitions)] if new_partitions else []
+    if not requests:
+        return dg.SensorResult(skip_reason=tick.summary(), dynamic_partitions_requests=partitions,
+                               cursor=tick.cursor.to_json())
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partitions, cursor=tick.cursor.to_json())
+
+
+def _source_sensor(name: str, pick_root, description: str) -> dg.SensorDefinition:
+    @dg.sensor(name=name, target=[embedding_model, *BATCH_ASSETS], minimum_interval_seconds=_INTERVAL_S,
+               default_status=dg.DefaultSensorStatus.STOPPED, description=description)
+    def _sensor(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource):
+        return watch_tick(context, medvec, embedder, pick_root(Settings.from_env()), name)
+
+    return _sensor
+
+
+incoming_folder_sensor = _source_sensor(
+    FOLDER_SENSOR, folder_root,
+    "New settled files in the watched folder ($MEDVEC_SOURCE, default $MEDVEC_HOME/incoming) open batches "
+    "of at most MEDVEC_WATCH_BATCH_SIZE files and launch one run per batch.")
+
+s3_prefix_sensor = _source_sensor(
+    S3_SENSOR, s3_root,
+    "New objects under the watched S3 prefix (MEDVEC_WATCH_S3) open batches and launch one run per batch; "
+    "a look at a large prefix continues over several ticks.")
+
+
+class RescanConfig(dg.Config):
+    source: str = ""  # a folder or s3://bucket/prefix; default: MEDVEC_SOURCE
+    batch_size: int = 2000
+    min_age_seconds: float = 60.0  # files modified more recently may still be downloading (unless marked .done)
+
+
+@dg.op
+def rescan_source(context: dg.OpExecutionContext, config: RescanConfig, medvec: MedvecHomeResource) -> list[str]:
+    """Open batches for every file on the source that no batch holds; the sensor watching that kind of
+    source (folder or S3) launches them on its next tick."""
+    root = config.source or Settings.from_env().source
+    launcher = S3_SENSOR if root.startswith("s3://") else FOLDER_SENSOR
+    opened, young = rescan(open_source(root, medvec.s3_endpoint_url), medvec.home_path, batch_size=config.batch_size,
+                           min_age_s=config.min_age_seconds, launcher=launcher)
+    batches = [m.batch for m in opened]
+    context.instance.add_dynamic_partitions(batch_partitions.name, batches)
+    context.log.info(f"opened {len(batches)} batch(es) of {sum(len(m.files) for m in opened)} file(s); {young} file(s) "
+                     f"modified in the last {config.min_age_seconds:.0f}s left for later; {launcher} launches the "
+                     "batches on its next tick (turn it on), or backfill them")
+    context.add_output_metadata({"batches": dg.MetadataValue.json(batches), "files": sum(len(m.files) for m in opened),
+                                 "too_young": young, "launched_by": launcher})
+    return batches
+
+
+@dg.job(description="Open batches for files on the source that no batch holds (after the sensors were off, "
+                    "or for another source); the source's sensor launches them.")
+def rescan_job():
+    rescan_source()
+
+
+@dg.sensor(job=search_refresh_job, minimum_interval_seconds=_INTERVAL_S,
+           default_status=dg.DefaultSensorStatus.RUNNING)
+def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource):
+    """Refresh image_index, fallback_queries and similar_images once after a wave of batches: when new
+    embeddings landed since the last refresh began, no embedding run is queued or running, no batch
+    awaits launch, and nothing new landed for MEDVEC_REFRESH_QUIET_S seconds."""
+    instance = context.instance
+    latest = instance.fetch_materializations(image_embeddings.key, limit=1).records
+    index_event = instance.get_latest_materialization_event(SEARCH_ASSETS[0].key)
+    indexed_from = None
+    if index_event is not None:
+        run = instance.get_run_record_by_id(index_event.run_id)
+        indexed_from = (run.start_time or run.create_timestamp.timestamp()) if run else index_event.timestamp
+    embedding_runs = refresh_runs = 0
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        run = record.dagster_run
+        if run.tags.get(LAUNCHED_BY_TAG):  # a medvec command refreshes search itself when it ends
+            continue
+        selected = run.asset_selection or set()
+        embedding_runs += image_embeddings.key in selected
+        refresh_runs += SEARCH_ASSETS[0].key in selected
+    due, reason = refresh_decision(
+        last_embedded_at=latest[0].timestamp if latest else None, indexed_from=indexed_from,
+        embedding_in_flight=embedding_runs, refresh_in_flight=bool(refresh_runs),
+        awaiting=len(awaiting_batches(medvec.home_path)), now=time.time(), quiet_s=WatchOptions.from_env().refresh_quiet_s)
+    if not due:
+        return dg.SkipReason(reason)
+    return dg.RunRequest(run_key=f"refresh:{latest[0].storage_id}", tags={"medvec/refresh_after": str(latest[0].storage_id)})
