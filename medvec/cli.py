@@ -151,7 +151,9 @@ def cmd_ingest(args) -> int:
         print(f"nothing new in {summary.source}: every file already belongs to a batch")
         return 0
     print(f"ingested {summary.files} file(s) in {len(summary.batches)} batch(es) in {summary.seconds:.1f}s: "
-          f"{summary.ok} ok, {len(summary.errors)} error(s), {summary.skipped} skipped")
+          f"{summary.ok} ok, {len(summary.errors)} error(s), {summary.skipped} skipped"
+          + (f"; {summary.reports} report(s) from {summary.report_files} report file(s) and the CSV pair"
+             if summary.reports else ""))
     print(f"  images and thumbnails: {settings.home / 'images'}, {settings.home / 'thumbs'}")
     print(f"  batch records:         {settings.home / 'batches'}")
     if summary.model:
@@ -372,6 +374,14 @@ def cmd_eval(args) -> int:
             print(f"\n{section['model']}: image → image: {section['image_to_image']['note']}")
         if section.get("text_to_image_skipped"):
             print(f"\n{section['model']}: text → image skipped ({section['text_to_image_skipped']})")
+        sources = section.get("label_sources") or {}
+        if sources.get("reports"):
+            print(f"\n{section['model']}: {sources['reports']} image(s) labelled from their reports "
+                  f"({sources.get('given', 0)} from the labels CSV)")
+        agreement = section.get("report_label_agreement")
+        if agreement:
+            print(f"\n{section['model']}: report-read labels match the given labels exactly for "
+                  f"{agreement['exact_match']:.0%} of {agreement['images']} image(s)")
         table = per_finding_table(section)
         if table:
             print(f"\n{section['model']}, text → image per finding:\n{table}")
@@ -493,6 +503,8 @@ def cmd_demo(args) -> int:
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
     print(f"  search in the browser:                  medvec serve   then open http://127.0.0.1:8080")
     print(f"  search from the terminal:               medvec search \"pleural effusion\" --view PA")
+    print(f"  search reports and images together:     medvec search \"small left effusion\" --reports")
+    print(f"  measure retrieval:                      medvec eval --split all")
     print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     print(f"  ingest your own files:                  medvec ingest /path/to/dicoms --limit 100")
     return code or searched
@@ -520,12 +532,26 @@ def _demo_searches(settings: Settings, sample_dir: Path) -> int:
             _print_hits(title, result)
         if first:
             _print_hits(f"similar to {first[:24]}…", search.similar(first, 3))
+        _demo_report_search(search)
     except NotIndexed as exc:
         print(f"no search: {exc}")
         return 1
     finally:
         search.close()
     return 0
+
+
+def _demo_report_search(search) -> None:
+    from medvec.report_search import NoReports, ReportSearch
+
+    try:
+        result = ReportSearch(search).search("small left effusion", 2)
+    except NoReports:
+        return
+    print(f"  reports and images for \"small left effusion\" (hybrid BM25 + vector): {result['took_ms']:.1f} ms")
+    for study in result["studies"]:
+        print(f"    study {study['study_key']} ({study['layout']}): {_highlight(study['snippet'], study['highlights'])}"
+              f"  [{len(study['images'])} image(s)]")
 
 
 def _print_hits(title: str, result) -> None:

@@ -57,9 +57,11 @@ class EvalData:
     studies: list[str | None]
     thumbs: list[str]
     split: str | None  # the split evaluated; None = all rows
+    label_sources: dict = None  # {"given": n, "reports": n, "none": n}
+    report_agreement: dict | None = None  # report-read labels vs given labels, where both exist
 
 
-def load_eval_data(table, split: str | None = "test") -> EvalData:
+def load_eval_data(table, split: str | None = "test", reports_table=None) -> EvalData:
     """Rows of `split` (all rows when None or "all", or when no row carries a split at all)."""
     split = None if split == "all" else split
     import json
@@ -75,13 +77,43 @@ def load_eval_data(table, split: str | None = "test") -> EvalData:
     dim = rows.schema.field("vector").type.list_size
     vectors = rows.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     extras = [json.loads(e or "{}") for e in rows.column("extra").to_pylist()]
+    ids = rows.column("image_id").to_pylist()
+    labels = [set(l or []) for l in rows.column("labels").to_pylist()]
+    sources = {"given": sum(1 for l in labels if l), "reports": 0}
+    agreement = None
+    if reports_table is not None:
+        # Images without given labels take the findings read from their reports (report-only datasets).
+        from medvec.report_store import report_labels_by_image
+
+        read = report_labels_by_image(reports_table, ids, rows.column("source_uri").to_pylist())
+        agreement = _agreement([(given, read[i]) for i, given in zip(ids, labels) if given and read.get(i)])
+        for index, image_id in enumerate(ids):
+            if not labels[index] and read.get(image_id):
+                labels[index] = set(read[image_id])
+                sources["reports"] += 1
+    sources["none"] = sum(1 for l in labels if not l)
     return EvalData(
-        ids=rows.column("image_id").to_pylist(),
+        ids=ids,
         vectors=vectors.astype(np.float32, copy=False).reshape(len(keep), dim),
-        labels=[set(l or []) for l in rows.column("labels").to_pylist()],
+        labels=labels, label_sources=sources, report_agreement=agreement,
         uncertain=[set(filter(None, (e.get("uncertain_labels") or "").split("|"))) for e in extras],
         subjects=rows.column("subject_key").to_pylist(), studies=rows.column("study_id").to_pylist(),
         thumbs=rows.column("thumb_uri").to_pylist(), split=split)
+
+
+def _agreement(pairs: list[tuple[set, set]]) -> dict | None:
+    """Per finding precision/recall of report-read labels against given ones, and exact matches."""
+    if not pairs:
+        return None
+    per_finding = {}
+    for finding in sorted({f for given, read in pairs for f in given | read}):
+        tp = sum(1 for g, r in pairs if finding in g and finding in r)
+        fp = sum(1 for g, r in pairs if finding in r and finding not in g)
+        fn = sum(1 for g, r in pairs if finding in g and finding not in r)
+        per_finding[finding] = {"precision": round(tp / (tp + fp), 4) if tp + fp else None,
+                                "recall": round(tp / (tp + fn), 4) if tp + fn else None, "given": tp + fn}
+    return {"images": len(pairs), "exact_match": round(sum(g == r for g, r in pairs) / len(pairs), 4),
+            "per_finding": per_finding}
 
 
 def _judgements(data: EvalData, finding: str, policy: str) -> tuple[np.ndarray, np.ndarray]:
@@ -184,14 +216,17 @@ def chance(data: EvalData, *, ks=DEFAULT_KS, policy: str = "exclude", repeats: i
 
 
 def evaluate_table(table, *, model: str, embedder=None, split: str | None = "test", ks=DEFAULT_KS,
-                   policy: str = "exclude", text_unavailable: str | None = None) -> dict:
+                   policy: str = "exclude", text_unavailable: str | None = None, reports_table=None) -> dict:
     """One model's section of the report; `embedder` encodes the prompts (None: text part skipped)."""
     if policy not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain policy must be one of {UNCERTAIN_POLICIES}, not {policy!r}")
     started = time.perf_counter()
-    data = load_eval_data(table, split)
+    data = load_eval_data(table, split, reports_table)
     section = {"model": model, "table": table.name, "table_version": table.version, "split": data.split,
-               "images": len(data.ids), "labelled_images": sum(1 for l in data.labels if l)}
+               "images": len(data.ids), "labelled_images": sum(1 for l in data.labels if l),
+               "label_sources": data.label_sources}
+    if data.report_agreement is not None:
+        section["report_label_agreement"] = data.report_agreement
     present = {f for l in data.labels for f in l}
     curves: dict[str, list[float]] = {}
     if embedder is not None:
@@ -317,8 +352,9 @@ def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test"
                 reason = f"text encoder could not be loaded: {str(exc).splitlines()[0][:200]}"
         try:
             progress(f"evaluating {target.model} ({target.table})")
+            reports = store.open_table_if_exists(db, target.table.replace("images__", "reports__", 1))
             sections.append(evaluate_table(table, model=target.model, embedder=embedder, split=split, ks=ks,
-                                           policy=policy, text_unavailable=reason))
+                                           policy=policy, text_unavailable=reason, reports_table=reports))
         finally:
             if embedder is not None:
                 embedder.close()

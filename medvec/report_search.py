@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medvec import store
-from medvec.report_store import report_table_name
-from medvec.reports import _stem
+from medvec.report_store import image_link_maps, linked_image_ids, report_table_name
 from medvec.search import Filters, ImageSearch, SearchInputError, _check_k
 from medvec.vector_index import VectorIndex
 
@@ -94,14 +93,7 @@ class ReportSearch:
         vectors = vectors.astype(np.float32, copy=False).reshape(data.num_rows, dim)
         rows = data.select(list(_REPORT_COLUMNS)).to_pylist()
         by_stem, by_folder = self._image_links()
-        image_ids = []
-        for row in rows:
-            linked = []
-            if row["study_folder"]:
-                linked += by_folder.get(row["study_folder"], [])
-            for name in row["image_names"] or []:
-                linked += by_stem.get(name, [])
-            image_ids.append(list(dict.fromkeys(linked)))
+        image_ids = [linked_image_ids(row, by_stem, by_folder) for row in rows]
         by_image: dict[str, list[int]] = {}
         for index, linked in enumerate(image_ids):
             for image_id in linked:
@@ -112,18 +104,10 @@ class ReportSearch:
 
     def _image_links(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         table = store.open_table_if_exists(self._db, self.images.table_name)
-        by_stem: dict[str, list[str]] = {}
-        by_folder: dict[str, list[str]] = {}
         if table is None:
-            return by_stem, by_folder
+            return {}, {}
         data = table.search().select(["image_id", "source_uri"]).limit(None).to_arrow()
-        for image_id, uri in zip(data.column("image_id").to_pylist(), data.column("source_uri").to_pylist()):
-            parts = (uri or "").replace("\\", "/").split("/")
-            by_stem.setdefault(_stem(parts[-1]), []).append(image_id)
-            for folder in parts[:-1]:
-                if folder.startswith("s") and folder[1:].isdigit():  # MIMIC-CXR study folders: s<digits>
-                    by_folder.setdefault(folder, []).append(image_id)
-        return by_stem, by_folder
+        return image_link_maps(data.column("image_id").to_pylist(), data.column("source_uri").to_pylist())
 
     # --- rankings ----------------------------------------------------------------------------------
 

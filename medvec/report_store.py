@@ -165,3 +165,34 @@ def label_agreement(reports: list[ReportRecord], images: list[ImageRecord]) -> d
                                 "recall": round(tp / (tp + fn), 4) if tp + fn else None}
     return {"images": len(pairs), "exact_match": round(sum(g == r for g, r in pairs) / len(pairs), 4),
             "per_finding": per_finding}
+
+
+def image_link_maps(image_ids, source_uris) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(file stem → image ids, MIMIC study folder → image ids): what reports link by."""
+    by_stem: dict[str, list[str]] = {}
+    by_folder: dict[str, list[str]] = {}
+    for image_id, uri in zip(image_ids, source_uris):
+        parts = (uri or "").replace("\\", "/").split("/")
+        by_stem.setdefault(_stem(parts[-1]), []).append(image_id)
+        for folder in parts[:-1]:
+            if folder.startswith("s") and folder[1:].isdigit():  # MIMIC-CXR study folders: s<digits>
+                by_folder.setdefault(folder, []).append(image_id)
+    return by_stem, by_folder
+
+
+def linked_image_ids(report: dict, by_stem, by_folder) -> list[str]:
+    linked = list(by_folder.get(report["study_folder"], [])) if report.get("study_folder") else []
+    for name in report.get("image_names") or []:
+        linked += by_stem.get(name, [])
+    return list(dict.fromkeys(linked))
+
+
+def report_labels_by_image(reports_table, image_ids, source_uris) -> dict[str, set[str]]:
+    """Findings read from each image's reports (union over its study's reports)."""
+    by_stem, by_folder = image_link_maps(image_ids, source_uris)
+    out: dict[str, set[str]] = {}
+    rows = reports_table.search().select(["labels", "image_names", "study_folder"]).limit(None).to_arrow().to_pylist()
+    for row in rows:
+        for image_id in linked_image_ids(row, by_stem, by_folder):
+            out.setdefault(image_id, set()).update(row["labels"] or [])
+    return out

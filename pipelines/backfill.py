@@ -34,7 +34,7 @@ SEARCH_ASSETS = [image_index, fallback_queries, similar_images]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 embed_batches_job = dg.define_asset_job(
-    "embed_batches_job", selection=[image_embeddings], partitions_def=batch_partitions,
+    "embed_batches_job", selection=[image_embeddings],
     description="image_embeddings over a range of batches in one run (the model loads once).")
 
 

@@ -252,3 +252,20 @@ def test_medvec_search_reports_json_gives_studies_with_snippets_and_images(searc
     refused = subprocess.run([MEDVEC, "search", "--image", "x.dcm", "--reports"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode == 2 and "give TEXT" in refused.stderr
+
+
+def test_a_report_only_dataset_is_evaluated_on_labels_read_from_reports(tmp_path, settings, dagster_instance):
+    from medvec.evaluation import evaluate_models
+    from medvec.sample_data import write_sample_data
+    from medvec.service import eval_targets
+    from pipelines.ingest import ingest
+
+    sample = write_sample_data(tmp_path / "sample", count=12)
+    sample.labels_csv.unlink()  # reports only: no label CSV
+    summary = ingest(str(sample.out_dir), settings, instance=dagster_instance)
+    assert summary.reports == 8 and summary.report_files > 0 and summary.skipped == 0
+    report = evaluate_models(store.connect(settings.lancedb_uri), eval_targets(settings), split="all")
+    [section] = report["models"]
+    assert section["label_sources"] == {"given": 0, "reports": 12, "none": 2}  # the WG04 pair has no report
+    assert set(section["text_to_image"]["per_finding"]) == {"No Finding", "Cardiomegaly", "Pleural Effusion"}
+    assert "report_label_agreement" not in section  # nothing given to agree with

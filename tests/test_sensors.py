@@ -64,7 +64,8 @@ class Daemon:
         for request in self.last.run_requests:
             results.append(dg.materialize(RUNNABLE, selection=request.asset_selection,
                                           partition_key=request.partition_key, instance=self.instance,
-                                          resources=self.resources, tags=request.tags, run_config=ONE_WORKER))
+                                          resources=self.resources, tags=request.tags,
+                                          run_config=ONE_WORKER if normalized_images.key in request.asset_selection else None))
             assert results[-1].success
         return results
 
@@ -120,14 +121,14 @@ def test_a_file_still_being_written_waits_until_it_stops_changing(settings, reso
     incoming = settings.home / "incoming"
     [growing] = _files(incoming, ["growing.dcm"], age_s=0)
     daemon = Daemon(dagster_instance, resources, incoming_folder_sensor)
-    daemon.tick()
-    with growing.open("ab") as handle:  # the download goes on between ticks
-        handle.write(b"more bytes")
+    for _ in range(3):
+        assert _opened(daemon.tick()) == []  # it changed after the previous look began
+        time.sleep(0.02)
+        with growing.open("ab") as handle:  # the download goes on between ticks
+            handle.write(b"more bytes")
     assert _opened(daemon.tick()) == []
-    time.sleep(0.05)
-    assert _opened(daemon.tick()) == []  # it changed after the previous look began
-    time.sleep(0.05)
-    [batch] = _opened(daemon.tick())  # unchanged since the previous look: settled
+    time.sleep(0.02)
+    [batch] = _opened(daemon.tick())  # unchanged since the previous look began: settled
     assert [f.uri for f in load_manifest(settings.home, batch).files] == [str(growing)]
     assert load_manifest(settings.home, batch).files[0].size == growing.stat().st_size
 
