@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export MEDVEC_HOME ?= $(CURDIR)/medvec_home
 export DAGSTER_HOME ?= $(MEDVEC_HOME)/dagster
 
-.PHONY: install demo test test-fast test-biomedclip validate dagster benchmark clean
+.PHONY: install web-deps demo test test-fast test-biomedclip validate dagster benchmark clean
 
 install: $(VENV)/.installed
 
@@ -25,10 +25,19 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/medvec demo
 
-test: install
+# onnxruntime-web for `medvec bundle` (npm, pinned by package-lock.json); without npm the bundle tests skip.
+WEB_DIR := medvec/bundle/web
+web-deps: $(WEB_DIR)/node_modules/.package-lock.json
+
+$(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: skipping onnxruntime-web (medvec bundle needs it)"; \
+	else cd $(WEB_DIR) && npm ci --ignore-scripts --no-audit --no-fund \
+		|| echo "npm ci failed (offline?): medvec bundle and its tests need onnxruntime-web"; fi
+
+test: install web-deps
 	$(PY) -m pytest -q -ra
 
-test-fast: install
+test-fast: install web-deps
 	$(PY) -m pytest -q -m "not slow"
 
 # BiomedCLIP needs open_clip + torchvision, and torchvision pairs only with its own torch build
@@ -55,10 +64,11 @@ dagster: install
 	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
-benchmark: install
+benchmark: install web-deps
 	$(PY) benchmarks/normalize.py
 	$(PY) benchmarks/search.py
 	$(PY) benchmarks/http_search.py
+	$(PY) benchmarks/bundle.py
 
 clean:
 	rm -rf $(MEDVEC_HOME) .pytest_cache

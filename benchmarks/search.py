@@ -2,7 +2,7 @@
 view filter, for exact numpy, LanceDB's own vector index and Medvec's search path.
 
     .venv/bin/python benchmarks/search.py [--quick] [--rows 377000] [--dims 768 1152] [--queries 300]
-        [--flat-queries 12] [--rounds 3] [--out benchmarks/results/search.json]
+        [--flat-queries 12] [--rounds 3] [--skip exact lancedb lancedb-flat] [--out benchmarks/results/search.json]
 
 For each vector width it builds a synthetic collection (below), writes it to a real LanceDB image
 table (`medvec.records.image_table_schema`) in a temporary Medvec home, and measures one query at a
@@ -16,18 +16,22 @@ time, k=10, unfiltered and with `view_position = PA`:
   view_position and `prefilter=True` for the filtered case;
 - `VectorIndex.search`: Medvec's in-memory index (`medvec.vector_index`), as `VectorIndex.build` makes it;
 - `ImageSearch.search_vector`: the full search path on the LanceDB table, loaded with the index saved
-  the way the `image_index` asset saves it: row filter, index search, hit metadata, result object;
-- fallback lookup: `ImageSearch.search_text` on a query stored in the `fallback_queries` table.
+  the way the `image_index` asset saves it: row filter, index search, hit metadata, result object.
+  It runs in a fresh child process, so its load time and RSS are what a search server would see;
+- fallback lookup: `ImageSearch.search_text` on a query stored in the `fallback_queries` table
+  (rows written with `medvec.precompute.FALLBACK_SCHEMA` for the current table version), and the same
+  stored queries with a PA filter (stored vector + live index).
 
 Recall@10 is measured against exact search (for filtered queries, the exact top 10 among PA rows).
 
 Data (honest, not trivially easy): unit vectors around 4,000 cluster centres of lognormal sizes
 (median ~60 images at 377k, largest ~2,000), centres grouped under 48 "super" centres (anatomy /
 view appearance) and a shared mean direction (embeddings of one modality sit in a cone: a random
-pair has cosine ~0.3), with anisotropic plus isotropic noise large enough that about a quarter of an
-image's 10 nearest neighbours come from other clusters. view_position follows the super centre (lateral
-views look alike, PA/AP mixes vary by cluster) for a mix near PA 45% / AP 35% / LATERAL 20%, so a
-PA filter is correlated with the geometry, as it is in real data. Queries are never stored rows:
+pair has cosine ~0.2), with anisotropic plus isotropic noise large enough that nearly half of an
+image's 10 nearest neighbours come from other clusters (the 1st and 10th neighbours' cosines differ
+by only ~0.04, so a quantiser's error reorders them easily). view_position follows the super centre
+(lateral views look alike, PA/AP mixes vary by cluster) for a mix near PA 45% / AP 35% / LATERAL 20%,
+so a PA filter is correlated with the geometry, as it is in real data. Queries are never stored rows:
 40% stored rows with noise (another image of a study), 40% fresh draws from a cluster (an unseen
 image), 20% blends of two centres from different super centres plus noise (text-like queries that sit
 between clusters). LanceDB's tuning uses its own query set (another seed); `VectorIndex` tunes on
@@ -47,6 +51,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,6 +115,17 @@ def rss_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def vm_hwm_mb() -> float:
+    """Peak resident set size of this process so far."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -510,32 +526,61 @@ def run_dim(dim: int, args, workdir: Path) -> dict:
     db.create_table(fallback_table_name(SLUG), data=pa.Table.from_pylist(fb_rows, schema=FALLBACK_SCHEMA),
                     mode="overwrite")
 
-    # (d) the full search path
-    log("ImageSearch: loading the table and the saved index")
+    # (d) the full search path, in a fresh process: its memory is the server's, not this script's
+    log("ImageSearch (child process): loading the table and the saved index, then queries")
+    payload = workdir / f"e2e{dim}"
+    payload.mkdir(parents=True, exist_ok=True)
+    for name, array in (("queries", queries), ("warm", warm), ("kinds", kinds), ("truth", truth),
+                        ("truth_pa", truth_pa)):
+        np.save(payload / f"{name}.npy", array)
+    (payload / "job.json").write_text(json.dumps({"uri": uri, "home": str(home), "version": version,
+                                                  "rounds": args.rounds}))
+    del col, X
+    settle_memory()
+    child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--image-search-child", str(payload)],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the ImageSearch child failed:\n{child.stderr[-4000:]}")
+    res["image_search"] = json.loads(child.stdout)
+    res["load_end"] = load()
+    shutil.rmtree(home, ignore_errors=True)
+    return res
+
+
+# --- the search path, measured in its own process ------------------------------------------------
+
+def image_search_child(payload: Path) -> dict:
+    """Load `ImageSearch` on the table the parent wrote and time its queries; RSS is this process's."""
+    job = json.loads((payload / "job.json").read_text())
+    queries, warm, kinds = (np.load(payload / f"{n}.npy") for n in ("queries", "warm", "kinds"))
+    truth, truth_pa = np.load(payload / "truth.npy"), np.load(payload / "truth_pa.npy")
     settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
-    search = ImageSearch(uri, SLUG, home=home)
+    search = ImageSearch(job["uri"], SLUG, home=Path(job["home"]))
     info = search.info()
     load_s = time.perf_counter() - t0
+    peak = vm_hwm_mb()
     settle_memory()
-    e2e: dict = {"load_s": round(load_s, 2), "rss_delta_mb": round(rss_mb() - rss0, 1),
+    e2e: dict = {"load_s": round(load_s, 2), "rss_before_mb": round(rss0, 1),
+                 "rss_delta_mb": round(rss_mb() - rss0, 1), "peak_rss_during_load_mb": round(peak, 1),
                  "index_kind": info["index"]["kind"], "rows": info["rows"],
                  "fallback_answers_current": info["fallback_answers_current"]}
-    if info["table_version"] != version or e2e["fallback_answers_current"] != len(FALLBACK_QUERIES):
+    if info["table_version"] != job["version"] or e2e["fallback_answers_current"] != len(FALLBACK_QUERIES):
         raise RuntimeError(f"ImageSearch did not load what was written: {info}")
-    row_of = {image_id: i for i, image_id in enumerate(ids)}
+    if info["index"] != json.loads(next(index_dir(Path(job["home"]), image_table_name(SLUG)).glob("v*.json"))
+                                   .read_text())["info"]:
+        raise RuntimeError("ImageSearch rebuilt the index instead of loading the saved one")
     pa_filter = Filters.of(view="PA")
 
-    def e2e_measure(filters, truth_rows):
+    def measure(filters, truth_rows):
         def one():
-            found, secs = timed(lambda q: np.array([row_of[h.image_id] for h in search.search_vector(q, K, filters).hits]),
+            found, secs = timed(lambda q: np.array([int(h.image_id[3:]) for h in search.search_vector(q, K, filters).hits]),
                                 queries, warm)
             return summary(secs, found, truth_rows, kinds)
         return one
 
-    log(f"ImageSearch.search_vector: {args.rounds} rounds, unfiltered and PA")
-    e2e["search_vector"] = rounds_of(e2e_measure(Filters(), truth), args.rounds)
-    e2e["search_vector_pa"] = rounds_of(e2e_measure(pa_filter, truth_pa), args.rounds)
+    e2e["search_vector"] = rounds_of(measure(Filters(), truth), job["rounds"])
+    e2e["search_vector_pa"] = rounds_of(measure(pa_filter, truth_pa), job["rounds"])
     t_refresh = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -544,40 +589,40 @@ def run_dim(dim: int, args, workdir: Path) -> dict:
     e2e["version_check_ms"] = round(float(np.median(t_refresh)) * 1000, 2)
     e2e["refresh_seconds"] = search.refresh_seconds
 
-    log("fallback lookups: ImageSearch.search_text on stored queries")
     texts = list(FALLBACK_QUERIES)
 
     def fallback_once():
         secs = []
         for text in texts[:5]:
             search.search_text(text, K)
-        for _ in range(10):
-            for text in texts:
-                t0 = time.perf_counter()
-                result = search.search_text(text, K)
-                secs.append(time.perf_counter() - t0)
-                if result.route != "fallback":
-                    raise RuntimeError(f"{text!r} was answered by {result.route}, not the stored answer")
+        with FullCollections() as collections:
+            for _ in range(10):
+                for text in texts:
+                    t0 = time.perf_counter()
+                    result = search.search_text(text, K)
+                    secs.append(time.perf_counter() - t0)
+                    if result.route != "fallback":
+                        raise RuntimeError(f"{text!r} was answered by {result.route}, not the stored answer")
+        LAST_GC.update(count=collections.count, ms=round(collections.seconds * 1000, 1))
         return summary(secs)
 
-    e2e["fallback"] = rounds_of(fallback_once, args.rounds)
+    e2e["fallback"] = rounds_of(fallback_once, job["rounds"])
 
     def fallback_pa_once():
         secs = []
-        for text in texts:
-            t0 = time.perf_counter()
-            search.search_text(text, K, pa_filter)
-            secs.append(time.perf_counter() - t0)
+        with FullCollections() as collections:
+            for text in texts:
+                t0 = time.perf_counter()
+                result = search.search_text(text, K, pa_filter)
+                secs.append(time.perf_counter() - t0)
+                if result.route != "fallback_vector+index:" + info["index"]["kind"]:
+                    raise RuntimeError(f"{text!r} with a filter was answered by {result.route}")
+        LAST_GC.update(count=collections.count, ms=round(collections.seconds * 1000, 1))
         return summary(secs)
 
-    e2e["fallback_vector_pa"] = rounds_of(fallback_pa_once, args.rounds)
-    res["image_search"] = e2e
+    e2e["fallback_vector_pa"] = rounds_of(fallback_pa_once, job["rounds"])
     search.close()
-    del search
-    gc.collect()
-    res["load_end"] = load()
-    shutil.rmtree(home, ignore_errors=True)
-    return res
+    return e2e
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -613,7 +658,7 @@ def table_rows(r: dict) -> list[tuple]:
     rows += [(label, "none", v["search"], f"{fmt(v['build_s'], 1)} s", mem), (label, "PA", v["search_pa"], "", "")]
     e = r["image_search"]
     rows += [("`ImageSearch.search_vector` (end to end)", "none", e["search_vector"], f"load {fmt(e['load_s'], 1)} s",
-              f"RSS +{fmt(e['rss_delta_mb'], 0)} MB"),
+              f"process RSS +{fmt(e['rss_delta_mb'], 0)} MB after load (process peak {fmt(e['peak_rss_during_load_mb'], 0)} MB)"),
              ("`ImageSearch.search_vector` (end to end)", "PA", e["search_vector_pa"], "", ""),
              ("`ImageSearch.search_text`, stored fallback query", "none", e["fallback"], "", ""),
              ("`ImageSearch.search_text`, fallback vector + index", "PA", e["fallback_vector_pa"], "", "")]
@@ -686,7 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="50,000 rows, 100 queries, 2 rounds (a few minutes)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary Medvec homes go")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
+    parser.add_argument("--image-search-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.image_search_child:
+        print(json.dumps(image_search_child(args.image_search_child)))
+        return 0
     if args.quick:
         args.rows, args.queries, args.flat_queries, args.tune_queries, args.rounds = 50_000, 100, 6, 40, 2
 

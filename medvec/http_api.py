@@ -1,4 +1,5 @@
-"""`medvec serve`: the search HTTP API and the web page, over one shared, thread-safe `ImageSearch`.
+"""`medvec serve`: the search HTTP API and the web page, over one shared, thread-safe `ImageSearch` and
+the `ReportSearch` beside it (radiology reports: BM25, vector, hybrid; images found through their reports).
 
 Endpoints are plain `def` functions: search is CPU-bound, so FastAPI runs them in its thread pool.
 Image bytes are found by id only (the table's `image_uri` / `thumb_uri` under the home), never from
@@ -11,7 +12,7 @@ import hmac
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -22,7 +23,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from medvec import store
 from medvec.embedders.base import EmbedderError
+from medvec.report_search import MODES, NoReports, ReportSearch
 from medvec.search import MAX_K, Filters, ImageSearch, NoSuchImage, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
 
@@ -40,6 +43,11 @@ PAGE_HEADERS = {
 IMAGE_CACHE = "private, max-age=3600"
 #: Where `medvec eval` and the retrieval_evaluation asset leave the latest run (evaluation.save_report).
 EVAL_FILES = {"report": Path("eval") / "report.json", "plot": Path("eval") / "recall_at_k.png"}
+#: How `reports=true` ranks reports (report_search.MODES; the first is the default).
+ReportMode = Literal[MODES]  # type: ignore[valid-type]
+REPORTS_FLAG = "also search the radiology reports (see the description for the answer's shape)"
+HIGHLIGHTS = ("where the query's words occur in `snippet`: [start, end) offsets in Unicode code points "
+              "(a browser's UTF-16 string differs only beyond the Basic Multilingual Plane)")
 NO_EVAL = "no evaluation yet: run `medvec eval` or materialise retrieval_evaluation"
 #: A new run replaces the files in place, so the browser must ask again (the ETag makes that cheap).
 EVAL_CACHE = "private, no-cache"
@@ -59,6 +67,8 @@ class HealthOut(BaseModel):
     table_version: int | None = None
     auth_required: bool = Field(description="true when /api/* (except this route) needs a bearer token")
     reason: str | None = Field(None, description="why ok is false")
+    reports: int | None = Field(None, description="reports the model's reports table holds; null when it has none "
+                                                  "(then `reports=true` and /api/images/{id}/reports answer 503)")
 
 
 class ImageOut(BaseModel):
@@ -105,6 +115,108 @@ class SearchOut(BaseModel):
     took_ms: float = Field(description="time inside the search, not counting HTTP")
     query: dict[str, Any]
     hits: list[HitOut]
+
+
+class ReportMatchOut(BaseModel):
+    """The report of the study that led to an image, cut around the query's words."""
+
+    report_id: str
+    study_key: str
+    snippet: str
+    highlights: list[tuple[int, int]] = Field(description=HIGHLIGHTS, examples=[[[0, 5], [19, 27]]])
+
+
+class StudyImageOut(BaseModel):
+    """An image of a study, enough to show its thumbnail."""
+
+    image_id: str
+    view_position: str | None = None
+    labels: list[str] | None = None
+    thumb_uri: str | None = None
+    image_url: str
+    thumbnail_url: str
+
+
+class StudyOut(BaseModel):
+    """A report that matched, with the images of its study."""
+
+    report_id: str
+    study_key: str = Field(description="MIMIC-CXR study folder (s50414267), or the Open-I / Indiana uid")
+    layout: str = Field(description="mimic, openi or indiana", examples=["openi"])
+    score: float = Field(description="hybrid: reciprocal-rank fusion of the BM25 and vector rankings; bm25: the BM25 "
+                                     "score; vector: cosine similarity of the report to the query")
+    routes: list[str] = Field(description="the rankings that found it: bm25, vector", examples=[["bm25", "vector"]])
+    snippet: str = Field(description="the section with most query words (impression first on ties), cut to about "
+                                     "240 characters; … marks a cut")
+    highlights: list[tuple[int, int]] = Field(description=HIGHLIGHTS, examples=[[[0, 5], [19, 27]]])
+    impression: str
+    findings: str
+    labels: list[str] = Field(description="findings read from the report's text (negation-aware), or its MeSH terms")
+    images: list[StudyImageOut]
+
+
+class ReportImageOut(ImageOut):
+    score: float = Field(description="reciprocal-rank fusion of the direct ranking and the report ranking")
+    rank: int
+    routes: list[str] = Field(description="how it was found: `image` (the text matched the image itself), `report` "
+                                          "(a matching report belongs to its study), or both",
+                              examples=[["image", "report"]])
+    report: ReportMatchOut | None = Field(description="the best matching report of its study; null when found "
+                                                      "by the image route only")
+
+
+class ReportSearchOut(BaseModel):
+    """Text → reports and images (`reports=true`): studies whose reports match, and images found directly or
+    through those reports, merged."""
+
+    model: str
+    table: str = Field(examples=["reports__tiny_siglip"])
+    query: dict[str, Any]
+    mode: ReportMode
+    text_vector: str | None = Field(None, description="vector and hybrid: `encoded`, or `stored (common query)`")
+    direct_route: str = Field(description="how the images were searched directly (as `route` without reports)")
+    took_ms: float
+    studies: list[StudyOut] = Field(description="k reports, best first; filters do not apply to reports")
+    images: list[ReportImageOut] = Field(description="k images, best first; filters apply")
+
+
+class LinkedReportOut(BaseModel):
+    report_id: str
+    study_key: str
+    impression: str
+    findings: str
+    labels: list[str]
+
+
+class SimilarHitOut(HitOut):
+    reports: list[LinkedReportOut] = Field(description="the reports of the image's study; empty when it has none")
+
+
+class SimilarReportsOut(BaseModel):
+    """Find similar with `reports=true`: each similar image with its study's reports."""
+
+    model: str
+    query: dict[str, Any]
+    route: str
+    took_ms: float
+    hits: list[SimilarHitOut]
+
+
+class ImageReportOut(BaseModel):
+    report_id: str
+    study_key: str
+    layout: str = Field(examples=["mimic"])
+    indication: str
+    findings: str
+    impression: str
+    labels: list[str]
+
+
+class ImageReportsOut(BaseModel):
+    """The reports of the image's study (scrubbed of identifiers at ingest); usually one."""
+
+    image_id: str
+    reports: list[ImageReportOut]
 
 
 class StatsOut(BaseModel):
@@ -162,7 +274,8 @@ class EvalReportOut(BaseModel):
 
 ERRORS = {400: {"model": ErrorOut, "description": "bad input; `error` says why"},
           404: {"model": ErrorOut, "description": "no such image"},
-          503: {"model": ErrorOut, "description": "the model's table does not exist yet, or its encoder cannot load"}}
+          503: {"model": ErrorOut, "description": "the model's table does not exist yet, or its encoder cannot load; "
+                                                  "with reports, also when the model has no reports table"}}
 AUTH_ERRORS = {401: {"model": ErrorOut, "description": "missing or wrong bearer token"}}
 
 
@@ -170,16 +283,17 @@ AUTH_ERRORS = {401: {"model": ErrorOut, "description": "missing or wrong bearer 
 
 def create_app(search: ImageSearch, home: Path, *, token: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The API and page over `search`; with `token`, every /api/* route but health needs it."""
+    """The API and page over `search` (and its reports); with `token`, every /api/* route but health needs it."""
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
-                  "search over embedded chest X-rays.")
+                  "search over embedded chest X-rays, and their radiology reports.")
+    reports = ReportSearch(search)  # one per app, like `search`: it keeps the reports and their links loaded
     _add_error_handlers(app)
     app.add_middleware(_BodyLimit, max_upload_bytes=max_upload_bytes)
-    app.include_router(_health_router(search, token))
+    app.include_router(_health_router(search, reports, token))
     guard = [Depends(_bearer_guard(token))] if token else []
-    app.include_router(_search_router(search, max_upload_bytes), prefix="/api", dependencies=guard,
+    app.include_router(_search_router(search, reports, max_upload_bytes), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
-    app.include_router(_image_router(search, Path(home).resolve()), prefix="/api", dependencies=guard,
+    app.include_router(_image_router(search, reports, Path(home).resolve()), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
     app.include_router(_eval_router(Path(home).resolve()), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
@@ -188,35 +302,53 @@ def create_app(search: ImageSearch, home: Path, *, token: str | None = None,
     return app
 
 
-def _health_router(search: ImageSearch, token: str | None) -> APIRouter:
+def _health_router(search: ImageSearch, reports: ReportSearch, token: str | None) -> APIRouter:
     router = APIRouter(tags=["status"])
+    db = store.connect(search.lancedb_uri)
 
     @router.get("/api/health", response_model=HealthOut, summary="Is search ready?",
-                description="Model, table, rows and version. Never needs the token; answers `ok: false` "
-                            "with the reason when the model's table does not exist yet.")
+                description="Model, table, rows and version, and how many reports the model holds. Never needs "
+                            "the token; answers `ok: false` with the reason when the model's table does not exist "
+                            "yet.")
     def health() -> HealthOut:
         base = {"model": search.model_name, "table": search.table_name, "auth_required": token is not None}
         try:
             info = search.info()
         except NotIndexed as exc:
             return HealthOut(ok=False, reason=str(exc), **base)
-        return HealthOut(ok=True, rows=info["rows"], table_version=info["table_version"], **base)
+        table = store.open_table_if_exists(db, reports.table_name)
+        return HealthOut(ok=True, rows=info["rows"], table_version=info["table_version"],
+                         reports=table.count_rows() if table is not None else None, **base)
 
     return router
 
 
-def _search_router(search: ImageSearch, max_upload_bytes: int) -> APIRouter:
+def _search_router(search: ImageSearch, reports: ReportSearch, max_upload_bytes: int) -> APIRouter:
     router = APIRouter(tags=["search"], responses=ERRORS)
     limit_text = _mib(max_upload_bytes)
 
-    @router.get("/search", response_model=SearchOut, summary="Text → image search",
-                description="Images nearest to a text query. Common findings are answered from precomputed "
-                            "results (`route: fallback`); other text loads the model's text encoder once.")
+    @router.get("/search", response_model=SearchOut | ReportSearchOut, summary="Text → image (and report) search",
+                description="Images nearest to a text query (`SearchOut`). Common findings are answered from "
+                            "precomputed results (`route: fallback`); other text loads the model's text encoder "
+                            "once.\n\nWith `reports=true` (`ReportSearchOut`): `studies`, the k reports that match "
+                            "best by `mode` (`bm25` full text, `vector` the model's text embedding, `hybrid` both "
+                            "rank-fused), each with a snippet, the offsets of the query's words in it and its "
+                            "study's images; and `images`, the k images found directly or through those reports, "
+                            "rank-fused, each with its `routes`. Filters narrow the images, not the reports. 503 "
+                            "when the model has no reports table.")
     def search_text(q: Annotated[str, Query(description="query text, up to 1,000 characters",
                                             examples=["pleural effusion"])],
                     k: Annotated[int, Query(ge=1, le=MAX_K, description="how many hits")] = 10,
-                    filters: Filters = Depends(_filters)) -> dict:
-        return _search_json(search.search_text(q, k, filters))
+                    filters: Filters = Depends(_filters),
+                    with_reports: Annotated[bool, Query(alias="reports", description=REPORTS_FLAG)] = False,
+                    mode: Annotated[ReportMode | None,
+                                    Query(description="with reports=true: how reports are ranked (default hybrid)")]
+                    = None) -> dict:
+        if not with_reports:
+            if mode is not None:
+                raise SearchInputError("mode ranks reports: add reports=true")
+            return _search_json(search.search_text(q, k, filters))
+        return _report_search_json(reports.search(q, k, filters, mode or MODES[0]))
 
     @router.post("/search/image", response_model=SearchOut, summary="Image → image search",
                  description=f"Upload a DICOM, PNG or JPEG (form field `file`, at most {limit_text}); it is "
@@ -230,10 +362,17 @@ def _search_router(search: ImageSearch, max_upload_bytes: int) -> APIRouter:
             raise HTTPException(413, f"the upload is larger than the {limit_text} limit")
         return _search_json(search.search_image(data, k, filters, filename=file.filename or "upload"))
 
-    @router.get("/similar/{image_id}", response_model=SearchOut, summary="Find similar",
-                description="The k stored images nearest to a stored one, itself excluded.")
+    @router.get("/similar/{image_id}", response_model=SearchOut | SimilarReportsOut, summary="Find similar",
+                description="The k stored images nearest to a stored one, itself excluded (`SearchOut`). With "
+                            "`reports=true` (`SimilarReportsOut`), each hit also carries the reports of its study; "
+                            "503 when the model has no reports table.")
     def similar(image_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-                filters: Filters = Depends(_filters)) -> dict:
+                filters: Filters = Depends(_filters),
+                with_reports: Annotated[bool, Query(alias="reports", description=REPORTS_FLAG)] = False) -> dict:
+        if with_reports:
+            out = reports.similar_with_reports(image_id, k, filters)
+            out["hits"] = [_with_urls(hit) for hit in out["hits"]]
+            return out
         return _search_json(search.similar(image_id, k, filters))
 
     @router.get("/stats", response_model=StatsOut, tags=["status"], summary="What the collection holds",
@@ -247,13 +386,21 @@ def _search_router(search: ImageSearch, max_upload_bytes: int) -> APIRouter:
     return router
 
 
-def _image_router(search: ImageSearch, home: Path) -> APIRouter:
+def _image_router(search: ImageSearch, reports: ReportSearch, home: Path) -> APIRouter:
     router = APIRouter(tags=["images"], responses={404: ERRORS[404]})
     webp = {200: {"content": {"image/webp": {}}, "description": "WebP bytes"}}
 
     @router.get("/images/{image_id}", response_model=ImageOut, summary="One image's metadata")
     def image_metadata(image_id: str) -> dict:
         return _with_urls(search.get(image_id))
+
+    @router.get("/images/{image_id}/reports", response_model=ImageReportsOut, summary="One image's reports",
+                description="The reports of the image's study: indication, findings and impression, scrubbed of "
+                            "identifiers at ingest; an empty list when none links to it. 503 when the model has no "
+                            "reports table.", responses={503: ERRORS[503]})
+    def image_reports(image_id: str) -> dict:
+        search.get(image_id)  # an unknown id is 404, not an empty list
+        return {"image_id": image_id, "reports": reports.reports_for_image(image_id)}
 
     @router.get("/images/{image_id}/image", response_class=FileResponse, responses=webp,
                 summary="The normalised image (WebP)")
@@ -327,6 +474,13 @@ def _search_json(result: SearchResult) -> dict:
     return out
 
 
+def _report_search_json(result: dict) -> dict:
+    result["images"] = [_with_urls(image) for image in result["images"]]
+    for study in result["studies"]:
+        study["images"] = [_with_urls(image) for image in study["images"]]
+    return result
+
+
 def _with_urls(image: dict) -> dict:
     base = f"/api/images/{quote(image['image_id'], safe='')}"
     return image | {"image_url": f"{base}/image", "thumbnail_url": f"{base}/thumbnail"}
@@ -380,6 +534,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NotIndexed)
     async def not_indexed(request: Request, exc: NotIndexed):
+        return error(503, str(exc))
+
+    @app.exception_handler(NoReports)
+    async def no_reports(request: Request, exc: NoReports):
         return error(503, str(exc))
 
     @app.exception_handler(EmbedderError)

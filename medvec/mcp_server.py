@@ -1,7 +1,9 @@
 """`medvec mcp`: the image search as MCP tools an assistant can call, served over stdio.
 
-Three read-only tools on one `ImageSearch`: text → images, image → similar images, and one
-image's metadata. stdout carries the protocol and nothing else; logs go to stderr.
+Five read-only tools on one `ImageSearch` and the `ReportSearch` beside it: text → images, image →
+similar images, one image's metadata, text → radiology reports (studies, and images found directly or
+through their reports), and one image's reports. stdout carries the protocol and nothing else; logs
+go to stderr.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
+from medvec.report_search import MODES, NoReports, ReportSearch
 from medvec.search import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
 
@@ -32,9 +35,11 @@ INSTRUCTIONS = """\
 Medvec searches a collection of de-identified chest X-rays (DICOM normalised to WebP) by embedding
 similarity. Use search_medical_images to find images matching a text description, find_similar_images
 to find images that look like one you already have (by image_id), and get_image_metadata for one
-image's details. Scores are cosine similarities from the collection's embedding model: they rank
-images, they are not diagnoses or probabilities. Filters (view, labels, modality, split) narrow the
-candidates before ranking."""
+image's details. Where the collection has radiology reports, search_reports finds the studies whose
+reports match a text (with the matching passage) and the images found directly or through those
+reports, and get_image_reports gives an image's report (indication, findings, impression). Scores
+rank results; they are not diagnoses or probabilities. Filters (view, labels, modality, split) narrow
+the candidate images before ranking."""
 
 
 # --- what the tools return ------------------------------------------------------------------------
@@ -69,7 +74,56 @@ class ImageMetadata(ImageFields):
     model_config = ConfigDict(extra="allow")
 
 
+class StudyHit(BaseModel):
+    """A report that matched, and the images of its study."""
+
+    rank: int = Field(description="1 for the best match")
+    score: float = Field(description="Fused rank score (hybrid), BM25 score (bm25) or cosine similarity (vector)")
+    report_id: str
+    study_key: str = Field(description="The study: a MIMIC-CXR study folder (s50414267) or an Open-I / Indiana uid")
+    layout: str = Field(description="Where the report came from: mimic, openi or indiana")
+    routes: list[str] = Field(description="The rankings that found it: bm25 (words), vector (meaning)")
+    snippet: str = Field(description="The part of the report with the query's words (… marks a cut)")
+    impression: str
+    findings: str
+    labels: list[str] = Field(description="Findings read from the report text (negations respected) or its MeSH terms")
+    image_ids: list[str] = Field(description="The study's images in the collection")
+
+
+class ReportImageHit(ImageFields):
+    score: float = Field(description="Fused rank score of the direct and report routes; higher is better")
+    rank: int = Field(description="1 for the best match")
+    routes: list[str] = Field(description="image: the text matched the image itself; report: a matching report "
+                                          "belongs to its study")
+    study_key: str | None = Field(None, description="The matching report's study, when found through a report")
+
+
+class ReportSearchAnswer(BaseModel):
+    studies: list[StudyHit]
+    images: list[ReportImageHit]
+    mode: str = Field(description="How reports were ranked: hybrid, bm25 or vector")
+    model: str = Field(description="Embedding model the collection was searched with")
+    table: str = Field(description="LanceDB reports table searched")
+
+
+class ImageReport(BaseModel):
+    report_id: str
+    study_key: str
+    layout: str
+    indication: str
+    findings: str
+    impression: str
+    labels: list[str]
+
+
+class ImageReports(BaseModel):
+    image_id: str
+    reports: list[ImageReport] = Field(description="The reports of the image's study; empty when none links to it")
+
+
 HIT_FIELDS = tuple(ImageHit.model_fields)
+STUDY_FIELDS = tuple(f for f in StudyHit.model_fields if f not in ("rank", "image_ids"))
+REPORT_IMAGE_FIELDS = tuple(f for f in ReportImageHit.model_fields if f != "study_key")
 
 # Tool parameters, described where the assistant reads them (the input schema).
 Query = Annotated[str, Field(min_length=1, max_length=1000,
@@ -77,6 +131,8 @@ Query = Annotated[str, Field(min_length=1, max_length=1000,
                                          "(e.g. 'large left pleural effusion', 'lateral view with cardiomegaly')")]
 ImageId = Annotated[str, Field(min_length=1, description="An image_id from a previous search result")]
 K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many images to return (1-{MAX_K})")]
+ReportK = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many reports, and how many images, to return "
+                                                           f"(1-{MAX_K})")]
 View = Annotated[list[str] | None, Field(description="Only these projections, any of: PA, AP, LATERAL, LL ... "
                                                      "(case-insensitive)")]
 Labels = Annotated[list[str] | None, Field(description="Only images carrying any of these findings, spelled as in "
@@ -85,6 +141,10 @@ Labels = Annotated[list[str] | None, Field(description="Only images carrying any
 Modality = Annotated[list[str] | None, Field(description="Only these DICOM modalities, any of: CR, DX, ... "
                                                          "(case-insensitive)")]
 Split = Annotated[list[str] | None, Field(description="Only these dataset splits, any of: train, valid, test")]
+ReportMode = Literal[MODES]  # type: ignore[valid-type]  # report_search.MODES, the one list of modes
+Mode = Annotated[ReportMode, Field(description="How reports are ranked: hybrid (default: words and meaning, "
+                                               "rank-fused), bm25 (the words themselves), vector (meaning, by the "
+                                               "model's text embedding)")]
 Thumbnails = Annotated[int, Field(ge=0, le=MAX_THUMBNAILS,
                                   description="Also attach WebP thumbnails of the top N hits as images "
                                               f"(0-{MAX_THUMBNAILS}; 0 = text only)")]
@@ -95,8 +155,9 @@ READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotent
 # --- the server -----------------------------------------------------------------------------------
 
 def build_server(search: ImageSearch, home: Path) -> MCPServer:
-    """An MCP server whose tools answer from `search`; thumbnails are read from under `home`."""
+    """An MCP server whose tools answer from `search` and its reports; thumbnails are read from under `home`."""
     home = Path(home)
+    reports = ReportSearch(search)
     server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS,
                        version=_version(), log_level="WARNING")
 
@@ -140,9 +201,51 @@ def build_server(search: ImageSearch, home: Path) -> MCPServer:
         return CallToolResult(content=[TextContent(type="text", text=json.dumps(metadata, default=str))],
                               structured_content=metadata)
 
+    def search_reports(query: Query, k: ReportK = 10, mode: Mode = "hybrid", view: View = None, labels: Labels = None,
+                       modality: Modality = None, split: Split = None,
+                       thumbnails: Thumbnails = 0) -> Annotated[CallToolResult, ReportSearchAnswer]:
+        """Search the radiology reports with a text, and the images through them, best match first.
+
+        Returns `studies`: the k reports that match best (mode hybrid, bm25 or vector), each with
+        study_key, the snippet of the report around the query's words, impression, findings, labels
+        read from the text, and image_ids (the study's images). And `images`: the k images found
+        directly by the text or through those reports, merged, each with routes ("image", "report"
+        or both) and, when found through a report, its study_key. Filters (any-of within a filter,
+        AND across) narrow the images, not the reports. Report text is de-identified at ingest.
+        Fails with a plain reason when the collection has no reports.
+        """
+        try:
+            result = reports.search(query, k, Filters.of(view, modality, split, labels), mode)
+        except (SearchInputError, NotIndexed, NoReports) as exc:
+            return _error(exc)
+        content: list[TextContent | ImageContent] = [TextContent(type="text", text=summarize_reports(result))]
+        for image in result["images"][:thumbnails]:
+            thumbnail = _thumbnail(home, image.get("thumb_uri"))
+            if thumbnail is not None:
+                content.append(thumbnail)
+        return CallToolResult(content=content, structured_content=compact_report_answer(result))
+
+    def get_image_reports(image_id: ImageId) -> Annotated[CallToolResult, ImageReports]:
+        """The radiology reports of one image's study, by image_id: indication, findings, impression.
+
+        Also the report's study_key, where it came from (mimic, openi or indiana) and the findings
+        read from its text. An empty list when no report links to the image. Report text is
+        de-identified at ingest (dates, names, numbers replaced by [date], [name], [id]).
+        Fails with a plain reason when the collection has no reports.
+        """
+        try:
+            search.get(image_id)  # an unknown id is an error, not an empty list
+            answer = {"image_id": image_id, "reports": reports.reports_for_image(image_id)}
+        except (SearchInputError, NotIndexed, NoReports) as exc:
+            return _error(exc)
+        return CallToolResult(content=[TextContent(type="text", text=summarize_image_reports(answer))],
+                              structured_content=answer)
+
     for tool, title in ((search_medical_images, "Search chest X-rays by text"),
                         (find_similar_images, "Find similar chest X-rays"),
-                        (get_image_metadata, "Get one chest X-ray's metadata")):
+                        (get_image_metadata, "Get one chest X-ray's metadata"),
+                        (search_reports, "Search radiology reports and their chest X-rays"),
+                        (get_image_reports, "Get one chest X-ray's reports")):
         # The docstring is what the assistant reads; cleandoc drops the code's indentation.
         server.add_tool(tool, title=title, description=inspect.cleandoc(tool.__doc__), annotations=READ_ONLY)
     return server
@@ -184,6 +287,60 @@ def summarize(result: SearchResult, what: str) -> str:
         lines.append(f"{hit.rank}. {hit.image_id} score {hit.score:.3f} {meta.get('view_position') or '?'} "
                      f"{meta.get('modality') or '?'} [{labels}] split {meta.get('split') or '?'}")
     return "\n".join(lines)
+
+
+def compact_report_answer(result: dict) -> dict[str, Any]:
+    """Studies with their image ids; images with the fields an assistant uses and the report's study."""
+    studies = [{"rank": rank, **{name: study[name] for name in STUDY_FIELDS},
+                "image_ids": [image["image_id"] for image in study["images"]]}
+               for rank, study in enumerate(result["studies"], start=1)]
+    images = [{**{name: image[name] for name in REPORT_IMAGE_FIELDS if name in image},
+               "study_key": image["report"]["study_key"] if image["report"] else None} for image in result["images"]]
+    return {"studies": studies, "images": images, "mode": result["mode"], "model": result["model"],
+            "table": result["table"]}
+
+
+def summarize_reports(result: dict) -> str:
+    """Studies with the matched words between « », then the images and how each was found."""
+    query = result["query"]
+    head = (f"{len(result['studies'])} report(s) ({result['mode']}) and {len(result['images'])} image(s) for "
+            f"{query['text']!r} (model {result['model']})")
+    if query.get("filters"):
+        head += ", image filters " + json.dumps(query["filters"])
+    lines = [head + ":"]
+    for rank, study in enumerate(result["studies"], start=1):
+        labels = ", ".join(study["labels"]) or "no findings read"
+        images = ", ".join(image["image_id"] for image in study["images"]) or "none in the collection"
+        lines.append(f"{rank}. study {study['study_key']} ({study['layout']}, {'+'.join(study['routes'])}) "
+                     f"score {study['score']:.4f} [{labels}]: {_marked(study['snippet'], study['highlights'])} "
+                     f"Images: {images}")
+    if result["images"]:
+        lines.append("Images (direct and through reports):")
+    for image in result["images"]:
+        via = f" study {image['report']['study_key']}" if image["report"] else ""
+        lines.append(f"{image['rank']}. {image['image_id']} score {image['score']:.4f} {'+'.join(image['routes'])} "
+                     f"{image.get('view_position') or '?'} [{', '.join(image.get('labels') or []) or 'no labels'}]"
+                     f"{via}")
+    return "\n".join(lines)
+
+
+def summarize_image_reports(answer: dict) -> str:
+    if not answer["reports"]:
+        return f"No report links to image {answer['image_id']}."
+    lines = [f"{len(answer['reports'])} report(s) for image {answer['image_id']}:"]
+    for report in answer["reports"]:
+        lines.append(f"Study {report['study_key']} ({report['layout']})")
+        lines += [f"  {name.capitalize()}: {report[name]}" for name in ("indication", "findings", "impression")
+                  if report[name]]
+    return "\n".join(lines)
+
+
+def _marked(text: str, spans) -> str:
+    out, last = [], 0
+    for start, end in spans:
+        out += [text[last:start], "«", text[start:end], "»"]
+        last = end
+    return "".join(out + [text[last:]])
 
 
 def _thumbnail(home: Path, thumb_uri: str | None) -> ImageContent | None:

@@ -157,6 +157,7 @@ class ImageSearch:
         self.exact_below = exact_below
         self._embedder_factory = embedder_factory
         self._embedder: Embedder | None = None
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.RLock()
         self._loaded: _Loaded | None = None
         self._checked_at = 0.0
@@ -225,15 +226,16 @@ class ImageSearch:
         return tuple(t.version if t is not None else None for t in tables)
 
     def _load_precomputed(self, loaded: _Loaded) -> None:
-        loaded.precomputed = self._precomputed_versions()
-        loaded.fallback_vectors, loaded.fallback_hits, loaded.similar = {}, {}, {}
+        """Read the fallback and neighbour tables, then swap them in at once (readers never see half)."""
+        versions = self._precomputed_versions()
+        vectors, hits, similar_of = {}, {}, {}
         fallback = store.open_table_if_exists(self._db, fallback_table_name(self.model_slug))
         if fallback is not None:
             for row in fallback.to_arrow().to_pylist():
                 key = row["query_key"]
-                loaded.fallback_vectors[key] = np.asarray(row["vector"], dtype=np.float32)
-                if row["table_version"] == loaded.version:
-                    loaded.fallback_hits[key] = list(zip(row["image_ids"], row["scores"]))
+                vectors[key] = np.asarray(row["vector"], dtype=np.float32)
+                if row["table_version"] == loaded.version:  # answers for exactly these rows
+                    hits[key] = list(zip(row["image_ids"], row["scores"]))
         similar = store.open_table_if_exists(self._db, similar_table_name(self.model_slug))
         if similar is not None:
             data = similar.to_arrow()
@@ -241,7 +243,9 @@ class ImageSearch:
                 for image_id, neighbours, scores in zip(data.column("image_id").to_pylist(),
                                                         data.column("neighbour_ids").to_pylist(),
                                                         data.column("scores").to_pylist()):
-                    loaded.similar[image_id] = list(zip(neighbours, scores))
+                    similar_of[image_id] = list(zip(neighbours, scores))
+        loaded.fallback_vectors, loaded.fallback_hits, loaded.similar = vectors, hits, similar_of
+        loaded.precomputed = versions
 
     def refresh(self) -> int:
         """Force a version check now; returns the version held."""
@@ -288,10 +292,21 @@ class ImageSearch:
     def text_vector(self, text: str) -> tuple[np.ndarray, bool]:
         """The model's embedding of `text`: the stored one for a common query, else encoded now
         (the second value says whether the encoder ran)."""
-        vector = self._current().fallback_vectors.get(normalize_query_text(text))
+        key = normalize_query_text(text)
+        vector = self._current().fallback_vectors.get(key)
         if vector is not None:
             return vector, False
-        return self._encoder().embed_texts([text])[0], True
+        with self._lock:
+            cached = self._text_cache.get(text)
+            if cached is not None:  # reports and images ask for the same text in one request
+                self._text_cache.move_to_end(text)
+                return cached, True
+        vector = self._encoder().embed_texts([text])[0]
+        with self._lock:
+            self._text_cache[text] = vector
+            while len(self._text_cache) > 256:
+                self._text_cache.popitem(last=False)
+        return vector, True
 
     def search_image(self, data: bytes, k: int = 10, filters: Filters = Filters(), *,
                      filename: str = "query") -> SearchResult:

@@ -7,9 +7,9 @@ L2-normalised, so inner product is cosine similarity and the score users see.
 
 The IVF lists hold 4-bit product-quantiser codes (d/8 bytes a vector, scanned with SIMD look-up
 tables: FAISS "fast scan"), and the best few hundred candidates are re-ranked on the exact vectors,
-which the index holds anyway. Against IVF-Flat at the same recall this scans about 30x fewer bytes a
-query, so the many probes that queries between clusters need stay cheap, and the index adds ~3% to
-the vectors' memory instead of a second copy of them (benchmarks/search.py).
+which the index holds anyway. Against IVF-Flat at the same recall this touches about 15x fewer bytes a
+query, so the many probes that queries between clusters need stay cheap, and the index adds ~4% to
+the vectors' memory instead of a second copy of them (benchmarks/search.py, BENCHMARKS.md "Search").
 
 Filters arrive as a boolean row mask. IVF scans check membership before computing a distance;
 the lists a filtered query probes are the nearest ones until they hold as many allowed rows as an
@@ -114,7 +114,9 @@ class VectorIndex:
         faiss = _faiss()
         started = time.perf_counter()
         d = vectors.shape[1]
-        nlist = nlist or max(16, int(2 * math.sqrt(n)))
+        # sqrt(n) lists: with codes this cheap to scan, 2*sqrt(n) lists gave the same latency at equal
+        # recall but took 2-4x longer to train and add (377k x 768, benchmarks/search.py).
+        nlist = nlist or max(16, int(math.sqrt(n)))
         ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(d), d, nlist, _subquantizers(d), 4,
                                        faiss.METRIC_INNER_PRODUCT)
         ivf.by_residual = True  # codes of the offset from the list centre: better candidates at equal size
@@ -200,6 +202,10 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    def _probes(self, k: int) -> int:
+        """Lists to scan for k answers: nprobe was tuned for k=10, and k=500 needs 50x the rows."""
+        return min(self.info.nlist, math.ceil(self.info.nprobe * max(1.0, k / 10)))
+
     def _candidates(self, k: int) -> int:
         """How many IVF results to fetch for k answers: the tuned re-rank depth was for k=10."""
         if not self.info.rerank:
@@ -218,10 +224,10 @@ class VectorIndex:
                 return self._exact(query, k, allowed)
             want = self._candidates(k)
             if allowed is not None and allowed.count < n:
-                scores, rows = self._search_filtered(query, want, allowed)
+                scores, rows = self._search_filtered(query, k, want, allowed)
             else:
                 scores, rows = self._ivf.search(query[None, :], want,
-                                                params=faiss.SearchParametersIVF(nprobe=self.info.nprobe))
+                                                params=faiss.SearchParametersIVF(nprobe=self._probes(k)))
             if self.info.rerank:
                 scores, rows = _top_k(self._exact_scores(query[None, :], rows), rows, k)
         keep = rows[0] >= 0
@@ -237,14 +243,14 @@ class VectorIndex:
         faiss = _faiss()
         k = min(k, len(self.vectors))
         scores, rows = self._ivf.search(queries, self._candidates(k),
-                                        params=faiss.SearchParametersIVF(nprobe=self.info.nprobe))
+                                        params=faiss.SearchParametersIVF(nprobe=self._probes(k)))
         if self.info.rerank:
             scores, rows = _top_k(self._exact_scores(queries, rows), rows, k)
         return scores, rows
 
-    def _search_filtered(self, query: np.ndarray, want: int, allowed: "RowFilter"):
+    def _search_filtered(self, query: np.ndarray, k: int, want: int, allowed: "RowFilter"):
         """Probe the nearest lists that hold allowed rows until they hold as many allowed rows as an
-        unfiltered query scans rows (nprobe lists of average size)."""
+        unfiltered query scans rows (`_probes(k)` lists of average size)."""
         faiss = _faiss()
         nlist, d = self.info.nlist, len(query)
         centroids = self._centroid_matrix()
@@ -254,7 +260,7 @@ class VectorIndex:
         order = np.argsort(-near)
         order = order[per_list[order] > 0]
         reach = np.cumsum(per_list[order])
-        probes = max(1, min(len(order), int(np.searchsorted(reach, self.info.nprobe * len(self.vectors) / nlist)) + 1))
+        probes = max(1, min(len(order), int(np.searchsorted(reach, self._probes(k) * len(self.vectors) / nlist)) + 1))
         lists = np.ascontiguousarray(order[:probes][None, :], dtype=np.int64)
         list_scores = np.ascontiguousarray(near[lists])
         scores, rows = np.empty((1, want), np.float32), np.empty((1, want), np.int64)

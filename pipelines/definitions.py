@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.bundle import search_bundle
 from assets.embeddings import embedding_model, image_embeddings
 from assets.evaluation import retrieval_evaluation
 from assets.ingest import normalized_images, source_manifest
@@ -14,7 +15,7 @@ from resources.embedders import embedder_from_env
 
 defs = dg.Definitions(
     assets=[source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
-            image_index, fallback_queries, similar_images, retrieval_evaluation],
+            image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle],
     jobs=[ingest_job, search_refresh_job, rescan_job],
     sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor],
     resources={"medvec": MedvecHomeResource.from_env(), "embedder": embedder_from_env()},

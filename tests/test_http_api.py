@@ -1,5 +1,5 @@
-"""`medvec serve` over real HTTP: search routes, uploads, image bytes, the evaluation report, errors, the token,
-the bind address."""
+"""`medvec serve` over real HTTP: search routes, uploads, image bytes, reports, the evaluation report, errors, the
+token, the bind address."""
 
 from __future__ import annotations
 
@@ -22,11 +22,15 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from medvec import store
 from medvec.http_api import NO_EVAL, create_app
+from medvec.report_search import ReportSearch
+from medvec.search import Filters
 from medvec.service import open_search
 from medvec.settings import Settings
 from tests.conftest import free_port
 
+REPORTS_TABLE = "reports__tiny_siglip"
 UPLOAD_LIMIT = 4 * 2**20  # above the largest sample DICOM (1.8 MB), small enough to exceed cheaply
 TOKEN = "s3cret-token-for-tests"
 
@@ -104,6 +108,23 @@ def evaluated_home(search_collection, folder: Path) -> Settings:
     return Settings.from_env(env)
 
 
+def home_without_reports(search_collection, folder: Path) -> Settings:
+    """A copy of the shared collection whose model has no reports table, as a home ingested before reports."""
+    home = folder / "home"
+    shutil.copytree(search_collection.settings.home, home, symlinks=True)
+    settings = Settings.from_env({**search_collection.env, "MEDVEC_HOME": str(home)})
+    store.connect(settings.lancedb_uri).drop_table(REPORTS_TABLE)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def reports_in_process(search_collection):
+    """The same ReportSearch the server holds, in this process, to compare answers with."""
+    search = open_search(search_collection.settings)
+    yield ReportSearch(search)
+    search.close()
+
+
 @pytest.fixture(scope="module")
 def evaluated(search_collection, tmp_path_factory) -> Settings:
     return evaluated_home(search_collection, tmp_path_factory.mktemp("evaluated"))
@@ -139,6 +160,8 @@ def test_health_reports_the_model_table_and_rows(api, search_collection):
     assert (body["model"], body["table"]) == ("tiny-siglip", "images__tiny_siglip")
     assert body["rows"] == search_collection.summary.embedded
     assert isinstance(body["table_version"], int) and body["auth_required"] is False
+    reports = store.connect(search_collection.settings.lancedb_uri).open_table(REPORTS_TABLE).count_rows()
+    assert body["reports"] == reports > 0
 
 
 def test_health_says_why_when_nothing_is_embedded_and_search_answers_503(tmp_path):
@@ -264,7 +287,7 @@ def test_metadata_matches_the_hit(api):
 
 
 @pytest.mark.parametrize("route", ["/api/images/{}", "/api/images/{}/image", "/api/images/{}/thumbnail",
-                                   "/api/similar/{}"])
+                                   "/api/similar/{}", "/api/similar/{}?reports=true", "/api/images/{}/reports"])
 def test_unknown_image_id_is_404_json(api, route):
     response = api.get(route.format("1.2.3.no.such.image"))
     assert response.status_code == 404
@@ -330,6 +353,128 @@ def test_stats_counts_the_collection_and_hides_the_database_path(api, search_col
     assert {"Cardiomegaly", "Pleural Effusion"} <= stats["by_label"].keys()
     assert [m["table"] for m in stats["models"]] == ["images__tiny_siglip"]
     assert "lancedb_uri" not in stats
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+def _without_urls(images: list[dict]) -> list[dict]:
+    return [{k: v for k, v in image.items() if k not in ("image_url", "thumbnail_url")} for image in images]
+
+
+def test_report_search_gives_studies_with_marked_snippets_and_images_with_routes(api, reports_in_process):
+    response = api.get("/api/search", params={"q": "small left effusion", "reports": "true", "k": 6})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"]["mode"] == body["mode"] == "hybrid" and body["table"] == REPORTS_TABLE
+    studies, images = body["studies"], body["images"]
+    assert len(studies) == 6 and len(images) == 6
+    assert "effusion" in studies[0]["snippet"].lower()
+    for study in studies:
+        assert study["snippet"] and study["highlights"] and set(study["routes"]) <= {"bm25", "vector"}
+        marked = [study["snippet"][start:end].lower() for start, end in study["highlights"]]
+        assert all(word.startswith(("small", "left", "effusion")) for word in marked), marked
+        assert study["images"], study["study_key"]
+        for image in study["images"]:
+            assert image["thumbnail_url"] == f"/api/images/{image['image_id']}/thumbnail"
+            assert image["image_url"] == f"/api/images/{image['image_id']}/image"
+    assert _is_webp(api.get(studies[0]["images"][0]["thumbnail_url"]).content)
+    assert [i["rank"] for i in images] == list(range(1, 7))
+    assert [i["score"] for i in images] == sorted((i["score"] for i in images), reverse=True)
+    report_ids = {s["report_id"] for s in studies}
+    for image in images:
+        assert image["routes"] in (["image"], ["report"], ["image", "report"])
+        assert image["thumbnail_url"] == f"/api/images/{image['image_id']}/thumbnail" and "source_uri" not in image
+        if "report" in image["routes"]:  # found through a report of this answer, which comes with its snippet
+            assert image["report"]["report_id"] in report_ids and image["report"]["snippet"]
+    assert any("report" in i["routes"] for i in images)
+
+    # The same answer as ReportSearch gives in-process, plus the URLs.
+    expected = reports_in_process.search("small left effusion", 6)
+    assert [(s["report_id"], s["score"], s["highlights"]) for s in studies] == [
+        (s["report_id"], s["score"], s["highlights"]) for s in expected["studies"]]
+    assert [_without_urls(s["images"]) for s in studies] == [s["images"] for s in expected["studies"]]
+    assert _without_urls(images) == json.loads(json.dumps(expected["images"]))
+
+
+@pytest.mark.parametrize("mode", ["bm25", "vector"])
+def test_report_search_mode_picks_the_ranking(api, reports_in_process, mode):
+    body = api.get("/api/search", params={"q": "bilateral pleural effusions", "reports": "true", "mode": mode,
+                                          "k": 4}).json()
+    assert body["mode"] == mode and all(s["routes"] == [mode] for s in body["studies"])
+    hits, _ = reports_in_process.search_reports("bilateral pleural effusions", 4, mode)
+    assert [s["report_id"] for s in body["studies"]] == [h.report_id for h in hits]
+
+
+def test_report_search_filters_narrow_the_images(api, reports_in_process):
+    params = {"q": "small left pleural effusion", "reports": "true", "k": 8, "view": "PA"}
+    body = api.get("/api/search", params=params).json()
+    assert body["images"] and {i["view_position"] for i in body["images"]} == {"PA"}
+    assert body["query"]["filters"] == {"view": ["PA"]}
+    expected = reports_in_process.search("small left pleural effusion", 8, Filters.of(view=["PA"]))
+    assert [i["image_id"] for i in body["images"]] == [i["image_id"] for i in expected["images"]]
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"q": "edema", "mode": "bm25"}, "reports=true"),
+    ({"q": "edema", "reports": "true", "mode": "fuzzy"}, "mode"),
+    ({"q": "  ", "reports": "true"}, "empty"),
+    ({"q": "edema", "reports": "perhaps"}, "reports"),
+])
+def test_bad_report_search_parameters_are_400(api, params, says):
+    response = api.get("/api/search", params=params)
+    assert response.status_code == 400 and says in response.json()["error"]
+
+
+def test_similar_with_reports_gives_each_hit_its_studys_reports(api, reports_in_process):
+    first = api.get("/api/search", params={"q": "small left effusion", "reports": "true", "k": 1}).json()
+    image_id = first["studies"][0]["images"][0]["image_id"]
+    body = api.get(f"/api/similar/{image_id}", params={"k": 6, "reports": "true"}).json()
+    hits = body["hits"]
+    assert len(hits) == 6 and image_id not in {h["image_id"] for h in hits}
+    assert [h["image_id"] for h in hits] == [h["image_id"] for h in api.get(f"/api/similar/{image_id}",
+                                                                            params={"k": 6}).json()["hits"]]
+    for hit in hits:
+        assert hit["thumbnail_url"] == f"/api/images/{hit['image_id']}/thumbnail"
+        linked = api.get(f"/api/images/{hit['image_id']}/reports").json()["reports"]
+        assert [r["report_id"] for r in hit["reports"]] == [r["report_id"] for r in linked]
+        assert [r["impression"] for r in hit["reports"]] == [r["impression"] for r in linked]
+    assert sum(bool(h["reports"]) for h in hits) >= 4
+    expected = reports_in_process.similar_with_reports(image_id, 6)
+    assert [h["reports"] for h in hits] == [h["reports"] for h in expected["hits"]]
+    assert "reports" not in api.get(f"/api/similar/{image_id}", params={"k": 2}).json()["hits"][0]
+
+
+def test_an_images_reports_have_its_sections(api, reports_in_process):
+    study = api.get("/api/search", params={"q": "small left effusion", "reports": "true", "k": 1}).json()["studies"][0]
+    for image in study["images"]:
+        body = api.get(f"/api/images/{image['image_id']}/reports").json()
+        assert body["image_id"] == image["image_id"]
+        report = next(r for r in body["reports"] if r["report_id"] == study["report_id"])
+        assert report["impression"] == study["impression"] and report["findings"] == study["findings"]
+        assert report["indication"] and report["layout"] == study["layout"] and report["labels"] == study["labels"]
+    unreported = next(i for i in reports_in_process.images.search_text("edema", k=100).hits
+                      if not reports_in_process.reports_for_image(i.image_id))  # the sample's WG04 images
+    body = api.get(f"/api/images/{unreported.image_id}/reports").json()
+    assert body == {"image_id": unreported.image_id, "reports": []}
+
+
+def test_without_a_reports_table_report_routes_are_503_and_image_search_still_answers(search_collection, tmp_path):
+    settings = home_without_reports(search_collection, tmp_path)
+    search = open_search(settings)
+    image_id = search.search_text("edema", k=1).hits[0].image_id
+    with running(create_app(search, settings.home)) as base_url:
+        health = httpx.get(f"{base_url}/api/health").json()
+        refused = [httpx.get(base_url + route, timeout=60) for route in (
+            "/api/search?q=small+left+effusion&reports=true", f"/api/similar/{image_id}?reports=true",
+            f"/api/images/{image_id}/reports")]
+        plain = httpx.get(f"{base_url}/api/search", params={"q": "small left effusion"}, timeout=60)
+    search.close()
+    assert health["ok"] is True and health["reports"] is None
+    for response in refused:
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error.startswith("no reports for tiny-siglip yet") and "medvec ingest" in error
+    assert plain.status_code == 200 and plain.json()["hits"]
 
 
 # --- the evaluation report --------------------------------------------------------------------------
@@ -409,11 +554,26 @@ def test_openapi_documents_every_route(api):
         ("get", "/api/health"), ("get", "/api/search"), ("post", "/api/search/image"),
         ("get", "/api/similar/{image_id}"), ("get", "/api/images/{image_id}"),
         ("get", "/api/images/{image_id}/image"), ("get", "/api/images/{image_id}/thumbnail"), ("get", "/api/stats"),
-        ("get", "/api/eval"), ("get", "/api/eval/plot.png")}
+        ("get", "/api/eval"), ("get", "/api/eval/plot.png"), ("get", "/api/images/{image_id}/reports")}
     assert all(op.get("summary") for op in operations.values())
     search_params = {p["name"] for p in operations[("get", "/api/search")]["parameters"]}
-    assert search_params == {"q", "k", "view", "label", "modality", "split"}
-    assert "HitOut" in schema["components"]["schemas"]
+    assert search_params == {"q", "k", "view", "label", "modality", "split", "reports", "mode"}
+    assert {p["name"] for p in operations[("get", "/api/similar/{image_id}")]["parameters"]} >= {"image_id", "reports"}
+    components = schema["components"]["schemas"]
+    assert "HitOut" in components
+    # Each answer is documented: with reports=true the search and find-similar answers take the report shapes.
+    answers = {path: op["responses"]["200"]["content"]["application/json"]["schema"]
+               for (_, path), op in operations.items() if path in ("/api/search", "/api/similar/{image_id}")}
+    assert [r["$ref"].rsplit("/", 1)[1] for r in answers["/api/search"]["anyOf"]] == ["SearchOut", "ReportSearchOut"]
+    assert [r["$ref"].rsplit("/", 1)[1] for r in answers["/api/similar/{image_id}"]["anyOf"]] == [
+        "SearchOut", "SimilarReportsOut"]
+    assert {"studies", "images", "mode"} <= components["ReportSearchOut"]["properties"].keys()
+    assert {"snippet", "highlights", "images"} <= components["StudyOut"]["properties"].keys()
+    assert "routes" in components["ReportImageOut"]["properties"]
+    assert "reports" in components["SimilarHitOut"]["required"]
+    reports_op = operations[("get", "/api/images/{image_id}/reports")]
+    assert reports_op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ImageReportsOut")
+    assert "no reports table" in reports_op["responses"]["503"]["description"]
     report = schema["components"]["schemas"]["EvalReportOut"]
     assert {"schema", "split", "ks", "uncertain_policy", "findings", "models"} <= report["properties"].keys()
     assert "text_to_image_skipped" in schema["components"]["schemas"]["EvalModelOut"]["properties"]
@@ -428,7 +588,7 @@ def test_token_is_required_on_api_routes_but_not_on_health(served_cli, search_co
     health = httpx.get(f"{base}/api/health")
     assert health.status_code == 200 and health.json()["auth_required"] is True
     good = {"Authorization": f"Bearer {TOKEN}"}
-    for route in ("/api/search?q=edema", "/api/stats"):
+    for route in ("/api/search?q=edema", "/api/stats", "/api/search?q=edema&reports=true"):
         missing, wrong = httpx.get(base + route), httpx.get(base + route, headers={"Authorization": "Bearer nope"})
         assert missing.status_code == wrong.status_code == 401
         assert missing.headers["www-authenticate"] == "Bearer" and "token" in missing.json()["error"]

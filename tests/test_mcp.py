@@ -16,15 +16,24 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from pydicom import dcmread
 
+from medvec.report_search import ReportSearch
 from medvec.search import Filters, NoSuchImage
 from medvec.service import open_search
+from tests.test_http_api import home_without_reports
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = {"search_medical_images", "find_similar_images", "get_image_metadata"}
+TOOLS = {"search_medical_images", "find_similar_images", "get_image_metadata", "search_reports", "get_image_reports"}
 UNKNOWN_ID = "1.2.3.not-in-the-collection"
+#: Identifiers the sample writes into its reports for the ingest scrub to remove (tests/test_reports.py).
+REPORT_SENTINELS = ("Sentinelle", "Quentin", "03/14/2021", "10:45")
 
 
-async def _converse(env: dict, errlog) -> dict:
+def _session(env: dict, errlog):
+    params = StdioServerParameters(command=sys.executable, args=["-m", "medvec.cli", "mcp"], env=env, cwd=str(ROOT))
+    return stdio_client(params, errlog=errlog)
+
+
+async def _converse(env: dict, errlog, unreported_id: str) -> dict:
     """One client session doing what an assistant would; every answer is kept for the tests."""
     transport_errors: list = []
 
@@ -32,10 +41,9 @@ async def _converse(env: dict, errlog) -> dict:
         if isinstance(message, Exception):  # a stdout line that was not a protocol message
             transport_errors.append(message)
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "medvec.cli", "mcp"], env=env, cwd=str(ROOT))
     out: dict = {"transport_errors": transport_errors}
     with anyio.fail_after(120):
-        async with stdio_client(params, errlog=errlog) as (read, write):
+        async with _session(env, errlog) as (read, write):
             async with ClientSession(read, write, message_handler=on_message) as session:
                 out["init"] = await session.initialize()
                 out["tools"] = (await session.list_tools()).tools
@@ -54,15 +62,31 @@ async def _converse(env: dict, errlog) -> dict:
                 out["unknown_metadata"] = await session.call_tool("get_image_metadata", {"image_id": UNKNOWN_ID})
                 out["bad_k"] = await session.call_tool("search_medical_images", {"query": "edema", "k": 0})
                 out["after_errors"] = await session.call_tool("get_image_metadata", {"image_id": first})
+                out["reports"] = await session.call_tool("search_reports", {"query": "small left effusion", "k": 5})
+                out["reports_bm25_pa"] = await session.call_tool(
+                    "search_reports", {"query": "bilateral pleural effusions", "k": 4, "mode": "bm25", "view": ["PA"],
+                                       "thumbnails": 2})
+                studied = out["reports"].structured_content["studies"][0]["image_ids"][0]
+                out["studied_id"] = studied
+                out["image_reports"] = await session.call_tool("get_image_reports", {"image_id": studied})
+                out["no_image_reports"] = await session.call_tool("get_image_reports", {"image_id": unreported_id})
+                out["unknown_reports"] = await session.call_tool("get_image_reports", {"image_id": UNKNOWN_ID})
+                out["bad_mode"] = await session.call_tool("search_reports", {"query": "edema", "mode": "fuzzy"})
     return out
 
 
-@pytest.fixture(scope="module")
-def conversation(search_collection, tmp_path_factory):
-    errlog_path = tmp_path_factory.mktemp("mcp") / "stderr.txt"
-    with open(errlog_path, "w") as errlog:
-        out = anyio.run(_converse, dict(search_collection.env), errlog)
-    out["stderr"] = errlog_path.read_text()
+async def _ask_without_reports(env: dict, errlog) -> dict:
+    """A home with images and no reports table."""
+    out: dict = {}
+    with anyio.fail_after(120):
+        async with _session(env, errlog) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                out["reports"] = await session.call_tool("search_reports", {"query": "small left effusion"})
+                hit = (await session.call_tool("search_medical_images", {"query": "edema", "k": 1}))
+                image_id = hit.structured_content["hits"][0]["image_id"]
+                out["image_reports"] = await session.call_tool("get_image_reports", {"image_id": image_id})
+                out["metadata"] = await session.call_tool("get_image_metadata", {"image_id": image_id})
     return out
 
 
@@ -71,6 +95,27 @@ def in_process(search_collection):
     search = open_search(search_collection.settings)
     yield search
     search.close()
+
+
+@pytest.fixture(scope="module")
+def reports_in_process(in_process):
+    return ReportSearch(in_process)
+
+
+@pytest.fixture(scope="module")
+def unreported_id(in_process, reports_in_process) -> str:
+    """An image no report links to (the sample's WG04 images)."""
+    return next(h.image_id for h in in_process.search_text("edema", k=100).hits
+                if not reports_in_process.reports_for_image(h.image_id))
+
+
+@pytest.fixture(scope="module")
+def conversation(search_collection, tmp_path_factory, unreported_id):
+    errlog_path = tmp_path_factory.mktemp("mcp") / "stderr.txt"
+    with open(errlog_path, "w") as errlog:
+        out = anyio.run(_converse, dict(search_collection.env), errlog, unreported_id)
+    out["stderr"] = errlog_path.read_text()
+    return out
 
 
 def _hits(result) -> list[dict]:
@@ -84,7 +129,7 @@ def _same_hits(mcp_hits: list[dict], expected) -> None:
     assert [h["rank"] for h in mcp_hits] == list(range(1, len(expected.hits) + 1))
 
 
-def test_lists_the_three_search_tools_with_input_schemas(conversation):
+def test_lists_the_five_search_tools_with_input_schemas(conversation):
     tools = {tool.name: tool for tool in conversation["tools"]}
     assert set(tools) == TOOLS
     search = tools["search_medical_images"].input_schema
@@ -93,6 +138,15 @@ def test_lists_the_three_search_tools_with_input_schemas(conversation):
     assert search["properties"]["k"]["type"] == "integer"
     assert tools["find_similar_images"].input_schema["required"] == ["image_id"]
     assert set(tools["get_image_metadata"].input_schema["properties"]) == {"image_id"}
+    reports = tools["search_reports"].input_schema
+    assert reports["required"] == ["query"]
+    assert {"query", "k", "mode", "view", "labels", "modality", "split", "thumbnails"} == set(reports["properties"])
+    assert reports["properties"]["mode"]["enum"] == ["hybrid", "bm25", "vector"]
+    assert reports["properties"]["mode"]["default"] == "hybrid"
+    assert set(tools["get_image_reports"].input_schema["properties"]) == {"image_id"}
+    assert {"studies", "images"} <= set(tools["search_reports"].output_schema["properties"])
+    assert "no reports" in tools["search_reports"].description
+    assert "indication, findings, impression" in tools["get_image_reports"].description
     for tool in tools.values():
         assert len(tool.description) > 80 and not tool.description.startswith(" ")
         assert tool.annotations.read_only_hint is True
@@ -169,7 +223,8 @@ def test_thumbnails_are_the_top_hits_webp_files(conversation, search_collection,
 def test_no_source_paths_or_patient_identifiers_reach_the_client(conversation, search_collection):
     answers = [v for v in conversation.values() if hasattr(v, "content") and hasattr(v, "is_error")]
     wire = json.dumps([a.model_dump(mode="json", by_alias=True) for a in answers])
-    assert "source_uri" not in wire
+    assert "source_uri" not in wire and "Findings" in wire  # the report answers are on the wire
+    assert not [value for value in REPORT_SENTINELS if value in wire]
     assert str(search_collection.sample_dir) not in wire and "chest_000.dcm" not in wire
     identifiers = set()
     for path in sorted((search_collection.sample_dir / "synthetic").glob("*.dcm")):
@@ -181,3 +236,85 @@ def test_no_source_paths_or_patient_identifiers_reach_the_client(conversation, s
 def test_stdout_carries_only_protocol_messages(conversation):
     assert conversation["transport_errors"] == []
     assert conversation["init"].server_info.name == "medvec"
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+def test_search_reports_answers_what_report_search_answers_in_process(conversation, reports_in_process):
+    result = conversation["reports"]
+    assert not result.is_error, result.content
+    answer = result.structured_content
+    expected = reports_in_process.search("small left effusion", 5)
+    assert (answer["mode"], answer["model"], answer["table"]) == ("hybrid", "tiny-siglip", "reports__tiny_siglip")
+    assert [s["report_id"] for s in answer["studies"]] == [s["report_id"] for s in expected["studies"]]
+    assert [s["score"] for s in answer["studies"]] == [s["score"] for s in expected["studies"]]
+    for study, want in zip(answer["studies"], expected["studies"]):
+        assert study["image_ids"] == [i["image_id"] for i in want["images"]] and study["image_ids"]
+        assert (study["snippet"], study["impression"], study["routes"]) == (
+            want["snippet"], want["impression"], want["routes"])
+    assert [s["rank"] for s in answer["studies"]] == [1, 2, 3, 4, 5]
+    assert "effusion" in answer["studies"][0]["snippet"].lower()
+    assert [(i["image_id"], i["routes"], i["rank"]) for i in answer["images"]] == [
+        (i["image_id"], i["routes"], i["rank"]) for i in expected["images"]]
+    for image in answer["images"]:
+        assert set(image) == {"image_id", "score", "rank", "routes", "view_position", "modality", "labels", "split",
+                              "study_id", "study_key"}
+        assert (image["study_key"] is not None) == ("report" in image["routes"])
+    summary = result.content[0].text
+    assert summary.startswith("5 report(s) (hybrid) and 5 image(s) for 'small left effusion'")
+    assert "«effusion»" in summary.lower() and all(s["study_key"] in summary for s in answer["studies"])
+    assert not [c for c in result.content if c.type == "image"]
+
+
+def test_search_reports_takes_the_mode_the_filters_and_thumbnails(conversation, reports_in_process, in_process,
+                                                                  search_collection):
+    result = conversation["reports_bm25_pa"]
+    assert not result.is_error, result.content
+    answer = result.structured_content
+    hits, _ = reports_in_process.search_reports("bilateral pleural effusions", 4, "bm25")
+    assert answer["mode"] == "bm25" and all(s["routes"] == ["bm25"] for s in answer["studies"])
+    assert [s["report_id"] for s in answer["studies"]] == [h.report_id for h in hits]
+    assert answer["images"] and {i["view_position"] for i in answer["images"]} == {"PA"}
+    expected = reports_in_process.search("bilateral pleural effusions", 4, Filters.of(view=["PA"]), "bm25")
+    assert [i["image_id"] for i in answer["images"]] == [i["image_id"] for i in expected["images"]]
+    images = [c for c in result.content if c.type == "image"]
+    assert len(images) == 2
+    home = search_collection.settings.home
+    for image, hit in zip(images, answer["images"]):
+        assert base64.b64decode(image.data) == (home / in_process.get(hit["image_id"])["thumb_uri"]).read_bytes()
+
+
+def test_get_image_reports_gives_the_sections_of_its_studys_report(conversation, reports_in_process, unreported_id):
+    result = conversation["image_reports"]
+    assert not result.is_error, result.content
+    studied = conversation["studied_id"]
+    expected = json.loads(json.dumps(reports_in_process.reports_for_image(studied)))
+    assert result.structured_content == {"image_id": studied, "reports": expected}
+    report = result.structured_content["reports"][0]
+    assert report["study_key"] == conversation["reports"].structured_content["studies"][0]["study_key"]
+    assert report["findings"] and report["impression"] and report["indication"]
+    assert f"Impression: {report['impression']}" in result.content[0].text
+    none = conversation["no_image_reports"]
+    assert not none.is_error and none.structured_content == {"image_id": unreported_id, "reports": []}
+    assert none.content[0].text == f"No report links to image {unreported_id}."
+
+
+def test_report_tool_errors_are_plain_tool_errors(conversation, in_process):
+    with pytest.raises(NoSuchImage) as raised:
+        in_process.get(UNKNOWN_ID)
+    assert conversation["unknown_reports"].is_error is True
+    assert [c.text for c in conversation["unknown_reports"].content] == [str(raised.value)]
+    bad = conversation["bad_mode"]
+    assert bad.is_error is True and "mode" in bad.content[0].text and "bm25" in bad.content[0].text
+
+
+def test_without_reports_the_report_tools_say_so_and_the_image_tools_still_answer(search_collection, tmp_path):
+    settings = home_without_reports(search_collection, tmp_path)
+    env = {**search_collection.env, "MEDVEC_HOME": str(settings.home)}
+    with open(tmp_path / "stderr.txt", "w") as errlog:
+        out = anyio.run(_ask_without_reports, env, errlog)
+    for name in ("reports", "image_reports"):
+        assert out[name].is_error is True
+        text = out[name].content[0].text
+        assert text.startswith("no reports for tiny-siglip yet") and "medvec ingest" in text
+    assert not out["metadata"].is_error and out["metadata"].structured_content["image_id"]

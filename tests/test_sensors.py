@@ -201,15 +201,16 @@ def test_a_changed_file_is_reported_once_and_never_batched_again(settings, resou
 def test_the_sensor_and_medvec_ingest_never_claim_one_file_twice(tmp_path, settings, resources, dagster_instance,
                                                                   watch_env):
     incoming = settings.home / "incoming"
-    files = _files(incoming, [f"d{i // 50}/f{i:03d}.txt.dcm" for i in range(200)])
+    files = _files(incoming, [f"d{i // 20}/f{i:03d}.dcm" for i in range(60)])
     daemon = Daemon(dagster_instance, resources, incoming_folder_sensor)
     daemon.tick()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dg")}
-    ingest = subprocess.Popen([str(BIN / "medvec"), "ingest", str(incoming), "--no-embed", "--batch-size", "7",
+    ingest = subprocess.Popen([str(BIN / "medvec"), "ingest", str(incoming), "--no-embed", "--batch-size", "20",
                                "--workers", "1", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     while ingest.poll() is None:
         daemon.tick()
+        time.sleep(1.0)  # a daemon ticks every 30 s; back to back, ticks would starve ingest of the CPU and lock
     assert ingest.returncode == 0, ingest.stderr
     daemon.tick()
     claimed = _claimed(settings.home)
@@ -221,7 +222,7 @@ def test_s3_prefix_sensor_opens_batches_and_reports_a_replaced_object(settings, 
     import boto3
 
     for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
-                       "MEDVEC_WATCH_S3": "s3://watched-bucket/cxr"}.items():
+                       "MEDVEC_WATCH_S3": "s3://watched-bucket/cxr", "MEDVEC_WATCH_BATCH_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket="watched-bucket")

@@ -1,17 +1,23 @@
 """The search page in headless Chromium against a real `medvec serve` app: search, detail, find-similar,
-image upload, the token form, the metrics view over a real `medvec eval` report, and no request leaving the
-server's origin."""
+image upload, the token form, reports (studies with marked words, routes, the detail panel's report, report text
+kept as text), the metrics view over a real `medvec eval` report, and no request leaving the server's origin."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
+from medvec import store
 from medvec.http_api import create_app
 from medvec.service import open_search
-from tests.test_http_api import evaluated_home, running
+from medvec.settings import Settings
+from tests.test_http_api import REPORTS_TABLE, evaluated_home, home_without_reports, running
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -55,6 +61,39 @@ def evaluated_site(search_collection, tmp_path_factory):
     with running(create_app(search, settings.home)) as base_url:
         yield type("EvaluatedSite", (), {"url": base_url, "report": report})
     search.close()
+
+
+@contextlib.contextmanager
+def serving(settings: Settings):
+    search = open_search(settings)
+    try:
+        with running(create_app(search, settings.home)) as base_url:
+            yield base_url
+    finally:
+        search.close()
+
+
+#: Report text that is markup; the page must show it as text. The words around it still match the query.
+MARKUP = 'Small left <img src="/x" onerror="window.pwned = 1"> effusion <b>bold</b> <script>window.pwned = 2</script>.'
+MARKED_STUDY = "CXR10_0"  # an Open-I sample study whose impression reads "Small left pleural effusion."
+
+
+@pytest.fixture(scope="module")
+def marked_up_site(search_collection, tmp_path_factory):
+    """A copy of the collection where one report's impression is markup."""
+    home = tmp_path_factory.mktemp("marked_up") / "home"
+    shutil.copytree(search_collection.settings.home, home, symlinks=True)
+    settings = Settings.from_env({**search_collection.env, "MEDVEC_HOME": str(home)})
+    table = store.connect(settings.lancedb_uri).open_table(REPORTS_TABLE)
+    table.update(where=f"study_key = '{MARKED_STUDY}'", values={"impression": MARKUP})
+    with serving(settings) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def no_reports_site(search_collection, tmp_path_factory):
+    with serving(home_without_reports(search_collection, tmp_path_factory.mktemp("no_reports"))) as base_url:
+        yield base_url
 
 
 @pytest.fixture
@@ -169,6 +208,134 @@ def test_the_page_takes_a_token_once_and_sends_it_with_every_request(browser, se
     protected = [(url, header) for url, header in auth if "/api/health" not in url]
     assert any("/thumbnail" in url for url, _ in protected) and any(url.endswith("/api/eval") for url, _ in protected)
     assert all(header == f"Bearer {TOKEN}" for _, header in protected)  # without one it asked /api/health only
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+def search_reports_for(page, text: str) -> None:
+    page.fill("#q", text)
+    page.click("#search-button")
+    page.wait_for_selector(".study")
+    page.wait_for_function("() => [...document.querySelectorAll('img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+
+
+SHOWN_STUDIES = """studies => studies.map(s => ({
+  id: s.dataset.reportId, snippet: s.querySelector('.snippet').textContent,
+  marks: [...s.querySelectorAll('.snippet mark')].map(m => m.textContent),
+  routes: s.querySelector('.tag.route').textContent,
+  images: [...s.querySelectorAll('.study-image')].map(f => f.dataset.imageId),
+  widths: [...s.querySelectorAll('.study-image img')].map(i => i.naturalWidth)}))"""
+SHOWN_CARDS = """cards => cards.map(c => [c.dataset.imageId, c.querySelector('.tag.route')?.textContent ?? null,
+  c.querySelector('.snippet')?.textContent ?? null])"""
+
+
+def test_reports_toggle_shows_studies_with_marked_words_thumbnails_and_routes(page, site):
+    page.goto(site + "/")
+    page.wait_for_selector("#filter-view .chip")
+    health = httpx.get(f"{site}/api/health").json()
+    assert f"{health['reports']} reports" in page.inner_text("#status")
+    assert page.is_enabled("#reports") and page.is_disabled("#mode")
+    page.check("#reports")
+    assert page.is_enabled("#mode") and page.input_value("#mode") == "hybrid"
+    search_reports_for(page, "small left effusion")
+
+    params = {"q": "small left effusion", "k": 12, "reports": "true", "mode": "hybrid"}
+    expected = httpx.get(f"{site}/api/search", params=params, timeout=60).json()
+    studies = page.eval_on_selector_all(".study", SHOWN_STUDIES)
+    assert [s["id"] for s in studies] == [s["report_id"] for s in expected["studies"]]
+    for shown, want in zip(studies, expected["studies"]):
+        assert shown["snippet"] == want["snippet"]
+        assert shown["marks"] == [want["snippet"][start:end] for start, end in want["highlights"]]
+        assert shown["routes"] == "+".join(want["routes"])
+        assert shown["images"] == [i["image_id"] for i in want["images"]] and all(w > 0 for w in shown["widths"])
+    top = page.locator(".study").first
+    assert top.locator("mark", has_text=re.compile(r"^effusion$", re.IGNORECASE)).count() == 1
+    assert top.locator(".study-image img").count() == len(expected["studies"][0]["images"]) > 0
+
+    # The merged images: how each was found, and the snippet of the report that found it.
+    assert page.eval_on_selector_all(".card", SHOWN_CARDS) == [
+        [i["image_id"], "+".join(i["routes"]), i["report"]["snippet"] if i["report"] else None]
+        for i in expected["images"]]
+    assert {"image+report"} <= set(page.eval_on_selector_all(".card .tag.route", "ts => ts.map(t => t.textContent)"))
+    assert page.locator(".card .snippet mark").count() > 0
+    summary = page.inner_text("#summary")
+    assert "12 studies and 12 images" in summary and "reports hybrid" in summary
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_reports.png"), full_page=True)
+
+    # A study's thumbnail opens the image; the panel shows its report's sections.
+    image_id = expected["studies"][0]["images"][0]["image_id"]
+    page.click(f".study .study-image[data-image-id='{image_id}']")
+    page.wait_for_selector("#detail-reports .report")
+    assert page.inner_text("#detail-meta .image-id") == image_id
+    want = httpx.get(f"{site}/api/images/{image_id}/reports").json()["reports"]
+    shown = page.eval_on_selector_all("#detail-reports .report", """reports => reports.map(r => [r.dataset.reportId,
+        Object.fromEntries([...r.querySelectorAll('dd')].map(d => [d.dataset.section, d.textContent]))])""")
+    assert shown == [[r["report_id"], {k: r[k] for k in ("indication", "findings", "impression") if r[k]}]
+                     for r in want]
+    assert set(shown[0][1]) == {"indication", "findings", "impression"}
+
+    # Find similar with reports: each similar image with its report's impression.
+    page.click("#detail-similar")
+    page.wait_for_function("() => document.querySelector('#summary').textContent.includes('similar to')")
+    assert not page.is_visible("#studies")
+    similar = httpx.get(f"{site}/api/similar/{image_id}", params={"k": 12, "reports": "true"}).json()["hits"]
+    lines = page.eval_on_selector_all(".card", "cards => cards.map(c => [c.dataset.imageId, "
+                                               "c.querySelector('.impression').textContent])")
+    assert lines == [[h["image_id"], f"Impression: {h['reports'][0]['impression']}" if h["reports"]
+                      else "No report for this image."] for h in similar]
+    assert "with reports" in page.inner_text("#summary")
+
+    # Words only: every study was found by BM25; reports off: the plain image search again.
+    page.select_option("#mode", "bm25")
+    search_reports_for(page, "small left effusion")
+    page.wait_for_function("() => document.querySelector('#summary').textContent.includes('reports bm25')")
+    assert set(page.eval_on_selector_all(".study .tag.route", "ts => ts.map(t => t.textContent)")) == {"bm25"}
+    page.uncheck("#reports")
+    page.wait_for_function("() => document.querySelector('#studies').hidden")
+    page.wait_for_function("() => document.querySelector('#summary').textContent.includes('route ')")
+    assert page.locator(".card .tag.route").count() == 0 and page.is_disabled("#mode")
+
+    assert off_origin(page.requests, site) == []
+    assert page.errors == []
+
+
+def test_report_text_that_is_markup_is_shown_as_text(page, marked_up_site):
+    page.goto(marked_up_site + "/")
+    page.wait_for_selector("#filter-view .chip")
+    page.check("#reports")
+    search_reports_for(page, "small left effusion")
+    study = page.locator(f".study[data-study-key='{MARKED_STUDY}']")
+    snippet = study.locator(".snippet")
+    assert snippet.text_content() == MARKUP
+    assert snippet.evaluate("p => [...p.querySelectorAll('*')].map(e => e.tagName)") == ["MARK"] * 3
+    assert snippet.locator("mark").all_text_contents() == ["Small", "left", "effusion"]
+    through = page.locator(".card .snippet", has_text="onerror")
+    assert through.count() >= 1 and through.first.evaluate("p => p.querySelectorAll('img, b, script').length") == 0
+
+    study.locator(".study-image").first.click()
+    page.wait_for_selector("#detail-reports .report")
+    impression = page.locator("#detail-reports dd[data-section='impression']")
+    assert impression.text_content() == MARKUP
+    assert page.evaluate("document.querySelectorAll('#detail-reports img, #detail-reports b, main b').length") == 0
+    assert page.evaluate("window.pwned === undefined")
+    assert not [url for url in page.requests if url.endswith("/x")]
+    assert page.errors == []
+
+
+def test_without_reports_the_toggle_is_off_and_image_search_works(page, no_reports_site):
+    page.goto(no_reports_site + "/")
+    page.wait_for_selector("#filter-view .chip")
+    assert page.is_disabled("#reports") and page.is_disabled("#mode")
+    assert "no reports" in page.get_attribute("#reports-toggle", "title")
+    assert "reports" not in page.inner_text("#status")
+    first = search_for(page, "pleural effusion")
+    page.click(f".card[data-image-id='{first[0]}'] img")
+    page.wait_for_selector("#detail:not([hidden])")
+    assert not page.is_visible("#detail-reports") and not page.is_visible("#studies")
+    assert not [url for url in page.requests if "reports" in url]
+    assert off_origin(page.requests, no_reports_site) == [] and page.errors == []
 
 
 # --- the metrics view ------------------------------------------------------------------------------

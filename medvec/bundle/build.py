@@ -1,10 +1,10 @@
 """Build a search bundle: one static folder that answers searches in the visitor's browser, no server.
 
     bundle.json                 manifest (schema medvec.bundle/1): model, files, layout, build checks
-    index.html app.js worker.js search.js tokenizer.js style.css   the page (medvec/bundle/web)
+    index.html app.js worker.js search.js tokenizer.js style.css favicon.svg   the page (medvec/bundle/web)
     vendor/                     onnxruntime-web's WebAssembly build and its licence
     model/text.onnx             the text tower; model/tokenizer.json its tokenizer (medvec.tokenizer/1)
-    data/embeddings.bin         image embeddings, packed (int8 + scales, or float16), little-endian
+    data/embeddings.bin         image embeddings, packed (float16, or int8 + scales), little-endian
     data/index.json             row → image id and a few metadata columns
     data/fallbacks.json         the common queries' precomputed top k
     data/similar.bin            every image's nearest neighbours (uint32 rows, then float32 scores)
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "medvec.bundle/1"
 WEB_DIR = Path(__file__).resolve().parent / "web"
-PAGE_FILES = ("index.html", "app.js", "worker.js", "search.js", "tokenizer.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "worker.js", "search.js", "tokenizer.js", "style.css", "favicon.svg")
 #: onnxruntime-web's WebAssembly-only build: the ES module with its loader inlined, and the wasm binary.
 #: Both are renamed to plain .js/.wasm names so that any static server sends a JavaScript MIME type.
 ORT_FILES = {"ort.wasm.bundle.min.mjs": "ort.wasm.bundle.min.js",
@@ -53,10 +53,35 @@ THUMBS_PER_FOLDER = 1000
 #: evaluation prompts: capitals, punctuation, spacing, non-ASCII, and one longer than 64 tokens.
 EXTRA_PROMPTS = (
     "Pleural effusion.", "LEFT lower lobe, consolidation;  ", "  no   acute  cardiopulmonary process  ",
-    "x-ray: 'heart' is (mildly) enlarged!", "rib #4 fracture?", "épanchement pleural", "ｘ－ｒａｙ ｃｈｅｓｔ",
+    "x-ray: 'heart' is (mildly) enlarged!", "rib #4 fracture?", "épanchement pleural",
+    "ｘ－ｒａｙ ｃｈｅｓｔ",
     "tube\tand\nline", "an opacity that is in no fallback list",
     "heart size is " + "normal and " * 40 + "stable",
 )
+
+
+ORT_LICENCE = """MIT License
+
+Copyright (c) Microsoft Corporation
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+"""
 
 
 class BundleError(RuntimeError):
@@ -65,7 +90,9 @@ class BundleError(RuntimeError):
 
 @dataclass(frozen=True)
 class BundleOptions:
-    precision: str = "int8"  # "int8" | "float16": how data/embeddings.bin holds the vectors
+    # How data/embeddings.bin holds the vectors. float16 keeps the Python path's ranking (recall@10 1.0 on
+    # every set measured); int8 halves the bytes and costs recall where scores crowd (medvec/bundle/pack.py).
+    precision: str = "float16"
     thumbnails: bool = True
     node: str | None = None  # node binary for the tokenizer check (default: PATH)
     ort_dist: Path | None = None  # onnxruntime-web's dist folder (default: web/node_modules)
@@ -80,6 +107,27 @@ def ort_dist_dir(explicit: Path | None = None) -> Path:
         raise BundleError(f"onnxruntime-web is not installed ({folder} lacks {', '.join(missing)}): run "
                           f"`make web-deps` (npm ci in {WEB_DIR}), or set MEDVEC_ORT_WEB_DIST to its dist folder")
     return folder
+
+
+def _require_onnx() -> None:
+    """torch's exporter writes through the onnx package; the export is checked with onnxruntime."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise BundleError(f"building a bundle needs {exc.name}: install the bundle extra "
+                          "(pip install -e '.[bundle]')") from None
+
+
+def latest_evaluation(home: str | Path) -> tuple[dict | None, Path | None]:
+    """The report and plot `medvec eval` / `retrieval_evaluation` last wrote, if any."""
+    folder = Path(home) / "eval"
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    plot = folder / "recall_at_k.png"
+    return report, plot if plot.exists() else None
 
 
 def check_prompts() -> list[str]:
@@ -103,6 +151,10 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
     started = time.perf_counter()
     if options.precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
+    if not all(hasattr(embedder, part) for part in ("spec", "model", "tokenizer")):
+        raise BundleError(f"{getattr(embedder, 'name', 'this model')} is not a local transformers model (a NIM?): the "
+                          "bundle exports the text tower of a model that runs here")
+    _require_onnx()
     ort_dist = ort_dist_dir(options.ort_dist)
     out_dir = Path(out_dir).absolute()
     _check_target(out_dir)
@@ -142,7 +194,7 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
         thumbs = _copy_thumbnails(loaded, Path(home), tmp / "thumbs") if options.thumbnails else np.zeros(
             len(loaded.ids), bool)
         _write_json(tmp / "data" / "index.json", _index(loaded, thumbs))
-        _write_json(tmp / "data" / "fallbacks.json", _fallbacks(loaded))
+        _write_json(tmp / "data" / "fallbacks.json", _fallbacks(loaded, thumbs))
         similar_k = _write_similar(loaded, tmp / "data" / "similar.bin")
         metrics = _metrics(eval_report, search.table_name, loaded.version)
         if metrics is not None:
@@ -223,9 +275,11 @@ def _copy_ort(dist: Path, vendor: Path) -> None:
             # Drop the source-map comment: the map is not shipped, and dev tools would ask for it.
             data = b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"//# sourceMappingURL="))
         (vendor / target).write_bytes(data)
+    # The npm package states its licence in package.json only; redistributing it needs the text.
     licence = dist.parent / "LICENSE"
-    if licence.exists():
-        shutil.copyfile(licence, vendor / "LICENSE.onnxruntime-web.txt")
+    text = licence.read_text() if licence.exists() else ORT_LICENCE
+    (vendor / "LICENSE.onnxruntime-web.txt").write_text(
+        f"onnxruntime-web {_ort_version(dist) or ''} (https://github.com/microsoft/onnxruntime)\n\n{text}")
 
 
 def _ort_version(dist: Path) -> str | None:
@@ -235,7 +289,7 @@ def _ort_version(dist: Path) -> str | None:
         return None
 
 
-def _packing_costs(vectors: np.ndarray, text_queries: np.ndarray, chosen: str, *, image_queries: int = 500) -> dict:
+def _packing_costs(vectors: np.ndarray, text_queries: np.ndarray, chosen: str, *, image_queries: int = 200) -> dict:
     """Recall@10 of both precisions against float32, for the common queries' text vectors and for
     stored images as find-similar queries (a fixed sample of at most `image_queries`)."""
     rng = np.random.default_rng(0)
@@ -274,12 +328,18 @@ def _index(loaded, thumbs: np.ndarray) -> dict:
     return {"rows": len(loaded.ids), "ids": list(loaded.ids), **columns, "thumb": [int(t) for t in thumbs]}
 
 
-def _fallbacks(loaded) -> dict:
+def _fallbacks(loaded, thumbs: np.ndarray) -> dict:
+    """The common queries' stored top k, with the metadata of every image they show: the page answers
+    them before the full index (which grows with the collection) has loaded."""
     queries = []
     for key, hits in loaded.fallback_hits.items():
         queries.append({"key": key, "rows": [loaded.row_of[image_id] for image_id, _ in hits],
                         "scores": [round(float(score), 6) for _, score in hits]})
-    return {"k": max((len(q["rows"]) for q in queries), default=0), "queries": queries}
+    shown = sorted({row for query in queries for row in query["rows"]})
+    meta = loaded.meta.take(shown).to_pylist() if shown else []
+    images = {str(row): {"id": loaded.ids[row], **{name: record.get(name) for name in INDEX_COLUMNS},
+                         "thumb": int(thumbs[row])} for row, record in zip(shown, meta)}
+    return {"k": max((len(q["rows"]) for q in queries), default=0), "queries": queries, "images": images}
 
 
 def _write_similar(loaded, path: Path) -> int:

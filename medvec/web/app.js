@@ -1,6 +1,8 @@
 // Medvec search page: talks to /api/* on this origin only. Images are fetched with the same
 // Authorization header as the JSON calls and shown through blob: URLs, so a token never sits in a URL.
 // Two views, chosen by the address's #hash: search (the default) and metrics (the latest `medvec eval`).
+// Report text is only ever put on the page as text nodes (matched words in <mark> elements built here),
+// never as HTML.
 "use strict";
 
 const TOKEN_KEY = "medvec.token";
@@ -12,8 +14,16 @@ const META_ROWS = [
   ["extra", "Extra"],
 ];
 
+const REPORT_SECTIONS = [["indication", "Indication"], ["findings", "Findings"], ["impression", "Impression"]];
+const ROUTE_TITLES = {
+  image: "the text matched the image itself",
+  report: "a matching report belongs to the image's study",
+  "image+report": "found both directly and through a matching report",
+};
+
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
+  reportsAvailable: false, // the model has a reports table (health says how many reports)
   last: null,          // the query on screen: {kind: "text", text} | {kind: "image", file} | {kind: "similar", imageId}
   selected: null,      // the hit shown in the detail panel
   resultBlobs: [],     // blob: URLs of the thumbnails on screen, revoked when results change
@@ -84,10 +94,12 @@ function showTokenForm(show) {
 async function start() {
   takeTokenFromAddress();
   const health = await getJson("/api/health").catch((err) => ({ ok: false, reason: err.message }));
+  const reports = health.reports === null || health.reports === undefined ? "" : ` · ${health.reports} reports`;
   $("#status").textContent = health.ok
-    ? `${health.model} · ${health.rows} images · ${health.table} v${health.table_version}`
+    ? `${health.model} · ${health.rows} images${reports} · ${health.table} v${health.table_version}`
     : `not ready: ${health.reason}`;
   $("#status").classList.toggle("bad", !health.ok);
+  setReportsAvailable(health.ok && typeof health.reports === "number");
   if (health.auth_required && !state.token) {
     showTokenForm(true);
     return;
@@ -96,6 +108,20 @@ async function start() {
   if (state.view === "metrics") loadMetrics();
   await loadFilters();
 }
+
+function setReportsAvailable(available) {
+  state.reportsAvailable = available;
+  const box = $("#reports");
+  box.disabled = !available;
+  if (!available) box.checked = false;
+  $("#reports-toggle").classList.toggle("off", !available);
+  $("#reports-toggle").title = available
+    ? "Search the radiology reports too: matching studies, and images found through their reports"
+    : "This collection has no reports: put them beside the images and run `medvec ingest`";
+  $("#mode").disabled = !box.checked;
+}
+
+const withReports = () => state.reportsAvailable && $("#reports").checked;
 
 async function loadFilters() {
   try {
@@ -161,6 +187,10 @@ async function run(query) {
 function ask(query, params) {
   if (query.kind === "text") {
     params.set("q", query.text);
+    if (withReports()) {
+      params.set("reports", "true");
+      params.set("mode", $("#mode").value);
+    }
     return getJson(`/api/search?${params}`);
   }
   if (query.kind === "image") {
@@ -168,6 +198,7 @@ function ask(query, params) {
     form.append("file", query.file);
     return getJson(`/api/search/image?${params}`, { method: "POST", body: form });
   }
+  if (withReports()) params.set("reports", "true");
   return getJson(`/api/similar/${encodeURIComponent(query.imageId)}?${params}`);
 }
 
@@ -186,17 +217,85 @@ function describe(query) {
 function renderResults(result, roundTripMs, query) {
   state.resultBlobs.forEach((url) => URL.revokeObjectURL(url));
   state.resultBlobs = [];
-  const grid = $("#results");
-  grid.replaceChildren(...result.hits.map(card));
-  $("#empty").hidden = result.hits.length > 0;
+  const studies = result.studies || null; // a report search: studies, then the merged images
+  const hits = studies ? result.images : result.hits;
+  $("#study-list").replaceChildren(...(studies || []).map(studyCard));
+  $("#studies").hidden = !studies;
+  $("#images-heading").hidden = !studies;
+  $("#results").replaceChildren(...hits.map(card));
+  $("#empty").hidden = hits.length > 0;
   $("#empty").textContent = "No images match these filters.";
   const what = query.kind === "similar" ? "similar to" : "for";
-  $("#summary").replaceChildren(
-    element("strong", `${result.hits.length} hit${result.hits.length === 1 ? "" : "s"}`),
-    ` ${what} ${describe(query)} · route `, element("code", result.route, "route"),
-    ` · search ${result.took_ms.toFixed(1)} ms · round trip `,
-    element("span", `${Math.round(roundTripMs)} ms`, "latency"),
-  );
+  const summary = [];
+  if (studies) {
+    summary.push(element("strong", `${plural(studies.length, "study", "studies")} and ${plural(hits.length, "image")}`),
+      ` ${what} ${describe(query)} · reports `, element("code", result.mode, "mode"),
+      " · images route ", element("code", result.direct_route, "route"));
+  } else {
+    summary.push(element("strong", plural(hits.length, "hit")), ` ${what} ${describe(query)} · route `,
+      element("code", result.route, "route"));
+    if (hits.some((hit) => hit.reports)) summary.push(" · with reports");
+  }
+  summary.push(` · search ${result.took_ms.toFixed(1)} ms · round trip `,
+    element("span", `${Math.round(roundTripMs)} ms`, "latency"));
+  $("#summary").replaceChildren(...summary);
+}
+
+function plural(count, one, many = `${one}s`) {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+// A report that matched: its snippet with the query's words marked, its findings, its study's thumbnails.
+function studyCard(study, index) {
+  const article = element("article", null, "study");
+  article.dataset.reportId = study.report_id;
+  article.dataset.studyKey = study.study_key;
+  const head = element("header", null, "study-head");
+  const routes = element("span", study.routes.join("+"), "tag route");
+  routes.title = "the rankings that found this report";
+  head.append(element("span", `#${index + 1}`, "rank"), element("strong", `Study ${study.study_key}`, "study-key"),
+    element("span", study.layout, "tag report-layout"), routes, element("span", study.score.toFixed(4), "score"));
+  const snippet = element("p", null, "snippet");
+  snippet.append(highlighted(study.snippet, study.highlights));
+  const labels = element("div", null, "tags");
+  for (const label of study.labels || []) labels.append(element("span", label, "tag label"));
+  const strip = element("div", null, "study-images");
+  for (const image of study.images) strip.append(studyImage(image));
+  if (!study.images.length) strip.append(element("p", "No image of this study is in the collection.", "muted"));
+  article.append(head, snippet, labels, strip);
+  return article;
+}
+
+function studyImage(image) {
+  const figure = element("figure", null, "study-image");
+  figure.dataset.imageId = image.image_id;
+  figure.tabIndex = 0;
+  const img = element("img", null, "thumb");
+  img.alt = `${image.view_position || "image"} ${(image.labels || []).join(", ")}`;
+  blobUrl(image.thumbnail_url).then((url) => {
+    state.resultBlobs.push(url);
+    img.src = url;
+  }).catch(() => img.classList.add("missing"));
+  figure.append(img, element("figcaption", image.view_position || "—"));
+  const open = () => openStoredImage(image.image_id);
+  figure.addEventListener("click", open);
+  figure.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+  return figure;
+}
+
+// Text with [start, end) spans wrapped in <mark>, as nodes. The server counts code points, so the text is
+// split into code points first (a JavaScript string counts UTF-16 units).
+function highlighted(text, spans) {
+  const chars = Array.from(text || "");
+  const fragment = document.createDocumentFragment();
+  let last = 0;
+  for (const [start, end] of [...(spans || [])].sort((a, b) => a[0] - b[0])) {
+    if (start < last || end <= start) continue;
+    fragment.append(chars.slice(last, start).join(""), element("mark", chars.slice(start, end).join("")));
+    last = end;
+  }
+  fragment.append(chars.slice(last).join(""));
+  return fragment;
 }
 
 function card(hit) {
@@ -220,12 +319,33 @@ function card(hit) {
   body.append(
     row(element("span", `#${hit.rank}`, "rank"), element("span", hit.score.toFixed(4), "score")),
     tags(hit),
-    similar,
   );
+  if (hit.routes) { // a report search: how the image was found, and the report that found it
+    const route = hit.routes.join("+");
+    const badge = element("span", route, `tag route route-${route.replace("+", "-")}`);
+    badge.title = ROUTE_TITLES[route] || route;
+    body.append(row(badge));
+    if (hit.report) {
+      const snippet = element("p", null, "snippet small");
+      snippet.append(highlighted(hit.report.snippet, hit.report.highlights));
+      body.append(snippet);
+    }
+  }
+  if (hit.reports) body.append(reportLine(hit.reports)); // find-similar with reports
+  body.append(similar);
   article.append(img, body);
   article.addEventListener("click", () => openDetail(hit));
   article.addEventListener("keydown", (event) => { if (event.key === "Enter") openDetail(hit); });
   return article;
+}
+
+function reportLine(reports) {
+  if (!reports.length) return element("p", "No report for this image.", "impression muted");
+  const first = reports[0];
+  const line = element("p", null, "impression");
+  line.title = `Study ${first.study_key}`;
+  line.append(element("span", "Impression: ", "muted"), first.impression || first.findings || "—");
+  return line;
 }
 
 function tags(hit) {
@@ -248,6 +368,7 @@ async function openDetail(hit) {
   const img = $("#detail-image");
   img.removeAttribute("src");
   img.alt = `full image ${hit.image_id}`;
+  loadDetailReports(hit);
   try {
     const url = await blobUrl(hit.image_url);
     if (state.selected !== hit) return URL.revokeObjectURL(url);
@@ -257,6 +378,46 @@ async function openDetail(hit) {
   } catch (err) {
     showError(err.message);
   }
+}
+
+async function loadDetailReports(hit) {
+  const box = $("#detail-reports");
+  box.replaceChildren();
+  box.hidden = !state.reportsAvailable;
+  if (!state.reportsAvailable) return;
+  box.append(element("p", "loading the report…", "muted"));
+  let body;
+  try {
+    body = await getJson(`/api/images/${encodeURIComponent(hit.image_id)}/reports`);
+  } catch (err) {
+    if (state.selected !== hit) return;
+    box.replaceChildren(element("p", `The report could not be loaded: ${err.message}`, "muted"));
+    return;
+  }
+  if (state.selected !== hit) return;
+  if (!body.reports.length) {
+    box.replaceChildren(element("p", "No report links to this image.", "muted"));
+    return;
+  }
+  box.replaceChildren(...body.reports.map(reportBlock));
+}
+
+function reportBlock(report) {
+  const article = element("article", null, "report");
+  article.dataset.reportId = report.report_id;
+  const title = element("h3", `Report · study ${report.study_key} `);
+  title.append(element("small", report.layout, "tag report-layout"));
+  const list = document.createElement("dl");
+  for (const [key, name] of REPORT_SECTIONS) {
+    if (!report[key]) continue;
+    const value = element("dd", report[key]);
+    value.dataset.section = key;
+    list.append(element("dt", name), value);
+  }
+  const labels = element("div", null, "tags");
+  for (const label of report.labels || []) labels.append(element("span", label, "tag label"));
+  article.append(title, list, labels);
+  return article;
 }
 
 function metaValue(hit, key) {
@@ -610,6 +771,13 @@ function wire() {
     if (file) run({ kind: "image", file });
   });
   $("#k").addEventListener("change", rerun);
+  $("#reports").addEventListener("change", () => {
+    $("#mode").disabled = !$("#reports").checked;
+    if (state.last && state.last.kind !== "image") rerun(); // image uploads are searched without reports
+  });
+  $("#mode").addEventListener("change", () => {
+    if (state.last && state.last.kind === "text") rerun();
+  });
   $("#detail-close").addEventListener("click", closeDetail);
   $("#detail-similar").addEventListener("click", () => {
     if (state.selected) run({ kind: "similar", imageId: state.selected.image_id });

@@ -86,7 +86,8 @@ export class PackedVectors {
     const offset = row * this.dim;
     let norm = 0;
     for (let j = 0; j < this.dim; j++) {
-      const value = this.precision === "int8" ? this.codes[offset + j] * this.scales[row] : this.table[this.codes[offset + j]];
+      const code = this.codes[offset + j];
+      const value = this.precision === "int8" ? code * this.scales[row] : this.table[code];
       vector[j] = value;
       norm += value * value;
     }

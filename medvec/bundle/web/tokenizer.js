@@ -61,7 +61,9 @@ export class Tokenizer {
       if (!text) return [];
       return this.viterbi(META + text.replaceAll(" ", META));
     }
-    const words = spec.split === "whitespace" ? text.split(/\s+/u).filter(Boolean) : (text.match(WORDS_OR_SYMBOLS) || []);
+    const words = spec.split === "whitespace"
+      ? text.split(/\s+/u).filter(Boolean)
+      : (text.match(WORDS_OR_SYMBOLS) || []);
     const ids = words.map((word) => (this.ids.has(word) ? this.ids.get(word) : spec.unk_id));
     return spec.fuse_unk ? fuseUnknown(ids, spec.unk_id) : ids;
   }

@@ -1,0 +1,425 @@
+"""The serverless search bundle: packing, the browser tokenizer against Python's, the ONNX text tower,
+the `search_bundle` asset and `medvec bundle`, and the page itself in headless Chromium served by a plain
+static file server: the same answers as the Python search path, and no request leaving its origin."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import shutil
+import subprocess
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medvec.bundle import BundleError, BundleOptions, build_bundle
+from medvec.bundle.build import EXTRA_PROMPTS, WEB_DIR, check_prompts, ort_dist_dir
+from medvec.bundle.pack import pack_vectors, packing_recall, unpack_vectors
+from medvec.bundle.tokenizer_export import (TokenizerNotSupported, check_with_node, export_tokenizer,
+                                            python_token_ids)
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+NOVEL = "an opacity that is in no fallback list"
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the page's tokenizer")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
+                                    reason="needs Debian's Chromium at /usr/bin/chromium (apt install chromium)")
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ort_web() -> Path:
+    """onnxruntime-web's dist folder, installed with `npm ci` when missing (as `make web-deps` does)."""
+    try:
+        return ort_dist_dir()
+    except BundleError:
+        pass
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("needs onnxruntime-web: npm not found (install Node.js, then run `make web-deps`)")
+    done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=WEB_DIR,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"npm ci could not install onnxruntime-web (offline?): {done.stderr.strip()[-300:]}")
+    return ort_dist_dir()
+
+
+@pytest.fixture(scope="module")
+def search(search_collection):
+    from medvec.service import open_search
+
+    search = open_search(search_collection.settings)
+    yield search
+    search.close()
+
+
+@pytest.fixture(scope="module")
+def embedder(search_collection):
+    from medvec.embedders.loading import embedder_from_settings
+
+    with embedder_from_settings(search_collection.settings, device="cpu") as embedder:
+        yield embedder
+
+
+@pytest.fixture(scope="module")
+def evaluation(search_collection, tmp_path_factory):
+    """An evaluation report and plot for the shared collection, kept outside its (read-only) home."""
+    from medvec import store
+    from medvec.evaluation import evaluate_models, recall_curve_png
+    from medvec.service import eval_targets
+
+    settings = search_collection.settings
+    report = evaluate_models(store.connect(settings.lancedb_uri), eval_targets(settings), split="all")
+    plot = tmp_path_factory.mktemp("eval") / "recall_at_k.png"
+    plot.write_bytes(recall_curve_png(report))
+    return report, plot
+
+
+@pytest.fixture(scope="module")
+def bundle(search, embedder, search_collection, evaluation, ort_web, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "site"
+    report, plot = evaluation
+    build_bundle(search, embedder, out, home=search_collection.settings.home, eval_report=report, eval_plot=plot)
+    return out
+
+
+@contextmanager
+def static_server(folder: Path):
+    """A plain static file server, as GitHub Pages or nginx would be: no API, no special headers."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a browser that closes a tab mid-download resets its connections
+
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def site(bundle):
+    with static_server(bundle) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page recording every request of the page and its worker, and every error it reports."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.requests, page.errors = [], []
+    context.on("request", lambda request: page.requests.append(request.url))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("console", lambda message: page.errors.append(message.text) if message.type == "error" else None)
+    yield page
+    context.close()
+
+
+# --- packing ---------------------------------------------------------------------------------------
+
+def test_packed_vectors_are_little_endian_and_round_trip():
+    vectors = np.array([[1.0, -2.0, 0.5, 0.0], [0.0, 0.25, -0.25, 1.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    half = pack_vectors(vectors, "float16")
+    assert half.data[:4] == b"\x00\x3c\x00\xc0"  # 1.0 and -2.0 as little-endian IEEE halves
+    assert np.array_equal(unpack_vectors(half), vectors)
+    codes = pack_vectors(vectors, "int8")
+    assert codes.data[:4] == bytes([64, 129, 32, 0])  # row 0 scaled by 2/127: 63.5 → 64, -127 (0x81), 31.75 → 32
+    assert codes.scales_offset % 4 == 0 and len(codes.data) == codes.scales_offset + 3 * 4
+    assert np.abs(unpack_vectors(codes) - vectors).max() <= 2 / 127 / 2 + 1e-6  # half a step of the widest row
+    assert codes.layout("data/embeddings.bin")["byte_order"] == "little"
+
+
+def test_packing_cost_is_measured_against_float32():
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((2000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:50] + 0.1 * rng.standard_normal((50, 64)).astype(np.float32)
+    half, codes = packing_recall(vectors, queries, "float16"), packing_recall(vectors, queries, "int8")
+    assert half["recall"] >= codes["recall"] and half["recall"] >= 0.99
+    assert 0.9 <= codes["recall"] <= 1.0 and codes["max_score_error"] > half["max_score_error"]
+    itself = packing_recall(vectors[:100], vectors[:100], "float16", exclude_self=True)
+    assert itself["recall"] == 1.0 and itself["k"] == 10
+
+
+# --- the browser tokenizer -------------------------------------------------------------------------
+
+def _unigram_siglip_tokenizer(folder: Path):
+    """A real SentencePiece unigram model, trained here on chest X-ray phrases, in SigLIP's tokenizer class:
+    the same code path as google/siglip-*, offline."""
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    from medvec.precompute import FALLBACK_QUERIES
+
+    corpus = [*FALLBACK_QUERIES, "the heart is enlarged with blunted costophrenic angles",
+              "no acute cardiopulmonary process is seen on this frontal radiograph"] * 4
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=120,
+                                   model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2,
+                                   bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    return SiglipTokenizer(vocab_file=str(folder / "spiece.model"))
+
+
+PROMPTS = check_prompts() + [
+    "Pleural effusion.", "q-q quux!!  Cardiomegaly", "", "ÜNKNOWN © x-ray", "ﬁndings of edema", "émphysème",
+    "1st rib fracture #2", "x—ray “quoted” 'single'", "PNEUMOTHORAX?!", "heart " * 80,
+]
+
+
+@needs_node
+def test_page_tokenizer_gives_siglip_sentencepiece_ids(tmp_path):
+    tokenizer = _unigram_siglip_tokenizer(tmp_path)
+    spec = export_tokenizer(tokenizer, 64)
+    assert spec["model"] == "unigram" and spec["normalize"][0] == "lowercase"
+    expected = python_token_ids(tokenizer, PROMPTS, 64)
+    check = check_with_node(spec, PROMPTS, expected)
+    assert check["checked"] and check["mismatches"] == [] and check["matching"] == len(PROMPTS)
+    # What makes SigLIP's tokenisation its own: case and punctuation gone, unknown runs fused, 64 ids.
+    ids = dict(zip(PROMPTS, check["js_ids"]))
+    assert ids["Pleural effusion."] == ids["pleural effusion"]
+    assert all(len(row) == 64 for row in check["js_ids"])
+    assert ids["heart " * 80][-1] == tokenizer.eos_token_id  # truncated, then the end token
+
+
+@needs_node
+def test_page_tokenizer_gives_tiny_siglip_word_level_ids(embedder):
+    spec = export_tokenizer(embedder.tokenizer, 64)
+    assert spec["model"] == "wordlevel"
+    check = check_with_node(spec, PROMPTS, python_token_ids(embedder.tokenizer, PROMPTS, 64))
+    assert check["mismatches"] == [] and check["matching"] == len(PROMPTS)
+
+
+def test_tokenizers_the_page_cannot_run_are_refused():
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(BPE({"a": 0, "<unk>": 1}, [], unk_token="<unk>")),
+                                  unk_token="<unk>", pad_token="<unk>")
+    with pytest.raises(TokenizerNotSupported, match="BPE"):
+        export_tokenizer(bpe, 64)
+
+
+# --- the build -------------------------------------------------------------------------------------
+
+def test_bundle_holds_the_model_vectors_answers_and_checks(bundle, search, embedder):
+    import onnxruntime
+
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    info = search.info()
+    assert manifest["schema"] == "medvec.bundle/1" and manifest["images"] == info["rows"] == 38
+    assert manifest["table_version"] == info["table_version"] and manifest["model"]["no_retrieval_quality"]
+    checks = manifest["checks"]
+    assert checks["onnx"]["min_cosine"] >= 0.999 and checks["onnx"]["prompts"] >= 50
+    assert checks["tokenizer"]["matching"] == checks["tokenizer"]["prompts"]
+    assert checks["packing"]["chosen"] == "float16" and checks["packing"]["float16"]["text_queries"]["recall"] == 1.0
+    assert (bundle / "data" / "embeddings.bin").stat().st_size == 38 * 64 * 2
+    assert (bundle / "data" / "similar.bin").stat().st_size == 38 * manifest["similar"]["k"] * 8
+    assert manifest["thumbs"]["count"] == 38 and len(list((bundle / "thumbs").rglob("*.webp"))) == 38
+    assert manifest["metrics"] and json.loads((bundle / "data" / "metrics.json").read_text())["model"]["model"] == \
+        "tiny-siglip"
+    # Only the runtime's WebAssembly build is shipped, with its licence.
+    assert sorted(p.name for p in (bundle / "vendor").iterdir()) == [
+        "LICENSE.onnxruntime-web.txt", "ort-wasm-simd-threaded.wasm", "ort.wasm.bundle.min.js"]
+    assert manifest["sizes"]["total"] == sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) - \
+        (bundle / "bundle.json").stat().st_size
+
+    index = json.loads((bundle / "data" / "index.json").read_text())
+    assert not {"subject_key", "study_id", "source_uri", "batch"} & set(index)  # a public page has no use for them
+    texts = [NOVEL, *EXTRA_PROMPTS[:3]]
+    ids = np.asarray(python_token_ids(embedder.tokenizer, texts, 64), dtype=np.int64)
+    session = onnxruntime.InferenceSession(str(bundle / "model" / "text.onnx"), providers=["CPUExecutionProvider"])
+    onnx_vectors = session.run(["text_embeds"], {"input_ids": ids})[0]
+    cosines = (onnx_vectors * embedder.embed_texts(texts)).sum(axis=1)
+    assert cosines.min() >= 0.999
+
+
+def test_a_folder_that_is_not_a_bundle_is_never_replaced(search, embedder, search_collection, ort_web, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="not a Medvec bundle"):
+        build_bundle(search, embedder, tmp_path, home=search_collection.settings.home)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_without_precomputed_answers_the_build_says_what_to_materialise(search_collection, embedder, ort_web,
+                                                                         tmp_path):
+    from medvec import store
+    from medvec.search import ImageSearch, fallback_table_name
+
+    home = tmp_path / "home"
+    shutil.copytree(search_collection.settings.home, home)
+    store.connect(str(home / "lancedb")).drop_table(fallback_table_name("tiny_siglip"))
+    search = ImageSearch(str(home / "lancedb"), "tiny_siglip", home=home)
+    with pytest.raises(BundleError, match="materialise fallback_queries"):
+        build_bundle(search, embedder, tmp_path / "site", home=home)
+    assert not (tmp_path / "site").exists()
+
+
+def test_cli_builds_a_bundle_and_replaces_it_whole(search_collection, ort_web, tmp_path, monkeypatch, capsys):
+    from medvec.cli import main
+
+    for name, value in search_collection.env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "site"
+    assert main(["bundle", str(out), "--precision", "int8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["precision"] == "int8" and summary["images"] == 38 and summary["sizes"]["vectors"] == 38 * 68
+    (out / "stale.txt").write_text("from an older build")
+    assert main(["bundle", str(out), "--no-thumbnails"]) == 0
+    assert "serve it with any static file server" in capsys.readouterr().out
+    assert not (out / "stale.txt").exists() and not list((out / "thumbs").rglob("*.webp"))
+
+
+def test_search_bundle_asset_materialises_into_the_home(search_collection, ort_web, tmp_path):
+    import dagster as dg
+
+    from assets.bundle import search_bundle
+    from assets.embeddings import embedding_model
+    from medvec.settings import Settings
+    from resources import MedvecHomeResource
+    from resources.embedders import embedder_from_env
+
+    home = tmp_path / "home"
+    shutil.copytree(search_collection.settings.home, home)
+    settings = Settings.from_env({**search_collection.env, "MEDVEC_HOME": str(home)})
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([embedding_model, search_bundle], instance=instance,
+                                resources={"medvec": MedvecHomeResource.from_settings(settings),
+                                           "embedder": embedder_from_env(settings)})
+    assert result.success
+    [event] = result.asset_materializations_for_node("search_bundle")
+    metadata = event.metadata
+    assert metadata["bundle"].value == str(home / "bundles" / "tiny_siglip")
+    assert metadata["images"].value == 38 and metadata["onnx_min_cosine"].value >= 0.999
+    assert metadata["image_recall_at_10_vs_float32"].value == 1.0
+    assert (home / "bundles" / "tiny_siglip" / "index.html").exists()
+
+
+# --- the page --------------------------------------------------------------------------------------
+
+def _search_in_page(page, text: str, route: str) -> tuple[list[str], list[float]]:
+    page.fill("#q", text)
+    page.click("#search-button")
+    page.wait_for_function(f"() => document.querySelector('#summary').dataset.route === '{route}'"
+                           f" && document.querySelector('#summary').textContent.includes({json.dumps(text)})",
+                           timeout=60_000)
+    page.wait_for_function("() => [...document.querySelectorAll('.card img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    ids = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.imageId)")
+    scores = page.eval_on_selector_all(".card .score", "nodes => nodes.map(n => parseFloat(n.textContent))")
+    return ids, scores
+
+
+def _assert_same_ranking(js_ids, js_scores, python_all, k, tolerance):
+    """The page's top k is Python's, up to the order of images whose scores differ by less than the
+    packing's score error (the sample has near-duplicate images whose scores differ by 1e-7)."""
+    score_of = {hit.image_id: hit.score for hit in python_all}
+    expected = [hit.image_id for hit in python_all[:k]]
+    assert len(js_ids) == k and len(set(js_ids)) == k
+    for rank, (image_id, score) in enumerate(zip(js_ids, js_scores)):
+        assert abs(score - score_of[image_id]) <= tolerance + 5e-5  # the page shows 4 decimals
+        assert image_id == expected[rank] or abs(score_of[image_id] - score_of[expected[rank]]) <= 2 * tolerance
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_answers_like_the_python_search_path_without_leaving_its_folder(page, site, bundle, search, embedder):
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    tolerance = manifest["checks"]["packing"]["float16"]["text_queries"]["max_score_error"] + 1e-4
+    page.goto(site + "/")
+    page.wait_for_selector("#q:not([disabled])")
+    assert "tiny-siglip · 38 images" in page.inner_text("#status")
+    assert "random weights" in page.inner_text("#warning")
+
+    # A common finding answers from the precomputed list, exactly as `medvec search` does.
+    ids, scores = _search_in_page(page, "Pleural Effusion.", "fallback")
+    python = search.search_text("Pleural Effusion.", k=12)
+    assert python.route == "fallback"
+    assert ids == [hit.image_id for hit in python.hits]
+    assert scores == [round(hit.score, 4) for hit in python.hits]
+
+    # A novel query is tokenised and encoded in the worker and ranked over the packed vectors.
+    ids, scores = _search_in_page(page, NOVEL, "index")
+    assert search.search_text(NOVEL, k=12).route == "index"
+    _assert_same_ranking(ids, scores, search.search_text(NOVEL, k=38).hits, 12, tolerance)
+    assert "ready" in page.inner_text("#model-status")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "bundle.png"), full_page=True)
+
+    # Find-similar answers from the neighbour lists.
+    page.click(f".card[data-image-id='{ids[0]}'] .similar")
+    page.wait_for_function("() => document.querySelector('#summary').dataset.route === 'similar_images'")
+    similar = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.imageId)")
+    assert similar == [hit.image_id for hit in search.similar(ids[0], k=12).hits]
+    # More neighbours than the lists hold: the worker ranks the packed vectors around that image.
+    page.fill("#k", "25")
+    page.click(f".card[data-image-id='{similar[1]}'] .similar")
+    page.wait_for_function("() => document.querySelector('#summary').dataset.route === 'index'"
+                           " && document.querySelectorAll('.card').length === 25")
+    wide = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.imageId)")
+    wide_scores = page.eval_on_selector_all(".card .score", "nodes => nodes.map(n => parseFloat(n.textContent))")
+    image_error = manifest["checks"]["packing"]["float16"]["image_queries"]["max_score_error"]
+    python_wide = search.similar(similar[1], k=37)  # every other image
+    _assert_same_ranking(wide, wide_scores, python_wide.hits, 25, 2 * image_error + 1e-4)
+
+    # The page's tokenizer, in Chromium this time, against Python's.
+    in_browser = page.evaluate("""async (texts) => {
+        const { Tokenizer } = await import('./tokenizer.js');
+        const tokenizer = new Tokenizer(await (await fetch('model/tokenizer.json')).json());
+        return texts.map((text) => tokenizer.encode(text));
+    }""", PROMPTS)
+    assert in_browser == python_token_ids(embedder.tokenizer, PROMPTS, 64)
+
+    page.click("#tab-metrics")
+    page.wait_for_selector("#metrics-models tbody tr")
+    assert "text → image (macro)" in page.inner_text("#metrics-models")
+    prompts = manifest["checks"]["tokenizer"]["prompts"]
+    assert f"{prompts} of {prompts} prompts give the same token ids" in page.inner_text("#bundle-checks")
+
+    assert any(url.endswith("/data/embeddings.bin") for url in page.requests)  # the worker's requests are seen
+    assert any(url.endswith("/vendor/ort-wasm-simd-threaded.wasm") for url in page.requests)
+    assert [url for url in page.requests if not url.startswith(site + "/")] == []
+    assert page.errors == []
+
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_common_queries_answer_before_the_index_and_the_model_have_loaded(page, site, search):
+    held = []
+    page.context.route(lambda url: url.endswith(("/data/index.json", "/model/text.onnx")),
+                       lambda route: held.append(route))
+    page.goto(site + "/")
+    page.wait_for_selector("#q:not([disabled])")
+    ids, _ = _search_in_page(page, "cardiomegaly", "fallback")
+    assert ids == [hit.image_id for hit in search.search_text("cardiomegaly", k=12).hits]
+    assert len(held) == 2 and "loading" in page.inner_text("#model-status")
+    for route in held:
+        route.continue_()
+    page.wait_for_function("() => document.querySelector('#model-status').textContent.includes('ready')")
+    assert page.errors == []
