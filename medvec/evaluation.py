@@ -268,6 +268,9 @@ def markdown_table(result: dict) -> str:
     names = [f"recall@{k}" for k in ks] + ["mrr", "map"]
     lines = ["| model | task | " + " | ".join(cols) + " | queries |", "|---|---|" + "---|" * (len(cols) + 1)]
     for section in result["models"]:
+        if "error" in section:
+            lines.append(f"| {section['model']} | {section['error']} |" + " - |" * (len(cols) + 1))
+            continue
         rows = []
         t2i = section.get("text_to_image")
         if t2i and t2i["macro"]:

@@ -77,6 +77,8 @@ class WatchCursor:
     previous_pass_started: float | None = None  # start of the last complete pass: the settle reference
     resume_after: str | None = None  # the pass in progress continues after this uri
     held_since: float | None = None  # a partial batch has been held back since
+    pass_unsettled: int = 0  # unsettled files seen so far in the pass in progress
+    last_pass_quiet: bool = False  # the last complete pass saw nothing still being written
     model_attempt: int = 0  # embedding_model runs this sensor requested
     model_requested_at: float | None = None
 
@@ -276,12 +278,14 @@ def watch_source(source: ImageSource, home: Path, cursor: WatchCursor, options: 
         tick.opened = _open(source, home, take, options.batch_size, launcher, now)
     next_cursor = tick.cursor
     next_cursor.held_since = held_since
+    next_cursor.pass_unsettled = (cursor.pass_unsettled if cursor.resume_after else 0) + tick.unsettled
     if capped:  # more settled files than one tick opens: continue right after the last one taken
         next_cursor.pass_started, next_cursor.resume_after = pass_started, take[-1].uri
     elif not scan.complete:
         next_cursor.pass_started, next_cursor.resume_after = pass_started, scan.last
     else:
         next_cursor.previous_pass_started, next_cursor.pass_started, next_cursor.resume_after = pass_started, None, None
+        next_cursor.last_pass_quiet, next_cursor.pass_unsettled = next_cursor.pass_unsettled == 0, 0
     tick.seconds = {"list": round(listed_at - started, 3), "total": round(time.monotonic() - started, 3)}
     return tick
 
@@ -295,7 +299,9 @@ def _choose(fresh: list[SourceFile], tick: WatchTick, cursor: WatchCursor, optio
     full = len(fresh) - len(fresh) % size
     if full == len(fresh):
         return fresh, False, None
-    quiet = tick.complete and tick.unsettled == 0
+    # Quiet: no download in progress. A look spread over several ticks knows that only at its end, so
+    # the remainders of its earlier slices open on the next pass, which starts from a quiet verdict.
+    quiet = (tick.complete and cursor.pass_unsettled + tick.unsettled == 0) or cursor.last_pass_quiet
     waited = cursor.held_since is not None and now - cursor.held_since >= options.partial_wait_s
     if quiet or waited:
         return fresh, False, None

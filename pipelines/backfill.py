@@ -20,11 +20,10 @@ from assets.search import fallback_queries, image_index, similar_images
 from medvec.backfill import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, combine_status, group_runs
 from medvec.batches import load_batch_errors, load_batch_records
 from medvec.image_table import image_table_name
-from medvec.models.registry import ModelSpec
 from medvec.settings import Settings
 from pipelines.partitions import batch_partitions
 from resources import MedvecHomeResource
-from resources.embedders import EmbedderResource, embedder_from_env
+from resources.embedders import EmbedderResource, NimEmbedderResource, embedder_from_env
 
 LAUNCHED_BY_TAG = "medvec/launched_by"  # runs a medvec command executed in its own process
 PROCESS_TAG = "medvec/process"  # "<host>/<pid>:<start time>" of that process
@@ -92,15 +91,16 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
 # --- what the instance knows -----------------------------------------------------------------------
 
-def model_ready(instance: dg.DagsterInstance, spec: ModelSpec) -> bool:
-    """Whether embedding_model's latest materialisation is the configured model (the check
-    image_embeddings itself makes), so batch runs can load it."""
+def model_ready(instance: dg.DagsterInstance, embedder: EmbedderResource) -> bool:
+    """Whether embedding_model's latest materialisation is the configured model, served the configured
+    way (the check image_embeddings itself makes, plus local vs NIM), so batch runs can load it."""
     event = instance.get_latest_materialization_event(embedding_model.key)
     if event is None or event.asset_materialization is None:
         return False
-    metadata = event.asset_materialization.metadata
-    return (getattr(metadata.get("model"), "value", None) == spec.name
-            and getattr(metadata.get("model_id"), "value", None) == spec.model_id)
+    spec = embedder.spec()
+    loader = "nim" if isinstance(embedder, NimEmbedderResource) else spec.loader
+    found = {key: getattr(value, "value", None) for key, value in event.asset_materialization.metadata.items()}
+    return (found.get("model"), found.get("model_id"), found.get("loader")) == (spec.name, spec.model_id, loader)
 
 
 def batch_status(instance: dg.DagsterInstance, batches: list[str], embed: bool = True) -> dict[str, str]:
@@ -172,7 +172,7 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
             resources["embedder"] = embedder
             spec = embedder.spec()
             summary.model, summary.table = spec.name, image_table_name(spec.slug)
-            if not model_ready(instance, spec):
+            if not model_ready(instance, embedder):
                 model_run = dg.materialize([embedding_model], instance=instance, resources=resources,
                                            run_config=QUIET, raise_on_error=False, tags=tags)
                 if not model_run.success:

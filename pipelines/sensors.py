@@ -50,8 +50,9 @@ def _has_run(instance: dg.DagsterInstance, batch: str) -> bool:
     return bool(instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/partition": batch}), limit=1))
 
 
-def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, spec, cursor: WatchCursor,
-            sensor_name: str, saw_new_files: bool, options: WatchOptions) -> tuple[list[dg.RunRequest], list[str]]:
+def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
+            cursor: WatchCursor, sensor_name: str, saw_new_files: bool,
+            options: WatchOptions) -> tuple[list[dg.RunRequest], list[str]]:
     """Run requests for the batches awaiting this sensor (and the partitions they still need)."""
     instance, home = context.instance, medvec.home_path
     awaiting = []
@@ -64,8 +65,8 @@ def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, spe
     new_partitions = [b for b in awaiting if b not in known]
     if not awaiting and not saw_new_files:
         return [], new_partitions
-    if not model_ready(instance, spec):
-        return _model_request(context, spec, cursor, options), new_partitions
+    if not model_ready(instance, embedder):
+        return _model_request(context, embedder.spec(), cursor, options), new_partitions
     requests = [dg.RunRequest(run_key=f"batch:{batch}", partition_key=batch,
                               asset_selection=[a.key for a in BATCH_ASSETS], tags={"medvec/batch": batch})
                 for batch in awaiting[:options.runs_per_tick]]
@@ -101,7 +102,7 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
         if new:  # paths can hold identifiers: the log gives counts, ingest_errors the files
             context.log.warning(f"{new} file(s) changed after their batch was opened; they are not batched "
                                 "again (see ingest_errors, stage 'changed', or `medvec stats`)")
-    requests, new_partitions = _launch(context, medvec, embedder.spec(), tick.cursor, sensor_name,
+    requests, new_partitions = _launch(context, medvec, embedder, tick.cursor, sensor_name,
                                        saw_new_files=bool(tick.new_settled or tick.unsettled), options=options)
     context.log.info(f"{tick.summary()}; {len(requests)} run(s) requested in {tick.seconds['total']:.2f}s")
     partitions = [batch_partitions.build_add_request(new_partitions)] if new_partitions else []

@@ -36,6 +36,8 @@ needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
 @pytest.fixture(scope="session")
 def ort_web() -> Path:
     """onnxruntime-web's dist folder, installed with `npm ci` when missing (as `make web-deps` does)."""
+    pytest.importorskip("onnxruntime", reason="needs the bundle extra (onnx, onnxruntime)")
+    pytest.importorskip("onnx", reason="needs the bundle extra (onnx, onnxruntime)")
     try:
         return ort_dist_dir()
     except BundleError:
@@ -113,8 +115,10 @@ def static_server(folder: Path):
 
 @pytest.fixture(scope="module")
 def site(bundle):
-    with static_server(bundle) as base_url:
-        yield base_url
+    """The bundle's address, served from a sub-folder as GitHub Pages serves a project site: every
+    path the page uses must be relative to its own folder."""
+    with static_server(bundle.parent) as base_url:
+        yield f"{base_url}/{bundle.name}"
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +167,43 @@ def test_packing_cost_is_measured_against_float32():
     assert 0.9 <= codes["recall"] <= 1.0 and codes["max_score_error"] > half["max_score_error"]
     itself = packing_recall(vectors[:100], vectors[:100], "float16", exclude_self=True)
     assert itself["recall"] == 1.0 and itself["k"] == 10
+
+
+SCAN_SCRIPT = """
+import { readFileSync } from "node:fs";
+import { PackedVectors, topK } from "%s";
+const { file, layout, query, k, exclude } = JSON.parse(process.argv[1]);
+const bytes = readFileSync(file);
+const vectors = new PackedVectors(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length), layout);
+const hits = topK(vectors.scores(Float32Array.from(query)), k, exclude);
+const again = vectors.vector(exclude);
+console.log(JSON.stringify({ ...hits, vector: Array.from(again) }));
+"""
+
+
+@needs_node
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+def test_page_scan_ranks_packed_vectors_like_numpy(precision, tmp_path):
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((3001, 37)).astype(np.float32)  # a width that is not a multiple of 4
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    packed = pack_vectors(vectors, precision)
+    (tmp_path / "embeddings.bin").write_bytes(packed.data)
+    query = vectors[7] + 0.3 * rng.standard_normal(37).astype(np.float32)
+    request = {"file": str(tmp_path / "embeddings.bin"), "layout": packed.layout("embeddings.bin"),
+               "query": query.tolist(), "k": 10, "exclude": 11}
+    script = SCAN_SCRIPT % (WEB_DIR / "search.js").as_uri()
+    done = subprocess.run(["node", "--input-type=module", "-e", script, json.dumps(request)], capture_output=True,
+                          text=True, timeout=60, check=True)
+    page = json.loads(done.stdout)
+    approx = unpack_vectors(packed)
+    scores = approx @ query
+    scores[11] = -np.inf
+    expected = np.argsort(-scores, kind="stable")[:10]
+    assert page["rows"] == expected.tolist()
+    assert np.allclose(page["scores"], scores[expected], atol=1e-5)
+    row = approx[11] / np.linalg.norm(approx[11])
+    assert np.allclose(page["vector"], row, atol=1e-6)
 
 
 # --- the browser tokenizer -------------------------------------------------------------------------

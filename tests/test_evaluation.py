@@ -283,3 +283,30 @@ def test_evaluation_on_the_nih_sample(tmp_path):
     findings = set(section["text_to_image"]["per_finding"])
     assert {"No Finding", "Pleural Effusion"} <= findings and not findings - set(FINDINGS)
     assert section["image_to_image"]["queries"] > 0
+
+
+def test_several_models_sit_side_by_side_in_one_report(tmp_path):
+    from medvec.evaluation import EvalTarget, evaluate_models, per_finding_table
+
+    labels = [[FOUR[i % 4]] for i in range(40)]
+    perfect = np.concatenate([_onehot(l) for l in labels])
+    noisy = np.random.default_rng(3).standard_normal((40, 4))
+    db = store.connect(str(tmp_path / "lancedb"))
+    for slug, vectors in (("good", perfect), ("noise", noisy)):
+        table = open_image_table(db, image_table_name(slug), 4)
+        rows = [{"image_id": f"img{i}", "batch": "b", "source_uri": f"s{i}", "content_sha256": "x", "image_uri": "",
+                 "thumb_uri": "", "source_format": "png", "labels": l, "split": None, "extra": "{}",
+                 "subject_key": f"p{i}", "study_id": f"st{i}", "frames": 1, "width": 1, "height": 1,
+                 "vector": (v / np.linalg.norm(v)).tolist(), "model_id": slug} for i, (l, v) in enumerate(zip(labels, vectors))]
+        upsert_batch(table, "b", pa.Table.from_pylist(rows, schema=image_table_schema(4)))
+    report = evaluate_models(db, [EvalTarget("good", "images__good"), EvalTarget("noise", "images__noise"),
+                                  EvalTarget("missing", "images__missing")], split="test")
+    good, noise, missing = report["models"]
+    assert good["split"] is None  # no split column values: every image, said in the report
+    assert good["image_to_image"]["map"] == 1.0 > noise["image_to_image"]["map"]
+    assert good["text_to_image"] is None and good["text_to_image_skipped"] == "no text encoder available"
+    assert missing == {"model": "missing", "table": "images__missing", "error": "no such table: embed first"}
+    table = markdown_table(report)
+    assert "| good | image → image | 0.111 | 0.556 | 1.000 | 1.000 | 1.000 | 40 |" in table  # 9 relevant each
+    assert "| noise | image → image |" in table and per_finding_table(good) == ""
+    assert "| missing | no such table: embed first |" in table

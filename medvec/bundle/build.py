@@ -6,7 +6,7 @@
     model/text.onnx             the text tower; model/tokenizer.json its tokenizer (medvec.tokenizer/1)
     data/embeddings.bin         image embeddings, packed (float16, or int8 + scales), little-endian
     data/index.json             row → image id and a few metadata columns
-    data/fallbacks.json         the common queries' precomputed top k
+    data/fallbacks.json         the common queries' precomputed top k, with those images' metadata
     data/similar.bin            every image's nearest neighbours (uint32 rows, then float32 scores)
     data/metrics.json           the model's latest retrieval evaluation, when there is one
     thumbs/<row // 1000>/<row>.webp
@@ -160,6 +160,9 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
     _check_target(out_dir)
     loaded = _loaded_with_answers(search)
     spec = embedder.spec
+    if loaded.index.vectors.shape[1] != embedder.dim:
+        raise BundleError(f"{search.table_name} holds {loaded.index.vectors.shape[1]}-d vectors but {spec.name} embeds "
+                          f"text as {embedder.dim}-d: bundle the table with the model that embedded it")
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for folder in ("vendor", "model", "data", "thumbs"):
@@ -169,12 +172,9 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
             shutil.copyfile(WEB_DIR / name, tmp / name)
         _copy_ort(ort_dist, tmp / "vendor")
 
-        progress(f"exporting the {spec.name} text tower to ONNX")
+        # The tokenizer first: it is the cheap step that refuses models the page cannot serve.
         prompts = check_prompts()
         token_ids = python_token_ids(embedder.tokenizer, prompts, spec.text_length)
-        module = cpu_float32_text_tower(embedder)
-        onnx_info = export_text_tower(module, token_ids, tmp / "model" / "text.onnx")
-        onnx_check = check_text_onnx(module, tmp / "model" / "text.onnx", token_ids, prompts)
         tokenizer = export_tokenizer(embedder.tokenizer, spec.text_length)
         _write_json(tmp / "model" / "tokenizer.json", tokenizer)
         node_check = check_with_node(tokenizer, prompts, token_ids, node=options.node)
@@ -184,13 +184,18 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
                               f"{node_check['prompts'] - node_check['matching']} prompt(s), e.g. "
                               f"{node_check['mismatches'][:3]}; the bundle would search for other words")
 
+        progress(f"exporting the {spec.name} text tower to ONNX")
+        module = cpu_float32_text_tower(embedder)
+        onnx_info = export_text_tower(module, token_ids, tmp / "model" / "text.onnx")
+        onnx_check = check_text_onnx(module, tmp / "model" / "text.onnx", token_ids, prompts)
+
         progress(f"packing {len(loaded.ids)} vectors as {options.precision}")
         vectors = loaded.index.vectors
         packed = pack_vectors(vectors, options.precision)
         (tmp / "data" / "embeddings.bin").write_bytes(packed.data)
         packing = _packing_costs(vectors, np.asarray(list(loaded.fallback_vectors.values()), np.float32),
                                  options.precision)
-
+        progress("writing the index, the stored answers and the thumbnails")
         thumbs = _copy_thumbnails(loaded, Path(home), tmp / "thumbs") if options.thumbnails else np.zeros(
             len(loaded.ids), bool)
         _write_json(tmp / "data" / "index.json", _index(loaded, thumbs))

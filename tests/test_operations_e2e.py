@@ -1,0 +1,183 @@
+"""Operations end to end, the way an operator works: `dagster dev` on a temporary DAGSTER_HOME with
+Medvec's dagster.yaml, the folder sensor turned on with `dagster sensor start`, a finished download
+dropped into the watched folder; the sensor's runs and the search refresh are followed over GraphQL,
+the result is searched with `medvec search`, a backfill is launched as the UI launches it, and a
+headless Chromium takes a picture of the asset graph (tests/artifacts/asset_graph.png)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from medvec.batches import list_batches, load_batch_records
+from medvec.sample_data import write_sample_data
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+BATCH_ASSETS = ["source_manifest", "normalized_images", "image_embeddings"]
+
+pytestmark = pytest.mark.slow
+
+
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"query": query, "variables": variables or {}}).encode())
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        payload = json.loads(answer.read())
+    assert not payload.get("errors"), payload["errors"]
+    return payload["data"]
+
+
+RUNS = """query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs { results {
+    runId status jobName tags { key value } } } } }"""
+
+
+def _runs(port: int, **tags: str) -> list[dict]:
+    found = _graphql(port, RUNS, {"tags": [{"key": k, "value": v} for k, v in tags.items()]})
+    return [{**run, "tags": {t["key"]: t["value"] for t in run["tags"]}} for run in found["runsOrError"]["results"]]
+
+
+def _wait(what: str, seconds: float, check, log: Path):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = check()
+        if answer:
+            return answer
+        time.sleep(3)
+    pytest.fail(f"{what} did not happen in {seconds:.0f}s; dagster dev log tail:\n{log.read_text()[-4000:]}")
+
+
+def _embedding_spans(instance: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[float, float]]:
+    spans = []
+    for run_id in run_ids:
+        times = {e.dagster_event.event_type_value: e.timestamp for e in instance.all_logs(run_id)
+                 if e.dagster_event and e.dagster_event.step_key == "image_embeddings"}
+        spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
+    return sorted(spans)
+
+
+def test_a_download_is_picked_up_embedded_indexed_backfilled_and_shown(tmp_path):
+    home, dagster_home = tmp_path / "home", tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDVEC_", "NVIDIA_"))}
+    env.update(MEDVEC_HOME=str(home), DAGSTER_HOME=str(dagster_home), MEDVEC_PSEUDONYM_KEY="k",
+               MEDVEC_MODEL="tiny-siglip", MEDVEC_WATCH_INTERVAL_S="5", MEDVEC_WATCH_BATCH_SIZE="16",
+               MEDVEC_REFRESH_QUIET_S="5")
+    port, log = free_port(), tmp_path / "dagster_dev.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)], cwd=ROOT,
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def answering():
+            try:
+                return _graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+            except OSError:
+                return None
+
+        _wait("dagster dev answering GraphQL", 180, answering, log)
+        started = subprocess.run([str(BIN / "dagster"), "sensor", "start", "incoming_folder_sensor", "-w",
+                                  "workspace.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
+
+        # A download finishes: its folder appears at once (rename), then the tool's `.done` marker.
+        staging = write_sample_data(tmp_path / "download", count=30).out_dir
+        home.mkdir(exist_ok=True)
+        os.rename(staging, home / "incoming")
+        (home / "incoming" / ".done").touch()
+
+        def batches_done():
+            runs = [r for r in _runs(port, **{"dagster/sensor_name": "incoming_folder_sensor"})
+                    if "dagster/partition" in r["tags"]]
+            assert not [r for r in runs if r["status"] in ("FAILURE", "CANCELED")], runs
+            opened = list_batches(home)
+            return runs if opened and len(runs) == len(opened) and all(r["status"] == "SUCCESS" for r in runs) else None
+
+        batch_runs = _wait("the sensor's batch runs succeeding", 480, batches_done, log)
+        batches = list_batches(home)
+        assert len(batches) == 3 and sorted(r["tags"]["dagster/partition"] for r in batch_runs) == batches
+
+        def refreshed():
+            runs = [r for r in _runs(port, **{"dagster/sensor_name": "search_refresh_sensor"})]
+            assert not [r for r in runs if r["status"] == "FAILURE"], runs
+            return runs if runs and runs[0]["status"] == "SUCCESS" else None
+
+        [refresh] = _wait("search_refresh_job after the wave", 240, refreshed, log)
+        assert refresh["jobName"] == "search_refresh_job"
+
+        search_env = {**env, "DAGSTER_HOME": str(dagster_home)}
+        found = subprocess.run([str(BIN / "medvec"), "search", "pleural effusion", "--k", "5", "--json"],
+                               env=search_env, capture_output=True, text=True, timeout=180)
+        assert found.returncode == 0, found.stderr
+        answer = json.loads(found.stdout)
+        assert len(answer["hits"]) == 5 and answer["route"] == "fallback"  # precomputed by the refresh run
+        images = sum(len(load_batch_records(home, b)) for b in batches)
+
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            spans = _embedding_spans(instance, [r["runId"] for r in batch_runs])
+        # The gpu pool's one slot (deploy/dagster.yaml): the three runs never embedded at the same time.
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+
+        # A backfill of every batch, launched as the UI's "Materialize → all partitions" launches it.
+        launched = _graphql(port, """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(
+            backfillParams: $params) { __typename ... on LaunchBackfillSuccess { backfillId }
+            ... on PythonError { message } } }""", {"params": {
+            "partitionNames": batches, "assetSelection": [{"path": [name]} for name in BATCH_ASSETS]}})
+        backfill_id = launched["launchPartitionBackfill"]["backfillId"]
+
+        def backfill_done():
+            status = _graphql(port, """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+                ... on PartitionBackfill { status } } }""", {"id": backfill_id})["partitionBackfillOrError"]["status"]
+            assert status not in ("FAILED", "CANCELED", "COMPLETED_FAILED"), status
+            return status == "COMPLETED_SUCCESS" or status == "COMPLETED"
+
+        _wait("the backfill completing", 480, backfill_done, log)
+        runs = _runs(port, **{"dagster/backfill": backfill_id})
+        embedding_runs = [r for r in runs if r["tags"].get("dagster/asset_partition_range_start")]
+        assert len(embedding_runs) == 1, runs  # several batches per embedding run: the model loads once
+        assert (embedding_runs[0]["tags"]["dagster/asset_partition_range_start"],
+                embedding_runs[0]["tags"]["dagster/asset_partition_range_end"]) == (batches[0], batches[-1])
+        assert all(r["status"] == "SUCCESS" for r in runs) and len(runs) == len(batches) + 1
+
+        import lancedb
+
+        table = lancedb.connect(str(home / "lancedb")).open_table("images__tiny_siglip")
+        ids = table.to_arrow().column("image_id").to_pylist()
+        assert len(ids) == len(set(ids)) == images  # re-running every batch changed nothing
+
+        _screenshot(port, ARTIFACTS / "asset_graph.png")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def _screenshot(port: int, path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's Chromium at /usr/bin/chromium for the asset graph picture")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/asset-groups", wait_until="networkidle", timeout=60_000)
+            page.get_by_text("image_embeddings").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1500)  # the graph lays itself out after the nodes appear
+            page.screenshot(path=str(path), full_page=True)
+        finally:
+            browser.close()
+    assert path.stat().st_size > 10_000
