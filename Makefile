@@ -61,7 +61,10 @@ validate: install
 
 dagster: install
 	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@# Medvec's instance settings (gpu pool, run queue, run monitoring), unless you have your own: the
+	@# telemetry-only stub `medvec ingest` writes is replaced.
+	if [ ! -f $(DAGSTER_HOME)/dagster.yaml ] || [ "$$(cat $(DAGSTER_HOME)/dagster.yaml)" = "$$(printf 'telemetry:\n  enabled: false')" ]; then \
+		cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml; fi
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 benchmark: install web-deps

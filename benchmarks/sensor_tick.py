@@ -99,6 +99,7 @@ def run(kind: str, count: int, workdir: Path) -> dict:
         sensor = s3_prefix_sensor
     print(f"[{kind}] {count:,} objects written in {time.perf_counter() - setup:.1f}s (not timed)", flush=True)
 
+    (workdir / f"dagster_{kind}").mkdir()
     with dg.instance_for_test(temp_dir=str(workdir / f"dagster_{kind}")) as instance:
         dg.materialize([embedding_model], instance=instance, resources=resources)  # so ticks request batch runs
         ticker = Ticker(sensor, instance, resources, defs)

@@ -415,10 +415,11 @@ def cmd_backfill(args) -> int:
     from medvec import progress
     from medvec.backfill import select_batches
     from medvec.batches import list_batches
-    from pipelines.backfill import backfill, batch_status, reap_dead_runs
+    from pipelines.backfill import backfill, batch_status, dead_runs, reap_dead_runs
 
     instance = dg.DagsterInstance.get()
-    reaped = reap_dead_runs(instance)  # a killed medvec command's runs would look in progress forever
+    # A killed medvec command's runs would look in progress forever (and hold their pool slot).
+    reaped = [run.run_id for run in dead_runs(instance)] if args.dry_run else reap_dead_runs(instance)
     known = list_batches(settings.home)
     status = batch_status(instance, known, embed=not args.no_embed) if args.failed else None
     try:
@@ -426,14 +427,19 @@ def cmd_backfill(args) -> int:
     except ValueError as exc:
         print(f"medvec backfill: {exc}", file=sys.stderr)
         return 2
-    if args.dry_run or not chosen:
+    if args.dry_run:
         if args.json:
-            print(json.dumps({"dry_run": True, "batches": chosen, "reaped_runs": reaped}, indent=2))
-        else:
-            print(f"{'would re-run' if chosen else 'nothing to re-run:'} {len(chosen)} of {len(known)} batch(es)"
-                  + (f" ({len(reaped)} dead run(s) marked failed)" if reaped else ""))
-            for batch in chosen:
-                print(f"  {batch}" + (f"  ({status[batch]})" if status else ""))
+            print(json.dumps({"dry_run": True, "batches": chosen, "status": status, "dead_runs": reaped}, indent=2))
+            return 0
+        print(f"would re-run {len(chosen)} of {len(known)} batch(es)")
+        for batch in chosen:
+            print(f"  {batch}" + (f"  ({status[batch]})" if status else ""))
+        if reaped:
+            print(f"{len(reaped)} run(s) of a killed medvec command look in progress; a real backfill marks them "
+                  "failed first (their batches then count as failed)")
+        return 0
+    if not chosen and not args.json:
+        print(f"nothing to re-run: none of {len(known)} batch(es) failed")
         return 0
     bars: dict[str, object] = {}
 

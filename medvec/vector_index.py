@@ -123,7 +123,11 @@ class VectorIndex:
         rng = np.random.default_rng(seed)
         # 64 points per centroid trains k-means well and keeps the build to seconds at 377k rows.
         sample = vectors[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
-        ivf.train(sample)
+        ivf.train_q1(len(sample), faiss.swig_ptr(sample), False, faiss.METRIC_INNER_PRODUCT)  # k-means: BLAS-bound
+        with _one_thread(faiss):
+            # The codebooks are hundreds of tiny k-means runs: with two OpenMP threads on a busy box each
+            # of their many barriers can wait a scheduler tick, which made this step take 1-15 s at random.
+            ivf.train(sample)  # the lists' centroids are trained: this trains the codebooks only
         ivf.add(vectors)
         info = IndexInfo(kind="ivf_pq", rows=n, dim=d, nlist=nlist, build_seconds=0.0, rerank=max(RERANK_STEPS))
         index = cls(vectors, ivf=ivf, info=info)
@@ -260,7 +264,8 @@ class VectorIndex:
         order = np.argsort(-near)
         order = order[per_list[order] > 0]
         reach = np.cumsum(per_list[order])
-        probes = max(1, min(len(order), int(np.searchsorted(reach, self._probes(k) * len(self.vectors) / nlist)) + 1))
+        target = self._probes(k) * len(self.vectors) / nlist
+        probes = max(1, min(len(order), int(np.searchsorted(reach, target)) + 1))
         lists = np.ascontiguousarray(order[:probes][None, :], dtype=np.int64)
         list_scores = np.ascontiguousarray(near[lists])
         scores, rows = np.empty((1, want), np.float32), np.empty((1, want), np.int64)
@@ -272,7 +277,8 @@ class VectorIndex:
 
     def _centroid_matrix(self) -> np.ndarray:
         if self._centroids is None:
-            self._centroids = np.ascontiguousarray(self._ivf.quantizer.reconstruct_n(0, self.info.nlist), dtype=np.float32)
+            centroids = self._ivf.quantizer.reconstruct_n(0, self.info.nlist)
+            self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         return self._centroids
 
     def _allowed_counts(self, allowed: "RowFilter") -> np.ndarray:
@@ -310,7 +316,8 @@ class VectorIndex:
         n, d = self.vectors.shape
         if allowed is None or allowed.count == n:
             scores = np.empty(n, np.float32)
-            faiss.fvec_inner_products_ny(faiss.swig_ptr(scores), faiss.swig_ptr(query), faiss.swig_ptr(self.vectors), d, n)
+            faiss.fvec_inner_products_ny(faiss.swig_ptr(scores), faiss.swig_ptr(query), faiss.swig_ptr(self.vectors),
+                                         d, n)
             candidates = None
         else:
             candidates = allowed.rows
@@ -346,7 +353,10 @@ def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np
     """Per row of a (queries, candidates) score matrix, the k best (scores, rows), best first;
     missing candidates (row -1, score -inf) come last and stay -1."""
     k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(k), (len(scores), 1))
+    if k < scores.shape[1]:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        top = np.tile(np.arange(k), (len(scores), 1))
     top_scores = np.take_along_axis(scores, top, axis=1)
     order = np.argsort(-top_scores, axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)

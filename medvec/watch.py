@@ -15,6 +15,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from medvec.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
@@ -191,7 +192,9 @@ def is_settled(entry: SourceFile, markers: set[str], root: str, reference: float
 
 def mark_awaiting(home: Path, batch: str, launcher: str) -> None:
     path = batch_dir(home, batch) / AWAITING_LAUNCH
-    path.write_text(json.dumps({"launcher": launcher, "since": time.time()}))
+    tmp = path.with_name(f".{AWAITING_LAUNCH}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"launcher": launcher, "since": time.time()}))
+    os.replace(tmp, path)  # readers never see half a marker
 
 
 def awaiting_batches(home: Path, launcher: str | None = None) -> list[str]:
@@ -203,7 +206,7 @@ def awaiting_batches(home: Path, launcher: str | None = None) -> list[str]:
             owner = json.loads(path.read_text()).get("launcher")
         except FileNotFoundError:
             continue
-        except ValueError:  # a torn write; the writer holds the opening lock, so this is rare
+        except ValueError:  # not ours to judge: nobody's launcher
             owner = None
         if launcher is None or owner == launcher:
             found.append(batch)
@@ -237,8 +240,6 @@ def _open(source: ImageSource, home: Path, files: list[SourceFile], batch_size: 
     """Write manifests (and awaiting markers) for `files`; the caller holds the opening lock."""
     if not files:
         return []
-    from datetime import datetime, timezone
-
     taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in list_batches(home)]
     manifests = plan_batches(_Chosen(source.root, files), home, batch_size=batch_size, existing=taken,
                              metadata_csv=source.find_metadata_csv(),
@@ -360,7 +361,7 @@ def refresh_decision(*, last_embedded_at: float | None, indexed_from: float | No
         return False, "a search refresh is already running"
     if embedding_in_flight or awaiting:
         return False, (f"waiting for the wave to finish: {embedding_in_flight} embedding run(s) in flight, "
-                       f"{awaiting} batch(es) awaiting launch")
+                       f"{awaiting} batch(es) awaiting launch (by their sensor, or backfill them)")
     if now - last_embedded_at < quiet_s:
         return False, f"debouncing: last embeddings landed {now - last_embedded_at:.0f}s ago (waits {quiet_s:.0f}s)"
     return True, "new embeddings since the last refresh, and the wave is over"

@@ -62,6 +62,21 @@ def process_tags(command: str) -> dict[str, str]:
             PROCESS_TAG: f"{socket.gethostname()}/{_process_identity(os.getpid()) or os.getpid()}"}
 
 
+def dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Unfinished runs that a medvec process on this machine executed in process, and that process is gone."""
+    host = socket.gethostname()
+    dead = []
+    unfinished = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=unfinished)):
+        run_host, _, identity = record.dagster_run.tags.get(PROCESS_TAG, "").rpartition("/")
+        if run_host != host or not identity:
+            continue
+        alive = _process_identity(int(identity.split(":")[0]))
+        if alive != identity and not (alive and ":" not in identity):
+            dead.append(record.dagster_run)
+    return dead
+
+
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed the unfinished runs whose medvec process on this machine is gone, and free their
     pool slots.
@@ -70,20 +85,10 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     `gpu` pool slot, so with a pool limit every later embedding step would wait for it. Dagster's run
     monitoring does this for runs its launcher started; nothing does it for in-process runs.
     """
-    host = socket.gethostname()
     reaped = []
-    unfinished = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=unfinished)):
-        run = record.dagster_run
-        where = run.tags.get(PROCESS_TAG, "")
-        run_host, _, identity = where.rpartition("/")
-        if run_host != host or not identity:
-            continue
-        pid = int(identity.split(":")[0])
-        if _process_identity(pid) == identity or (":" not in identity and _process_identity(pid)):
-            continue
-        instance.report_run_failed(run, message=f"the medvec process that ran this run in process (pid {pid}) is "
-                                                "gone (killed or crashed); marked failed by a later medvec command")
+    for run in dead_runs(instance):
+        instance.report_run_failed(run, message="the medvec process that ran this run in process is gone (killed "
+                                                "or crashed); marked failed by a later medvec command")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         reaped.append(run.run_id)
     return reaped

@@ -8,7 +8,6 @@ requested in the same `SensorResult`. Runs need the configured model resolved fi
 not, the sensor requests one `embedding_model` run and launches the batches on a later tick.
 """
 
-
 import os
 import time
 
@@ -50,17 +49,24 @@ def _has_run(instance: dg.DagsterInstance, batch: str) -> bool:
     return bool(instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/partition": batch}), limit=1))
 
 
+def _pending_launches(instance: dg.DagsterInstance, home, launcher: str | None) -> list[str]:
+    """Batches awaiting their run (`launcher`'s, or anyone's); markers of batches that have a run (from
+    an earlier tick, a backfill or by hand) are cleared."""
+    pending = []
+    for batch in awaiting_batches(home, launcher):
+        if is_normalized(home, batch) or _has_run(instance, batch):
+            clear_awaiting(home, batch)
+        else:
+            pending.append(batch)
+    return pending
+
+
 def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
             cursor: WatchCursor, sensor_name: str, saw_new_files: bool,
             options: WatchOptions) -> tuple[list[dg.RunRequest], list[str]]:
     """Run requests for the batches awaiting this sensor (and the partitions they still need)."""
-    instance, home = context.instance, medvec.home_path
-    awaiting = []
-    for batch in awaiting_batches(home, sensor_name):
-        if is_normalized(home, batch) or _has_run(instance, batch):
-            clear_awaiting(home, batch)  # launched on an earlier tick (or by hand)
-        else:
-            awaiting.append(batch)
+    instance = context.instance
+    awaiting = _pending_launches(instance, medvec.home_path, sensor_name)
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
     new_partitions = [b for b in awaiting if b not in known]
     if not awaiting and not saw_new_files:
@@ -93,9 +99,9 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
     if root is None:
         return dg.SensorResult(skip_reason="no S3 prefix to watch: set MEDVEC_WATCH_S3=s3://bucket/prefix",
                                cursor=cursor.to_json())
-    source = open_source(root, medvec.s3_endpoint_url)
     if not root.startswith("s3://") and not os.path.isdir(root):
         return dg.SensorResult(skip_reason=f"folder {root} does not exist yet", cursor=cursor.to_json())
+    source = open_source(root, medvec.s3_endpoint_url)
     tick = watch_source(source, medvec.home_path, cursor, options, launcher=sensor_name)
     if tick.changed:
         new = report_changed(store.connect(medvec.lancedb_uri), tick.changed)
@@ -109,7 +115,8 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
     if not requests:
         return dg.SensorResult(skip_reason=tick.summary(), dynamic_partitions_requests=partitions,
                                cursor=tick.cursor.to_json())
-    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partitions, cursor=tick.cursor.to_json())
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partitions,
+                           cursor=tick.cursor.to_json())
 
 
 def _source_sensor(name: str, pick_root, description: str) -> dg.SensorDefinition:
@@ -144,15 +151,15 @@ def rescan_source(context: dg.OpExecutionContext, config: RescanConfig, medvec: 
     source (folder or S3) launches them on its next tick."""
     root = config.source or Settings.from_env().source
     launcher = S3_SENSOR if root.startswith("s3://") else FOLDER_SENSOR
-    opened, young = rescan(open_source(root, medvec.s3_endpoint_url), medvec.home_path, batch_size=config.batch_size,
-                           min_age_s=config.min_age_seconds, launcher=launcher)
-    batches = [m.batch for m in opened]
+    opened, young = rescan(open_source(root, medvec.s3_endpoint_url), medvec.home_path,
+                           batch_size=config.batch_size, min_age_s=config.min_age_seconds, launcher=launcher)
+    batches, files = [m.batch for m in opened], sum(len(m.files) for m in opened)
     context.instance.add_dynamic_partitions(batch_partitions.name, batches)
-    context.log.info(f"opened {len(batches)} batch(es) of {sum(len(m.files) for m in opened)} file(s); {young} file(s) "
-                     f"modified in the last {config.min_age_seconds:.0f}s left for later; {launcher} launches the "
-                     "batches on its next tick (turn it on), or backfill them")
-    context.add_output_metadata({"batches": dg.MetadataValue.json(batches), "files": sum(len(m.files) for m in opened),
-                                 "too_young": young, "launched_by": launcher})
+    context.log.info(f"opened {len(batches)} batch(es) of {files} file(s); {young} file(s) modified in the last "
+                     f"{config.min_age_seconds:.0f}s left for later; {launcher} launches the batches on its next "
+                     "tick (turn it on), or backfill them")
+    context.add_output_metadata({"batches": dg.MetadataValue.json(batches), "files": files, "too_young": young,
+                                 "launched_by": launcher})
     return batches
 
 
@@ -181,12 +188,14 @@ def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHom
         if run.tags.get(LAUNCHED_BY_TAG):  # a medvec command refreshes search itself when it ends
             continue
         selected = run.asset_selection or set()
-        embedding_runs += image_embeddings.key in selected
+        embedding_runs += image_embeddings.key in selected or embedding_model.key in selected
         refresh_runs += SEARCH_ASSETS[0].key in selected
     due, reason = refresh_decision(
         last_embedded_at=latest[0].timestamp if latest else None, indexed_from=indexed_from,
         embedding_in_flight=embedding_runs, refresh_in_flight=bool(refresh_runs),
-        awaiting=len(awaiting_batches(medvec.home_path)), now=time.time(), quiet_s=WatchOptions.from_env().refresh_quiet_s)
+        awaiting=len(_pending_launches(instance, medvec.home_path, None)), now=time.time(),
+        quiet_s=WatchOptions.from_env().refresh_quiet_s)
     if not due:
         return dg.SkipReason(reason)
-    return dg.RunRequest(run_key=f"refresh:{latest[0].storage_id}", tags={"medvec/refresh_after": str(latest[0].storage_id)})
+    return dg.RunRequest(run_key=f"refresh:{latest[0].storage_id}",
+                         tags={"medvec/refresh_after": str(latest[0].storage_id)})

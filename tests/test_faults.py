@@ -319,7 +319,8 @@ def test_a_dimension_change_fails_clearly_and_leaves_a_full_table_untouched(tmp_
     for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEGLSNearLossless_16.dcm"):
         folder.mkdir(exist_ok=True)
         shutil.copy(dicom_testfile(name), folder / name)
-    summary = ingest(str(folder), settings, instance=dagster_instance, embedder=LocalEmbedderResource(model="tiny-siglip"))
+    summary = ingest(str(folder), settings, instance=dagster_instance,
+                     embedder=LocalEmbedderResource(model="tiny-siglip"))
     table_name = image_table_name("tiny_siglip")
     before = store.connect(settings.lancedb_uri).open_table(table_name)
     version, rows = before.version, before.to_arrow().sort_by("image_id")
