@@ -381,3 +381,17 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
         assert key.encode() not in data and wrong_key.encode() not in data, f"an API key leaked into {where}"
         for keyword, value in SENTINELS.items():
             assert value.encode() not in data, f"{keyword} leaked into {where}"
+
+
+# --- what a backfill re-runs -------------------------------------------------------------------------
+
+def test_a_backfill_embeds_neighbouring_batches_together_and_never_spans_a_gap():
+    from medvec.backfill import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, group_runs, select_batches
+
+    order = ["b1", "b2", "b3", "b4", "b5"]
+    assert group_runs(["b5", "b1", "b2"], order, per_run=8) == [["b1", "b2"], ["b5"]]
+    assert group_runs(order, order, per_run=2) == [["b1", "b2"], ["b3", "b4"], ["b5"]]
+    status = {"b1": MATERIALIZED, "b2": FAILED, "b3": IN_PROGRESS, "b4": MISSING}
+    assert select_batches(order, status=status) == ["b2", "b4", "b5"]  # b5: never ran at all
+    with pytest.raises(ValueError, match="no such batch: b9"):
+        select_batches(order, names=["b1", "b9"])
