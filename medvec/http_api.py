@@ -580,6 +580,18 @@ class _BodyLimit:
 
 # --- `medvec serve` --------------------------------------------------------------------------------
 
+def _one_thread_per_query() -> None:
+    """A server encodes one short query at a time: a torch thread team only waits for cores there
+    (p99 164 ms against 4 ms with one thread under load, BENCHMARKS.md "HTTP search end to end"), and
+    concurrent requests already use the cores."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, model: str | None = None,
           token: str | None = None) -> int:
     """Run the API and page in the foreground until Ctrl-C; 1 when the address cannot be bound."""
@@ -593,6 +605,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
         print(f"medvec serve: cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port",
               file=sys.stderr)
         return 1
+    _one_thread_per_query()
     search = open_search(settings, model)
     print(_describe(search), flush=True)
     url = f"http://{_display_host(host)}:{listener.getsockname()[1]}/"
