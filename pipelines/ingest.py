@@ -24,6 +24,7 @@ from medvec.reports import is_report_file
 from medvec.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
+from pipelines.backfill import process_tags, reap_dead_runs
 from pipelines.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, embedder_from_env
@@ -98,6 +99,8 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         return summary
 
     instance = instance or dg.DagsterInstance.get()
+    # A killed earlier ingest leaves its run STARTED, holding a `gpu` pool slot: free it first.
+    reap_dead_runs(instance)
     if embed:
         embedder = embedder or embedder_from_env(settings)
     embedded = embedded_batches(settings, embedder.spec().slug) if embed else None
@@ -116,7 +119,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
                   **quiet}
     assets = [source_manifest, normalized_images, report_records]
-    tags = {"medvec/launched_by": "medvec ingest"}
+    tags = process_tags("medvec ingest")  # lets a later command tell whether this process died
     if embed and manifests:
         resources["embedder"] = embedder
         model_run = dg.materialize([embedding_model], instance=instance, resources=resources, run_config=quiet,
@@ -130,6 +133,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
             summary.model, summary.table = artifact.name, image_table_name(spec.slug)
             assets = [embedding_model, source_manifest, normalized_images, report_records, image_embeddings,
                       report_embeddings]
+    report_ids: set[str] = set()
     selection = [source_manifest, normalized_images, report_records] + (
         [image_embeddings, report_embeddings] if embed else [])
     for manifest in manifests:
@@ -145,7 +149,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         summary.ok += len(load_batch_records(settings.home, manifest.batch))
         summary.errors.extend(load_batch_errors(settings.home, manifest.batch))
         summary.report_files += sum(1 for f in manifest.files if is_report_file(f.uri))
-        summary.reports += len(load_batch_reports(settings.home, manifest.batch))
+        report_ids.update(r.report_id for r in load_batch_reports(settings.home, manifest.batch))
         if embed and result.success:
             [materialization] = result.asset_materializations_for_node("image_embeddings")
             summary.embedded += materialization.metadata["rows_written"].value
@@ -155,6 +159,8 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         summary.indexed = refresh.success
         if not refresh.success:
             summary.failed_runs.append("search_refresh")
+    # An Indiana report whose images sit in two batches is read by both; the table holds it once.
+    summary.reports = len(report_ids)
     summary.skipped = summary.files - summary.report_files - summary.ok - len(summary.errors)
     summary.seconds = time.perf_counter() - started
     return summary

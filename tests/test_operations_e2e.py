@@ -1,8 +1,8 @@
 """Operations end to end, the way an operator works: `dagster dev` on a temporary DAGSTER_HOME with
-Medvec's dagster.yaml, the folder sensor turned on with `dagster sensor start`, a finished download
+Medvec's dagster.yaml, the folder sensor turned on as the UI's toggle does it, a finished download
 dropped into the watched folder; the sensor's runs and the search refresh are followed over GraphQL,
-the result is searched with `medvec search`, an embedding backfill is launched as the UI launches it, and a
-headless Chromium takes a picture of the asset graph (tests/artifacts/asset_graph.png)."""
+the result is searched, a headless Chromium takes a picture of the asset graph
+(tests/artifacts/asset_graph.png), and an embedding backfill is launched as the UI launches it."""
 
 import json
 import os
@@ -19,6 +19,8 @@ import pytest
 
 from medvec.batches import list_batches, load_batch_records
 from medvec.sample_data import write_sample_data
+from medvec.service import open_search
+from medvec.settings import Settings
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +88,9 @@ def test_a_download_is_picked_up_embedded_indexed_backfilled_and_shown(tmp_path)
                 return None
 
         _wait("dagster dev answering GraphQL", 180, answering, log)
-        started = subprocess.run([str(BIN / "dagster"), "sensor", "start", "incoming_folder_sensor", "-w",
-                                  "workspace.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-        assert started.returncode == 0, started.stdout + started.stderr
+        started = _graphql(port, """mutation { startSensor(sensorSelector: {repositoryLocationName: "medvec",
+            repositoryName: "__repository__", sensorName: "incoming_folder_sensor"}) { __typename } }""")
+        assert started["startSensor"]["__typename"] == "Sensor", started  # `dagster sensor start` does the same
 
         # A download finishes: its folder appears at once (rename), then the tool's `.done` marker.
         sample = write_sample_data(tmp_path / "download", count=4)  # 6 images, a few non-image files
@@ -117,12 +119,12 @@ def test_a_download_is_picked_up_embedded_indexed_backfilled_and_shown(tmp_path)
         [refresh] = _wait("search_refresh_job after the wave", 240, refreshed, log)
         assert refresh["jobName"] == "search_refresh_job"
 
-        search_env = {**env, "DAGSTER_HOME": str(dagster_home)}
-        found = subprocess.run([str(BIN / "medvec"), "search", "pleural effusion", "--k", "5", "--json"],
-                               env=search_env, capture_output=True, text=True, timeout=180)
-        assert found.returncode == 0, found.stderr
-        answer = json.loads(found.stdout)
-        assert len(answer["hits"]) == 5 and answer["route"] == "fallback"  # precomputed by the refresh run
+        search = open_search(Settings.from_env(env))
+        try:
+            answer = search.search_text("pleural effusion", 5)
+        finally:
+            search.close()
+        assert len(answer.hits) == 5 and answer.route == "fallback"  # precomputed by the refresh run
         images = sum(len(load_batch_records(home, b)) for b in batches)
 
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
@@ -158,9 +160,10 @@ def test_a_download_is_picked_up_embedded_indexed_backfilled_and_shown(tmp_path)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a temporary instance: nothing to lose
             os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 def _screenshot(port: int, path: Path) -> None:
