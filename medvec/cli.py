@@ -236,7 +236,7 @@ def _run_search(args, ask) -> int:
 
 
 def _run_report_search(args, ask) -> int:
-    from medvec.report_search import NoReports, ReportSearch
+    from medvec.report_search import NoReports, ReportSearch, mark_text
     from medvec.search import NotIndexed, SearchInputError
     from medvec.service import open_search
 
@@ -257,7 +257,7 @@ def _run_report_search(args, ask) -> int:
         for rank, study in enumerate(result["studies"], start=1):
             print(f"{rank:>3}. {study['score']:.4f}  study {study['study_key']} ({study['layout']}, "
                   f"{'+'.join(study['routes'])})  {', '.join(study['labels']) or '-'}")
-            print(f"       {_highlight(study['snippet'], study['highlights'])}")
+            print(f"       {mark_text(study['snippet'], study['highlights'])}")
             for image in study["images"]:
                 print(f"       image {image['image_id'][:44]} {image.get('view_position') or '-'}")
         print("images (direct and through reports):")
@@ -271,15 +271,6 @@ def _run_report_search(args, ask) -> int:
         for report in hit["reports"]:
             print(f"       study {report['study_key']}: {report['impression'] or report['findings']}")
     return 0
-
-
-def _highlight(text: str, spans) -> str:
-    """Matched words between «» in the terminal (the web page uses <mark>)."""
-    out, last = [], 0
-    for start, end in spans:
-        out += [text[last:start], "«", text[start:end], "»"]
-        last = end
-    return "".join(out + [text[last:]])
 
 
 def cmd_search(args) -> int:
@@ -597,7 +588,7 @@ def _demo_searches(settings: Settings, sample_dir: Path) -> int:
 
 
 def _demo_report_search(search) -> None:
-    from medvec.report_search import NoReports, ReportSearch
+    from medvec.report_search import NoReports, ReportSearch, mark_text
 
     try:
         result = ReportSearch(search).search("small left effusion", 2)
@@ -605,7 +596,7 @@ def _demo_report_search(search) -> None:
         return
     print(f"  reports and images for \"small left effusion\" (hybrid BM25 + vector): {result['took_ms']:.1f} ms")
     for study in result["studies"]:
-        print(f"    study {study['study_key']} ({study['layout']}): {_highlight(study['snippet'], study['highlights'])}"
+        print(f"    study {study['study_key']} ({study['layout']}): {mark_text(study['snippet'], study['highlights'])}"
               f"  [{len(study['images'])} image(s)]")
 
 

@@ -21,7 +21,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from medvec.report_search import MODES, NoReports, ReportSearch
+from medvec.report_search import MODES, NoReports, ReportSearch, mark_text
 from medvec.search import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
 
@@ -312,7 +312,7 @@ def summarize_reports(result: dict) -> str:
         labels = ", ".join(study["labels"]) or "no findings read"
         images = ", ".join(image["image_id"] for image in study["images"]) or "none in the collection"
         lines.append(f"{rank}. study {study['study_key']} ({study['layout']}, {'+'.join(study['routes'])}) "
-                     f"score {study['score']:.4f} [{labels}]: {_marked(study['snippet'], study['highlights'])} "
+                     f"score {study['score']:.4f} [{labels}]: {mark_text(study['snippet'], study['highlights'])} "
                      f"Images: {images}")
     if result["images"]:
         lines.append("Images (direct and through reports):")
@@ -333,14 +333,6 @@ def summarize_image_reports(answer: dict) -> str:
         lines += [f"  {name.capitalize()}: {report[name]}" for name in ("indication", "findings", "impression")
                   if report[name]]
     return "\n".join(lines)
-
-
-def _marked(text: str, spans) -> str:
-    out, last = [], 0
-    for start, end in spans:
-        out += [text[last:start], "«", text[start:end], "»"]
-        last = end
-    return "".join(out + [text[last:]])
 
 
 def _thumbnail(home: Path, thumb_uri: str | None) -> ImageContent | None:

@@ -268,3 +268,13 @@ def make_snippet(record: dict, words: list[str], width: int = 240) -> tuple[str,
         snippet += "…"
     highlights = [(m.start(), m.end()) for m in pattern.finditer(snippet)] if pattern else []
     return snippet, highlights
+
+
+def mark_text(text: str, spans, left: str = "«", right: str = "»") -> str:
+    """The snippet with each highlighted span between markers (terminal and MCP text; the web page
+    builds <mark> elements from the same offsets)."""
+    out, last = [], 0
+    for start, end in spans:
+        out += [text[last:start], left, text[start:end], right]
+        last = end
+    return "".join(out + [text[last:]])
