@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from assets.embeddings import embedding_model, image_embeddings
+from assets.reports import report_embeddings, report_records
 from assets.ingest import normalized_images, source_manifest
 from assets.search import fallback_queries, image_index, similar_images
 from medvec.backfill import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, combine_status, group_runs
@@ -27,14 +28,16 @@ from resources.embedders import EmbedderResource, NimEmbedderResource, embedder_
 
 LAUNCHED_BY_TAG = "medvec/launched_by"  # runs a medvec command executed in its own process
 PROCESS_TAG = "medvec/process"  # "<host>/<pid>:<start time>" of that process
-BATCH_ASSETS = [source_manifest, normalized_images, image_embeddings]
+#: Per batch: the first three need no model; the last two embed images and reports.
+BATCH_ASSETS = [source_manifest, normalized_images, report_records, image_embeddings, report_embeddings]
+UNEMBEDDED = 3
 SEARCH_ASSETS = [image_index, fallback_queries, similar_images]
 #: In-process runs the CLI makes are logged to the run log only; the CLI prints its own summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 embed_batches_job = dg.define_asset_job(
-    "embed_batches_job", selection=[image_embeddings],
-    description="image_embeddings over a range of batches in one run (the model loads once).")
+    "embed_batches_job", selection=[image_embeddings, report_embeddings],
+    description="image_embeddings and report_embeddings over a range of batches in one run (the model loads once).")
 
 
 # --- runs of processes that died -----------------------------------------------------------------
@@ -114,7 +117,7 @@ def batch_status(instance: dg.DagsterInstance, batches: list[str], embed: bool =
         return {}
     words = {dg.AssetPartitionStatus.MATERIALIZED: MATERIALIZED, dg.AssetPartitionStatus.FAILED: FAILED,
              dg.AssetPartitionStatus.IN_PROGRESS: IN_PROGRESS}
-    assets = BATCH_ASSETS if embed else BATCH_ASSETS[:2]
+    assets = BATCH_ASSETS if embed else BATCH_ASSETS[:UNEMBEDDED]
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
     keys = [b for b in batches if b in known]
     per_asset = [instance.get_status_by_partition(a.key, keys, batch_partitions) or {} for a in assets]
@@ -163,7 +166,7 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
         # One partition per run, or one asset per run: Dagster's mixed-policy warning does not apply.
         warnings.filterwarnings("ignore", message=".*varying BackfillPolicies.*")
         for batch in batches:
-            result = dg.materialize([source_manifest, normalized_images], partition_key=batch, instance=instance,
+            result = dg.materialize(BATCH_ASSETS[:UNEMBEDDED], partition_key=batch, instance=instance,
                                     resources=resources, run_config=run_config, raise_on_error=False, tags=tags)
             summary.normalize_runs += 1
             if result.success:

@@ -15,6 +15,7 @@ import pytest
 
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
+from assets.reports import report_embeddings, report_records
 from medvec import store
 from medvec.batches import list_batches, load_manifest
 from medvec.sources import LocalFolderSource
@@ -27,7 +28,7 @@ from resources.embedders import LocalEmbedderResource
 from tests.conftest import dicom_testfile
 
 BIN = Path(sys.executable).parent
-RUNNABLE = [embedding_model, source_manifest, normalized_images, image_embeddings]
+RUNNABLE = [embedding_model, source_manifest, normalized_images, report_records, image_embeddings, report_embeddings]
 ONE_WORKER = {"ops": {"normalized_images": {"config": {"workers": 1}}}}
 
 
@@ -111,7 +112,8 @@ def test_settled_files_open_a_batch_and_its_run_in_one_tick_after_the_model(sett
     [batch] = _opened(second)  # the partition is added and its run requested in the same tick
     [request] = second.run_requests
     assert request.partition_key == batch and request.run_key == f"batch:{batch}"
-    assert set(request.asset_selection) == {source_manifest.key, normalized_images.key, image_embeddings.key}
+    assert set(request.asset_selection) == {source_manifest.key, normalized_images.key, image_embeddings.key,
+                                            report_records.key, report_embeddings.key}
     assert (settings.home / "batches" / batch / AWAITING_LAUNCH).exists()
     [run] = daemon.launch()
     assert run.asset_materializations_for_node("image_embeddings")[0].metadata["rows_written"].value == 2
