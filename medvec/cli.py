@@ -547,12 +547,12 @@ def cmd_demo(args) -> int:
     _print_collection(settings)
     searched = _demo_searches(Settings.from_env(), sample_dir)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
-    print(f"  search in the browser:                  medvec serve   then open http://127.0.0.1:8080")
-    print(f"  search from the terminal:               medvec search \"pleural effusion\" --view PA")
-    print(f"  search reports and images together:     medvec search \"small left effusion\" --reports")
-    print(f"  measure retrieval:                      medvec eval --split all")
+    print("  search in the browser:                  medvec serve   then open http://127.0.0.1:8080")
+    print("  search from the terminal:               medvec search \"pleural effusion\" --view PA")
+    print("  search reports and images together:     medvec search \"small left effusion\" --reports")
+    print("  measure retrieval:                      medvec eval --split all")
     print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
-    print(f"  ingest your own files:                  medvec ingest /path/to/dicoms --limit 100")
+    print("  ingest your own files:                  medvec ingest /path/to/dicoms --limit 100")
     return code or searched
 
 

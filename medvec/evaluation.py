@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from medvec.labels import FINDINGS, NO_FINDING
+from medvec.image_table import vectors_of
+from medvec.labels import FINDINGS, label_agreement_of
 from medvec.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance
 
 SCHEMA = "medvec.eval/1"
@@ -74,8 +75,6 @@ def load_eval_data(table, split: str | None = "test", reports_table=None) -> Eva
     elif split is not None:
         split = None  # the table has no splits: evaluate everything, and say so in the report
     rows = data.take(pa.array(keep, type=pa.int64()))
-    dim = rows.schema.field("vector").type.list_size
-    vectors = rows.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     extras = [json.loads(e or "{}") for e in rows.column("extra").to_pylist()]
     ids = rows.column("image_id").to_pylist()
     labels = [set(l or []) for l in rows.column("labels").to_pylist()]
@@ -86,7 +85,8 @@ def load_eval_data(table, split: str | None = "test", reports_table=None) -> Eva
         from medvec.report_store import report_labels_by_image
 
         read = report_labels_by_image(reports_table, ids, rows.column("source_uri").to_pylist())
-        agreement = _agreement([(given, read[i]) for i, given in zip(ids, labels) if given and read.get(i)])
+        pairs = [(given, read[i]) for i, given in zip(ids, labels) if given and read.get(i)]
+        agreement = label_agreement_of(pairs) if pairs else None
         for index, image_id in enumerate(ids):
             if not labels[index] and read.get(image_id):
                 labels[index] = set(read[image_id])
@@ -94,26 +94,11 @@ def load_eval_data(table, split: str | None = "test", reports_table=None) -> Eva
     sources["none"] = sum(1 for l in labels if not l)
     return EvalData(
         ids=ids,
-        vectors=vectors.astype(np.float32, copy=False).reshape(len(keep), dim),
+        vectors=vectors_of(rows),
         labels=labels, label_sources=sources, report_agreement=agreement,
         uncertain=[set(filter(None, (e.get("uncertain_labels") or "").split("|"))) for e in extras],
         subjects=rows.column("subject_key").to_pylist(), studies=rows.column("study_id").to_pylist(),
         thumbs=rows.column("thumb_uri").to_pylist(), split=split)
-
-
-def _agreement(pairs: list[tuple[set, set]]) -> dict | None:
-    """Per finding precision/recall of report-read labels against given ones, and exact matches."""
-    if not pairs:
-        return None
-    per_finding = {}
-    for finding in sorted({f for given, read in pairs for f in given | read}):
-        tp = sum(1 for g, r in pairs if finding in g and finding in r)
-        fp = sum(1 for g, r in pairs if finding in r and finding not in g)
-        fn = sum(1 for g, r in pairs if finding in g and finding not in r)
-        per_finding[finding] = {"precision": round(tp / (tp + fp), 4) if tp + fp else None,
-                                "recall": round(tp / (tp + fn), 4) if tp + fn else None, "given": tp + fn}
-    return {"images": len(pairs), "exact_match": round(sum(g == r for g, r in pairs) / len(pairs), 4),
-            "per_finding": per_finding}
 
 
 def _judgements(data: EvalData, finding: str, policy: str) -> tuple[np.ndarray, np.ndarray]:

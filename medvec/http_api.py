@@ -524,21 +524,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError):
         return error(400, "; ".join(_plain_validation_error(e) for e in exc.errors()))
 
-    @app.exception_handler(NoSuchImage)
-    async def no_such_image(request: Request, exc: NoSuchImage):
-        return error(404, str(exc))
-
-    @app.exception_handler(SearchInputError)
-    async def bad_input(request: Request, exc: SearchInputError):
-        return error(400, str(exc))
-
-    @app.exception_handler(NotIndexed)
-    async def not_indexed(request: Request, exc: NotIndexed):
-        return error(503, str(exc))
-
-    @app.exception_handler(NoReports)
-    async def no_reports(request: Request, exc: NoReports):
-        return error(503, str(exc))
+    # Domain errors with a plain message for the user. Starlette picks the most specific class first,
+    # so NoSuchImage (a SearchInputError) answers 404, not 400.
+    for exc_class, status in ((NoSuchImage, 404), (SearchInputError, 400), (NotIndexed, 503), (NoReports, 503)):
+        app.add_exception_handler(exc_class, lambda request, exc, status=status: error(status, str(exc)))
 
     @app.exception_handler(EmbedderError)
     async def encoder_unavailable(request: Request, exc: EmbedderError):

@@ -47,6 +47,13 @@ def open_image_table(db, name: str, dim: int):
     return table
 
 
+def vectors_of(data: pa.Table) -> np.ndarray:
+    """The `vector` column of an Arrow table as one (rows, dim) float32 matrix."""
+    dim = data.schema.field("vector").type.list_size
+    flat = data.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32, copy=False).reshape(data.num_rows, dim)
+
+
 def image_rows(records: list[ImageRecord], vectors: np.ndarray, *, dim: int, model_id: str,
                revision: str | None) -> pa.Table:
     if len(records) != len(vectors):

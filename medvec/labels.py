@@ -114,3 +114,20 @@ def chexpert_row(row: dict, columns: dict[str, str]) -> tuple[list[str], list[st
             uncertain.append(finding)
     positive, _ = map_labels(positive)
     return positive, [f for f in FINDINGS if f in set(uncertain)]
+
+
+def label_agreement_of(pairs: list[tuple[set[str], set[str]]]) -> dict:
+    """How read labels agree with given ones over (given, read) pairs, one per image: per finding the
+    precision and recall of the read labels, and the share of images whose two sets are equal."""
+    if not pairs:
+        return {"images": 0}
+    per_finding = {}
+    for finding in sorted({f for given, read in pairs for f in given | read}):
+        tp = sum(1 for g, r in pairs if finding in g and finding in r)
+        fp = sum(1 for g, r in pairs if finding in r and finding not in g)
+        fn = sum(1 for g, r in pairs if finding in g and finding not in r)
+        per_finding[finding] = {"given": tp + fn, "read": tp + fp,
+                                "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+                                "recall": round(tp / (tp + fn), 4) if tp + fn else None}
+    return {"images": len(pairs), "exact_match": round(sum(g == r for g, r in pairs) / len(pairs), 4),
+            "per_finding": per_finding}

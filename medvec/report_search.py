@@ -2,7 +2,7 @@
 the images' space) and hybrid (reciprocal-rank fusion); text → images directly and through
 matching reports; image → similar images → their reports.
 
-Reports link to images by study (medvec.reports.links_image): MIMIC-CXR study folders, Open-I
+Reports link to images by study (medvec.report_store.image_link_maps): MIMIC-CXR study folders, Open-I
 and Indiana file names. Links are worked out when the tables are loaded, so a report and its
 images may arrive in different batches.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medvec import store
+from medvec.image_table import vectors_of
 from medvec.report_store import image_link_maps, linked_image_ids, report_table_name
 from medvec.search import Filters, ImageSearch, SearchInputError, _check_k
 from medvec.vector_index import VectorIndex
@@ -88,9 +89,7 @@ class ReportSearch:
 
     def _load(self, table, key) -> dict:
         data = table.to_arrow()
-        dim = data.schema.field("vector").type.list_size
-        vectors = data.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = vectors.astype(np.float32, copy=False).reshape(data.num_rows, dim)
+        vectors = vectors_of(data)
         rows = data.select(list(_REPORT_COLUMNS)).to_pylist()
         by_stem, by_folder = self._image_links()
         image_ids = [linked_image_ids(row, by_stem, by_folder) for row in rows]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medvec.batches import BatchManifest, batch_dir
+from medvec.labels import label_agreement_of
 from medvec.records import IngestError, ImageRecord
 from medvec.reports import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_SCHEMA, ReportRecord, _stem,
-                            is_report_file, links_image, parse_indiana, parse_report_file, report_table_schema,
+                            is_report_file, parse_indiana, parse_report_file, report_table_schema,
                             reports_table)
 from medvec.sources import open_source
 from medvec.store import _sql_string, open_table_if_exists
@@ -140,31 +140,15 @@ def upsert_batch_reports(table, batch: str, records: list[ReportRecord], vectors
 
 
 def label_agreement(reports: list[ReportRecord], images: list[ImageRecord]) -> dict:
-    """How the labels read from reports agree with the labels given for the same images.
-
-    Per finding: precision and recall of the report labels against the given ones; overall: the
-    share of images whose two label sets are equal. Only images with both count."""
-    pairs = []
-    for image in images:
-        if not image.labels:
-            continue
-        linked = [r for r in reports if links_image(r, image.source_uri)]
-        if linked:
-            pairs.append((set(image.labels), set().union(*(set(r.labels) for r in linked))))
-    if not pairs:
-        return {"images": 0}
-    counts = Counter()
-    for given, read in pairs:
-        for finding in given | read:
-            counts[(finding, "tp" if finding in given and finding in read else "fp" if finding in read else "fn")] += 1
-    per_finding = {}
-    for finding in sorted({f for f, _ in counts}):
-        tp, fp, fn = (counts[(finding, k)] for k in ("tp", "fp", "fn"))
-        per_finding[finding] = {"given": tp + fn, "read": tp + fp,
-                                "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-                                "recall": round(tp / (tp + fn), 4) if tp + fn else None}
-    return {"images": len(pairs), "exact_match": round(sum(g == r for g, r in pairs) / len(pairs), 4),
-            "per_finding": per_finding}
+    """How the labels read from reports agree with the labels given for the same images (only
+    images with both count; see medvec.labels.label_agreement_of)."""
+    labelled = [image for image in images if image.labels]
+    by_stem, by_folder = image_link_maps([i.image_id for i in labelled], [i.source_uri for i in labelled])
+    read: dict[str, set[str]] = {}
+    for report in reports:
+        for image_id in linked_image_ids(report.to_row(), by_stem, by_folder):
+            read.setdefault(image_id, set()).update(report.labels)
+    return label_agreement_of([(set(i.labels), read[i.image_id]) for i in labelled if i.image_id in read])
 
 
 def image_link_maps(image_ids, source_uris) -> tuple[dict[str, list[str]], dict[str, list[str]]]:

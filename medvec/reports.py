@@ -226,13 +226,5 @@ def _stem(path: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def links_image(report: ReportRecord, source_uri: str) -> bool:
-    """Does this image file belong to the report's study?"""
-    parts = source_uri.replace("\\", "/").split("/")
-    if report.study_folder and report.study_folder in parts[:-1]:
-        return True
-    return _stem(parts[-1]) in set(report.image_names)
-
-
 def reports_table(records: list[ReportRecord]) -> pa.Table:
     return pa.Table.from_pylist([r.to_row() for r in records], schema=REPORT_RECORD_SCHEMA)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from medvec import store
 from medvec.embedders.base import Embedder, l2_normalize
-from medvec.image_table import image_table_name
+from medvec.image_table import image_table_name, vectors_of
 from medvec.vector_index import IndexInfo, RowFilter, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,7 @@ class ImageSearch:
         started = time.perf_counter()
         data = self._table.to_arrow()
         ids = data.column("image_id").to_pylist()
-        dim = data.schema.field("vector").type.list_size
-        flat = data.column("vector").combine_chunks().flatten()
-        vectors = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(ids), dim)
+        vectors = vectors_of(data)
         meta = data.select([c for c in HIT_COLUMNS if c in data.schema.names]).combine_chunks()
         index = self._saved_index(version, ids, vectors) or VectorIndex.build(
             vectors, **({"exact_below": self.exact_below} if self.exact_below is not None else {}))

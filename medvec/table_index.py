@@ -19,6 +19,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from medvec.image_table import vectors_of
 from medvec.search import ids_fingerprint, index_dir
 from medvec.vector_index import EXACT_BELOW, VectorIndex, exact_top_k, recall_at_k
 
@@ -192,9 +193,7 @@ def save_search_index(table, home: Path, options: IndexOptions = IndexOptions(),
     version = table.version
     data = table.to_arrow()
     ids = data.column("image_id").to_pylist()
-    dim = data.schema.field("vector").type.list_size
-    vectors = data.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = vectors.astype(np.float32, copy=False).reshape(len(ids), dim)
+    vectors = vectors_of(data)
     index = VectorIndex.build(vectors, exact_below=options.search_exact_below, target_recall=options.target_recall,
                               tuning_queries=tuning_queries)
     measured = measure_index(index, sample=options.sample_queries)

@@ -83,3 +83,13 @@ def search_collection(tmp_path_factory):
     assert summary.indexed and summary.embedded == 38, summary.to_json()
     return type("SearchCollection", (), {"settings": settings, "env": env, "sample_dir": sample.out_dir,
                                          "summary": summary})
+
+
+@pytest.fixture(scope="module")
+def search(search_collection):
+    """An ImageSearch over the shared collection (the encoder loads on first need), per test module."""
+    from medvec.service import open_search
+
+    search = open_search(search_collection.settings)
+    yield search
+    search.close()

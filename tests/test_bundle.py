@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medvec.bundle import BundleError, BundleOptions, build_bundle
+from medvec.bundle import BundleError, build_bundle
 from medvec.bundle.build import EXTRA_PROMPTS, WEB_DIR, check_prompts, ort_dist_dir
 from medvec.bundle.pack import pack_vectors, packing_recall, unpack_vectors
 from medvec.bundle.tokenizer_export import (TokenizerNotSupported, check_with_node, export_tokenizer,
@@ -50,15 +50,6 @@ def ort_web() -> Path:
     if done.returncode != 0:
         pytest.skip(f"npm ci could not install onnxruntime-web (offline?): {done.stderr.strip()[-300:]}")
     return ort_dist_dir()
-
-
-@pytest.fixture(scope="module")
-def search(search_collection):
-    from medvec.service import open_search
-
-    search = open_search(search_collection.settings)
-    yield search
-    search.close()
 
 
 @pytest.fixture(scope="module")

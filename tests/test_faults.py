@@ -24,7 +24,7 @@ from PIL import Image
 
 from assets.embeddings import embedding_model
 from medvec import store
-from medvec.batches import list_batches, load_batch_errors, load_batch_records
+from medvec.batches import load_batch_errors, load_batch_records
 from medvec.embed_server import EmbedServer
 from medvec.embedders.transformers_local import TransformersEmbedder
 from medvec.image_table import image_table_name

@@ -18,7 +18,6 @@ from pydicom import dcmread
 
 from medvec.report_search import ReportSearch
 from medvec.search import Filters, NoSuchImage
-from medvec.service import open_search
 from tests.test_http_api import home_without_reports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,10 +90,8 @@ async def _ask_without_reports(env: dict, errlog) -> dict:
 
 
 @pytest.fixture(scope="module")
-def in_process(search_collection):
-    search = open_search(search_collection.settings)
-    yield search
-    search.close()
+def in_process(search):
+    return search  # the same search the server subprocess answers from, run in this process
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from medvec.report_search import ReportSearch, fuse, make_snippet
 from medvec.report_store import label_agreement, read_batch_reports
 from medvec.reports import is_report_file, parse_indiana, parse_mimic, parse_openi, scrub_report_text, split_sections
 from medvec.search import Filters
-from medvec.service import open_search
 from medvec.sources import SourceFile
 
 MIMIC = b"""                                 FINAL REPORT
@@ -151,10 +150,8 @@ def test_a_batch_reads_its_report_files_and_the_indiana_rows_for_its_images(tmp_
 # --- the ingested sample ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def reports(search_collection):
-    search = open_search(search_collection.settings)
-    yield ReportSearch(search)
-    search.close()
+def reports(search):
+    return ReportSearch(search)
 
 
 def test_the_sample_reports_land_in_the_table_linked_to_their_images(search_collection, reports):

@@ -17,16 +17,8 @@ from medvec.image_table import image_table_name, open_image_table, upsert_batch
 from medvec.precompute import FALLBACK_QUERIES, compute_similar
 from medvec.records import image_table_schema
 from medvec.search import Filters, ImageSearch, NoSuchImage, SearchInputError, normalize_query_text
-from medvec.service import open_search
 from medvec.table_index import IndexOptions, maintain_table
 from medvec.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k
-
-
-@pytest.fixture(scope="module")
-def search(search_collection):
-    search = open_search(search_collection.settings)
-    yield search
-    search.close()
 
 
 def _ids(result):

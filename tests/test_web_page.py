@@ -40,13 +40,6 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def search(search_collection):
-    search = open_search(search_collection.settings)
-    yield search
-    search.close()
-
-
-@pytest.fixture(scope="module")
 def site(search, search_collection):
     with running(create_app(search, search_collection.settings.home)) as base_url:
         yield base_url
