@@ -9,7 +9,6 @@ Layout under the Medvec home:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -20,10 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Iterable
-
-import pyarrow.parquet as pq
 
 from medvec.dicom_read import UnreadableImage
 from medvec.metadata_csv import MetadataTable
@@ -32,6 +28,7 @@ from medvec.phi import Pseudonymizer
 from medvec.reports import is_report_file
 from medvec.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
 from medvec.sources import ImageSource, SourceFile, open_source
+from medvec.storage import HomePath, as_path, create_exclusive, exclusive_lock, read_parquet, write_atomic, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +55,11 @@ class BatchManifest:
                    metadata_csv=raw.get("metadata_csv"), files=[SourceFile(**f) for f in raw["files"]])
 
 
-def batch_dir(home: Path, batch: str) -> Path:
-    return Path(home) / "batches" / batch
+def batch_dir(home: HomePath, batch: str) -> HomePath:
+    return as_path(home) / "batches" / batch
 
 
-def load_manifest(home: Path, batch: str) -> BatchManifest:
+def load_manifest(home: HomePath, batch: str) -> BatchManifest:
     path = batch_dir(home, batch) / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(
@@ -71,19 +68,12 @@ def load_manifest(home: Path, batch: str) -> BatchManifest:
     return BatchManifest.from_json(path.read_text())
 
 
-def list_batches(home: Path) -> list[str]:
-    root = Path(home) / "batches"
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) if root.exists() else []
+def list_batches(home: HomePath) -> list[str]:
+    # One listing (not a lookup per folder): on S3 each lookup is a request.
+    return sorted(p.parent.name for p in (as_path(home) / "batches").glob("*/manifest.json"))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def plan_batches(source: ImageSource, home: Path, *, batch_size: int, limit: int | None = None,
+def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit: int | None = None,
                  metadata_csv: str | None = None, now: datetime | None = None,
                  existing: list[BatchManifest] | None = None) -> list[BatchManifest]:
     """Group the source's unclaimed files into batches of at most `batch_size` (nothing written).
@@ -113,33 +103,20 @@ def plan_batches(source: ImageSource, home: Path, *, batch_size: int, limit: int
     return manifests
 
 
-def write_manifest(home: Path, manifest: BatchManifest) -> Path:
+def write_manifest(home: HomePath, manifest: BatchManifest) -> HomePath:
     """Create the manifest; never replace one (a batch's file list never changes)."""
     path = batch_dir(home, manifest.batch) / "manifest.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".manifest.{os.getpid()}.tmp")
-    tmp.write_bytes(manifest.to_json().encode())
-    try:
-        os.link(tmp, path)  # atomic and exclusive: fails if another writer got there first
-    except FileExistsError:
-        raise FileExistsError(f"batch {manifest.batch} already exists; a batch's file list never changes") from None
-    finally:
-        tmp.unlink()
+    if not create_exclusive(path, manifest.to_json().encode()):  # another writer got there first
+        raise FileExistsError(f"batch {manifest.batch} already exists; a batch's file list never changes")
     return path
 
 
 @contextmanager
-def batch_opening_lock(home: Path):
+def batch_opening_lock(home: HomePath):
     """Serialises planning and writing manifests between processes (two ingests, CLI and sensor), so
     no file is planned into two batches."""
-    root = Path(home) / "batches"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".open.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(as_path(home) / "batches" / ".open.lock"):
+        yield
 
 
 # --- normalising one batch -------------------------------------------------------------------
@@ -210,25 +187,25 @@ def _run_in_worker(index: int, entry: SourceFile, known_sha: str | None):
     return _WORKER.run(index, entry, known_sha)
 
 
-def is_normalized(home: Path, batch: str) -> bool:
+def is_normalized(home: HomePath, batch: str) -> bool:
     return (batch_dir(home, batch) / "records.parquet").exists()
 
 
-def load_batch_records(home: Path, batch: str) -> list[ImageRecord]:
+def load_batch_records(home: HomePath, batch: str) -> list[ImageRecord]:
     path = batch_dir(home, batch) / "records.parquet"
     if not path.exists():
         return []
-    return [ImageRecord.from_row(row) for row in pq.read_table(path).to_pylist()]
+    return [ImageRecord.from_row(row) for row in read_parquet(path).to_pylist()]
 
 
-def load_batch_errors(home: Path, batch: str) -> list[IngestError]:
+def load_batch_errors(home: HomePath, batch: str) -> list[IngestError]:
     path = batch_dir(home, batch) / "errors.parquet"
     if not path.exists():
         return []
-    return [IngestError(**row) for row in pq.read_table(path).to_pylist()]
+    return [IngestError(**row) for row in read_parquet(path).to_pylist()]
 
 
-def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOptions = NormalizeOptions(),
+def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: NormalizeOptions = NormalizeOptions(),
                     pseudonym_key: str | None = None, s3_endpoint_url: str | None = None,
                     workers: int | None = None, allow_columns: tuple[str, ...] = (),
                     progress: Progress | None = None) -> BatchResult:
@@ -237,7 +214,7 @@ def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOp
     Files whose content hash matches the stored record (and whose WebP files exist) are skipped.
     Failures become `IngestError` records; the rest of the batch goes on.
     """
-    home = Path(home)
+    home = as_path(home)
     started = time.perf_counter()
     metadata_text = None
     if manifest.metadata_csv:
@@ -265,8 +242,8 @@ def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOp
             outcomes[index] = outcome
         else:
             # Written as results arrive so memory stays flat in batch size.
-            _write_atomic(home / outcome.record.image_uri, outcome.view_webp)
-            _write_atomic(home / outcome.record.thumb_uri, outcome.thumb_webp)
+            write_atomic(home / outcome.record.image_uri, outcome.view_webp)
+            write_atomic(home / outcome.record.thumb_uri, outcome.thumb_webp)
             result.notes.extend(f"{_name(entry.uri)}: {note}" for note in outcome.notes)
             outcomes[index] = outcome.record
             result.normalized += 1
@@ -288,8 +265,8 @@ def normalize_batch(manifest: BatchManifest, home: Path, *, options: NormalizeOp
             result.records.append(outcome)
 
     directory = batch_dir(home, manifest.batch)
-    _write_parquet(directory / "records.parquet", image_records_table(result.records))
-    _write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
+    write_parquet(directory / "records.parquet", image_records_table(result.records))
+    write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -298,7 +275,7 @@ def _name(uri: str) -> str:
     return uri.rsplit("/", 1)[-1]
 
 
-def image_owners(home: Path, exclude: str | None = None) -> dict[str, str]:
+def image_owners(home: HomePath, exclude: str | None = None) -> dict[str, str]:
     """image_id → the batch holding it, over every normalised batch but `exclude`; batches are read in
     name (creation) order so the earliest holder wins."""
     owners: dict[str, str] = {}
@@ -306,16 +283,10 @@ def image_owners(home: Path, exclude: str | None = None) -> dict[str, str]:
         path = batch_dir(home, batch) / "records.parquet"
         if batch == exclude or not path.exists():
             continue
-        for image_id in pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist():
+        for image_id in read_parquet(path, columns=["image_id"]).column("image_id").to_pylist():
             owners.setdefault(image_id, batch)
     return owners
 
-
-def _write_parquet(path: Path, table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def _execute(tasks: list, init_args: tuple, workers: int, progress: Progress | None) -> Iterable[tuple]:

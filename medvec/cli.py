@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from medvec.settings import DEFAULT_BATCH_SIZE, Settings
+from medvec.settings import DEFAULT_BATCH_SIZE, Settings, local_state_dir
 
 log = logging.getLogger("medvec")
 
@@ -94,8 +94,9 @@ def _print_errors(errors) -> None:
 # --- ingest --------------------------------------------------------------------------------------
 
 def _ensure_dagster_home(settings: Settings) -> Path:
-    """Runs launched from the CLI land where `make dagster` / `dagster dev` look for them."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster"))).absolute()
+    """Runs launched from the CLI land where `make dagster` / `dagster dev` look for them (a home on S3
+    keeps Dagster's instance in the local cache: SQLite needs a local folder)."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(local_state_dir(settings) / "dagster"))).absolute()
     os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -533,7 +534,7 @@ def cmd_sample_data(args) -> int:
 def cmd_demo(args) -> int:
     """Sample data → batches → WebP → embeddings → indexes, offline, then a few searches."""
     settings = Settings.from_env()
-    sample_dir = settings.home / "sample_data"
+    sample_dir = local_state_dir(settings) / "sample_data"
     if not (sample_dir / "labels.csv").exists():
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
     _choose_demo_model(settings)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.compute as pc
 
 from medvec import store
 from medvec.search import index_dir
+from medvec.storage import HomePath, remove_tree
 
 #: Table-name prefixes Medvec owns in a LanceDB database; `reset` drops only these.
 TABLE_PREFIXES = ("images__", "fallback_queries__", "similar_images__")
@@ -26,7 +25,7 @@ def medvec_tables(db) -> list[str]:
     return sorted(n for n in names if n.startswith(TABLE_PREFIXES) or n == store.INGEST_ERRORS_TABLE)
 
 
-def collection_stats(lancedb_uri: str, home: Path | None = None) -> dict:
+def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
     """Images by view and modality, subjects, studies, errors, and per model its table and rows.
 
     Counts come from the model tables (what search sees); the largest table is described when
@@ -70,7 +69,7 @@ def _counts(values) -> dict:
     return dict(Counter("unknown" if v in (None, "") else str(v) for v in values).most_common())
 
 
-def reset_tables(lancedb_uri: str, home: Path | None = None) -> list[str]:
+def reset_tables(lancedb_uri: str, home: HomePath | None = None) -> list[str]:
     """Drop every Medvec table (and the saved search indexes); returns the names dropped.
 
     Batches, manifests and WebP files stay: the next `medvec ingest` re-embeds them.
@@ -81,5 +80,5 @@ def reset_tables(lancedb_uri: str, home: Path | None = None) -> list[str]:
         db.drop_table(name)
         dropped.append(name)
         if home is not None:
-            shutil.rmtree(index_dir(home, name), ignore_errors=True)
+            remove_tree(index_dir(home, name))
     return dropped

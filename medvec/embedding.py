@@ -12,13 +12,13 @@ import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from medvec.embedders.base import Embedder, ImagePreparer
 from medvec.records import ImageRecord, IngestError
+from medvec.storage import HomePath, as_path
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,19 @@ class EmbeddedBatch:
         return len(self.records) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _prepare_chunk(prepare: ImagePreparer, paths: list[str]) -> list:
-    """Worker side: one prepared payload per path, or the exception that file raised."""
+def _prepare_chunk(prepare: ImagePreparer, paths: list[HomePath]) -> list:
+    """Worker side: one prepared payload per path (a local file or an S3 object), or the exception that
+    file raised."""
     prepared = []
     for path in paths:
         try:
-            prepared.append(prepare(Path(path).read_bytes()))
+            prepared.append(prepare(path.read_bytes()))
         except Exception as exc:  # noqa: BLE001 - reported per image by the caller
             prepared.append(exc)
     return prepared
 
 
-def embed_records(records: list[ImageRecord], home: Path, embedder: Embedder, *, chunk_size: int = 64,
+def embed_records(records: list[ImageRecord], home: HomePath, embedder: Embedder, *, chunk_size: int = 64,
                   workers: int = 0, prefetch: int = 4,
                   progress: Callable[[int, int], None] | None = None) -> EmbeddedBatch:
     """Vectors for every record whose WebP can be read; an error record for each that cannot."""
@@ -75,7 +76,8 @@ def embed_records(records: list[ImageRecord], home: Path, embedder: Embedder, *,
         if progress:
             progress(done, len(records))
 
-    paths = [[str(Path(home) / r.image_uri) for r in chunk] for chunk in chunks]
+    home = as_path(home)
+    paths = [[home / r.image_uri for r in chunk] for chunk in chunks]
     use_workers = workers != 1 and len(records) >= MIN_IMAGES_FOR_WORKERS
     if not use_workers:
         for chunk, chunk_paths in zip(chunks, paths):

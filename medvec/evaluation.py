@@ -353,13 +353,11 @@ def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test"
 def save_report(home, result: dict) -> dict:
     """`$MEDVEC_HOME/eval/report.json` and `recall_at_k.png` (the latest run; the web page reads them)."""
     import json
-    from pathlib import Path
 
-    folder = Path(home) / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
+    from medvec.storage import as_path, write_atomic
+
+    folder = as_path(home) / "eval"
     paths = {"json": folder / "report.json", "png": folder / "recall_at_k.png"}
     for key, data in (("json", json.dumps(result, indent=2).encode()), ("png", recall_curve_png(result))):
-        tmp = paths[key].with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(paths[key])
+        write_atomic(paths[key], data)
     return {k: str(v) for k, v in paths.items()}

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,7 @@ from medvec.embedders.base import EmbedderError
 from medvec.report_search import MODES, NoReports, ReportSearch
 from medvec.search import MAX_K, Filters, ImageSearch, NoSuchImage, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
+from medvec.storage import HomePath, S3Path, as_path
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 #: Room for the multipart boundaries and headers around the file when checking Content-Length.
@@ -42,7 +43,7 @@ PAGE_HEADERS = {
 }
 IMAGE_CACHE = "private, max-age=3600"
 #: Where `medvec eval` and the retrieval_evaluation asset leave the latest run (evaluation.save_report).
-EVAL_FILES = {"report": Path("eval") / "report.json", "plot": Path("eval") / "recall_at_k.png"}
+EVAL_FILES = {"report": "eval/report.json", "plot": "eval/recall_at_k.png"}
 #: How `reports=true` ranks reports (report_search.MODES; the first is the default).
 ReportMode = Literal[MODES]  # type: ignore[valid-type]
 REPORTS_FLAG = "also search the radiology reports (see the description for the answer's shape)"
@@ -281,7 +282,7 @@ AUTH_ERRORS = {401: {"model": ErrorOut, "description": "missing or wrong bearer 
 
 # --- the app -------------------------------------------------------------------------------------
 
-def create_app(search: ImageSearch, home: Path, *, token: str | None = None,
+def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
     """The API and page over `search` (and its reports); with `token`, every /api/* route but health needs it."""
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
@@ -293,9 +294,9 @@ def create_app(search: ImageSearch, home: Path, *, token: str | None = None,
     guard = [Depends(_bearer_guard(token))] if token else []
     app.include_router(_search_router(search, reports, max_upload_bytes), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
-    app.include_router(_image_router(search, reports, Path(home).resolve()), prefix="/api", dependencies=guard,
+    app.include_router(_image_router(search, reports, as_path(home).resolve()), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
-    app.include_router(_eval_router(Path(home).resolve()), prefix="/api", dependencies=guard,
+    app.include_router(_eval_router(as_path(home).resolve()), prefix="/api", dependencies=guard,
                        responses=AUTH_ERRORS if token else None)
     app.include_router(_page_router())
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
@@ -386,7 +387,7 @@ def _search_router(search: ImageSearch, reports: ReportSearch, max_upload_bytes:
     return router
 
 
-def _image_router(search: ImageSearch, reports: ReportSearch, home: Path) -> APIRouter:
+def _image_router(search: ImageSearch, reports: ReportSearch, home: HomePath) -> APIRouter:
     router = APIRouter(tags=["images"], responses={404: ERRORS[404]})
     webp = {200: {"content": {"image/webp": {}}, "description": "WebP bytes"}}
 
@@ -415,7 +416,7 @@ def _image_router(search: ImageSearch, reports: ReportSearch, home: Path) -> API
     return router
 
 
-def _eval_router(home: Path) -> APIRouter:
+def _eval_router(home: HomePath) -> APIRouter:
     router = APIRouter(tags=["evaluation"], responses={404: {"model": ErrorOut, "description": NO_EVAL}})
 
     @router.get("/eval", response_model=EvalReportOut, summary="The latest retrieval evaluation",
@@ -424,13 +425,13 @@ def _eval_router(home: Path) -> APIRouter:
                             "image, a random ranking, Recall@K curves and hard cases. Read from disk on every "
                             "request, so a new run shows without restarting the server.")
     def eval_report() -> FileResponse:
-        return FileResponse(_eval_file(home, "report"), media_type="application/json",
+        return _file_response(_eval_file(home, "report"), media_type="application/json",
                             headers={"Cache-Control": EVAL_CACHE})
 
     @router.get("/eval/plot.png", response_class=FileResponse, summary="The latest Recall@K plot (PNG)",
                 responses={200: {"content": {"image/png": {}}, "description": "Recall@K for K = 1..50 per model"}})
     def eval_plot() -> FileResponse:
-        return FileResponse(_eval_file(home, "plot"), media_type="image/png", headers={"Cache-Control": EVAL_CACHE})
+        return _file_response(_eval_file(home, "plot"), media_type="image/png", headers={"Cache-Control": EVAL_CACHE})
 
     return router
 
@@ -486,7 +487,7 @@ def _with_urls(image: dict) -> dict:
     return image | {"image_url": f"{base}/image", "thumbnail_url": f"{base}/thumbnail"}
 
 
-def _stored_file(search: ImageSearch, home: Path, image_id: str, column: str) -> Path:
+def _stored_file(search: ImageSearch, home: HomePath, image_id: str, column: str) -> HomePath:
     """The id's file under `home`; a uri that resolves outside it (a damaged row, a link) is not served."""
     uri = search.get(image_id).get(column)
     path = (home / uri).resolve() if uri else None
@@ -495,7 +496,7 @@ def _stored_file(search: ImageSearch, home: Path, image_id: str, column: str) ->
     return path
 
 
-def _eval_file(home: Path, name: str) -> Path:
+def _eval_file(home: HomePath, name: str) -> HomePath:
     path = (home / EVAL_FILES[name]).resolve()
     if not path.is_relative_to(home) or not path.is_file():
         raise HTTPException(404, NO_EVAL)
@@ -506,8 +507,15 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:g} MiB"
 
 
-def _webp(path: Path) -> FileResponse:
-    return FileResponse(path, media_type="image/webp", headers={"Cache-Control": IMAGE_CACHE})
+def _webp(path: HomePath) -> Response:
+    return _file_response(path, media_type="image/webp", headers={"Cache-Control": IMAGE_CACHE})
+
+
+def _file_response(path: HomePath, **kwargs) -> Response:
+    """A local file streamed from disk; an S3 object (a home on S3) read and sent."""
+    if isinstance(path, S3Path):
+        return Response(path.read_bytes(), **kwargs)
+    return FileResponse(path, **kwargs)
 
 
 # --- errors as {"error": "..."} --------------------------------------------------------------------

@@ -14,7 +14,6 @@ import inspect
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medvec.report_search import MODES, NoReports, ReportSearch, mark_text
 from medvec.search import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
+from medvec.storage import HomePath, as_path
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotent
 
 # --- the server -----------------------------------------------------------------------------------
 
-def build_server(search: ImageSearch, home: Path) -> MCPServer:
+def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
     """An MCP server whose tools answer from `search` and its reports; thumbnails are read from under `home`."""
-    home = Path(home)
+    home = as_path(home)
     reports = ReportSearch(search)
     server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS,
                        version=_version(), log_level="WARNING")
@@ -251,7 +251,7 @@ def build_server(search: ImageSearch, home: Path) -> MCPServer:
     return server
 
 
-def _answer(run, what: str, home: Path, thumbnails: int) -> CallToolResult:
+def _answer(run, what: str, home: HomePath, thumbnails: int) -> CallToolResult:
     try:
         result = run()
     except (SearchInputError, NotIndexed) as exc:
@@ -335,7 +335,7 @@ def summarize_image_reports(answer: dict) -> str:
     return "\n".join(lines)
 
 
-def _thumbnail(home: Path, thumb_uri: str | None) -> ImageContent | None:
+def _thumbnail(home: HomePath, thumb_uri: str | None) -> ImageContent | None:
     """The hit's WebP thumbnail, read only from the path the table stores, and only inside `home`."""
     if not thumb_uri:
         return None

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from medvec.batches import BatchManifest, batch_dir
 from medvec.labels import label_agreement_of
@@ -19,6 +18,7 @@ from medvec.reports import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_
                             reports_table)
 from medvec.sources import open_source
 from medvec.store import _sql_string, open_table_if_exists
+from medvec.storage import HomePath, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 REPORT_STAGES = ("report",)
@@ -77,23 +77,20 @@ def _is_missing(exc: Exception) -> bool:
         or "NoSuchKey" in str(exc)
 
 
-def write_batch_reports(home: Path, batch: str, records: list[ReportRecord]) -> Path:
+def write_batch_reports(home: HomePath, batch: str, records: list[ReportRecord]) -> HomePath:
     path = batch_dir(home, batch) / "reports.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(reports_table(records), tmp)
-    tmp.replace(path)
+    write_parquet(path, reports_table(records))
     return path
 
 
-def load_batch_reports(home: Path, batch: str) -> list[ReportRecord]:
+def load_batch_reports(home: HomePath, batch: str) -> list[ReportRecord]:
     path = batch_dir(home, batch) / "reports.parquet"
     if not path.exists():
         return []
-    return [ReportRecord(**row) for row in pq.read_table(path, schema=REPORT_RECORD_SCHEMA).to_pylist()]
+    return [ReportRecord(**row) for row in read_parquet(path).cast(REPORT_RECORD_SCHEMA).to_pylist()]
 
 
-def has_batch_reports(home: Path, batch: str) -> bool:
+def has_batch_reports(home: HomePath, batch: str) -> bool:
     return (batch_dir(home, batch) / "reports.parquet").exists()
 
 

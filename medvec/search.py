@@ -16,7 +16,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 from medvec import store
 from medvec.embedders.base import Embedder, l2_normalize
 from medvec.image_table import image_table_name, vectors_of
+from medvec.storage import HomePath, as_path
 from medvec.vector_index import IndexInfo, RowFilter, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,8 @@ def similar_table_name(model_slug: str) -> str:
     return f"similar_images__{model_slug}"
 
 
-def index_dir(home: Path, table: str) -> Path:
-    return Path(home) / "indexes" / table
+def index_dir(home: HomePath, table: str) -> HomePath:
+    return as_path(home) / "indexes" / table
 
 
 class _Loaded:
@@ -146,13 +146,13 @@ class ImageSearch:
     """
 
     def __init__(self, lancedb_uri: str, model_slug: str, *, model_name: str | None = None,
-                 home: Path | None = None, embedder_factory: Callable[[], Embedder] | None = None,
+                 home: HomePath | None = None, embedder_factory: Callable[[], Embedder] | None = None,
                  refresh_seconds: float = 2.0, exact_below: int | None = None):
         self.lancedb_uri = lancedb_uri
         self.model_slug = model_slug
         self.model_name = model_name or model_slug
         self.table_name = image_table_name(model_slug)
-        self.home = Path(home) if home else None
+        self.home = as_path(home) if home else None
         self.refresh_seconds = refresh_seconds
         self.exact_below = exact_below
         self._embedder_factory = embedder_factory

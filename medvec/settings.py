@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medvec.storage import HomePath, as_path, is_remote
+
 DEFAULT_HOME = "./medvec_home"
 DEFAULT_BATCH_SIZE = 2000
 #: Offline default: a random-weights model built locally (no retrieval quality, said wherever it shows).
@@ -16,12 +18,13 @@ DEFAULT_MODEL = "tiny-siglip"
 class Settings:
     """Where Medvec keeps its state and where it reads new files from.
 
-    `home` holds WebP files, batch manifests and per-batch records; `lancedb_uri` the tables;
-    `source` is what `dagster dev` watches. `s3_endpoint_url` points boto3 at an
+    `home` holds WebP files, batch manifests and per-batch records: a folder, or an `s3://` prefix
+    (`medvec.storage.S3Path`) so workers on several machines share it; `lancedb_uri` the tables (a folder
+    or `s3://`); `source` is what `dagster dev` watches. `s3_endpoint_url` points boto3 and LanceDB at an
     S3-compatible server (MinIO, moto) when set.
     """
 
-    home: Path
+    home: HomePath
     lancedb_uri: str
     source: str
     s3_endpoint_url: str | None = None
@@ -43,12 +46,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        home = Path(env.get("MEDVEC_HOME") or DEFAULT_HOME).expanduser().absolute()
+        endpoint = env.get("MEDVEC_S3_ENDPOINT_URL") or None
+        home_text = env.get("MEDVEC_HOME") or DEFAULT_HOME
+        home = as_path(home_text, endpoint) if is_remote(home_text) else Path(home_text).expanduser().absolute()
         return cls(
             home=home,
             lancedb_uri=env.get("MEDVEC_LANCEDB_URI") or str(home / "lancedb"),
             source=env.get("MEDVEC_SOURCE") or str(home / "incoming"),
-            s3_endpoint_url=env.get("MEDVEC_S3_ENDPOINT_URL") or None,
+            s3_endpoint_url=endpoint,
             pseudonym_key=env.get("MEDVEC_PSEUDONYM_KEY") or None,
             model=env.get("MEDVEC_MODEL") or DEFAULT_MODEL,
             embedder=(env.get("MEDVEC_EMBEDDER") or "local").lower(),
@@ -62,6 +67,16 @@ class Settings:
         )
 
 
-def model_cache(home: Path) -> Path:
-    """Where model snapshots, S3 mirrors and built tiny models are kept under a Medvec home."""
+def local_state_dir(settings: "Settings") -> Path:
+    """A local folder for what must sit on a local disk (Dagster's SQLite instance, generated sample data):
+    the home itself, or the local cache when the home is on S3."""
+    return settings.model_cache.parent if is_remote(settings.home) else Path(settings.home)
+
+
+def model_cache(home: HomePath) -> Path:
+    """Where model snapshots, S3 mirrors and built tiny models are kept: under a local Medvec home, or in
+    a local cache (MEDVEC_CACHE_DIR, else ~/.cache/medvec) when the home is on S3, since model loaders
+    read local files."""
+    if is_remote(home):
+        return Path(os.environ.get("MEDVEC_CACHE_DIR") or Path.home() / ".cache" / "medvec").expanduser() / "models"
     return Path(home) / "models"

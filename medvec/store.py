@@ -5,12 +5,14 @@ from __future__ import annotations
 import lancedb
 
 from medvec.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
+from medvec.storage import lancedb_storage_options
 
 INGEST_ERRORS_TABLE = "ingest_errors"
 
 
-def connect(uri: str):
-    return lancedb.connect(uri)
+def connect(uri: str, s3_endpoint_url: str | None = None):
+    """A local folder or an `s3://` URI (the endpoint from MEDVEC_S3_ENDPOINT_URL when not given)."""
+    return lancedb.connect(uri, storage_options=lancedb_storage_options(uri, s3_endpoint_url))
 
 
 def _sql_string(value: str) -> str:

@@ -14,13 +14,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
 
 from medvec.image_table import vectors_of
 from medvec.search import ids_fingerprint, index_dir
+from medvec.storage import HomePath, write_atomic
 from medvec.vector_index import EXACT_BELOW, VectorIndex, exact_top_k, recall_at_k
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def retry_on_conflict(step: Callable[[], T], *, what: str, attempts: int = 6, fi
     raise AssertionError("unreachable")
 
 
-def maintain_table(table, home: Path, options: IndexOptions = IndexOptions(),
+def maintain_table(table, home: HomePath, options: IndexOptions = IndexOptions(),
                    log_step: Callable[[str], None] = lambda message: None,
                    tuning_queries: np.ndarray | None = None) -> IndexReport:
     """Compact, index, clean up and save the search index for the resulting version.
@@ -186,7 +186,7 @@ def _lancedb_ids(query) -> list[str]:
     return query.select(["image_id"]).to_arrow().column("image_id").to_pylist()
 
 
-def save_search_index(table, home: Path, options: IndexOptions = IndexOptions(),
+def save_search_index(table, home: HomePath, options: IndexOptions = IndexOptions(),
                       tuning_queries: np.ndarray | None = None) -> dict:
     """Build the in-memory index the search path uses, measure it, and save it for this version
     (large tables only: an exact index is rebuilt instantly on load)."""
@@ -200,7 +200,7 @@ def save_search_index(table, home: Path, options: IndexOptions = IndexOptions(),
     info = index.info.to_json()
     folder = index_dir(home, table.name)
     if index.save_ivf(folder / f"v{version}.faiss"):
-        (folder / f"v{version}.json").write_text(json.dumps({"ids_sha": ids_fingerprint(ids), "info": info}))
+        write_atomic(folder / f"v{version}.json", json.dumps({"ids_sha": ids_fingerprint(ids), "info": info}).encode())
         for old in folder.glob("v*.*"):  # older versions' structures can never be used again
             if old.stem != f"v{version}":
                 old.unlink(missing_ok=True)

@@ -25,9 +25,10 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+
+from medvec.storage import HomePath, write_atomic
 
 #: Below this many rows an exact scan is both fast (< 2 ms at 1,152 dims) and exact.
 EXACT_BELOW = 20_000
@@ -330,20 +331,16 @@ class VectorIndex:
 
     # --- persistence -----------------------------------------------------------------------------
 
-    def save_ivf(self, path: Path) -> bool:
-        """Write the IVF structure (not the vectors: they are reloaded from LanceDB)."""
+    def save_ivf(self, path: HomePath) -> bool:
+        """Write the IVF structure (not the vectors: they are reloaded from LanceDB), to a file or S3."""
         if self._ivf is None:
             return False
-        faiss = _faiss()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        faiss.write_index(self._ivf, str(tmp))
-        tmp.replace(path)
+        write_atomic(path, _faiss().serialize_index(self._ivf).tobytes())
         return True
 
     @classmethod
-    def with_saved_ivf(cls, vectors: np.ndarray, path: Path, info: IndexInfo) -> "VectorIndex":
-        ivf = _faiss().read_index(str(path))
+    def with_saved_ivf(cls, vectors: np.ndarray, path: HomePath, info: IndexInfo) -> "VectorIndex":
+        ivf = _faiss().deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
         if ivf.ntotal != len(vectors) or ivf.d != vectors.shape[1]:
             raise ValueError(f"saved index {path.name} holds {ivf.ntotal}x{ivf.d}, table has {vectors.shape}")
         return cls(vectors, ivf=ivf, info=info)

@@ -16,13 +16,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 from medvec.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
 from medvec.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.settings import DEFAULT_BATCH_SIZE
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
+from medvec.storage import HomePath, is_remote, write_atomic
 
 #: The stage under which a file that changed after its batch was opened is reported in `ingest_errors`.
 CHANGED_STAGE = "changed"
@@ -133,7 +133,7 @@ class WatchTick:
 _claims_cache: dict[str, tuple[tuple[int, int], str, list[SourceFile]]] = {}
 
 
-def claimed_files(home: Path) -> dict[str, tuple[str, SourceFile]]:
+def claimed_files(home: HomePath) -> dict[str, tuple[str, SourceFile]]:
     """uri → (batch, the file as listed when its batch opened), over every manifest under `home`.
 
     Manifests never change after they are written, so each is parsed once per process (keyed by its
@@ -142,8 +142,7 @@ def claimed_files(home: Path) -> dict[str, tuple[str, SourceFile]]:
     claims: dict[str, tuple[str, SourceFile]] = {}
     for batch in list_batches(home):
         path = batch_dir(home, batch) / "manifest.json"
-        st = path.stat()
-        key = (st.st_ino, st.st_mtime_ns)
+        key = _file_version(path)
         cached = _claims_cache.get(str(path))
         if cached is None or cached[0] != key:
             manifest = BatchManifest.from_json(path.read_text())
@@ -151,6 +150,15 @@ def claimed_files(home: Path) -> dict[str, tuple[str, SourceFile]]:
         for entry in cached[2]:
             claims.setdefault(entry.uri, (cached[1], entry))
     return claims
+
+
+def _file_version(path) -> tuple:
+    """What tells a re-created local manifest from the one parsed before; on S3 manifests are created
+    exclusively and never rewritten, so the key alone identifies one (and a stat would be a request)."""
+    if is_remote(path):
+        return ()
+    st = path.stat()
+    return (st.st_ino, st.st_mtime_ns)
 
 
 def describe_change(was: SourceFile, now: SourceFile) -> str | None:
@@ -190,14 +198,12 @@ def is_settled(entry: SourceFile, markers: set[str], root: str, reference: float
 
 # --- batches waiting for their run -------------------------------------------------------------
 
-def mark_awaiting(home: Path, batch: str, launcher: str) -> None:
-    path = batch_dir(home, batch) / AWAITING_LAUNCH
-    tmp = path.with_name(f".{AWAITING_LAUNCH}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"launcher": launcher, "since": time.time()}))
-    os.replace(tmp, path)  # readers never see half a marker
+def mark_awaiting(home: HomePath, batch: str, launcher: str) -> None:
+    # Readers never see half a marker.
+    write_atomic(batch_dir(home, batch) / AWAITING_LAUNCH, json.dumps({"launcher": launcher, "since": time.time()}).encode())
 
 
-def awaiting_batches(home: Path, launcher: str | None = None) -> list[str]:
+def awaiting_batches(home: HomePath, launcher: str | None = None) -> list[str]:
     """Batches opened but not launched yet, oldest first; only `launcher`'s when given."""
     found = []
     for batch in list_batches(home):
@@ -213,7 +219,7 @@ def awaiting_batches(home: Path, launcher: str | None = None) -> list[str]:
     return found
 
 
-def clear_awaiting(home: Path, batch: str) -> None:
+def clear_awaiting(home: HomePath, batch: str) -> None:
     (batch_dir(home, batch) / AWAITING_LAUNCH).unlink(missing_ok=True)
 
 
@@ -235,7 +241,7 @@ class _Chosen(ImageSource):
         raise NotImplementedError
 
 
-def _open(source: ImageSource, home: Path, files: list[SourceFile], batch_size: int, launcher: str,
+def _open(source: ImageSource, home: HomePath, files: list[SourceFile], batch_size: int, launcher: str,
           now: float) -> list[BatchManifest]:
     """Write manifests (and awaiting markers) for `files`; the caller holds the opening lock."""
     if not files:
@@ -250,7 +256,7 @@ def _open(source: ImageSource, home: Path, files: list[SourceFile], batch_size: 
     return manifests
 
 
-def watch_source(source: ImageSource, home: Path, cursor: WatchCursor, options: WatchOptions, *,
+def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, options: WatchOptions, *,
                  launcher: str, now: float | None = None) -> WatchTick:
     """Look at the source once (resuming a partial look), open batches of settled new files, and
     say which claimed files changed. Every opened batch is marked as awaiting `launcher`'s run."""
@@ -309,7 +315,7 @@ def _choose(fresh: list[SourceFile], tick: WatchTick, cursor: WatchCursor, optio
     return fresh[:full], False, cursor.held_since or now
 
 
-def rescan(source: ImageSource, home: Path, *, batch_size: int = DEFAULT_BATCH_SIZE, min_age_s: float = 60.0,
+def rescan(source: ImageSource, home: HomePath, *, batch_size: int = DEFAULT_BATCH_SIZE, min_age_s: float = 60.0,
            launcher: str, now: float | None = None) -> tuple[list[BatchManifest], int]:
     """Open batches for every file on the source that no batch holds, whatever the sensors' cursors
     say: files marked done or unmodified for `min_age_s`. Returns (batches opened, files too young)."""

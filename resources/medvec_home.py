@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from medvec.settings import Settings, model_cache
+from medvec.storage import HomePath, as_path
 
 
 class MedvecHomeResource(dg.ConfigurableResource):
@@ -32,8 +33,9 @@ class MedvecHomeResource(dg.ConfigurableResource):
                    s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key)
 
     @property
-    def home_path(self) -> Path:
-        return Path(self.home)
+    def home_path(self) -> HomePath:
+        """A local folder, or an `S3Path` when `home` is an `s3://` prefix."""
+        return as_path(self.home, self.s3_endpoint_url)
 
     @property
     def model_cache(self) -> Path:

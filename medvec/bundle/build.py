@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from medvec.bundle.tokenizer_export import check_with_node, export_tokenizer, py
 from medvec.evaluation import FINDING_PROMPTS
 from medvec.precompute import FALLBACK_QUERIES
 from medvec.search import ImageSearch
+from medvec.storage import HomePath, S3Path, as_path, is_remote, remove_tree, upload_tree
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +121,9 @@ def _require_onnx() -> None:
                           "(pip install -e '.[bundle]')") from None
 
 
-def latest_evaluation(home: str | Path) -> tuple[dict | None, Path | None]:
+def latest_evaluation(home: str | HomePath) -> tuple[dict | None, HomePath | None]:
     """The report and plot `medvec eval` / `retrieval_evaluation` last wrote, if any."""
-    folder = Path(home) / "eval"
+    folder = as_path(home) / "eval"
     try:
         report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
@@ -139,15 +141,18 @@ def check_prompts() -> list[str]:
     return prompts
 
 
-def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: str | Path,
-                 eval_report: dict | None = None, eval_plot: Path | None = None,
+def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home: str | HomePath,
+                 eval_report: dict | None = None, eval_plot: HomePath | None = None,
                  options: BundleOptions = BundleOptions(), progress: Callable[[str], None] = log.info) -> dict:
     """Write the bundle for `search`'s table to `out_dir` (replaced whole) and return its summary.
 
     `embedder` is the model's local transformers embedder (its text tower is exported); `eval_report`
     the `medvec eval` report (`$MEDVEC_HOME/eval/report.json`), whose section for this table becomes the
-    metrics tab.
+    metrics tab. An `s3://` `out_dir` (a bucket served as a static site) is built locally, then uploaded.
     """
+    if is_remote(out_dir):
+        return _build_and_upload(search, embedder, as_path(out_dir), home=home, eval_report=eval_report,
+                                 eval_plot=eval_plot, options=options, progress=progress)
     started = time.perf_counter()
     if options.precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
@@ -196,7 +201,7 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
         packing = _packing_costs(vectors, np.asarray(list(loaded.fallback_vectors.values()), np.float32),
                                  options.precision)
         progress("writing the index, the stored answers and the thumbnails")
-        thumbs = _copy_thumbnails(loaded, Path(home), tmp / "thumbs") if options.thumbnails else np.zeros(
+        thumbs = _copy_thumbnails(loaded, as_path(home), tmp / "thumbs") if options.thumbnails else np.zeros(
             len(loaded.ids), bool)
         _write_json(tmp / "data" / "index.json", _index(loaded, thumbs))
         _write_json(tmp / "data" / "fallbacks.json", _fallbacks(loaded, thumbs))
@@ -204,8 +209,8 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
         metrics = _metrics(eval_report, search.table_name, loaded.version)
         if metrics is not None:
             _write_json(tmp / "data" / "metrics.json", metrics)
-            if eval_plot is not None and Path(eval_plot).exists():
-                shutil.copyfile(eval_plot, tmp / "data" / "recall_at_k.png")
+            if eval_plot is not None and eval_plot.exists():
+                (tmp / "data" / "recall_at_k.png").write_bytes(eval_plot.read_bytes())
 
         manifest = {
             "schema": SCHEMA,
@@ -243,6 +248,15 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | Path, *, home: st
 
 
 # --- inputs ------------------------------------------------------------------------------------------
+
+def _build_and_upload(search, embedder, target: S3Path, **kwargs) -> dict:
+    with tempfile.TemporaryDirectory(prefix="medvec-bundle-") as local:
+        summary = build_bundle(search, embedder, Path(local) / "bundle", **kwargs)
+        kwargs["progress"](f"uploading the bundle to {target}")
+        remove_tree(target)  # replaced whole, as a local bundle is
+        upload_tree(Path(local) / "bundle", target)
+    return summary | {"out_dir": str(target)}
+
 
 def _check_target(out_dir: Path) -> None:
     """Never replace a folder that is not a bundle: OUT_DIR is removed whole when rebuilt."""
@@ -310,7 +324,7 @@ def _packing_costs(vectors: np.ndarray, text_queries: np.ndarray, chosen: str, *
     return costs
 
 
-def _copy_thumbnails(loaded, home: Path, folder: Path) -> np.ndarray:
+def _copy_thumbnails(loaded, home: HomePath, folder: Path) -> np.ndarray:
     present = np.zeros(len(loaded.ids), bool)
     uris = loaded.meta.column("thumb_uri").to_pylist() if "thumb_uri" in loaded.meta.schema.names else []
     for row, uri in enumerate(uris):
@@ -319,7 +333,7 @@ def _copy_thumbnails(loaded, home: Path, folder: Path) -> np.ndarray:
             continue
         target = folder / str(row // THUMBS_PER_FOLDER) / f"{row}.webp"
         target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(source, target)
+        target.write_bytes(source.read_bytes())
         present[row] = True
     if not present.all():
         log.warning("%d of %d thumbnails are missing under %s", int((~present).sum()), len(present), home)

@@ -1,0 +1,136 @@
+"""The whole pipeline with the Medvec home, LanceDB and the source on S3 (moto's real server, started by the
+test), compared with the same sample ingested into a local home (`search_collection`)."""
+
+from __future__ import annotations
+
+import boto3
+import dagster as dg
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from medvec.batches import batch_dir, list_batches, load_batch_records
+from medvec.http_api import create_app
+from medvec.service import open_search
+from medvec.settings import Settings
+from medvec.storage import S3Path, create_exclusive, exclusive_lock, write_atomic
+from pipelines.ingest import ingest
+from tests.conftest import free_port
+
+QUERIES = ["pleural effusion", "cardiomegaly", "normal chest x-ray", "left lower lobe opacity"]
+
+
+@pytest.fixture
+def aws_env(s3_endpoint, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
+    # Model files and Dagster's SQLite stay on local disk when the home is on S3.
+    monkeypatch.setenv("MEDVEC_CACHE_DIR", str(tmp_path / "cache"))
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"medvec-{free_port()}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+def _upload_folder(client, bucket: str, folder, prefix: str) -> int:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+    return len(files)
+
+
+@pytest.fixture
+def s3_collection(aws_env, search_collection, tmp_path):
+    client, bucket = aws_env
+    _upload_folder(client, bucket, search_collection.sample_dir, "incoming")
+    env = {"MEDVEC_HOME": f"s3://{bucket}/home", "MEDVEC_LANCEDB_URI": f"s3://{bucket}/lancedb",
+           "MEDVEC_S3_ENDPOINT_URL": aws_env[0].meta.endpoint_url, "MEDVEC_PSEUDONYM_KEY": "test-key",
+           "MEDVEC_MODEL": "tiny-siglip"}
+    settings = Settings.from_env(env)
+    with dg.instance_for_test() as instance:
+        summary = ingest(f"s3://{bucket}/incoming", settings, batch_size=16, instance=instance)
+        again = ingest(f"s3://{bucket}/incoming", settings, batch_size=16, instance=instance)
+    return settings, summary, again, client, bucket
+
+
+def _keys(client, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.mark.slow
+def test_pipeline_on_s3_matches_the_local_run(s3_collection, search_collection):
+    settings, summary, again, client, bucket = s3_collection
+    local = search_collection.summary
+    assert isinstance(settings.home, S3Path)
+    assert summary.indexed and summary.embedded == local.embedded == 38, summary.to_json()
+    # The sample's deliberately broken files fail the same way; a second run finds nothing new.
+    assert sorted((e.source_uri.rsplit("/", 1)[-1], e.stage, e.error) for e in summary.errors) == \
+        sorted((e.source_uri.rsplit("/", 1)[-1], e.stage, e.error) for e in local.errors)
+    assert again.embedded == 0 and not again.batches
+
+    # Everything the pipeline keeps sits in the bucket: manifests, records, WebP files, tables, the index.
+    home_keys = _keys(client, bucket, "home/")
+    assert sum(k.endswith("/manifest.json") for k in home_keys) == len(local.batches)
+    assert sum(k.startswith("home/images/") and k.endswith(".webp") for k in home_keys) == 38
+    assert sum(k.startswith("home/thumbs/") and k.endswith(".webp") for k in home_keys) == 38
+    assert any(k.startswith("lancedb/images__tiny_siglip.lance/") for k in _keys(client, bucket, "lancedb/"))
+
+    # The same images, the same WebP bytes, the same answers.
+    s3_records = {r.image_id: r for b in list_batches(settings.home) for r in load_batch_records(settings.home, b)}
+    local_settings = search_collection.settings
+    local_records = {r.image_id: r for b in list_batches(local_settings.home)
+                     for r in load_batch_records(local_settings.home, b)}
+    assert s3_records.keys() == local_records.keys()
+    some = sorted(s3_records)[:5]
+    for image_id in some:
+        assert (settings.home / s3_records[image_id].image_uri).read_bytes() == \
+            (local_settings.home / local_records[image_id].image_uri).read_bytes()
+
+    remote, local_search = open_search(settings), open_search(local_settings)
+    try:
+        assert remote.info()["rows"] == local_search.info()["rows"] == 38
+        for query in QUERIES:
+            a, b = remote.search_text(query, k=10), local_search.search_text(query, k=10)
+            assert [h.image_id for h in a.hits] == [h.image_id for h in b.hits], query
+            np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-5)
+        for image_id in some:
+            a, b = remote.similar(image_id, k=5), local_search.similar(image_id, k=5)
+            assert [h.image_id for h in a.hits] == [h.image_id for h in b.hits]
+
+        # The HTTP API serves the WebP files from the bucket, by id, as it does from a local home.
+        http = TestClient(create_app(remote, settings.home))
+        hit = remote.search_text("pleural effusion", k=1).hits[0]
+        response = http.get(f"/api/images/{hit.image_id}/thumbnail")
+        assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+        assert response.content == (settings.home / s3_records[hit.image_id].thumb_uri).read_bytes()
+        assert http.get("/api/images/no-such-id/thumbnail").status_code == 404
+    finally:
+        remote.close()
+        local_search.close()
+
+
+def test_s3_paths_read_write_list_and_lock(aws_env):
+    client, bucket = aws_env
+    home = S3Path(f"s3://{bucket}/home", client.meta.endpoint_url)
+    manifest = batch_dir(home, "b1") / "manifest.json"
+    assert not manifest.exists()
+    assert create_exclusive(manifest, b'{"batch": "b1"}')
+    assert not create_exclusive(manifest, b"other writer")  # exclusive: the first one stays
+    assert manifest.read_bytes() == b'{"batch": "b1"}'
+    write_atomic(batch_dir(home, "b2") / "records.parquet", b"x")  # a folder without a manifest is no batch
+    assert list_batches(home) == ["b1"]
+    assert [p.name for p in (home / "batches").iterdir()] == ["b1", "b2"]
+    assert (home / "batches" / ".." / "escape").is_relative_to(home)
+    assert not (home / "../elsewhere").is_relative_to(home)
+
+    lock = home / "batches" / ".open.lock"
+    with exclusive_lock(lock):
+        assert lock.is_file()
+        # A second holder would wait; one whose lock is older than stale_after_s takes it over.
+        with exclusive_lock(lock, stale_after_s=0.0):
+            assert lock.is_file()
+    assert not lock.exists()
+
