@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,7 @@ from assets.reports import report_embeddings, report_records
 from medvec import store
 from medvec.batches import list_batches, load_manifest
 from medvec.sources import LocalFolderSource
+from medvec.storage import as_path
 from medvec.watch import (AWAITING_LAUNCH, CHANGED_STAGE, WatchCursor, clear_awaiting, refresh_decision,
                           rescan)
 from pipelines.definitions import defs
@@ -207,6 +209,7 @@ WATCHER = """
 import sys, time
 from pathlib import Path
 from medvec.sources import LocalFolderSource
+from medvec.storage import as_path
 from medvec.watch import WatchCursor, WatchOptions, watch_source
 
 folder, home, until = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
@@ -245,30 +248,38 @@ def test_two_watchers_of_one_folder_never_claim_a_file_twice(settings, resources
     assert launchers == {"other", "incoming_folder_sensor"}  # both really opened batches
 
 
-def test_s3_prefix_sensor_opens_batches_and_reports_a_replaced_object(settings, resources, dagster_instance,
+@pytest.mark.parametrize("home_on", ["local", "s3"])
+def test_s3_prefix_sensor_opens_batches_and_reports_a_replaced_object(settings, resources, dagster_instance, home_on,
                                                                         watch_env, s3_endpoint, monkeypatch):
+    """With the Medvec home and LanceDB local, and with both in the bucket (the cluster profile)."""
     import boto3
 
+    bucket = f"watched-{home_on}"
     for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
-                       "MEDVEC_WATCH_S3": "s3://watched-bucket/cxr", "MEDVEC_WATCH_BATCH_SIZE": "2"}.items():
+                       "MEDVEC_WATCH_S3": f"s3://{bucket}/cxr", "MEDVEC_WATCH_BATCH_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="watched-bucket")
+    client.create_bucket(Bucket=bucket)
     for name in ("p1/a.dcm", "p1/b.dcm", "p2/c.dcm", "p2/notes.csv"):
-        client.put_object(Bucket="watched-bucket", Key=f"cxr/{name}", Body=b"DICM" + name.encode())
-    client.put_object(Bucket="watched-bucket", Key="cxr/p1/.done", Body=b"")
+        client.put_object(Bucket=bucket, Key=f"cxr/{name}", Body=b"DICM" + name.encode())
+    client.put_object(Bucket=bucket, Key="cxr/p1/.done", Body=b"")
+    if home_on == "s3":
+        home = f"s3://{bucket}/home"
+        settings = replace(settings, home=as_path(home, s3_endpoint), lancedb_uri=f"{home}/lancedb",
+                           s3_endpoint_url=s3_endpoint)
+        monkeypatch.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
     resources = {**resources, "medvec": MedvecHomeResource(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                                                            s3_endpoint_url=s3_endpoint)}
     daemon = Daemon(dagster_instance, resources, s3_prefix_sensor)
     [batch] = _opened(daemon.tick())  # p1 is marked done; p2/c.dcm waits for a second look
-    assert sorted(_claimed(settings.home)) == ["s3://watched-bucket/cxr/p1/a.dcm", "s3://watched-bucket/cxr/p1/b.dcm"]
+    assert sorted(_claimed(settings.home)) == [f"s3://{bucket}/cxr/p1/a.dcm", f"s3://{bucket}/cxr/p1/b.dcm"]
     time.sleep(1.1)  # S3 times have one-second resolution
     [later] = _opened(daemon.tick())
-    assert [f.uri for f in load_manifest(settings.home, later).files] == ["s3://watched-bucket/cxr/p2/c.dcm"]
-    client.put_object(Bucket="watched-bucket", Key="cxr/p1/a.dcm", Body=b"replaced content")
+    assert [f.uri for f in load_manifest(settings.home, later).files] == [f"s3://{bucket}/cxr/p2/c.dcm"]
+    client.put_object(Bucket=bucket, Key="cxr/p1/a.dcm", Body=b"replaced content")
     assert _opened(daemon.tick()) == []
     [error] = [e for e in store.list_errors(store.connect(settings.lancedb_uri)) if e["stage"] == CHANGED_STAGE]
-    assert error["source_uri"] == "s3://watched-bucket/cxr/p1/a.dcm" and error["batch"] == batch
+    assert error["source_uri"] == f"s3://{bucket}/cxr/p1/a.dcm" and error["batch"] == batch
     assert "ETag differs" in error["message"]
 
 
