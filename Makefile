@@ -55,9 +55,16 @@ $(BIOMEDCLIP_VENV)/.installed: pyproject.toml
 test-biomedclip: $(BIOMEDCLIP_VENV)/.installed
 	$(BIOMEDCLIP_VENV)/bin/python -m pytest -q -ra tests/test_open_clip.py
 
+# Every profile's definitions (MEDVEC_PROFILE, pipelines/profiles.py) must load, on any machine: the
+# placeholder URLs only satisfy the profiles' checks, since loading definitions reaches no server or bucket.
+VALIDATE := env -u MEDVEC_EMBEDDER $(VENV)/bin/dagster definitions validate -w workspace.yaml
 validate: install
 	mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster definitions validate -w workspace.yaml
+	MEDVEC_PROFILE=local $(VALIDATE)
+	MEDVEC_PROFILE=gpu-box $(VALIDATE)
+	MEDVEC_PROFILE=nim MEDVEC_NIM_URL=http://127.0.0.1:9/v1 $(VALIDATE)
+	MEDVEC_PROFILE=cluster MEDVEC_HOME=s3://medvec-validate/home \
+		MEDVEC_LANCEDB_URI=s3://medvec-validate/lancedb $(VALIDATE)
 
 dagster: install
 	mkdir -p $(DAGSTER_HOME)

@@ -1,4 +1,7 @@
-"""The Medvec code location: every asset, job and resource, configured from the environment."""
+"""The Medvec code location: every asset, job and resource, configured from the environment.
+
+MEDVEC_PROFILE (`pipelines/profiles.py`) picks where runs execute: the assets are the same in every
+profile; only the executor and the embedder's defaults change."""
 
 import dagster as dg
 
@@ -9,14 +12,21 @@ from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
 from assets.search import fallback_queries, image_index, similar_images
 from pipelines.jobs import ingest_job, search_refresh_job
+from pipelines.profiles import gpu_steps, profile_from_env
 from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
 from resources import MedvecHomeResource
-from resources.embedders import embedder_from_env
+
+ASSETS = [source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
+          image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle]
+
+profile = profile_from_env()
+embedder = profile.embedder()
 
 defs = dg.Definitions(
-    assets=[source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
-            image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle],
+    assets=ASSETS,
     jobs=[ingest_job, search_refresh_job, rescan_job],
     sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor],
-    resources={"medvec": MedvecHomeResource.from_env(), "embedder": embedder_from_env()},
+    resources={"medvec": MedvecHomeResource.from_env(), "embedder": embedder},
+    # Every job runs on the profile's executor; on the cluster the gpu-pool steps ask for a GPU.
+    executor=profile.executor(gpu_steps(ASSETS, embedder)),
 )
