@@ -31,7 +31,7 @@ def search_bundle(context: dg.AssetExecutionContext, config: SearchBundleConfig,
     report, plot = latest_evaluation(medvec.home_path)
     if report is None:
         context.log.info("no evaluation report yet: the bundle's metrics tab will say so")
-    with embedder.load(embedding_model) as model:
+    with embedder.load(embedding_model, medvec.model_cache) as model:
         summary = build_bundle(search, model, out_dir, home=medvec.home_path, eval_report=report, eval_plot=plot,
                                options=BundleOptions(precision=config.precision, thumbnails=config.thumbnails),
                                progress=context.log.info)

@@ -52,7 +52,7 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
     table_name = image_table_name(spec.slug)
     table = open_image_table(db, table_name, embedding_model.dim)  # a dimension mismatch stops here
     written, errors_total, seconds = 0, 0, 0.0
-    with embedder.load(embedding_model) as model:
+    with embedder.load(embedding_model, medvec.model_cache) as model:
         for batch in context.partition_keys:
             records = load_batch_records(medvec.home_path, batch)
             started = time.perf_counter()

@@ -30,7 +30,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
     configured = embedder.spec().name
     for target in targets:
         if target.model == configured:  # encode with the resource, exactly as the table was embedded
-            target.open_embedder = lambda: embedder.load(embedding_model)
+            target.open_embedder = lambda: embedder.load(embedding_model, medvec.model_cache)
     result = evaluate_models(store.connect(medvec.lancedb_uri), targets, split=config.split,
                              policy=config.uncertain, progress=context.log.info)
     paths = save_report(medvec.home_path, result)

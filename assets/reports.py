@@ -49,7 +49,7 @@ def report_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResou
     db = store.connect(medvec.lancedb_uri)
     table = open_report_table(db, report_table_name(spec.slug), embedding_model.dim)
     written = 0
-    with embedder.load(embedding_model) as model:
+    with embedder.load(embedding_model, medvec.model_cache) as model:
         for batch in context.partition_keys:
             records = load_batch_reports(medvec.home_path, batch)
             texts = [report_embedding_text(r) for r in records]

@@ -58,7 +58,7 @@ def fallback_queries(context: dg.AssetExecutionContext, medvec: MedvecHomeResour
     """About 50 common chest X-ray queries embedded and answered ahead of time, so they answer
     without loading a text encoder."""
     search = _search(medvec, embedder)
-    with embedder.load(embedding_model) as model:
+    with embedder.load(embedding_model, medvec.model_cache) as model:
         summary = compute_fallbacks(search, model)
     rows = "\n".join(f"| {query} | {', '.join(f'`{i[:16]}`' for i in ids)} |" for query, ids in summary["examples"].items())
     metadata = {"table": fallback_table_name(embedder.spec().slug), "queries": summary["queries"], "k": summary["k"],

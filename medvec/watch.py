@@ -264,6 +264,8 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
     started = time.monotonic()
     pass_started = cursor.pass_started if cursor.resume_after and cursor.pass_started else now
     scan: SourceScan = source.scan(start_after=cursor.resume_after, deadline=started + options.listing_budget_s)
+    if cursor.resume_after:
+        scan.markers |= _folder_markers_before(source, cursor.resume_after)
     listed_at = time.monotonic()
     tick = WatchTick(opened=[], cursor=WatchCursor(**asdict(cursor)), listed=len(scan.files), complete=scan.complete)
     with batch_opening_lock(home):
@@ -295,6 +297,21 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
         next_cursor.last_pass_quiet, next_cursor.pass_unsettled = next_cursor.pass_unsettled == 0, 0
     tick.seconds = {"list": round(listed_at - started, 3), "total": round(time.monotonic() - started, 3)}
     return tick
+
+
+def _folder_markers_before(source: ImageSource, resume_after: str) -> set[str]:
+    """`.done` markers of the folders holding the resume point: they sort before it, so a resumed look
+    never lists them, yet they settle every file after it in those folders."""
+    found, root = set(), source.root.rstrip("/")
+    folder = resume_after.rsplit("/", 1)[0]
+    while len(folder) >= len(root):
+        marker = f"{folder}/{DONE_MARKER}"
+        if source.stat(marker) is not None:
+            found.add(marker)
+        if folder == root or "/" not in folder:
+            break
+        folder = folder.rsplit("/", 1)[0]
+    return found
 
 
 def _choose(fresh: list[SourceFile], tick: WatchTick, cursor: WatchCursor, options: WatchOptions,

@@ -22,9 +22,11 @@ from medvec.backfill import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, combine_
 from medvec.batches import load_batch_errors, load_batch_records
 from medvec.image_table import image_table_name
 from medvec.settings import Settings
+from medvec.storage import HomePath
 from pipelines.partitions import batch_partitions
-from resources import MedvecHomeResource
+from resources import home_resources
 from resources.embedders import EmbedderResource, NimEmbedderResource, embedder_from_env
+from resources.home_io_manager import stored_value
 
 LAUNCHED_BY_TAG = "medvec/launched_by"  # runs a medvec command executed in its own process
 PROCESS_TAG = "medvec/process"  # "<host>/<pid>:<start time>" of that process
@@ -99,11 +101,14 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
 # --- what the instance knows -----------------------------------------------------------------------
 
-def model_ready(instance: dg.DagsterInstance, embedder: EmbedderResource) -> bool:
+def model_ready(instance: dg.DagsterInstance, embedder: EmbedderResource, home: HomePath) -> bool:
     """Whether embedding_model's latest materialisation is the configured model, served the configured
-    way (the check image_embeddings itself makes, plus local vs NIM), so batch runs can load it."""
+    way (the check image_embeddings itself makes, plus local vs NIM), and its value is in the home where
+    batch runs load it from."""
     event = instance.get_latest_materialization_event(embedding_model.key)
     if event is None or event.asset_materialization is None:
+        return False
+    if not stored_value(home, embedding_model.key).is_file():
         return False
     spec = embedder.spec()
     loader = "nim" if isinstance(embedder, NimEmbedderResource) else spec.loader
@@ -158,7 +163,7 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
     summary = BackfillSummary(batches=list(batches))
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
     instance.add_dynamic_partitions(batch_partitions.name, [b for b in batches if b not in known])
-    resources: dict = {"medvec": MedvecHomeResource.from_settings(settings)}
+    resources: dict = home_resources(settings)
     tags = process_tags("medvec backfill")
     run_config = {"ops": {"normalized_images": {"config": normalize_config or {}}}, **QUIET}
     normalized = []
@@ -180,7 +185,7 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
             resources["embedder"] = embedder
             spec = embedder.spec()
             summary.model, summary.table = spec.name, image_table_name(spec.slug)
-            if not model_ready(instance, embedder):
+            if not model_ready(instance, embedder, settings.home):
                 model_run = dg.materialize([embedding_model], instance=instance, resources=resources,
                                            run_config=QUIET, raise_on_error=False, tags=tags)
                 if not model_run.success:

@@ -14,7 +14,8 @@ from assets.search import fallback_queries, image_index, similar_images
 from pipelines.jobs import ingest_job, search_refresh_job
 from pipelines.profiles import gpu_steps, profile_from_env
 from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
-from resources import MedvecHomeResource
+from medvec.settings import Settings
+from resources import home_resources
 
 ASSETS = [source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
           image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle]
@@ -26,7 +27,8 @@ defs = dg.Definitions(
     assets=ASSETS,
     jobs=[ingest_job, search_refresh_job, rescan_job],
     sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor],
-    resources={"medvec": MedvecHomeResource.from_env(), "embedder": embedder},
+    # The home and the IO manager that keeps asset values in it: steps in other pods read them there.
+    resources={**home_resources(Settings.from_env()), "embedder": embedder},
     # Every job runs on the profile's executor; on the cluster the gpu-pool steps ask for a GPU.
     executor=profile.executor(gpu_steps(ASSETS, embedder)),
 )

@@ -26,7 +26,7 @@ from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
 from pipelines.backfill import process_tags, reap_dead_runs
 from pipelines.partitions import batch_partitions
-from resources import MedvecHomeResource
+from resources import home_resources
 from resources.embedders import EmbedderResource, embedder_from_env
 
 
@@ -113,7 +113,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
             write_manifest(settings.home, manifest)
             manifests.append(manifest)
     instance.add_dynamic_partitions(batch_partitions.name, [m.batch for m in manifests])
-    resources = {"medvec": MedvecHomeResource.from_settings(settings)}
+    resources = home_resources(settings)
     # The CLI prints its own summary of errors; the run log keeps every line for the UI.
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},

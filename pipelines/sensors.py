@@ -71,7 +71,7 @@ def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, emb
     new_partitions = [b for b in awaiting if b not in known]
     if not awaiting and not saw_new_files:
         return [], new_partitions
-    if not model_ready(instance, embedder):
+    if not model_ready(instance, embedder, medvec.home_path):
         return _model_request(context, embedder.spec(), cursor, options), new_partitions
     requests = [dg.RunRequest(run_key=f"batch:{batch}", partition_key=batch,
                               asset_selection=[a.key for a in BATCH_ASSETS], tags={"medvec/batch": batch})

@@ -44,8 +44,9 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
         """Make the model available (download, mirror, build, or probe) and describe it."""
 
     @abstractmethod
-    def load(self, artifact: ModelArtifact) -> Embedder:
-        """An embedder for the resolved model; close it when done."""
+    def load(self, artifact: ModelArtifact, cache_dir: Path | None = None) -> Embedder:
+        """An embedder for the resolved model; close it when done. `cache_dir` is where this machine keeps
+        model files, for when the model was resolved on another one."""
 
 
 class LocalEmbedderResource(EmbedderResource):
@@ -62,21 +63,28 @@ class LocalEmbedderResource(EmbedderResource):
     batch_size: int = 32
 
     def resolve(self, cache_dir: Path) -> ModelArtifact:
-        from medvec.embedders.loading import resolve_local_files
-
         spec = self.spec()
-        resolved = resolve_local_files(spec, cache_dir, source=self.model_source, location=self.model_location,
-                                       revision=self.revision, token=self.hf_token,
-                                       s3_endpoint_url=self.s3_endpoint_url)
+        resolved = self._files(cache_dir, self.revision)
         return ModelArtifact(name=spec.name, model_id=spec.model_id, loader=spec.loader, dim=spec.dim,
                              revision=resolved.revision, local_dir=str(resolved.local_dir),
                              metadata=resolved.to_metadata())
 
-    def load(self, artifact: ModelArtifact) -> Embedder:
+    def load(self, artifact: ModelArtifact, cache_dir: Path | None = None) -> Embedder:
         from medvec.embedders.loading import open_local
 
-        return open_local(self.spec(), Path(artifact.local_dir), revision=artifact.revision, device=self.device,
+        local_dir = Path(artifact.local_dir)
+        if not local_dir.is_dir():
+            # Resolved on another machine (a Kubernetes pod, another worker): fetch the same revision here.
+            local_dir = self._files(cache_dir or Settings.from_env().model_cache,
+                                    artifact.revision or self.revision).local_dir
+        return open_local(self.spec(), Path(local_dir), revision=artifact.revision, device=self.device,
                           dtype=self.dtype, batch_size=self.batch_size)
+
+    def _files(self, cache_dir: Path, revision: str | None):
+        from medvec.embedders.loading import resolve_local_files
+
+        return resolve_local_files(self.spec(), cache_dir, source=self.model_source, location=self.model_location,
+                                   revision=revision, token=self.hf_token, s3_endpoint_url=self.s3_endpoint_url)
 
 
 class NimEmbedderResource(EmbedderResource):
@@ -102,7 +110,7 @@ class NimEmbedderResource(EmbedderResource):
         return ModelArtifact(name=self.model, model_id=self.nim_model, loader="nim", dim=dim, revision=None,
                              local_dir=None, metadata={"url": shown_url, "ready": detail, "dim": dim})
 
-    def load(self, artifact: ModelArtifact) -> Embedder:
+    def load(self, artifact: ModelArtifact, cache_dir: Path | None = None) -> Embedder:
         return self._client(dim=artifact.dim)
 
     def _client(self, dim: int | None):

@@ -333,7 +333,7 @@ def test_search_bundle_asset_materialises_into_the_home(search_collection, ort_w
     from assets.bundle import search_bundle
     from assets.embeddings import embedding_model
     from medvec.settings import Settings
-    from resources import MedvecHomeResource
+    from resources import home_resources
     from resources.embedders import embedder_from_env
 
     home = tmp_path / "home"
@@ -341,7 +341,7 @@ def test_search_bundle_asset_materialises_into_the_home(search_collection, ort_w
     settings = Settings.from_env({**search_collection.env, "MEDVEC_HOME": str(home)})
     with dg.instance_for_test() as instance:
         result = dg.materialize([embedding_model, search_bundle], instance=instance,
-                                resources={"medvec": MedvecHomeResource.from_settings(settings),
+                                resources={**home_resources(settings),
                                            "embedder": embedder_from_env(settings)})
     assert result.success
     [event] = result.asset_materializations_for_node("search_bundle")

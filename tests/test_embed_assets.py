@@ -12,7 +12,7 @@ from medvec import store
 from medvec.batches import load_batch_records
 from medvec.image_table import image_table_name, open_image_table
 from pipelines.ingest import ingest
-from resources import MedvecHomeResource
+from resources import home_resources
 from resources.embedders import LocalEmbedderResource
 from tests.conftest import dicom_testfile
 
@@ -31,9 +31,7 @@ def _folder(tmp_path):
 
 
 def _resources(settings):
-    return {"medvec": MedvecHomeResource(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
-                                         pseudonym_key=settings.pseudonym_key),
-            "embedder": LocalEmbedderResource(model="tiny-siglip")}
+    return {**home_resources(settings), "embedder": LocalEmbedderResource(model="tiny-siglip")}
 
 
 def test_ingest_embeds_every_normalised_image_once(tmp_path, settings, dagster_instance):

@@ -246,14 +246,14 @@ def test_retrieval_evaluation_asset_attaches_the_table_and_plot(tmp_path, settin
     from assets.evaluation import retrieval_evaluation
     from medvec.sample_data import write_sample_data
     from pipelines.ingest import ingest
-    from resources import MedvecHomeResource
+    from resources import home_resources
     from resources.embedders import embedder_from_env
 
     sample = write_sample_data(tmp_path / "sample", count=12)
     ingest(str(sample.out_dir), settings, instance=dagster_instance)
     result = dg.materialize([embedding_model, retrieval_evaluation], selection=[retrieval_evaluation],
                             instance=dagster_instance, run_config={"ops": {"retrieval_evaluation": {"config": {"split": "all"}}}},
-                            resources={"medvec": MedvecHomeResource.from_settings(settings),
+                            resources={**home_resources(settings),
                                        "embedder": embedder_from_env(settings)})
     assert result.success
     [event] = result.asset_materializations_for_node("retrieval_evaluation")

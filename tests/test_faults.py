@@ -34,7 +34,7 @@ from medvec.sample_data import chest_specs, write_chest
 from medvec.settings import Settings
 from pipelines.backfill import backfill
 from pipelines.ingest import ingest
-from resources import MedvecHomeResource
+from resources import home_resources
 from resources.embedders import LocalEmbedderResource, NimEmbedderResource
 from tests.conftest import dicom_testfile
 from tests.nim_faults import Fault, FaultProxy
@@ -175,7 +175,7 @@ def test_two_runs_write_different_batches_into_one_table_at_the_same_time(tmp_pa
             summary = ingest(str(tmp_path / "incoming"), settings, batch_size=4, instance=instance, embed=False,
                              workers=1)
             dg.materialize([embedding_model], instance=instance,
-                           resources={"medvec": MedvecHomeResource.from_settings(settings),
+                           resources={**home_resources(settings),
                                       "embedder": _nim(nim_server.url)})
         assert len(summary.batches) == 2
         env = _cli_env(settings, dagster_home, gated.url)
@@ -284,7 +284,7 @@ def test_nim_faults_retry_then_fail_only_their_batch_and_write_nothing_of_it(tmp
         [batches[name]] = ingest(str(tmp_path / name), settings, instance=dagster_instance, embed=False,
                                  workers=1).batches
     nim = _nim(proxy.url, timeout_s=1.0)
-    resources = {"medvec": MedvecHomeResource.from_settings(settings), "embedder": nim}
+    resources = {**home_resources(settings), "embedder": nim}
     dg.materialize([embedding_model], instance=dagster_instance, resources=resources)
 
     def embed(batch):
@@ -328,7 +328,7 @@ def test_a_dimension_change_fails_clearly_and_leaves_a_full_table_untouched(tmp_
 
     # Someone sets MEDVEC_MODEL_DIM=32 for the same model name: the model is resolved again with it.
     wrong = LocalEmbedderResource(model="tiny-siglip", dim=32)
-    resources = {"medvec": MedvecHomeResource.from_settings(settings), "embedder": wrong}
+    resources = {**home_resources(settings), "embedder": wrong}
     dg.materialize([embedding_model], instance=dagster_instance, resources=resources)
     result = backfill(settings, summary.batches, instance=dagster_instance, embedder=wrong, refresh=False)
     assert result.failed_runs == summary.batches and result.embedded == 0

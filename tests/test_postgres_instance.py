@@ -13,7 +13,7 @@ from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
 from pipelines.partitions import batch_partitions
 from pipelines.sensors import incoming_folder_sensor, search_refresh_sensor
-from resources import MedvecHomeResource
+from resources import home_resources
 from resources.embedders import LocalEmbedderResource
 from tests.conftest import dicom_testfile
 from tests.pg_server import PG_URL_ENV, PostgresServer, PostgresUnavailable, write_postgres_instance
@@ -77,8 +77,7 @@ def test_sensors_open_and_run_a_batch_among_200_partitions_on_postgres(settings,
     for name in ("CT_small.dcm", "MR_small_RLE.dcm"):
         shutil.copy(dicom_testfile(name), incoming / name)
         os.utime(incoming / name, (time.time() - 120,) * 2)  # downloaded two minutes ago: settled
-    resources = {"medvec": MedvecHomeResource.from_settings(settings),
-                 "embedder": LocalEmbedderResource(model="tiny-siglip")}
+    resources = {**home_resources(settings), "embedder": LocalEmbedderResource(model="tiny-siglip")}
     daemon = Daemon(postgres_instance, resources, incoming_folder_sensor)
 
     first = daemon.tick()  # the model is not resolved yet: it is requested first

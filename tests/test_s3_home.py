@@ -3,6 +3,9 @@ test), compared with the same sample ingested into a local home (`search_collect
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import boto3
 import dagster as dg
 import numpy as np
@@ -20,18 +23,19 @@ from tests.conftest import free_port
 QUERIES = ["pleural effusion", "cardiomegaly", "normal chest x-ray", "left lower lobe opacity"]
 
 
-@pytest.fixture
-def aws_env(s3_endpoint, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
-    # Model files and Dagster's SQLite stay on local disk when the home is on S3.
-    monkeypatch.setenv("MEDVEC_CACHE_DIR", str(tmp_path / "cache"))
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    bucket = f"medvec-{free_port()}"
-    client.create_bucket(Bucket=bucket)
-    return client, bucket
+@pytest.fixture(scope="module")
+def aws_env(s3_endpoint, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
+        # Model files and Dagster's SQLite stay on local disk when the home is on S3.
+        env.setenv("MEDVEC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+        bucket = f"medvec-{free_port()}"
+        client.create_bucket(Bucket=bucket)
+        yield client, bucket
 
 
 def _upload_folder(client, bucket: str, folder, prefix: str) -> int:
@@ -41,8 +45,8 @@ def _upload_folder(client, bucket: str, folder, prefix: str) -> int:
     return len(files)
 
 
-@pytest.fixture
-def s3_collection(aws_env, search_collection, tmp_path):
+@pytest.fixture(scope="module")
+def s3_collection(aws_env, search_collection):
     client, bucket = aws_env
     _upload_folder(client, bucket, search_collection.sample_dir, "incoming")
     env = {"MEDVEC_HOME": f"s3://{bucket}/home", "MEDVEC_LANCEDB_URI": f"s3://{bucket}/lancedb",
@@ -111,10 +115,47 @@ def test_pipeline_on_s3_matches_the_local_run(s3_collection, search_collection):
         remote.close()
         local_search.close()
 
+    # Asset values passed between steps sit in the bucket too, not on the disk of whoever ran the step.
+    assert sum(k.startswith("home/dagster-io/source_manifest/") for k in home_keys) == len(local.batches)
+    assert "home/dagster-io/embedding_model/value.pkl" in home_keys
+
+
+@pytest.mark.slow
+def test_a_step_on_a_fresh_machine_works_from_the_bucket_alone(s3_collection, tmp_path, monkeypatch):
+    """What a Kubernetes pod sees: no local model files, an empty Dagster instance; the step reads the
+    batch records and the model description from the bucket, fetches the model and re-embeds the batch
+    into the same rows."""
+    from assets.embeddings import embedding_model, image_embeddings
+    from assets.ingest import normalized_images, source_manifest
+    from medvec import store
+    from resources import home_resources
+    from resources.embedders import LocalEmbedderResource
+
+    settings, summary = s3_collection[0], s3_collection[1]
+    table = store.connect(settings.lancedb_uri).open_table("images__tiny_siglip")
+    before = table.count_rows()
+    # The machine that resolved the model (this one, under the module's cache) is not this "pod".
+    resolved_here = Path(os.environ["MEDVEC_CACHE_DIR"])
+    resolved_here.rename(tmp_path / "elsewhere")
+    monkeypatch.setenv("MEDVEC_CACHE_DIR", str(tmp_path / "fresh-pod-cache"))
+    batch = summary.batches[0]
+    try:
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("batch", [batch])
+            result = dg.materialize([embedding_model, source_manifest, normalized_images, image_embeddings],
+                                    partition_key=batch, instance=instance, selection=[image_embeddings],
+                                    resources={**home_resources(settings),
+                                               "embedder": LocalEmbedderResource(model="tiny-siglip")})
+    finally:
+        (tmp_path / "elsewhere").rename(resolved_here)
+    assert result.success
+    assert (tmp_path / "fresh-pod-cache" / "models").is_dir()  # the model was fetched on this "machine"
+    assert table.count_rows() == before
+
 
 def test_s3_paths_read_write_list_and_lock(aws_env, tmp_path):
     client, bucket = aws_env
-    home = S3Path(f"s3://{bucket}/home", client.meta.endpoint_url)
+    home = S3Path(f"s3://{bucket}/scratch", client.meta.endpoint_url)
     manifest = batch_dir(home, "b1") / "manifest.json"
     assert not manifest.exists()
     assert create_exclusive(manifest, b'{"batch": "b1"}')

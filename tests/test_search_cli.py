@@ -116,10 +116,10 @@ def test_search_assets_record_their_numbers_and_rerun_without_duplicates(tmp_pat
 
     from assets.embeddings import embedding_model
     from assets.search import fallback_queries, image_index, similar_images
-    from resources import MedvecHomeResource
+    from resources import home_resources
     from resources.embedders import embedder_from_env
 
-    resources = {"medvec": MedvecHomeResource.from_settings(settings), "embedder": embedder_from_env(settings)}
+    resources = {**home_resources(settings), "embedder": embedder_from_env(settings)}
     for _ in range(2):
         result = dg.materialize([embedding_model, image_index, fallback_queries, similar_images],
                                 selection=[image_index, fallback_queries, similar_images],
@@ -133,11 +133,11 @@ def test_search_assets_record_their_numbers_and_rerun_without_duplicates(tmp_pat
 
 def test_image_index_without_a_table_fails_clearly(settings, dagster_instance):
     from assets.search import image_index
-    from resources import MedvecHomeResource
+    from resources import home_resources
     from resources.embedders import embedder_from_env
 
     result = dg.materialize([image_index], instance=dagster_instance, raise_on_error=False,
-                            resources={"medvec": MedvecHomeResource.from_settings(settings),
+                            resources={**home_resources(settings),
                                        "embedder": embedder_from_env(settings)})
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure][0]

@@ -25,7 +25,7 @@ from medvec.watch import (AWAITING_LAUNCH, CHANGED_STAGE, WatchCursor, clear_awa
                           rescan)
 from pipelines.definitions import defs
 from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
-from resources import MedvecHomeResource
+from resources import MedvecHomeResource, home_resources
 from resources.embedders import LocalEmbedderResource
 from tests.conftest import dicom_testfile
 
@@ -44,7 +44,7 @@ def watch_env(monkeypatch):
 
 @pytest.fixture
 def resources(settings):
-    return {"medvec": MedvecHomeResource.from_settings(settings),
+    return {**home_resources(settings),
             "embedder": LocalEmbedderResource(model="tiny-siglip")}
 
 
@@ -154,6 +154,20 @@ def test_a_done_marker_settles_files_on_the_first_look(settings, resources, dags
     assert batch in list_batches(settings.home)
 
 
+def test_a_folder_marker_still_settles_files_when_a_look_resumes_after_its_budget(settings):
+    """The root's `.done` sorts before every file: a look resumed in the middle never lists it again."""
+    from medvec.watch import WatchOptions, watch_source
+
+    incoming = settings.home / "incoming"
+    files = _files(incoming, [f"p{i}/x.dcm" for i in range(4)], age_s=0)
+    (incoming / ".done").touch()
+    source = LocalFolderSource(incoming)
+    resumed = WatchCursor(pass_started=time.time(), resume_after=str(files[1]))  # first pass, half listed
+    tick = watch_source(source, settings.home, resumed, WatchOptions(batch_size=10, settle_margin_s=0),
+                        launcher="test", now=time.time())
+    assert sorted(f.uri for m in tick.opened for f in m.files) == [str(f) for f in files[2:]]
+
+
 def test_batches_are_bounded_a_tick_opens_a_few_and_no_file_is_batched_twice(settings, resources, dagster_instance,
                                                                                watch_env):
     incoming = settings.home / "incoming"
@@ -209,7 +223,6 @@ WATCHER = """
 import sys, time
 from pathlib import Path
 from medvec.sources import LocalFolderSource
-from medvec.storage import as_path
 from medvec.watch import WatchCursor, WatchOptions, watch_source
 
 folder, home, until = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
