@@ -64,7 +64,7 @@ validate: install
 	MEDVEC_PROFILE=gpu-box $(VALIDATE)
 	MEDVEC_PROFILE=nim MEDVEC_NIM_URL=http://127.0.0.1:9/v1 $(VALIDATE)
 	MEDVEC_PROFILE=cluster MEDVEC_HOME=s3://medvec-validate/home \
-		MEDVEC_LANCEDB_URI=s3://medvec-validate/lancedb $(VALIDATE)
+		MEDVEC_LANCEDB_URI=s3://medvec-validate/lancedb MEDVEC_PSEUDONYM_KEY=validate-only $(VALIDATE)
 
 dagster: install
 	mkdir -p $(DAGSTER_HOME)

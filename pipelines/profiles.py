@@ -157,7 +157,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("cluster", "Kubernetes: a pod per step, GPU pods for the gpu pool, state on S3",
             _k8s_executor, device="cuda",
             requirements=(Requirement("MEDVEC_HOME", "s3://bucket/medvec", s3=True),
-                          Requirement("MEDVEC_LANCEDB_URI", "s3://bucket/medvec/lancedb", s3=True))),
+                          Requirement("MEDVEC_LANCEDB_URI", "s3://bucket/medvec/lancedb", s3=True),
+                          # Shared patient data: never the development key (guessable pseudonyms).
+                          Requirement("MEDVEC_PSEUDONYM_KEY", "<a long random secret, from a Secret>"))),
 )}
 
 

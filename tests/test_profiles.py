@@ -23,7 +23,8 @@ PROFILE_ENV = {
     "local": {},
     "gpu-box": {},
     "nim": {"MEDVEC_NIM_URL": "http://127.0.0.1:9/v1"},
-    "cluster": {"MEDVEC_HOME": "s3://medvec-test/home", "MEDVEC_LANCEDB_URI": "s3://medvec-test/lancedb"},
+    "cluster": {"MEDVEC_HOME": "s3://medvec-test/home", "MEDVEC_LANCEDB_URI": "s3://medvec-test/lancedb",
+                "MEDVEC_PSEUDONYM_KEY": "cluster-test-key"},
 }
 
 
@@ -178,6 +179,8 @@ def test_nim_profile_embeds_remotely_with_the_key_as_an_env_var(monkeypatch, tmp
     ({"MEDVEC_PROFILE": "cluster", "MEDVEC_HOME": "/data/medvec", "MEDVEC_LANCEDB_URI": "s3://b/lancedb"},
      "MEDVEC_HOME must be an s3:// URI"),
     ({"MEDVEC_PROFILE": "cluster", "MEDVEC_HOME": "s3://b/home"}, "set MEDVEC_LANCEDB_URI"),
+    ({"MEDVEC_PROFILE": "cluster", "MEDVEC_HOME": "s3://b/home", "MEDVEC_LANCEDB_URI": "s3://b/lancedb"},
+     "set MEDVEC_PSEUDONYM_KEY"),
     ({"MEDVEC_PROFILE": "gpu-box", "MEDVEC_EMBEDDER": "nim"}, "MEDVEC_EMBEDDER=nim contradicts the profile"),
     ({"MEDVEC_PROFILE": "gpu-box", "MEDVEC_MAX_CONCURRENT": "four"}, "MEDVEC_MAX_CONCURRENT must be a whole"),
 ])
@@ -247,8 +250,8 @@ def test_helm_values_run_the_code_location_with_the_cluster_profile():
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
     env = deployment["env"]
     assert env["MEDVEC_PROFILE"] == "cluster"
-    # The same env satisfies the profile's own checks.
-    assert profile_from_env(env).name == "cluster"
+    # The same env, plus the key the medvec-secrets Secret adds, satisfies the profile's own checks.
+    assert profile_from_env({**env, "MEDVEC_PSEUDONYM_KEY": "from-the-secret"}).name == "cluster"
     assert {"name": "medvec-secrets"} in deployment["envSecrets"]
 
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
