@@ -2,7 +2,7 @@
 batch runs: normalise, embed → search refresh: index, fallbacks, neighbours) into a real LanceDB table.
 
     .venv/bin/python benchmarks/pipeline.py [--images 10000] [--batch-size 2000] [--workdir DIR]
-                                            [--out benchmarks/results/pipeline.json] [--keep]
+                                            [--home-on local|s3] [--out benchmarks/results/pipeline.json] [--keep]
 
 Images: the offline sample dataset's DICOMs (the two full-size NEMA WG04 radiographs from pydicom-data and
 36 synthetic chests at 512-1024 px in several transfer syntaxes) replicated round-robin with fresh
@@ -22,6 +22,15 @@ maintain_table, compute_fallbacks, ...) are wrapped with a timer while the runs 
 runs, the wrapper only adds up its wall time. Dagster's overhead = run wall - domain time inside the run,
 as a fraction of run wall; the event log's STEP_START → STEP_SUCCESS splits it into run set-up/teardown
 and per-step cost (IO manager, events, metadata).
+
+Home on S3 (`--home-on s3`): the benchmark starts moto's S3 server in a subprocess of its own (moto's WSGI
+app under werkzeug, as `moto_server` runs it, wrapped to append one line per request: time, operation,
+status), creates a bucket and sets MEDVEC_HOME=s3://bucket/home, MEDVEC_LANCEDB_URI=s3://bucket/lancedb,
+MEDVEC_S3_ENDPOINT_URL and MEDVEC_CACHE_DIR (model files, local). The watched DICOM folder and DAGSTER_HOME
+stay local, as in the local run. Requests are attributed to sensor ticks and asset steps by their time
+against the event log's step windows; the server's CPU is read from /proc per run, and it is left out of
+the memory sampler's children. moto keeps objects in memory and shares this machine's cores: its latency
+is not S3's.
 
 Memory: the kernel's peak RSS of this process (VmHWM, reset per stage via /proc/self/clear_refs), a
 100 ms sampler of the RSS of every descendant (normalisation workers, the embedding preparation worker),
@@ -108,16 +117,17 @@ class MemorySampler(threading.Thread):
     """Every 100 ms: the RSS of each descendant and their sum, kept as peaks per phase (the domain
     call running at the time, else 'dagster')."""
 
-    def __init__(self, clock: "DomainClock", interval: float = 0.1):
+    def __init__(self, clock: "DomainClock", interval: float = 0.1, exclude: set[int] | None = None):
         super().__init__(daemon=True)
         self.clock, self.interval = clock, interval
+        self.exclude = exclude or set()  # the S3 server: not the pipeline's memory
         self.peaks: dict[str, dict[str, int]] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
         me = os.getpid()
         while not self._halt.is_set():
-            kids = _descendants(me)
+            kids = [p for p in _descendants(me) if p not in self.exclude]
             rss = [_status_kb(p, "VmRSS") for p in kids]
             hwm = [_status_kb(p, "VmHWM") for p in kids]  # catches spikes between samples
             own = _status_kb(me, "VmRSS")
@@ -212,6 +222,128 @@ def instrument_domain_calls(clock: DomainClock) -> None:
     LocalEmbedderResource.resolve = _timed(clock, "embedding_model", "resolve", LocalEmbedderResource.resolve)
 
 
+# --- the home on S3 (moto) ----------------------------------------------------------------------
+
+#: moto's server as `moto_server` runs it (werkzeug, threaded), its WSGI app wrapped to append one line per
+#: request to argv[2]: start time, operation (LIST for a bucket-level GET), HTTP status. Werkzeug's own
+#: per-request log is off (it would cost the server CPU for coloured lines).
+_MOTO_SERVER = r"""
+import logging, sys, threading, time
+from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import run_simple
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+out, lock = open(sys.argv[2], "a", buffering=1), threading.Lock()
+app = DomainDispatcherApplication(create_backend_app)
+
+def counted(environ, start_response):
+    started, method = time.time(), environ["REQUEST_METHOD"]
+    path = environ.get("PATH_INFO", "").strip("/")
+    op = "LIST" if method == "GET" and ("/" not in path or "list-type" in environ.get("QUERY_STRING", "")) else method
+    status = []
+
+    def respond(code, headers, exc_info=None):
+        status.append(code.split()[0])
+        return start_response(code, headers, exc_info)
+
+    body = app(environ, respond)
+    with lock:
+        out.write(f"{started:.4f} {op} {status[0] if status else '-'}\n")
+    return body
+
+run_simple("127.0.0.1", int(sys.argv[1]), counted, threaded=True, request_handler=MotoRequestHandler)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """moto's S3 server in a subprocess, a bucket in it, and what it saw: requests (from its log) and CPU."""
+
+    def __init__(self, workdir: Path):
+        import boto3
+
+        self.port, self.log_path = _free_port(), workdir / "moto-requests.log"
+        self.log_path.write_text("")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.stderr = open(workdir / "moto-server.err", "w")
+        self.proc = subprocess.Popen([sys.executable, "-c", _MOTO_SERVER, str(self.port), str(self.log_path)],
+                                     stdout=self.stderr, stderr=self.stderr)
+        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1"})
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        deadline = time.time() + 60
+        while True:
+            try:
+                self.client.list_buckets()
+                break
+            except Exception:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"moto's server did not start: see {workdir / 'moto-server.err'}")
+                time.sleep(0.2)
+        self.bucket = f"medvec-bench-{self.port}"
+        self.client.create_bucket(Bucket=self.bucket)
+        log(f"moto S3 server pid {self.proc.pid} on {self.endpoint}, bucket {self.bucket}")
+
+    def env(self) -> dict[str, str]:
+        return {"MEDVEC_HOME": f"s3://{self.bucket}/home", "MEDVEC_LANCEDB_URI": f"s3://{self.bucket}/lancedb",
+                "MEDVEC_S3_ENDPOINT_URL": self.endpoint}
+
+    def cpu_s(self) -> float:
+        """The server process's user + system CPU seconds so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return 0.0
+
+    def requests(self) -> list[tuple[float, str, str]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                out.append((float(parts[0]), parts[1], parts[2]))
+        return out
+
+    def stored(self) -> dict:
+        """Objects and bytes in the bucket, by top-level part of the home (images, thumbs, batches, ...)."""
+        by: dict[str, dict[str, int]] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            for obj in page.get("Contents", []):
+                parts = obj["Key"].split("/")
+                part = "/".join(parts[:2]) if parts[0] == "home" and len(parts) > 2 else parts[0]
+                entry = by.setdefault(part, {"objects": 0, "bytes": 0})
+                entry["objects"] += 1
+                entry["bytes"] += obj["Size"]
+        return by
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+
+def count_requests(requests: list[tuple[float, str, str]], windows: list[tuple[float, float]]) -> dict[str, int]:
+    """Requests by operation whose start time falls in any of the windows."""
+    out: dict[str, int] = {}
+    for t, op, _status in requests:
+        if any(a <= t < b for a, b in windows):
+            out[op] = out.get(op, 0) + 1
+    if out:
+        out["total"] = sum(out.values())
+    return out
+
+
 # --- the images ----------------------------------------------------------------------------------
 
 def seed_datasets(folder: Path) -> list:
@@ -249,18 +381,25 @@ def write_images(seeds: list, incoming: Path, count: int) -> dict:
 
 # --- Dagster -------------------------------------------------------------------------------------
 
-def prepare_environment(workdir: Path, batch_size: int) -> dict[str, str]:
-    """A fresh Medvec home and DAGSTER_HOME; must run before the code location is imported."""
+WORK_PARTS = ("home", "dagster", "incoming", "cache", "seed")
+
+
+def prepare_environment(workdir: Path, batch_size: int, s3: S3Server | None = None) -> dict[str, str]:
+    """A fresh Medvec home (a folder, or the moto bucket) and DAGSTER_HOME; must run before the code location
+    is imported. The watched folder is local either way."""
+    if any((workdir / part).exists() for part in WORK_PARTS):
+        raise SystemExit(f"{workdir} holds an earlier run ({', '.join(WORK_PARTS)}): remove them or pick another --workdir")
     home, dagster_home = workdir / "home", workdir / "dagster"
-    if home.exists() or dagster_home.exists():
-        raise SystemExit(f"{workdir} holds an earlier run (home/, dagster/): remove them or pick another --workdir")
     dagster_home.mkdir(parents=True)
     shutil.copyfile(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {"MEDVEC_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "MEDVEC_SOURCE": str(home / "incoming"),
+    env = {"MEDVEC_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "MEDVEC_SOURCE": str(workdir / "incoming"),
            "MEDVEC_MODEL": "tiny-siglip", "MEDVEC_PSEUDONYM_KEY": "pipeline-benchmark",
            "MEDVEC_WATCH_BATCH_SIZE": str(batch_size),
            # The daemon waits 60 s of quiet before refreshing search; a benchmark has nothing to wait for.
            "MEDVEC_REFRESH_QUIET_S": "0"}
+    if s3 is not None:
+        env.update(s3.env())
+        env["MEDVEC_CACHE_DIR"] = str(workdir / "cache")  # model files stay local when the home is on S3
     os.environ.update(env)
     return env
 
@@ -284,8 +423,10 @@ def run_events(instance, run_id: str) -> dict:
             steps.setdefault(event.step_key, {})["start"] = entry.timestamp
         elif kind in (E.STEP_SUCCESS, E.STEP_FAILURE):
             steps.setdefault(event.step_key, {})["end"] = entry.timestamp
+    done = {k: v for k, v in steps.items() if "start" in v and "end" in v}
     return {"run_event_s": (run_end - run_start) if run_start and run_end else None,
-            "steps": {k: v["end"] - v["start"] for k, v in steps.items() if "start" in v and "end" in v}}
+            "steps": {k: v["end"] - v["start"] for k, v in done.items()},
+            "step_windows": {k: (v["start"], v["end"]) for k, v in done.items()}}
 
 
 @dataclass
@@ -303,13 +444,16 @@ class RunRecord:
     peak_self_kb: int
     loadavg: list[float]
     images: int = 0
+    window: tuple[float, float] = (0.0, 0.0)  # time.time() at the start and end of execute_in_process
+    step_windows: dict[str, tuple[float, float]] = field(default_factory=dict)
+    s3_server_cpu_s: float | None = None
 
 
 class Harness:
     """Holds the instance, the code location and the clocks; executes what the sensors request."""
 
-    def __init__(self, instance, defs, clock: DomainClock):
-        self.instance, self.defs, self.clock = instance, defs, clock
+    def __init__(self, instance, defs, clock: DomainClock, s3: S3Server | None = None):
+        self.instance, self.defs, self.clock, self.s3 = instance, defs, clock, s3
         self.runs: list[RunRecord] = []
         self.asset_job = defs.resolve_implicit_global_asset_job_def()
         self.resources = {"medvec": defs.resources["medvec"], "embedder": defs.resources["embedder"]}
@@ -319,7 +463,7 @@ class Harness:
 
         context = dg.build_sensor_context(instance=self.instance, instance_ref=self.instance.get_ref(),
                                           cursor=cursor, resources=self.resources, definitions=self.defs)
-        started = time.perf_counter()
+        started, self.last_tick_at = time.perf_counter(), time.time()
         result = sensor.evaluate_tick(context)
         seconds = time.perf_counter() - started
         for request in result.dynamic_partitions_requests:  # the daemon adds them before launching
@@ -331,18 +475,21 @@ class Harness:
 
         self.clock.take()
         reset_peak_rss()
-        started = time.perf_counter()
+        s3_cpu = self.s3.cpu_s() if self.s3 else None
+        started, started_at = time.perf_counter(), time.time()
         result = job.execute_in_process(
             instance=self.instance, run_config=QUIET, raise_on_error=False, tags=dict(request.tags),
             partition_key=request.partition_key,
             asset_selection=list(request.asset_selection) if request.asset_selection else None)
-        wall = time.perf_counter() - started
+        wall, ended_at = time.perf_counter() - started, time.time()
         domain, cpu, calls = self.clock.take()
         events = run_events(self.instance, result.run_id)
         record = RunRecord(label=label, kind=kind, run_id=result.run_id, success=result.success, wall_s=wall,
                            run_event_s=events["run_event_s"], steps=events["steps"], domain_s=domain,
                            domain_cpu_s=cpu, calls=calls, peak_self_kb=_status_kb("self", "VmHWM"),
-                           loadavg=[round(x, 2) for x in os.getloadavg()], images=images)
+                           loadavg=[round(x, 2) for x in os.getloadavg()], images=images,
+                           window=(started_at, ended_at), step_windows=events["step_windows"],
+                           s3_server_cpu_s=self.s3.cpu_s() - s3_cpu if self.s3 else None)
         self.runs.append(record)
         overhead = (wall - sum(domain.values())) / wall if wall else 0.0
         log(f"run {label}: {'ok' if result.success else 'FAILED'} in {wall:.1f}s; domain {sum(domain.values()):.1f}s, "
@@ -359,13 +506,16 @@ def drive_sensor(harness: Harness, sensor, count: int, max_ticks: int = 50) -> l
     from medvec.watch import awaiting_batches
     from pipelines.sensors import FOLDER_SENSOR
 
-    home = Path(os.environ["MEDVEC_HOME"])
+    from medvec.settings import Settings
+
+    home = Settings.from_env().home  # a folder or an S3Path
     ticks, cursor = [], None
     for number in range(1, max_ticks + 1):
         result, seconds = harness.tick(sensor, cursor)
         cursor = result.cursor
         opened = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
-        ticks.append({"tick": number, "seconds": seconds, "partitions_added": len(opened),
+        ticks.append({"tick": number, "seconds": seconds, "window": (harness.last_tick_at, harness.last_tick_at + seconds),
+                      "partitions_added": len(opened),
                       "run_requests": len(result.run_requests),
                       "skip_message": result.skip_message})
         log(f"tick {number}: {seconds:.2f}s, {len(opened)} partition(s) added, {len(result.run_requests)} run(s) "
@@ -509,6 +659,8 @@ def render(res: dict) -> str:
     m, corpus, tot = res["machine"], res["corpus"], res["totals"]
     lines = ["# Medvec end-to-end pipeline benchmark", "",
              f"- command: `{res['command']}`", f"- date: {res['date']}",
+             f"- home and LanceDB: {res['home_on']}" + (" (moto's S3 server in a subprocess, in memory, on this "
+                                                         "machine)" if res["home_on"] == "s3" else ""),
              f"- machine: {m['cpu']}, {m['cpus']} cores, {m['memory_gb']:.0f} GB RAM, no GPU; load average at start "
              f"{m['loadavg_start']}, during runs {m['loadavg_runs_min']}–{m['loadavg_runs_max']} (1-min), at end "
              f"{m['loadavg_end']}",
@@ -571,6 +723,24 @@ def render(res: dict) -> str:
         lines += [f"| {u['batch']} | {u['rows']:,} | {u['table_rows_before']:,} | {u['seconds']:.2f} | "
                   f"{fmt(u['rows_per_s'], 0)} |" for u in up]
         lines.append("")
+    if res.get("s3"):
+        s3 = res["s3"]
+        ops = lambda d: ", ".join(f"{k} {v:,}" for k, v in d.items() if k != "total") or "none"
+        lines += ["## Requests to the S3 server (moto, in a subprocess)", "",
+                  f"All: {s3['total_requests']:,} ({ops(s3['by_op'])}); 4xx/5xx answers: {s3['errors_4xx_5xx']:,} "
+                  "(404s of existence checks are expected). By the event log's step windows:", "",
+                  "| where | requests | by operation |", "|---|---:|---|"]
+        lines.append(f"| sensor ticks | {s3['sensor_ticks'].get('total', 0):,} | {ops(s3['sensor_ticks'])} |")
+        for stage, d in s3["stages"].items():
+            lines.append(f"| {stage} | {d.get('total', 0):,} | {ops(d)} |")
+        lines.append(f"| runs, outside the steps | {s3['runs_outside_steps'].get('total', 0):,} | "
+                     f"{ops(s3['runs_outside_steps'])} |")
+        lines += ["", "| runs | wall s | requests | S3 server CPU s |", "|---|---:|---:|---:|"]
+        for kind, d in s3["by_run_kind"].items():
+            lines.append(f"| {kind} | {d['wall_s']:.1f} | {d['requests'].get('total', 0):,} | {d['server_cpu_s']:.1f} |")
+        lines += ["", f"S3 server CPU in all: {s3['server_cpu_s_total']:.1f} s. Bucket at the end: " +
+                  ", ".join(f"{k} {v['objects']:,} objects / {v['bytes'] / 2**20:,.1f} MiB"
+                            for k, v in sorted(s3["stored"].items())), ""]
     p = res["projection"]
     lines += ["## Projection: 377,000 images on one H100 box", "",
               f"- normalise: measured CPU time {1000 / p['normalise_per_core_images_per_s']:.1f} ms per image "
@@ -640,6 +810,35 @@ def summarise(harness: Harness, ticks: list[dict], count: int, batch_size: int) 
             "embed_stage": embed}
 
 
+def s3_figures(s3: S3Server, runs: list[RunRecord], ticks: list[dict], count: int) -> dict:
+    """Requests to the S3 server per stage (by the event log's step windows), per tick, outside the steps,
+    and the server's CPU; what the bucket holds at the end."""
+    reqs = s3.requests()
+    stages = {}
+    for stage, steps in STAGES:
+        windows = [r.step_windows[k] for r in runs for k in steps if k in r.step_windows]
+        stages[stage] = count_requests(reqs, windows)
+    all_steps = [w for r in runs for w in r.step_windows.values()]
+    in_runs = count_requests(reqs, [r.window for r in runs])
+    in_steps = count_requests(reqs, all_steps)
+    outside_steps = {k: in_runs.get(k, 0) - in_steps.get(k, 0) for k in in_runs if in_runs.get(k, 0) > in_steps.get(k, 0)}
+    by_kind = {}
+    for kind in ("model", "batch", "refresh"):
+        selected = [r for r in runs if r.kind == kind]
+        if selected:
+            by_kind[kind] = {"requests": count_requests(reqs, [r.window for r in selected]),
+                             "server_cpu_s": sum(r.s3_server_cpu_s or 0.0 for r in selected),
+                             "wall_s": sum(r.wall_s for r in selected)}
+    stored = s3.stored()
+    return {"endpoint": "moto (subprocess, in-memory)", "total_requests": len(reqs),
+            "by_op": count_requests(reqs, [(0.0, float("inf"))]),
+            "errors_4xx_5xx": sum(1 for _t, _op, st in reqs if st[:1] in ("4", "5")),
+            "stages": stages, "sensor_ticks": count_requests(reqs, [tuple(t["window"]) for t in ticks]),
+            "runs_outside_steps": outside_steps, "by_run_kind": by_kind,
+            "server_cpu_s_total": s3.cpu_s(), "stored": stored,
+            "requests_per_image_batch_runs": by_kind.get("batch", {}).get("requests", {}).get("total", 0) / count}
+
+
 def verify(count: int) -> dict:
     """Rows in the model's table against the images written, minus the files that really failed."""
     from medvec import store
@@ -663,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      "(default: a new temporary folder); what the run writes there is removed unless --keep")
     parser.add_argument("--out", type=Path, help="also write every number as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--home-on", choices=("local", "s3"), default="local",
+                        help="where the Medvec home and LanceDB live: a local folder, or a bucket on moto's S3 "
+                             "server, started in a subprocess (the watched folder stays local)")
     args = parser.parse_args(argv)
 
     import logging
@@ -676,12 +878,15 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"command": shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT))
                                         else sys.executable, *(sys.argv if argv is None else [__file__, *argv])]),
                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "images": args.images,
-                 "batch_size": args.batch_size, "versions": versions(),
+                 "batch_size": args.batch_size, "home_on": args.home_on, "versions": versions(),
                  "machine": {"cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                              "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
                              "loadavg_start": [round(x, 2) for x in os.getloadavg()]}}
+    s3: S3Server | None = None
     try:
-        prepare_environment(workdir, args.batch_size)
+        if args.home_on == "s3":
+            s3 = S3Server(workdir)
+        prepare_environment(workdir, args.batch_size, s3)
         log(f"work folder {workdir}; writing {args.images:,} DICOMs")
         seeds = seed_datasets(workdir / "seed")
         res["corpus"] = write_images(seeds, Path(os.environ["MEDVEC_SOURCE"]), args.images)
@@ -694,10 +899,10 @@ def main(argv: list[str] | None = None) -> int:
 
         clock = DomainClock()
         instrument_domain_calls(clock)
-        sampler = MemorySampler(clock)
+        sampler = MemorySampler(clock, exclude={s3.proc.pid} if s3 else None)
         sampler.start()
         with dg.DagsterInstance.get() as instance:
-            harness = Harness(instance, defs, clock)
+            harness = Harness(instance, defs, clock, s3)
             started = time.perf_counter()
             ticks = drive_sensor(harness, incoming_folder_sensor, args.images)
             refresh_search(harness, args.images)
@@ -710,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
                              "between_s": wall - run_wall - res["sensor"]["seconds"]}
         sampler.stop()
         res.update(verify(args.images))
+        if s3:
+            res["s3"] = s3_figures(s3, harness.runs, ticks, args.images)
         batch_runs = [r for r in res["runs"] if r["kind"] == "batch"]
         res["duplicates"] = args.images - res["errors"] - res["rows"]
         loads = [r["loadavg"][0] for r in res["runs"]]
@@ -732,9 +939,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"table holds {res['rows']:,} rows, expected {res['expected_rows']:,}")
             return 1
     finally:
+        if s3:
+            s3.stop()
         if not args.keep:  # only what this run created: --workdir may be a folder that holds other things
-            for part in ("home", "dagster", "seed"):
+            for part in WORK_PARTS:
                 shutil.rmtree(workdir / part, ignore_errors=True)
+            for name in ("moto-requests.log", "moto-server.err"):
+                (workdir / name).unlink(missing_ok=True)
             if not args.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
     return 0
