@@ -28,7 +28,8 @@ from medvec.phi import Pseudonymizer
 from medvec.reports import is_report_file
 from medvec.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
 from medvec.sources import ImageSource, SourceFile, open_source
-from medvec.storage import HomePath, as_path, create_exclusive, exclusive_lock, read_parquet, write_atomic, write_parquet
+from medvec.storage import (HomePath, as_path, concurrent_writes, create_exclusive, exclusive_lock, is_remote,
+                            read_parquet, write_parquet)
 
 log = logging.getLogger(__name__)
 
@@ -231,22 +232,23 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
 
     outcomes: dict[int, object] = {}
     result = BatchResult(batch=manifest.batch, records=[], errors=[])
-    for index, outcome, changed in _execute(tasks, init_args, workers, progress):
-        entry = manifest.files[index]
-        if changed:
-            result.changed.append(entry.uri)
-        if outcome == "unchanged":
-            outcomes[index] = previous[entry.uri]
-            result.unchanged += 1
-        elif isinstance(outcome, IngestError):
-            outcomes[index] = outcome
-        else:
-            # Written as results arrive so memory stays flat in batch size.
-            write_atomic(home / outcome.record.image_uri, outcome.view_webp)
-            write_atomic(home / outcome.record.thumb_uri, outcome.thumb_webp)
-            result.notes.extend(f"{_name(entry.uri)}: {note}" for note in outcome.notes)
-            outcomes[index] = outcome.record
-            result.normalized += 1
+    with concurrent_writes(is_remote(home)) as write:
+        for index, outcome, changed in _execute(tasks, init_args, workers, progress):
+            entry = manifest.files[index]
+            if changed:
+                result.changed.append(entry.uri)
+            if outcome == "unchanged":
+                outcomes[index] = previous[entry.uri]
+                result.unchanged += 1
+            elif isinstance(outcome, IngestError):
+                outcomes[index] = outcome
+            else:
+                # Written as results arrive so memory stays flat in batch size.
+                write(home / outcome.record.image_uri, outcome.view_webp)
+                write(home / outcome.record.thumb_uri, outcome.thumb_webp)
+                result.notes.extend(f"{_name(entry.uri)}: {note}" for note in outcome.notes)
+                outcomes[index] = outcome.record
+                result.normalized += 1
 
     # An image belongs to the first batch that held it: a later batch with the same image_id (the same
     # SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over.

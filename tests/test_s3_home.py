@@ -16,7 +16,7 @@ from medvec.batches import batch_dir, list_batches, load_batch_records
 from medvec.http_api import create_app
 from medvec.service import open_search
 from medvec.settings import Settings
-from medvec.storage import S3Path, create_exclusive, exclusive_lock, remove_tree, upload_tree, write_atomic
+from medvec.storage import S3Path, concurrent_writes, create_exclusive, exclusive_lock, remove_tree, upload_tree, write_atomic
 from pipelines.ingest import ingest
 from tests.conftest import free_port
 
@@ -174,6 +174,17 @@ def test_s3_paths_read_write_list_and_lock(aws_env, tmp_path):
         with exclusive_lock(lock, stale_after_s=0.0):
             assert lock.is_file()
     assert not lock.exists()
+
+    # WebP files go up from a pool of threads; every write lands, and a failed one is raised at the end.
+    with concurrent_writes(True, threads=4, max_in_flight=8) as write:
+        for i in range(40):
+            write(home / "images" / f"{i:02d}.webp", bytes([i]) * 100)
+    assert sorted(p.name for p in (home / "images").iterdir()) == [f"{i:02d}.webp" for i in range(40)]
+    assert (home / "images" / "07.webp").read_bytes() == bytes([7]) * 100
+    missing_bucket = S3Path(f"s3://no-such-bucket-{free_port()}/home", client.meta.endpoint_url)
+    with pytest.raises(Exception, match="NoSuchBucket"):
+        with concurrent_writes(True) as write:
+            write(missing_bucket / "a.webp", b"x")
 
     # A bundle built locally is uploaded whole, and replaces the earlier one whole.
     site = tmp_path / "site"
