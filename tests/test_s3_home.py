@@ -243,3 +243,50 @@ def test_concurrent_writers_on_one_s3_table_lose_and_duplicate_nothing(aws_env):
     ids = data.column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == 3 * 4 * 50
     assert sorted(set(data.column("batch").to_pylist())) == sorted(b for batches in writers for b in batches)
+
+
+@pytest.mark.slow
+def test_steps_in_separate_processes_share_only_the_bucket(aws_env, tmp_path):
+    """The cluster's shape without Kubernetes: `dagster asset materialize` runs each step in its own process
+    (Dagster's multiprocess executor), and the steps hand each other nothing but what the bucket holds:
+    the manifest, the records, the WebP files and the model's description (the IO manager's values)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from medvec import store
+    from medvec.batches import plan_batches, write_manifest
+    from medvec.sources import LocalFolderSource
+    from tests.conftest import dicom_testfile
+
+    client, bucket = aws_env
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEGLSNearLossless_16.dcm"):
+        shutil.copy(dicom_testfile(name), incoming / name)
+    env = {**os.environ, "MEDVEC_HOME": f"s3://{bucket}/procs/home", "MEDVEC_LANCEDB_URI": f"s3://{bucket}/procs/lancedb",
+           "MEDVEC_MODEL": "tiny-siglip", "MEDVEC_PSEUDONYM_KEY": "test-key", "DAGSTER_HOME": str(tmp_path / "dagster")}
+    env.pop("MEDVEC_EMBEDDER", None)
+    env.pop("MEDVEC_PROFILE", None)
+    settings = Settings.from_env(env)
+    [manifest] = plan_batches(LocalFolderSource(incoming), settings.home, batch_size=10)
+    write_manifest(settings.home, manifest)
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        instance.add_dynamic_partitions("batch", [manifest.batch])
+
+    dagster = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines.definitions"]
+    for selection in (["--select", "embedding_model"],
+                      ["--select", "source_manifest,normalized_images,image_embeddings", "--partition", manifest.batch]):
+        done = subprocess.run(dagster + selection, env=env, cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    table = store.connect(settings.lancedb_uri).open_table("images__tiny_siglip")
+    assert table.count_rows() == 3
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        [batch_run] = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == manifest.batch]
+        starts = [e for e in instance.all_logs(batch_run.run_id)
+                  if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"]
+    assert len({e.dagster_event.pid for e in starts}) == len(starts) == 3  # every step in a process of its own
