@@ -1,7 +1,5 @@
 """The serverless search bundle: a static folder that answers searches in the visitor's browser."""
 
-from pathlib import Path
-
 import dagster as dg
 
 from assets.embeddings import NO_QUALITY_NOTE
@@ -9,6 +7,7 @@ from assets.search import fallback_queries, similar_images
 from medvec.bundle import BundleOptions, build_bundle
 from medvec.bundle.build import latest_evaluation
 from medvec.search import ImageSearch
+from medvec.storage import as_path
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
@@ -27,7 +26,7 @@ def search_bundle(context: dg.AssetExecutionContext, config: SearchBundleConfig,
     page searches in the browser, so no query leaves the visitor's device."""
     spec = embedder.spec()
     search = ImageSearch(medvec.lancedb_uri, spec.slug, model_name=spec.name, home=medvec.home_path)
-    out_dir = Path(config.out_dir) if config.out_dir else medvec.home_path / "bundles" / spec.slug
+    out_dir = as_path(config.out_dir, medvec.s3_endpoint_url) if config.out_dir else medvec.home_path / "bundles" / spec.slug
     report, plot = latest_evaluation(medvec.home_path)
     if report is None:
         context.log.info("no evaluation report yet: the bundle's metrics tab will say so")

@@ -29,7 +29,7 @@ from medvec.reports import is_report_file
 from medvec.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
 from medvec.sources import ImageSource, SourceFile, open_source
 from medvec.storage import (HomePath, as_path, concurrent_writes, create_exclusive, exclusive_lock, is_remote,
-                            read_parquet, write_parquet)
+                            map_paths, read_parquet, write_parquet)
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,9 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
         csv_source = open_source(manifest.metadata_csv, s3_endpoint_url)
         metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
-    known = {uri: r.content_sha256 for uri, r in previous.items()
-             if (home / r.image_uri).exists() and (home / r.thumb_uri).exists()}
+    stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
+                       list(previous.values()))
+    known = {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
                  manifest.batch)
     # Report files (medvec.reports) travel in the same batches; the report assets read them.

@@ -8,8 +8,9 @@ exclusive create, locks, parquet I/O) has one function each here.
 
 S3 notes. A PUT is atomic (readers see the old or the new object, never half of one), so "write to a temp
 file and rename" is just a PUT. Exclusive create is a conditional PUT (`If-None-Match: *`, supported by
-AWS S3 since 2024, MinIO and moto). A lock is an object created exclusively and deleted on release; a lock
-left by a killed process expires after `LOCK_STALE_S`. `mkdir` is a no-op: S3 has no folders.
+AWS S3 since 2024, MinIO and moto). A lock is an object created exclusively, refreshed by its holder every
+`LOCK_STALE_S / 4` and deleted on release; one left by a killed process is taken over (by one waiter: a
+conditional PUT on the stale version) after `LOCK_STALE_S`. `mkdir` is a no-op: S3 has no folders.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import json
+import logging
+import mimetypes
 import os
 import posixpath
 import shutil
@@ -30,8 +33,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
+
 #: A lock object older than this is taken to belong to a killed process.
-LOCK_STALE_S = 600.0
+LOCK_STALE_S = 120.0
 
 _CLIENTS: dict[str | None, object] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -231,14 +236,7 @@ def write_atomic(path: HomePath, data: bytes) -> None:
 def create_exclusive(path: HomePath, data: bytes) -> bool:
     """Create `path` holding `data` unless it exists; False when another writer got there first."""
     if isinstance(path, S3Path):
-        try:
-            path._client.put_object(Bucket=path.bucket, Key=path.key, Body=data, IfNoneMatch="*")
-            return True
-        except Exception as error:  # noqa: BLE001
-            code = getattr(error, "response", {}).get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise
+        return _conditional_put(path, data, IfNoneMatch="*") is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
@@ -263,20 +261,85 @@ def exclusive_lock(path: HomePath, *, stale_after_s: float = LOCK_STALE_S, poll_
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
-    owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
-    while not create_exclusive(path, owner):
-        try:
-            held_since = json.loads(path.read_bytes()).get("at", 0.0)
-        except FileNotFoundError:
-            continue  # released between our attempt and the read
-        if time.time() - held_since > stale_after_s:
-            path.unlink(missing_ok=True)  # its holder died; the next attempt takes it
-            continue
-        time.sleep(poll_s)
+    lock = _S3Lock(path, stale_after_s, poll_s)
+    lock.acquire()
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        lock.release()
+
+
+def _precondition_failed(error) -> bool:
+    code = getattr(error, "response", {}).get("Error", {}).get("Code")
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+
+def _conditional_put(path: S3Path, data: bytes, **condition) -> str | None:
+    """PUT when the condition (IfNoneMatch="*" or IfMatch=etag) holds: the new ETag, or None."""
+    try:
+        return path._client.put_object(Bucket=path.bucket, Key=path.key, Body=data, **condition)["ETag"]
+    except Exception as error:  # noqa: BLE001 - botocore raises ClientError subclasses per code
+        if _precondition_failed(error):
+            return None
+        raise
+
+
+class _S3Lock:
+    """A lock object: created exclusively, kept fresh by a heartbeat while held, taken over only through a
+    conditional PUT on the stale version (so two waiters never both take it), deleted only if still ours."""
+
+    def __init__(self, path: S3Path, stale_after_s: float, poll_s: float):
+        self.path, self.stale_after_s, self.poll_s = path, stale_after_s, poll_s
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{time.time_ns()}"
+        self.etag: str | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({"token": self.token, "at": time.time()}).encode()
+
+    def acquire(self) -> None:
+        while True:
+            self.etag = _conditional_put(self.path, self._body(), IfNoneMatch="*")
+            if self.etag is not None:
+                break
+            try:
+                held = self.path._client.get_object(Bucket=self.path.bucket, Key=self.path.key)
+            except Exception as error:  # noqa: BLE001
+                if _missing(error):
+                    continue  # released between our attempt and the read
+                raise
+            try:
+                held_since = float(json.loads(held["Body"].read()).get("at", 0.0))
+            except ValueError:
+                held_since = 0.0
+            if time.time() - held_since > self.stale_after_s:
+                # Its holder stopped beating (killed): replace exactly the version we judged stale.
+                self.etag = _conditional_put(self.path, self._body(), IfMatch=held["ETag"])
+                if self.etag is not None:
+                    break
+            time.sleep(self.poll_s)
+        self._heartbeat = threading.Thread(target=self._beat, name="medvec-lock-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.stale_after_s / 4, 1.0)):
+            etag = _conditional_put(self.path, self._body(), IfMatch=self.etag)
+            if etag is None:
+                log.warning("lost the lock %s to another process (held past %.0f s without a heartbeat?)",
+                            self.path, self.stale_after_s)
+                return
+            self.etag = etag
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        try:
+            self.path._client.delete_object(Bucket=self.path.bucket, Key=self.path.key, IfMatch=self.etag)
+        except Exception as error:  # noqa: BLE001
+            if not (_precondition_failed(error) or _missing(error)):  # taken over: not ours to delete
+                raise
 
 
 @contextmanager
@@ -284,26 +347,37 @@ def concurrent_writes(remote: bool, *, threads: int = 16, max_in_flight: int = 6
     """Yields `write(path, data)`: inline on a local disk; on S3 from a pool of threads, because each PUT
     waits tens of milliseconds on the network and one writer at a time would cap a batch at a few dozen
     images a second whatever the cores. At most `max_in_flight` writes are held in memory; the first
-    failed write is raised when the block ends (after the others finish)."""
+    failed write is raised by the next `write` call or when the block ends."""
     if not remote:
         yield write_atomic
         return
     slots = threading.BoundedSemaphore(max_in_flight)
-    futures = []
+    failures: list[BaseException] = []
 
-    def release(_future) -> None:
+    def settle(future) -> None:
         slots.release()
+        if future.exception() is not None:
+            failures.append(future.exception())
 
     with ThreadPoolExecutor(threads, thread_name_prefix="medvec-put") as pool:
         def write(path: HomePath, data: bytes) -> None:
+            if failures:  # stop the batch at the first failed upload, not after normalising all of it
+                raise failures[0]
             slots.acquire()
-            future = pool.submit(write_atomic, path, data)
-            future.add_done_callback(release)
-            futures.append(future)
+            pool.submit(write_atomic, path, data).add_done_callback(settle)
 
         yield write
-    for future in futures:
-        future.result()
+    if failures:
+        raise failures[0]
+
+
+def map_paths(function, paths: list, *, threads: int = 16) -> list:
+    """`function` over paths, in order: from a pool of threads when they are S3 objects (each request
+    waits on the network), in this thread on a local disk."""
+    if not any(isinstance(p, S3Path) for p in paths):  # None entries are the function's to handle
+        return [function(p) for p in paths]
+    with ThreadPoolExecutor(threads, thread_name_prefix="medvec-s3") as pool:
+        return list(pool.map(function, paths))
 
 
 def write_parquet(path: HomePath, table: pa.Table) -> None:
@@ -324,16 +398,29 @@ def remove_tree(path: HomePath) -> None:
         return
     keys = list(path._keys())
     for start in range(0, len(keys), 1000):
-        path._client.delete_objects(Bucket=path.bucket,
-                                    Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+        answer = path._client.delete_objects(
+            Bucket=path.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+        if answer.get("Errors"):
+            first = answer["Errors"][0]
+            raise OSError(f"could not delete {len(answer['Errors'])} object(s) under {path}: "
+                          f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+
+
+#: Static hosting needs the right types: browsers refuse modules and WebAssembly served as octet-stream.
+_CONTENT_TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript",
+                  ".json": "application/json", ".webp": "image/webp", ".html": "text/html; charset=utf-8"}
 
 
 def upload_tree(local: Path, target: HomePath) -> None:
-    """Copy a local folder to `target` (a folder or an S3 prefix), file by file."""
+    """Copy a local folder to `target` (a folder, or an S3 prefix with each object's Content-Type set)."""
     for file in sorted(p for p in Path(local).rglob("*") if p.is_file()):
         relative = file.relative_to(local).as_posix()
         if isinstance(target, S3Path):
-            (target / relative).write_bytes(file.read_bytes())
+            kind = _CONTENT_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] \
+                or "application/octet-stream"
+            destination = target / relative
+            target._client.put_object(Bucket=destination.bucket, Key=destination.key, Body=file.read_bytes(),
+                                      ContentType=kind)
         else:
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(file, target / relative)

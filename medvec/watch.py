@@ -22,7 +22,7 @@ from medvec.batches import (BatchManifest, batch_dir, batch_opening_lock, list_b
 from medvec.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.settings import DEFAULT_BATCH_SIZE
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
-from medvec.storage import HomePath, is_remote, write_atomic
+from medvec.storage import HomePath, as_path, is_remote, write_atomic
 
 #: The stage under which a file that changed after its batch was opened is reported in `ingest_errors`.
 CHANGED_STAGE = "changed"
@@ -206,7 +206,9 @@ def mark_awaiting(home: HomePath, batch: str, launcher: str) -> None:
 def awaiting_batches(home: HomePath, launcher: str | None = None) -> list[str]:
     """Batches opened but not launched yet, oldest first; only `launcher`'s when given."""
     found = []
-    for batch in list_batches(home):
+    # One listing finds the markers (few batches wait at a time); on S3 a read per batch would make
+    # every tick as slow as the number of batches ever opened.
+    for batch in sorted(marker.parent.name for marker in (as_path(home) / "batches").glob(f"*/{AWAITING_LAUNCH}")):
         path = batch_dir(home, batch) / AWAITING_LAUNCH
         try:
             owner = json.loads(path.read_text()).get("launcher")

@@ -155,7 +155,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             _default_executor, embedder_kind="nim",
             requirements=(Requirement("MEDVEC_NIM_URL", "http://gpu-box:8000"),)),
     Profile("cluster", "Kubernetes: a pod per step, GPU pods for the gpu pool, state on S3",
-            _k8s_executor, device="cuda",
+            # auto, not cuda: fallback_queries, retrieval_evaluation and search_bundle load the model too,
+            # in pods without a GPU (only the gpu pool gets one); they encode a few texts on the CPU.
+            _k8s_executor, device="auto",
             requirements=(Requirement("MEDVEC_HOME", "s3://bucket/medvec", s3=True),
                           Requirement("MEDVEC_LANCEDB_URI", "s3://bucket/medvec/lancedb", s3=True),
                           # Shared patient data: never the development key (guessable pseudonyms).

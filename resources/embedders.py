@@ -74,9 +74,15 @@ class LocalEmbedderResource(EmbedderResource):
 
         local_dir = Path(artifact.local_dir)
         if not local_dir.is_dir():
-            # Resolved on another machine (a Kubernetes pod, another worker): fetch the same revision here.
-            local_dir = self._files(cache_dir or Settings.from_env().model_cache,
-                                    artifact.revision or self.revision).local_dir
+            # Resolved on another machine (a Kubernetes pod, another worker): fetch the same revision here,
+            # and refuse files that differ from those recorded (a mirror changed since embedding_model ran).
+            resolved = self._files(cache_dir or Settings.from_env().model_cache, artifact.revision or self.revision)
+            if artifact.revision and resolved.revision != artifact.revision:
+                from medvec.embedders.base import EmbedderError
+
+                raise EmbedderError(f"{artifact.name}: the model files here are revision {resolved.revision}, "
+                                    f"embedding_model recorded {artifact.revision}; materialise embedding_model again")
+            local_dir = resolved.local_dir
         return open_local(self.spec(), Path(local_dir), revision=artifact.revision, device=self.device,
                           dtype=self.dtype, batch_size=self.batch_size)
 

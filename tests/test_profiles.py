@@ -126,8 +126,9 @@ def test_cluster_runs_every_job_on_the_k8s_executor_with_gpu_pods_for_the_embedd
         assert [e.secret_ref.name for e in pod.containers[0].env_from if e.secret_ref] == ["medvec-secrets"]
     # Normalisation runs on CPU nodes: only the gpu pool asks for a GPU.
     assert _gpus(_step_pod(ingest, "normalized_images")) == {"requests": None, "limits": None}
+    # The model's device is picked per pod: the GPU where the step has one, the CPU in the refresh steps.
     embedder = defs.resources["embedder"]
-    assert isinstance(embedder, LocalEmbedderResource) and embedder.device == "cuda"
+    assert isinstance(embedder, LocalEmbedderResource) and embedder.device == "auto"
 
 
 def test_cluster_with_a_remote_nim_asks_no_gpu_for_the_embedding_steps(monkeypatch, tmp_path):

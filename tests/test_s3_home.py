@@ -4,6 +4,8 @@ test), compared with the same sample ingested into a local home (`search_collect
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -170,9 +172,28 @@ def test_s3_paths_read_write_list_and_lock(aws_env, tmp_path):
     lock = home / "batches" / ".open.lock"
     with exclusive_lock(lock):
         assert lock.is_file()
-        # A second holder would wait; one whose lock is older than stale_after_s takes it over.
+        # A holder that stopped beating is taken over; its late release leaves the new holder's lock alone.
         with exclusive_lock(lock, stale_after_s=0.0):
             assert lock.is_file()
+    assert not lock.exists()
+
+    # A lock left by a killed process: of two waiters exactly one takes it over, the other waits its turn.
+    lock.write_bytes(b'{"token": "killed", "at": 0}')
+    held: list[tuple[float, float]] = []
+
+    def hold() -> None:
+        with exclusive_lock(lock, stale_after_s=60.0, poll_s=0.05):
+            start = time.monotonic()
+            time.sleep(0.5)
+            held.append((start, time.monotonic()))
+
+    waiters = [threading.Thread(target=hold) for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    for waiter in waiters:
+        waiter.join(timeout=30)
+    (first_in, first_out), (second_in, _) = sorted(held)
+    assert len(held) == 2 and second_in >= first_out  # never both inside
     assert not lock.exists()
 
     # WebP files go up from a pool of threads; every write lands, and a failed one is raised at the end.
@@ -197,6 +218,14 @@ def test_s3_paths_read_write_list_and_lock(aws_env, tmp_path):
     upload_tree(site, target)
     assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["data/index.json", "index.html"]
     assert (target / "data" / "index.json").read_text() == "{}"
+    # Served by S3 as a static site: each object carries the type a browser needs.
+    head = client.head_object(Bucket=bucket, Key="site/cxr/index.html")
+    assert head["ContentType"].startswith("text/html")
+    # `medvec bundle` never replaces a prefix that holds something other than a bundle (say, the home).
+    from medvec.bundle.build import BundleError, _check_target
+
+    with pytest.raises(BundleError, match="not a Medvec bundle"):
+        _check_target(home)
 
 
 

@@ -36,7 +36,7 @@ from medvec.bundle.tokenizer_export import check_with_node, export_tokenizer, py
 from medvec.evaluation import FINDING_PROMPTS
 from medvec.precompute import FALLBACK_QUERIES
 from medvec.search import ImageSearch
-from medvec.storage import HomePath, S3Path, as_path, is_remote, remove_tree, upload_tree
+from medvec.storage import HomePath, S3Path, as_path, is_remote, map_paths, remove_tree, upload_tree
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,9 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home
 # --- inputs ------------------------------------------------------------------------------------------
 
 def _build_and_upload(search, embedder, target: S3Path, **kwargs) -> dict:
+    if not target.key:
+        raise BundleError(f"{target} is a whole bucket: give a prefix for the bundle, e.g. {target}/cxr")
+    _check_target(target)  # before building, and never replacing what is not a bundle
     with tempfile.TemporaryDirectory(prefix="medvec-bundle-") as local:
         summary = build_bundle(search, embedder, Path(local) / "bundle", **kwargs)
         kwargs["progress"](f"uploading the bundle to {target}")
@@ -258,7 +261,7 @@ def _build_and_upload(search, embedder, target: S3Path, **kwargs) -> dict:
     return summary | {"out_dir": str(target)}
 
 
-def _check_target(out_dir: Path) -> None:
+def _check_target(out_dir: HomePath) -> None:
     """Never replace a folder that is not a bundle: OUT_DIR is removed whole when rebuilt."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) \
             and not (out_dir / "bundle.json").exists():
@@ -327,14 +330,22 @@ def _packing_costs(vectors: np.ndarray, text_queries: np.ndarray, chosen: str, *
 def _copy_thumbnails(loaded, home: HomePath, folder: Path) -> np.ndarray:
     present = np.zeros(len(loaded.ids), bool)
     uris = loaded.meta.column("thumb_uri").to_pylist() if "thumb_uri" in loaded.meta.schema.names else []
-    for row, uri in enumerate(uris):
-        source = home / uri if uri else None
-        if source is None or not source.is_file():
-            continue
-        target = folder / str(row // THUMBS_PER_FOLDER) / f"{row}.webp"
-        target.parent.mkdir(exist_ok=True)
-        target.write_bytes(source.read_bytes())
-        present[row] = True
+
+    def read(path):
+        try:
+            return path.read_bytes() if path is not None else None
+        except FileNotFoundError:
+            return None
+
+    sources = [home / uri if uri else None for uri in uris]
+    for start in range(0, len(sources), 1024):  # a home on S3: pools of GETs, a chunk in memory at a time
+        for row, data in enumerate(map_paths(read, sources[start:start + 1024]), start):
+            if data is None:
+                continue
+            target = folder / str(row // THUMBS_PER_FOLDER) / f"{row}.webp"
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(data)
+            present[row] = True
     if not present.all():
         log.warning("%d of %d thumbnails are missing under %s", int((~present).sum()), len(present), home)
     return present
