@@ -28,6 +28,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -284,6 +286,16 @@ def _conditional_put(path: S3Path, data: bytes, **condition) -> str | None:
         raise
 
 
+def _age_s(response) -> float:
+    """How long ago the object in a GET/HEAD response was last written, by the server's own clock (the
+    response's Date), so clock skew between machines never makes a live lock look stale."""
+    try:
+        now = parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"])
+    except (KeyError, TypeError, ValueError):
+        now = datetime.now(timezone.utc)
+    return (now - response["LastModified"]).total_seconds()
+
+
 class _S3Lock:
     """A lock object: created exclusively, kept fresh by a heartbeat while held, taken over only through a
     conditional PUT on the stale version (so two waiters never both take it), deleted only if still ours."""
@@ -309,11 +321,7 @@ class _S3Lock:
                 if _missing(error):
                     continue  # released between our attempt and the read
                 raise
-            try:
-                held_since = float(json.loads(held["Body"].read()).get("at", 0.0))
-            except ValueError:
-                held_since = 0.0
-            if time.time() - held_since > self.stale_after_s:
+            if _age_s(held) > self.stale_after_s:
                 # Its holder stopped beating (killed): replace exactly the version we judged stale.
                 self.etag = _conditional_put(self.path, self._body(), IfMatch=held["ETag"])
                 if self.etag is not None:
@@ -324,7 +332,11 @@ class _S3Lock:
 
     def _beat(self) -> None:
         while not self._stop.wait(max(self.stale_after_s / 4, 1.0)):
-            etag = _conditional_put(self.path, self._body(), IfMatch=self.etag)
+            try:
+                etag = _conditional_put(self.path, self._body(), IfMatch=self.etag)
+            except Exception as error:  # noqa: BLE001 - a network blip: the next beat tries again
+                log.warning("could not refresh the lock %s (%s); retrying", self.path, type(error).__name__)
+                continue
             if etag is None:
                 log.warning("lost the lock %s to another process (held past %.0f s without a heartbeat?)",
                             self.path, self.stale_after_s)

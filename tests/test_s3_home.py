@@ -178,13 +178,14 @@ def test_s3_paths_read_write_list_and_lock(aws_env, tmp_path):
     assert not lock.exists()
 
     # A lock left by a killed process: of two waiters exactly one takes it over, the other waits its turn.
-    lock.write_bytes(b'{"token": "killed", "at": 0}')
+    lock.write_bytes(b'{"token": "killed"}')
+    time.sleep(3.0)  # older than stale_after_s by the server's clock (S3 times have one-second resolution)
     held: list[tuple[float, float]] = []
 
     def hold() -> None:
-        with exclusive_lock(lock, stale_after_s=60.0, poll_s=0.05):
+        with exclusive_lock(lock, stale_after_s=2.0, poll_s=0.05):
             start = time.monotonic()
-            time.sleep(0.5)
+            time.sleep(0.3)
             held.append((start, time.monotonic()))
 
     waiters = [threading.Thread(target=hold) for _ in range(2)]
