@@ -11,10 +11,10 @@ from assets.evaluation import retrieval_evaluation
 from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
 from assets.search import fallback_queries, image_index, similar_images
+from medvec.settings import Settings
 from pipelines.jobs import ingest_job, search_refresh_job
 from pipelines.profiles import gpu_steps, profile_from_env
 from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
-from medvec.settings import Settings
 from resources import home_resources
 
 ASSETS = [source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
