@@ -135,6 +135,8 @@ class S3Path:
         return self.key + "/" if self.key else ""
 
     def is_file(self) -> bool:
+        if not self.key:  # the bucket itself
+            return False
         try:
             self._client.head_object(Bucket=self.bucket, Key=self.key)
             return True
