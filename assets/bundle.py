@@ -3,10 +3,9 @@
 import dagster as dg
 
 from assets.embeddings import NO_QUALITY_NOTE
-from assets.search import fallback_queries, similar_images
+from assets.search import fallback_queries, similar_images, table_search
 from medvec.bundle import BundleOptions, build_bundle
 from medvec.bundle.build import latest_evaluation
-from medvec.search import ImageSearch
 from medvec.storage import as_path
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
@@ -25,7 +24,7 @@ def search_bundle(context: dg.AssetExecutionContext, config: SearchBundleConfig,
     image vectors, thumbnails, the fallback answers and neighbour lists, and the latest evaluation; its
     page searches in the browser, so no query leaves the visitor's device."""
     spec = embedder.spec()
-    search = ImageSearch(medvec.lancedb_uri, spec.slug, model_name=spec.name, home=medvec.home_path)
+    search = table_search(medvec, embedder)
     out_dir = as_path(config.out_dir, medvec.s3_endpoint_url) if config.out_dir else medvec.home_path / "bundles" / spec.slug
     report, plot = latest_evaluation(medvec.home_path)
     if report is None:

@@ -33,8 +33,9 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
             target.open_embedder = lambda: embedder.load(embedding_model, medvec.model_cache)
     result = evaluate_models(store.connect(medvec.lancedb_uri), targets, split=config.split,
                              policy=config.uncertain, progress=context.log.info)
-    paths = save_report(medvec.home_path, result)
-    plot = base64.b64encode(recall_curve_png(result)).decode()
+    png = recall_curve_png(result)
+    paths = save_report(medvec.home_path, result, png)
+    plot = base64.b64encode(png).decode()
     metadata = {"models": len(result["models"]), "split": result["split"] or "all",
                 "report": dg.MetadataValue.path(paths["json"]),
                 "metrics": dg.MetadataValue.md(markdown_table(result)),

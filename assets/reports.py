@@ -7,8 +7,8 @@ from assets.ingest import normalized_images, source_manifest
 from medvec import store
 from medvec.batches import load_batch_records
 from medvec.report_store import (REPORT_STAGES, label_agreement, load_batch_reports, open_report_table,
-                                 read_batch_reports, report_embedding_text, report_table_name, upsert_batch_reports,
-                                 write_batch_reports)
+                                 read_batch_reports, refresh_report_index, report_embedding_text, report_table_name,
+                                 upsert_batch_reports, write_batch_reports)
 from pipelines.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
@@ -49,12 +49,15 @@ def report_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResou
     db = store.connect(medvec.lancedb_uri)
     table = open_report_table(db, report_table_name(spec.slug), embedding_model.dim)
     written = 0
-    with embedder.load(embedding_model, medvec.model_cache) as model:
-        for batch in context.partition_keys:
-            records = load_batch_reports(medvec.home_path, batch)
-            texts = [report_embedding_text(r) for r in records]
-            vectors = model.embed_texts(texts) if texts else []
-            upsert_batch_reports(table, batch, records, vectors, embedding_model.model_id)
-            written += len(records)
+    try:
+        with embedder.load(embedding_model, medvec.model_cache) as model:
+            for batch in context.partition_keys:
+                records = load_batch_reports(medvec.home_path, batch)
+                texts = [report_embedding_text(r) for r in records]
+                vectors = model.embed_texts(texts) if texts else []
+                upsert_batch_reports(table, batch, records, vectors, embedding_model.model_id)
+                written += len(records)
+    finally:  # once per run, not per batch; the batches written before a failure are searchable too
+        refresh_report_index(table)
     return dg.MaterializeResult(metadata={"reports_written": written, "table": table.name,
                                           "table_rows": table.count_rows(), "model": embedding_model.name})

@@ -20,7 +20,8 @@ class ImageIndexConfig(dg.Config):
     keep_versions_hours: float = 1.0  # older table versions are cleaned up
 
 
-def _search(medvec: MedvecHomeResource, embedder: EmbedderResource) -> ImageSearch:
+def table_search(medvec: MedvecHomeResource, embedder: EmbedderResource) -> ImageSearch:
+    """The configured model's table, searched as the server searches it."""
     spec = embedder.spec()
     return ImageSearch(medvec.lancedb_uri, spec.slug, model_name=spec.name, home=medvec.home_path)
 
@@ -57,7 +58,7 @@ def fallback_queries(context: dg.AssetExecutionContext, medvec: MedvecHomeResour
                      embedding_model: ModelArtifact) -> dg.MaterializeResult:
     """About 50 common chest X-ray queries embedded and answered ahead of time, so they answer
     without loading a text encoder."""
-    search = _search(medvec, embedder)
+    search = table_search(medvec, embedder)
     with embedder.load(embedding_model, medvec.model_cache) as model:
         summary = compute_fallbacks(search, model)
     rows = "\n".join(f"| {query} | {', '.join(f'`{i[:16]}`' for i in ids)} |" for query, ids in summary["examples"].items())
@@ -73,7 +74,7 @@ def fallback_queries(context: dg.AssetExecutionContext, medvec: MedvecHomeResour
 def similar_images(context: dg.AssetExecutionContext, medvec: MedvecHomeResource,
                    embedder: EmbedderResource) -> dg.MaterializeResult:
     """The 20 nearest neighbours of every image, so find-similar is a lookup."""
-    summary = compute_similar(_search(medvec, embedder))
+    summary = compute_similar(table_search(medvec, embedder))
     return dg.MaterializeResult(metadata={
         "table": similar_table_name(embedder.spec().slug), "images": summary["images"], "k": summary["k"],
         "image_table_version": summary["table_version"],

@@ -113,8 +113,9 @@ def _judgements(data: EvalData, finding: str, policy: str) -> tuple[np.ndarray, 
 
 
 def text_to_image(data: EvalData, prompt_vectors: dict[str, np.ndarray], *, ks=DEFAULT_KS,
-                  policy: str = "exclude") -> dict:
-    """Per finding (its prompts' mean) and macro-averaged over findings with relevant images."""
+                  policy: str = "exclude", hard_k: int | None = None) -> dict:
+    """Per finding (its prompts' mean) and macro-averaged over findings with relevant images; hard cases
+    look at each prompt's top `hard_k` (default: the largest of `ks`)."""
     per_finding, confusion, worst = {}, {}, {}
     for finding, vectors in prompt_vectors.items():
         relevant, candidates = _judgements(data, finding, policy)
@@ -125,7 +126,8 @@ def text_to_image(data: EvalData, prompt_vectors: dict[str, np.ndarray], *, ks=D
         metrics = mean_metrics(ranked, ks)
         per_finding[finding] = {**metrics, "prompts": len(vectors), "relevant": int(relevant.sum()),
                                 "candidates": int(candidates.sum())}
-        confusion[finding], worst[finding] = _hard_cases(data, finding, scores, relevant, candidates, ks)
+        confusion[finding], worst[finding] = _hard_cases(data, finding, scores, relevant, candidates,
+                                                         hard_k or max(ks))
     macro = {}
     if per_finding:
         names = [n for n in next(iter(per_finding.values())) if "@" in n or n in ("mrr", "map")]
@@ -135,9 +137,8 @@ def text_to_image(data: EvalData, prompt_vectors: dict[str, np.ndarray], *, ks=D
             "hard_cases": {f: {"confused_with": confusion[f], "worst_ranked": worst[f]} for f in per_finding}}
 
 
-def _hard_cases(data, finding, scores, relevant, candidates, ks):
+def _hard_cases(data, finding, scores, relevant, candidates, k):
     """Other findings among each prompt's top k, and the relevant images ranked lowest (mean rank)."""
-    k = max(ks)
     masked = np.where(candidates, scores, -np.inf)
     order = np.argsort(-masked, axis=1, kind="stable")
     others = Counter(label for row in order[:, :k] for i in row if not relevant[i] for label in data.labels[i])
@@ -200,6 +201,12 @@ def chance(data: EvalData, *, ks=DEFAULT_KS, policy: str = "exclude", repeats: i
     return {n: float(np.mean([v[n] for v in values])) for n in values[0] if n != "queries"}
 
 
+def _at_ks(metrics: dict, ks) -> dict:
+    """The entries at cut-offs `ks` (and those without one) of metrics computed at more cut-offs."""
+    keep = {str(k) for k in ks}
+    return {name: value for name, value in metrics.items() if "@" not in name or name.split("@", 1)[1] in keep}
+
+
 def evaluate_table(table, *, model: str, embedder=None, split: str | None = "test", ks=DEFAULT_KS,
                    policy: str = "exclude", text_unavailable: str | None = None, reports_table=None) -> dict:
     """One model's section of the report; `embedder` encodes the prompts (None: text part skipped)."""
@@ -214,6 +221,8 @@ def evaluate_table(table, *, model: str, embedder=None, split: str | None = "tes
         section["report_label_agreement"] = data.report_agreement
     present = {f for l in data.labels for f in l}
     curves: dict[str, list[float]] = {}
+    # Each measure runs once at the report's cut-offs and the curve's; the report keeps its own.
+    every_k = [*ks, *(k for k in CURVE_KS if k not in ks)]
     if embedder is not None:
         prompts = {f: list(p) for f, p in FINDING_PROMPTS.items() if f in present}
         flat = [p for ps in prompts.values() for p in ps]
@@ -222,17 +231,20 @@ def evaluate_table(table, *, model: str, embedder=None, split: str | None = "tes
         for finding, ps in prompts.items():
             by_finding[finding] = vectors[offset:offset + len(ps)]
             offset += len(ps)
-        section["text_to_image"] = text_to_image(data, by_finding, ks=ks, policy=policy)
-        curve = text_to_image(data, by_finding, ks=CURVE_KS, policy=policy)["macro"]
+        text = text_to_image(data, by_finding, ks=every_k, policy=policy, hard_k=max(ks))
+        curve = text["macro"]
         curves["text"] = [curve[f"recall@{k}"] for k in CURVE_KS] if curve else []
+        text["per_finding"] = {f: _at_ks(m, ks) for f, m in text["per_finding"].items()}
+        text["macro"] = _at_ks(curve, ks)
+        section["text_to_image"] = text
     else:
         section["text_to_image"] = None
         section["text_to_image_skipped"] = text_unavailable or "no text encoder available"
-    section["image_to_image"] = image_to_image(data, ks=ks, policy=policy)
-    section["chance"] = chance(data, ks=ks, policy=policy)
-    image_curve = image_to_image(data, ks=CURVE_KS, policy=policy)
+    image_curve = image_to_image(data, ks=every_k, policy=policy)
+    random_curve = chance(data, ks=every_k, policy=policy)
+    section["image_to_image"] = _at_ks(image_curve, ks)
+    section["chance"] = _at_ks(random_curve, ks)
     curves["image"] = [image_curve[f"recall@{k}"] for k in CURVE_KS] if image_curve["queries"] else []
-    random_curve = chance(data, ks=CURVE_KS, policy=policy)
     curves["chance"] = [random_curve[f"recall@{k}"] for k in CURVE_KS] if random_curve else []
     section["recall_curve"] = curves
     section["seconds"] = round(time.perf_counter() - started, 2)
@@ -350,14 +362,19 @@ def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test"
     return report(sections, split=evaluated[0] if evaluated else split, ks=ks, policy=policy)
 
 
-def save_report(home, result: dict) -> dict:
-    """`$MEDVEC_HOME/eval/report.json` and `recall_at_k.png` (the latest run; the web page reads them)."""
+#: Where the latest evaluation lives under the home; the web page, the server and the bundle read it there.
+EVAL_FILES = {"json": "eval/report.json", "png": "eval/recall_at_k.png"}
+
+
+def save_report(home, result: dict, plot_png: bytes | None = None) -> dict:
+    """`$MEDVEC_HOME/eval/report.json` and `recall_at_k.png` (the latest run; the web page reads them).
+    `plot_png` is the run's `recall_curve_png`, when the caller has drawn it already."""
     import json
 
     from medvec.storage import as_path, write_atomic
 
-    folder = as_path(home) / "eval"
-    paths = {"json": folder / "report.json", "png": folder / "recall_at_k.png"}
-    for key, data in (("json", json.dumps(result, indent=2).encode()), ("png", recall_curve_png(result))):
+    paths = {key: as_path(home) / rel for key, rel in EVAL_FILES.items()}
+    for key, data in (("json", json.dumps(result, indent=2).encode()),
+                      ("png", plot_png if plot_png is not None else recall_curve_png(result))):
         write_atomic(paths[key], data)
     return {k: str(v) for k, v in paths.items()}

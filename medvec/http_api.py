@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medvec import store
 from medvec.embedders.base import EmbedderError
+from medvec.evaluation import EVAL_FILES
 from medvec.report_search import MODES, NoReports, ReportSearch
 from medvec.search import MAX_K, Filters, ImageSearch, NoSuchImage, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
@@ -43,7 +44,6 @@ PAGE_HEADERS = {
 }
 IMAGE_CACHE = "private, max-age=3600"
 #: Where `medvec eval` and the retrieval_evaluation asset leave the latest run (evaluation.save_report).
-EVAL_FILES = {"report": "eval/report.json", "plot": "eval/recall_at_k.png"}
 #: How `reports=true` ranks reports (report_search.MODES; the first is the default).
 ReportMode = Literal[MODES]  # type: ignore[valid-type]
 REPORTS_FLAG = "also search the radiology reports (see the description for the answer's shape)"
@@ -425,13 +425,13 @@ def _eval_router(home: HomePath) -> APIRouter:
                             "image, a random ranking, Recall@K curves and hard cases. Read from disk on every "
                             "request, so a new run shows without restarting the server.")
     def eval_report() -> FileResponse:
-        return _file_response(_eval_file(home, "report"), media_type="application/json",
+        return _file_response(_eval_file(home, "json"), media_type="application/json",
                             headers={"Cache-Control": EVAL_CACHE})
 
     @router.get("/eval/plot.png", response_class=FileResponse, summary="The latest Recall@K plot (PNG)",
                 responses={200: {"content": {"image/png": {}}, "description": "Recall@K for K = 1..50 per model"}})
     def eval_plot() -> FileResponse:
-        return _file_response(_eval_file(home, "plot"), media_type="image/png", headers={"Cache-Control": EVAL_CACHE})
+        return _file_response(_eval_file(home, "png"), media_type="image/png", headers={"Cache-Control": EVAL_CACHE})
 
     return router
 

@@ -68,12 +68,12 @@ def image_rows(records: list[ImageRecord], vectors: np.ndarray, *, dim: int, mod
     return pa.Table.from_pylist(rows, schema=image_table_schema(dim))
 
 
-def upsert_batch(table, batch: str, rows: pa.Table):
+def upsert_batch(table, batch: str, rows: pa.Table, key: str = "image_id"):
     """Make the table hold exactly `rows` for `batch`: update, insert, and drop the batch's
     rows that are no longer in it, in one commit (re-runs change nothing, lose nothing)."""
     if rows.num_rows == 0:
         return table.delete(f"batch = {_sql_string(batch)}")
-    return (table.merge_insert("image_id")
+    return (table.merge_insert(key)
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .when_not_matched_by_source_delete(f"batch = {_sql_string(batch)}")

@@ -78,14 +78,17 @@ def labels_from_terms(text: str) -> tuple[list[str], list[str]]:
     return map_labels(terms)
 
 
+#: Names to look for in report text, longest first so "pleural effusion" wins over "effusion".
+_TEXT_NAMES = sorted({*_KEY, *(k for k, v in SYNONYMS.items() if v)}, key=len, reverse=True)
+
+
 def labels_from_findings_text(text: str) -> list[str]:
     """Findings named in free report text, skipping negated mentions ("no pneumothorax").
 
     A deliberately simple keyword rule (the report issue brings a fuller extractor)."""
     lowered = (text or "").lower()
     found = set()
-    names = sorted({*_KEY, *(k for k, v in SYNONYMS.items() if v)}, key=len, reverse=True)
-    for name in names:
+    for name in _TEXT_NAMES:
         for match in re.finditer(rf"\b{re.escape(name)}\b", lowered):
             if not _NEGATIONS.search(lowered[max(0, match.start() - 90):match.start()]):
                 finding = to_finding(name)

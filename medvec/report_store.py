@@ -11,14 +11,15 @@ import numpy as np
 import pyarrow as pa
 
 from medvec.batches import BatchManifest, batch_dir
+from medvec.image_table import table_dim, upsert_batch
 from medvec.labels import label_agreement_of
 from medvec.records import IngestError, ImageRecord
 from medvec.reports import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_SCHEMA, ReportRecord, _stem,
                             is_report_file, parse_indiana, parse_report_file, report_table_schema,
                             reports_table)
 from medvec.sources import open_source
-from medvec.store import _sql_string, open_table_if_exists
-from medvec.storage import HomePath, read_parquet, write_parquet
+from medvec.store import open_table_if_exists
+from medvec.storage import HomePath, is_missing_object, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 REPORT_STAGES = ("report",)
@@ -61,7 +62,7 @@ def _read_indiana_pair(source, root: str):
         try:
             reports = source.read_bytes(join(reports_name)).decode("utf-8-sig")
         except Exception as exc:  # noqa: BLE001 - absent in most sources; boto3 and OS errors differ
-            if not _is_missing(exc):
+            if not (isinstance(exc, FileNotFoundError) or is_missing_object(exc)):
                 log.warning("could not read %s: %s", reports_name, type(exc).__name__)
             continue
         try:
@@ -70,11 +71,6 @@ def _read_indiana_pair(source, root: str):
             projections = None
         return join(reports_name), reports, projections
     return None
-
-
-def _is_missing(exc: Exception) -> bool:
-    return isinstance(exc, FileNotFoundError) or "NoSuchKey" in type(exc).__name__ or "404" in str(exc) \
-        or "NoSuchKey" in str(exc)
 
 
 def write_batch_reports(home: HomePath, batch: str, records: list[ReportRecord]) -> HomePath:
@@ -88,10 +84,6 @@ def load_batch_reports(home: HomePath, batch: str) -> list[ReportRecord]:
     if not path.exists():
         return []
     return [ReportRecord(**row) for row in read_parquet(path).cast(REPORT_RECORD_SCHEMA).to_pylist()]
-
-
-def has_batch_reports(home: HomePath, batch: str) -> bool:
-    return (batch_dir(home, batch) / "reports.parquet").exists()
 
 
 def report_embedding_text(record: ReportRecord) -> str:
@@ -117,22 +109,20 @@ def open_report_table(db, name: str, dim: int):
 
 
 def upsert_batch_reports(table, batch: str, records: list[ReportRecord], vectors: np.ndarray, model_id: str):
-    """Make the table hold exactly these reports for `batch` (one commit), then refresh the FTS index."""
-    from medvec.table_index import retry_on_conflict
-
+    """Make the table hold exactly these reports for `batch`, in one commit (`refresh_report_index` after)."""
     if len(records) != len(vectors):
         raise ValueError(f"{len(records)} reports but {len(vectors)} vectors")
-    dim = table.schema.field("vector").type.list_size
     rows = [{**r.to_row(), "vector": v.astype(np.float32).tolist(), "model_id": model_id} for r, v in zip(records, vectors)]
-    data = pa.Table.from_pylist(rows, schema=report_table_schema(dim))
-    if data.num_rows == 0:
-        table.delete(f"batch = {_sql_string(batch)}")
-    else:
-        (table.merge_insert("report_id").when_matched_update_all().when_not_matched_insert_all()
-         .when_not_matched_by_source_delete(f"batch = {_sql_string(batch)}").execute(data))
-    if table.count_rows():
-        from lancedb.index import FTS
+    upsert_batch(table, batch, pa.Table.from_pylist(rows, schema=report_table_schema(table_dim(table))), key="report_id")
 
+
+def refresh_report_index(table) -> None:
+    """Rebuild the full-text index over every report: once per run, after all of its batches."""
+    from lancedb.index import FTS
+
+    from medvec.table_index import retry_on_conflict
+
+    if table.count_rows():
         retry_on_conflict(lambda: table.create_index("text", config=FTS(), replace=True), what="report FTS index")
 
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from medvec.storage import aws_region, is_missing_object
+
 #: Files a download leaves beside images that are never images themselves.
 IGNORED_SUFFIXES = (".csv", ".done", ".json", ".md5", ".sha256", ".part", ".tmp", ".crdownload")
 #: A download's "complete" marker: `<file>.done` beside one file, or `.done` in a folder (every file
@@ -163,11 +165,10 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 class S3PrefixSource(ImageSource):
     """An S3 (or S3-compatible: MinIO, moto) prefix. Credentials come from boto3's usual chain."""
 
-    def __init__(self, root: str, endpoint_url: str | None = None, region_name: str | None = None):
+    def __init__(self, root: str, endpoint_url: str | None = None):
         self.root = root.rstrip("/")
         self.bucket, self.prefix = split_s3_uri(self.root)
         self.endpoint_url = endpoint_url
-        self.region_name = region_name
         self._client = None
 
     def __getstate__(self):  # boto3 clients do not pickle; worker processes make their own
@@ -175,11 +176,12 @@ class S3PrefixSource(ImageSource):
 
     @property
     def client(self):
+        # Its own client, made from the credentials in force when the source is opened (a source is
+        # opened per batch or look); the home's paths share one cached client per process instead.
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url,
-                                        region_name=self.region_name or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=aws_region())
         return self._client
 
     def list_files(self) -> Iterator[SourceFile]:
@@ -222,7 +224,7 @@ class S3PrefixSource(ImageSource):
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except self.client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing_object(exc):
                 return None
             raise
         return SourceFile(uri=uri, size=head["ContentLength"], mtime=head["LastModified"].timestamp(),

@@ -52,12 +52,17 @@ def s3_client(endpoint_url: str | None = None):
             from botocore.config import Config
 
             _CLIENTS[endpoint_url] = boto3.client(
-                "s3", endpoint_url=endpoint_url,
+                "s3", endpoint_url=endpoint_url, region_name=aws_region(),
                 config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32))
         return _CLIENTS[endpoint_url]
 
 
-def _missing(error) -> bool:
+def aws_region() -> str:
+    return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+
+
+def is_missing_object(error) -> bool:
+    """Whether a boto3 error says the object does not exist."""
     return getattr(error, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
@@ -104,15 +109,8 @@ class S3Path:
         return posixpath.splitext(self.name)[0]
 
     @property
-    def suffix(self) -> str:
-        return posixpath.splitext(self.name)[1]
-
-    @property
     def parent(self) -> "S3Path":
         return S3Path(f"s3://{self.bucket}/{posixpath.dirname(self.key)}", self.endpoint_url)
-
-    def with_name(self, name: str) -> "S3Path":
-        return self.parent / name
 
     def resolve(self) -> "S3Path":
         return self
@@ -141,7 +139,7 @@ class S3Path:
             self._client.head_object(Bucket=self.bucket, Key=self.key)
             return True
         except Exception as error:  # noqa: BLE001 - botocore raises ClientError subclasses per code
-            if _missing(error):
+            if is_missing_object(error):
                 return False
             raise
 
@@ -156,7 +154,7 @@ class S3Path:
         try:
             return self._client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
         except Exception as error:  # noqa: BLE001
-            if _missing(error):
+            if is_missing_object(error):
                 raise FileNotFoundError(str(self)) from None
             raise
 
@@ -204,9 +202,6 @@ class S3Path:
         for key in self._keys():
             if fnmatch.fnmatchcase(posixpath.basename(key), pattern):
                 yield S3Path(f"s3://{self.bucket}/{key}", self.endpoint_url)
-
-    def size(self) -> int:
-        return self._client.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"]
 
 
 HomePath = Path | S3Path
@@ -320,7 +315,7 @@ class _S3Lock:
             try:
                 held = self.path._client.get_object(Bucket=self.path.bucket, Key=self.path.key)
             except Exception as error:  # noqa: BLE001
-                if _missing(error):
+                if is_missing_object(error):
                     continue  # released between our attempt and the read
                 raise
             if _age_s(held) > self.stale_after_s:
@@ -352,7 +347,7 @@ class _S3Lock:
         try:
             self.path._client.delete_object(Bucket=self.path.bucket, Key=self.path.key, IfMatch=self.etag)
         except Exception as error:  # noqa: BLE001
-            if not (_precondition_failed(error) or _missing(error)):  # taken over: not ours to delete
+            if not (_precondition_failed(error) or is_missing_object(error)):  # taken over: not ours to delete
                 raise
 
 
@@ -447,8 +442,7 @@ def lancedb_storage_options(uri: str, endpoint_url: str | None = None) -> dict[s
     endpoint_url = endpoint_url or os.environ.get("MEDVEC_S3_ENDPOINT_URL") or None
     if not uri.startswith("s3://") or not endpoint_url:
         return None
-    options = {"endpoint": endpoint_url, "region": os.environ.get("AWS_DEFAULT_REGION")
-               or os.environ.get("AWS_REGION") or "us-east-1"}
+    options = {"endpoint": endpoint_url, "region": aws_region()}
     if endpoint_url.startswith("http://"):
         options["allow_http"] = "true"
     return options

@@ -154,7 +154,7 @@ def _tune_lancedb(table, options: IndexOptions) -> dict:
     # Queries are never stored rows: rows with a little noise and points between two rows (as text
     # queries sit between image clusters), so the measured recall is not flattered.
     sample = table.search().select(["vector"]).limit(options.sample_queries * 2).to_arrow()
-    rows = np.stack(sample.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    rows = vectors_of(sample)
     rng = np.random.default_rng(11)
     half = max(1, options.sample_queries // 2)
     near = rows[rng.choice(len(rows), half)] + rng.standard_normal((half, rows.shape[1])).astype(np.float32) * (

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -133,14 +134,14 @@ class WatchTick:
 _claims_cache: dict[str, tuple[tuple[int, int], str, list[SourceFile]]] = {}
 
 
-def claimed_files(home: HomePath) -> dict[str, tuple[str, SourceFile]]:
-    """uri → (batch, the file as listed when its batch opened), over every manifest under `home`.
+def claimed_files(home: HomePath, batches: list[str]) -> dict[str, tuple[str, SourceFile]]:
+    """uri → (batch, the file as listed when its batch opened), over the manifests of `batches`.
 
     Manifests never change after they are written, so each is parsed once per process (keyed by its
     inode and mtime): a tick over 100,000 claimed files stays a dictionary build, not 50 JSON parses.
     """
     claims: dict[str, tuple[str, SourceFile]] = {}
-    for batch in list_batches(home):
+    for batch in batches:
         path = batch_dir(home, batch) / "manifest.json"
         key = _file_version(path)
         cached = _claims_cache.get(str(path))
@@ -174,19 +175,20 @@ def describe_change(was: SourceFile, now: SourceFile) -> str | None:
 
 # --- settling ------------------------------------------------------------------------------------
 
-def _marked_done(uri: str, markers: set[str], root: str) -> bool:
-    if not markers:
-        return False
-    if uri + DONE_MARKER in markers:
-        return True
+def _folder_markers(uri: str, root: str):
+    """The `.done` markers that would settle `uri`: those of its folders, innermost first, up to `root`."""
     folder = uri.rsplit("/", 1)[0]
     while len(folder) >= len(root):
-        if f"{folder}/{DONE_MARKER}" in markers:
-            return True
+        yield f"{folder}/{DONE_MARKER}"
         if "/" not in folder:
             break
         folder = folder.rsplit("/", 1)[0]
-    return False
+
+
+def _marked_done(uri: str, markers: set[str], root: str) -> bool:
+    if not markers:
+        return False
+    return uri + DONE_MARKER in markers or any(marker in markers for marker in _folder_markers(uri, root))
 
 
 def is_settled(entry: SourceFile, markers: set[str], root: str, reference: float | None, margin_s: float) -> bool:
@@ -208,8 +210,8 @@ def awaiting_batches(home: HomePath, launcher: str | None = None) -> list[str]:
     found = []
     # One listing finds the markers (few batches wait at a time); on S3 a read per batch would make
     # every tick as slow as the number of batches ever opened.
-    for batch in sorted(marker.parent.name for marker in (as_path(home) / "batches").glob(f"*/{AWAITING_LAUNCH}")):
-        path = batch_dir(home, batch) / AWAITING_LAUNCH
+    for path in sorted((as_path(home) / "batches").glob(f"*/{AWAITING_LAUNCH}"), key=lambda p: p.parent.name):
+        batch = path.parent.name
         try:
             owner = json.loads(path.read_text()).get("launcher")
         except FileNotFoundError:
@@ -244,11 +246,12 @@ class _Chosen(ImageSource):
 
 
 def _open(source: ImageSource, home: HomePath, files: list[SourceFile], batch_size: int, launcher: str,
-          now: float) -> list[BatchManifest]:
-    """Write manifests (and awaiting markers) for `files`; the caller holds the opening lock."""
+          now: float, batches: list[str]) -> list[BatchManifest]:
+    """Write manifests (and awaiting markers) for `files`; the caller holds the opening lock and has
+    listed the `batches` already there."""
     if not files:
         return []
-    taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in list_batches(home)]
+    taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in batches]
     manifests = plan_batches(_Chosen(source.root, files), home, batch_size=batch_size, existing=taken,
                              metadata_csv=source.find_metadata_csv(),
                              now=datetime.fromtimestamp(now, timezone.utc))
@@ -271,7 +274,8 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
     listed_at = time.monotonic()
     tick = WatchTick(opened=[], cursor=WatchCursor(**asdict(cursor)), listed=len(scan.files), complete=scan.complete)
     with batch_opening_lock(home):
-        claims = claimed_files(home)
+        batches = list_batches(home)
+        claims = claimed_files(home, batches)
         fresh: list[SourceFile] = []
         for entry in scan.files:
             claim = claims.get(entry.uri)
@@ -286,7 +290,7 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
         tick.new_settled = len(fresh)
         take, capped, held_since = _choose(fresh, tick, cursor, options, now)
         tick.held = len(fresh) - len(take) if not capped else 0
-        tick.opened = _open(source, home, take, options.batch_size, launcher, now)
+        tick.opened = _open(source, home, take, options.batch_size, launcher, now, batches)
     next_cursor = tick.cursor
     next_cursor.held_since = held_since
     next_cursor.pass_unsettled = (cursor.pass_unsettled if cursor.resume_after else 0) + tick.unsettled
@@ -304,16 +308,7 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
 def _folder_markers_before(source: ImageSource, resume_after: str) -> set[str]:
     """`.done` markers of the folders holding the resume point: they sort before it, so a resumed look
     never lists them, yet they settle every file after it in those folders."""
-    found, root = set(), source.root.rstrip("/")
-    folder = resume_after.rsplit("/", 1)[0]
-    while len(folder) >= len(root):
-        marker = f"{folder}/{DONE_MARKER}"
-        if source.stat(marker) is not None:
-            found.add(marker)
-        if folder == root or "/" not in folder:
-            break
-        folder = folder.rsplit("/", 1)[0]
-    return found
+    return {m for m in _folder_markers(resume_after, source.root.rstrip("/")) if source.stat(m) is not None}
 
 
 def _choose(fresh: list[SourceFile], tick: WatchTick, cursor: WatchCursor, options: WatchOptions,
@@ -341,10 +336,11 @@ def rescan(source: ImageSource, home: HomePath, *, batch_size: int = DEFAULT_BAT
     now = time.time() if now is None else now
     scan = source.scan()
     with batch_opening_lock(home):
-        claims = claimed_files(home)
+        batches = list_batches(home)
+        claims = claimed_files(home, batches)
         unclaimed = [e for e in scan.files if e.uri not in claims]
         take = [e for e in unclaimed if is_settled(e, scan.markers, source.root, now - min_age_s, 0.0)]
-        return _open(source, home, take, batch_size, launcher, now), len(unclaimed) - len(take)
+        return _open(source, home, take, batch_size, launcher, now, batches), len(unclaimed) - len(take)
 
 
 # --- reporting changed files -----------------------------------------------------------------------
@@ -374,19 +370,22 @@ def report_changed(db, changed: list[ChangedFile]) -> int:
 # --- refreshing search after a wave --------------------------------------------------------------
 
 def refresh_decision(*, last_embedded_at: float | None, indexed_from: float | None, embedding_in_flight: int,
-                     refresh_in_flight: bool, awaiting: int, now: float, quiet_s: float) -> tuple[bool, str]:
+                     refresh_in_flight: bool, awaiting: Callable[[], int], now: float,
+                     quiet_s: float) -> tuple[bool, str]:
     """Whether the search assets should refresh now, and why (not). Once after a wave: new vectors
     landed since the last refresh began, nothing is still embedding or waiting to, and no vector
-    landed for `quiet_s`."""
+    landed for `quiet_s`. `awaiting` counts the batches awaiting launch; it reads the home, so it is
+    called only when the cheaper checks leave the question open (not on the idle ticks)."""
     if last_embedded_at is None:
         return False, "no embeddings yet"
     if indexed_from is not None and last_embedded_at <= indexed_from:
         return False, "the search assets already cover the latest embeddings"
     if refresh_in_flight:
         return False, "a search refresh is already running"
-    if embedding_in_flight or awaiting:
+    pending = awaiting()
+    if embedding_in_flight or pending:
         return False, (f"waiting for the wave to finish: {embedding_in_flight} embedding run(s) in flight, "
-                       f"{awaiting} batch(es) awaiting launch (by their sensor, or backfill them)")
+                       f"{pending} batch(es) awaiting launch (by their sensor, or backfill them)")
     if now - last_embedded_at < quiet_s:
         return False, f"debouncing: last embeddings landed {now - last_embedded_at:.0f}s ago (waits {quiet_s:.0f}s)"
     return True, "new embeddings since the last refresh, and the wave is over"

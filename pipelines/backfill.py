@@ -161,8 +161,7 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
     outputs are identical), embed them in runs of up to `per_run` neighbouring batches, refresh search."""
     started = time.perf_counter()
     summary = BackfillSummary(batches=list(batches))
-    known = set(instance.get_dynamic_partitions(batch_partitions.name))
-    instance.add_dynamic_partitions(batch_partitions.name, [b for b in batches if b not in known])
+    instance.add_dynamic_partitions(batch_partitions.name, list(batches))  # existing ones are left as they are
     resources: dict = home_resources(settings)
     tags = process_tags("medvec backfill")
     run_config = {"ops": {"normalized_images": {"config": normalize_config or {}}}, **QUIET}
@@ -193,13 +192,17 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
                     normalized = []
             _embed(summary, normalized, instance, resources, tags, per_run)
         if refresh and summary.embedded:
-            result = dg.materialize([embedding_model, *SEARCH_ASSETS], selection=SEARCH_ASSETS, instance=instance,
-                                    resources=resources, run_config=QUIET, raise_on_error=False, tags=tags)
-            summary.indexed = result.success
-            if not result.success:
+            summary.indexed = refresh_search(instance, resources, tags)
+            if not summary.indexed:
                 summary.failed_runs.append("search_refresh")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def refresh_search(instance: dg.DagsterInstance, resources: dict, tags: dict) -> bool:
+    """One run of the search assets (index, fallbacks, neighbours) over what the table holds now."""
+    return dg.materialize([embedding_model, *SEARCH_ASSETS], selection=SEARCH_ASSETS, instance=instance,
+                          resources=resources, run_config=QUIET, raise_on_error=False, tags=tags).success
 
 
 def _embed(summary: BackfillSummary, batches: list[str], instance: dg.DagsterInstance, resources: dict,

@@ -20,15 +20,16 @@ from resources import home_resources
 ASSETS = [source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
           image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle]
 
+settings = Settings.from_env()
 profile = profile_from_env()
-embedder = profile.embedder()
+embedder = profile.embedder(settings)
 
 defs = dg.Definitions(
     assets=ASSETS,
     jobs=[ingest_job, search_refresh_job, rescan_job],
     sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor],
     # The home and the IO manager that keeps asset values in it: steps in other pods read them there.
-    resources={**home_resources(Settings.from_env()), "embedder": embedder},
+    resources={**home_resources(settings), "embedder": embedder},
     # Every job runs on the profile's executor; on the cluster the gpu-pool steps ask for a GPU.
     executor=profile.executor(gpu_steps(ASSETS, embedder)),
 )

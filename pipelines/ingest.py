@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from assets.embeddings import embedding_model, image_embeddings
-from assets.ingest import normalized_images, source_manifest
-from assets.reports import report_embeddings, report_records
-from assets.search import fallback_queries, image_index, similar_images
+from assets.embeddings import embedding_model
 from medvec.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
 from medvec.image_table import image_table_name
@@ -24,7 +21,7 @@ from medvec.reports import is_report_file
 from medvec.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
-from pipelines.backfill import process_tags, reap_dead_runs
+from pipelines.backfill import BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search
 from pipelines.partitions import batch_partitions
 from resources import home_resources
 from resources.embedders import EmbedderResource, embedder_from_env
@@ -56,9 +53,6 @@ class IngestSummary:
                 "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv,
                 "failed_runs": self.failed_runs, "model": self.model, "table": self.table,
                 "embedded": self.embedded, "indexed": self.indexed, "report_files": self.report_files, "reports": self.reports, "error_records": [e.to_row() for e in self.errors]}
-
-
-search_assets = [image_index, fallback_queries, similar_images]
 
 
 def pending_batches(settings: Settings, manifests: list[BatchManifest], source_root: str,
@@ -115,14 +109,13 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     instance.add_dynamic_partitions(batch_partitions.name, [m.batch for m in manifests])
     resources = home_resources(settings)
     # The CLI prints its own summary of errors; the run log keeps every line for the UI.
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
-                  **quiet}
-    assets = [source_manifest, normalized_images, report_records]
+                  **QUIET}
+    assets = BATCH_ASSETS[:UNEMBEDDED]
     tags = process_tags("medvec ingest")  # lets a later command tell whether this process died
     if embed and manifests:
         resources["embedder"] = embedder
-        model_run = dg.materialize([embedding_model], instance=instance, resources=resources, run_config=quiet,
+        model_run = dg.materialize([embedding_model], instance=instance, resources=resources, run_config=QUIET,
                                    raise_on_error=False, tags=tags)
         if not model_run.success:
             summary.failed_runs.append("embedding_model")
@@ -131,11 +124,9 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
             artifact = model_run.output_for_node("embedding_model")
             spec = resources["embedder"].spec()
             summary.model, summary.table = artifact.name, image_table_name(spec.slug)
-            assets = [embedding_model, source_manifest, normalized_images, report_records, image_embeddings,
-                      report_embeddings]
+            assets = [embedding_model, *BATCH_ASSETS]
     report_ids: set[str] = set()
-    selection = [source_manifest, normalized_images, report_records] + (
-        [image_embeddings, report_embeddings] if embed else [])
+    selection = BATCH_ASSETS if embed else BATCH_ASSETS[:UNEMBEDDED]
     for manifest in manifests:
         with warnings.catch_warnings():
             # One partition per run here, so the mixed backfill policies Dagster warns about do not apply.
@@ -154,10 +145,8 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
             [materialization] = result.asset_materializations_for_node("image_embeddings")
             summary.embedded += materialization.metadata["rows_written"].value
     if embed and summary.embedded:
-        refresh = dg.materialize([embedding_model, *search_assets], selection=search_assets, instance=instance,
-                                 resources=resources, run_config=quiet, raise_on_error=False, tags=tags)
-        summary.indexed = refresh.success
-        if not refresh.success:
+        summary.indexed = refresh_search(instance, resources, tags)
+        if not summary.indexed:
             summary.failed_runs.append("search_refresh")
     # An Indiana report whose images sit in two batches is read by both; the table holds it once.
     summary.reports = len(report_ids)

@@ -193,7 +193,7 @@ def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHom
     due, reason = refresh_decision(
         last_embedded_at=latest[0].timestamp if latest else None, indexed_from=indexed_from,
         embedding_in_flight=embedding_runs, refresh_in_flight=bool(refresh_runs),
-        awaiting=len(_pending_launches(instance, medvec.home_path, None)), now=time.time(),
+        awaiting=lambda: len(_pending_launches(instance, medvec.home_path, None)), now=time.time(),
         quiet_s=WatchOptions.from_env().refresh_quiet_s)
     if not due:
         return dg.SkipReason(reason)

@@ -21,10 +21,6 @@ class MedvecHomeResource(dg.ConfigurableResource):
     pseudonym_key: str | None = None
 
     @classmethod
-    def from_env(cls) -> "MedvecHomeResource":
-        return cls.from_settings(Settings.from_env())
-
-    @classmethod
     def from_settings(cls, settings: Settings) -> "MedvecHomeResource":
         # The key goes in as an EnvVar, never its value: Dagster stores resource values in every run's
         # snapshot ($DAGSTER_HOME/history), where a raw key would sit in plain text.

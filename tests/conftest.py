@@ -12,6 +12,10 @@ from medvec.phi import Pseudonymizer
 from medvec.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Debian's headless Chromium, which Playwright drives for the web-page tests (no browser download).
+CHROMIUM = Path("/usr/bin/chromium")
+#: Screenshots the browser tests leave for a person to look at.
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
 def dicom_testfile(name: str) -> Path:
@@ -48,6 +52,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright, one per test module."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

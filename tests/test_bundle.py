@@ -22,9 +22,8 @@ from medvec.bundle.build import EXTRA_PROMPTS, WEB_DIR, check_prompts, ort_dist_
 from medvec.bundle.pack import pack_vectors, packing_recall, unpack_vectors
 from medvec.bundle.tokenizer_export import (TokenizerNotSupported, check_with_node, export_tokenizer,
                                             python_token_ids)
+from tests.conftest import ARTIFACTS, CHROMIUM
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 NOVEL = "an opacity that is in no fallback list"
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the page's tokenizer")
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -110,15 +109,6 @@ def site(bundle):
     path the page uses must be relative to its own folder."""
     with static_server(bundle.parent) as base_url:
         yield f"{base_url}/{bundle.name}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -224,7 +224,7 @@ def test_no_source_paths_or_patient_identifiers_reach_the_client(conversation, s
     assert not [value for value in REPORT_SENTINELS if value in wire]
     assert str(search_collection.sample_dir) not in wire and "chest_000.dcm" not in wire
     identifiers = set()
-    for path in sorted((search_collection.sample_dir / "synthetic").glob("*.dcm")):
+    for path in sorted((search_collection.sample_dir / "synthetic").rglob("*.dcm")):
         ds = dcmread(path, stop_before_pixels=True)
         identifiers |= {str(ds.PatientName), str(ds.PatientID), str(ds.AccessionNumber)}
     assert identifiers and not [value for value in identifiers if value in wire]

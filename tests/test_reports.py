@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -83,7 +84,7 @@ def test_an_open_i_report_keeps_mesh_terms_and_names_its_images():
     assert record.mesh == ["Cardiomegaly/mild", "Pleural Effusion/right/small"]
     assert record.labels == ["Cardiomegaly", "Pleural Effusion"]
     assert record.findings == "The heart is enlarged. There is a small right pleural effusion."
-    with pytest.raises(Exception):
+    with pytest.raises(ET.ParseError):
         parse_openi(b"<eCitation><unclosed>", "/data/bad.xml", "b1")
 
 

@@ -3,6 +3,7 @@ test), compared with the same sample ingested into a local home (`search_collect
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -151,7 +152,10 @@ def test_a_step_on_a_fresh_machine_works_from_the_bucket_alone(s3_collection, tm
     finally:
         (tmp_path / "elsewhere").rename(resolved_here)
     assert result.success
-    assert (tmp_path / "fresh-pod-cache" / "models").is_dir()  # the model was fetched on this "machine"
+    [event] = result.asset_materializations_for_node("image_embeddings")
+    assert event.metadata["rows_written"].value == len(load_batch_records(settings.home, batch)) > 0
+    # The model was fetched on this "machine".
+    assert any((tmp_path / "fresh-pod-cache" / "models").rglob("config.json"))
     assert table.count_rows() == before
 
 
@@ -170,11 +174,14 @@ def test_s3_paths_read_write_list_and_lock(aws_env, tmp_path):
     assert not (home / "../elsewhere").is_relative_to(home)
 
     lock = home / "batches" / ".open.lock"
-    with exclusive_lock(lock):
+    with contextlib.ExitStack() as old_holder, contextlib.ExitStack() as new_holder:
+        old_holder.enter_context(exclusive_lock(lock))
         assert lock.is_file()
         # A holder that stopped beating is taken over; its late release leaves the new holder's lock alone.
-        with exclusive_lock(lock, stale_after_s=0.0):
-            assert lock.is_file()
+        new_holder.enter_context(exclusive_lock(lock, stale_after_s=0.0))
+        old_holder.close()
+        assert lock.is_file()
+        new_holder.close()
     assert not lock.exists()
 
     # A lock left by a killed process: of two waiters exactly one takes it over, the other waits its turn.

@@ -374,7 +374,7 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
 
 
 def test_refresh_waits_for_embedding_runs_in_flight_and_for_a_running_refresh():
-    decide = dict(last_embedded_at=100.0, indexed_from=50.0, awaiting=0, now=200.0, quiet_s=60.0)
+    decide = dict(last_embedded_at=100.0, indexed_from=50.0, awaiting=lambda: 0, now=200.0, quiet_s=60.0)
     assert refresh_decision(**decide, embedding_in_flight=0, refresh_in_flight=False)[0]
     assert not refresh_decision(**decide, embedding_in_flight=2, refresh_in_flight=False)[0]
     assert not refresh_decision(**decide, embedding_in_flight=0, refresh_in_flight=True)[0]

@@ -17,10 +17,9 @@ from medvec import store
 from medvec.http_api import create_app
 from medvec.service import open_search
 from medvec.settings import Settings
+from tests.conftest import ARTIFACTS, CHROMIUM
 from tests.test_http_api import REPORTS_TABLE, evaluated_home, home_without_reports, running
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 TOKEN = "page-token-for-tests"
 
 pytestmark = [
@@ -28,15 +27,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(),
                        reason="needs Debian's Chromium at /usr/bin/chromium (apt install chromium)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

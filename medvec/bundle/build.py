@@ -32,8 +32,8 @@ import numpy as np
 
 from medvec.bundle.export_onnx import check_text_onnx, cpu_float32_text_tower, export_text_tower
 from medvec.bundle.pack import PRECISIONS, pack_vectors, packing_recall
-from medvec.bundle.tokenizer_export import check_with_node, export_tokenizer, python_token_ids
-from medvec.evaluation import FINDING_PROMPTS
+from medvec.bundle.tokenizer_export import WEB_DIR, check_with_node, export_tokenizer, python_token_ids
+from medvec.evaluation import EVAL_FILES, FINDING_PROMPTS
 from medvec.precompute import FALLBACK_QUERIES
 from medvec.search import ImageSearch
 from medvec.storage import HomePath, S3Path, as_path, is_remote, map_paths, remove_tree, upload_tree
@@ -41,7 +41,6 @@ from medvec.storage import HomePath, S3Path, as_path, is_remote, map_paths, remo
 log = logging.getLogger(__name__)
 
 SCHEMA = "medvec.bundle/1"
-WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_FILES = ("index.html", "app.js", "worker.js", "search.js", "tokenizer.js", "style.css", "favicon.svg")
 #: onnxruntime-web's WebAssembly-only build: the ES module with its loader inlined, and the wasm binary.
 #: Both are renamed to plain .js/.wasm names so that any static server sends a JavaScript MIME type.
@@ -123,12 +122,11 @@ def _require_onnx() -> None:
 
 def latest_evaluation(home: str | HomePath) -> tuple[dict | None, HomePath | None]:
     """The report and plot `medvec eval` / `retrieval_evaluation` last wrote, if any."""
-    folder = as_path(home) / "eval"
     try:
-        report = json.loads((folder / "report.json").read_text())
+        report = json.loads((as_path(home) / EVAL_FILES["json"]).read_text())
     except (OSError, ValueError):
         return None, None
-    plot = folder / "recall_at_k.png"
+    plot = as_path(home) / EVAL_FILES["png"]
     return report, plot if plot.exists() else None
 
 
@@ -215,7 +213,7 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home
         manifest = {
             "schema": SCHEMA,
             "model": {"name": spec.name, "model_id": spec.model_id, "revision": getattr(embedder, "revision", None),
-                      "dim": int(vectors.shape[1]) if vectors.ndim == 2 else spec.dim,
+                      "dim": int(vectors.shape[1]),
                       "text_length": spec.text_length, "no_retrieval_quality": spec.no_retrieval_quality,
                       "licence": spec.licence},
             "table": search.table_name, "table_version": loaded.version, "images": len(loaded.ids),
