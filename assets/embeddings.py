@@ -5,12 +5,13 @@ import time
 import dagster as dg
 
 from assets.ingest import normalized_images
-from medvec import progress, store
-from medvec.batches import is_normalized, load_batch_records
+from medvec import progress
+from medvec.tables import database
+from medvec.ingest.batches import is_normalized, load_batch_records
 from medvec.embedders.base import EmbedderError
-from medvec.embedding import check_vectors, embed_records
-from medvec.image_table import image_rows, image_table_name, open_image_table, upsert_batch
-from pipelines.partitions import batch_partitions
+from medvec.ingest.embed import check_vectors, embed_records
+from medvec.tables.images import image_rows, image_table_name, open_image_table, upsert_batch
+from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
@@ -48,7 +49,7 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
     if missing:
         raise EmbedderError(f"batch(es) {', '.join(missing)} have no normalised images yet: "
                             "materialise normalized_images for them first")
-    db = store.connect(medvec.lancedb_uri)
+    db = database.connect(medvec.lancedb_uri)
     table_name = image_table_name(spec.slug)
     table = open_image_table(db, table_name, embedding_model.dim)  # a dimension mismatch stops here
     written, errors_total, seconds = 0, 0, 0.0
@@ -64,7 +65,7 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
             rows = image_rows(result.records, result.vectors, dim=embedding_model.dim,
                               model_id=embedding_model.model_id, revision=embedding_model.revision)
             upsert_batch(table, batch, rows)
-            store.replace_batch_errors(db, batch, result.errors, stages=store.EMBED_STAGES)
+            database.replace_batch_errors(db, batch, result.errors, stages=store.EMBED_STAGES)
             if result.errors:  # file paths may hold identifiers: the details live in ingest_errors
                 context.log.warning(f"batch {batch}: {len(result.errors)} image(s) could not be embedded "
                                     "(see the ingest_errors table)")

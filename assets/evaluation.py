@@ -6,9 +6,9 @@ from dataclasses import replace
 import dagster as dg
 
 from assets.search import image_index
-from medvec import store
-from medvec.evaluation import evaluate_models, markdown_table, per_finding_table, recall_curve_png, save_report
-from medvec.service import eval_targets
+from medvec.tables import database
+from medvec.evaluation.retrieval import evaluate_models, markdown_table, per_finding_table, recall_curve_png, save_report
+from medvec.search.configured import eval_targets
 from medvec.settings import Settings
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
@@ -31,7 +31,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
     for target in targets:
         if target.model == configured:  # encode with the resource, exactly as the table was embedded
             target.open_embedder = lambda: embedder.load(embedding_model, medvec.model_cache)
-    result = evaluate_models(store.connect(medvec.lancedb_uri), targets, split=config.split,
+    result = evaluate_models(database.connect(medvec.lancedb_uri), targets, split=config.split,
                              policy=config.uncertain, progress=context.log.info)
     png = recall_curve_png(result)
     paths = save_report(medvec.home_path, result, png)

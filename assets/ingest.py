@@ -6,12 +6,13 @@ import time
 
 import dagster as dg
 
-from medvec import progress, store
-from medvec.batches import BatchManifest, BatchResult, load_manifest, normalize_batch
-from medvec.normalize import NormalizeOptions
-from medvec.records import ImageRecord
-from medvec.webp_output import thumbnail_strip
-from pipelines.partitions import batch_partitions
+from medvec import progress
+from medvec.tables import database
+from medvec.ingest.batches import BatchManifest, BatchResult, load_manifest, normalize_batch
+from medvec.imaging.normalize import NormalizeOptions
+from medvec.tables.records import ImageRecord
+from medvec.imaging.webp import thumbnail_strip
+from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 
 ERRORS_SHOWN = 10
@@ -51,7 +52,7 @@ def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig
                              pseudonym_key=medvec.pseudonym_key, s3_endpoint_url=medvec.s3_endpoint_url,
                              workers=config.workers or None, allow_columns=tuple(config.allow_columns),
                              progress=_progress_logger(context, source_manifest.batch))
-    store.replace_batch_errors(store.connect(medvec.lancedb_uri), result.batch, result.errors)
+    database.replace_batch_errors(database.connect(medvec.lancedb_uri), result.batch, result.errors)
     if result.errors:  # file paths may hold identifiers: the details live in ingest_errors
         stages = ", ".join(sorted({e.stage for e in result.errors}))
         context.log.warning(f"{len(result.errors)} file(s) failed ({stages}); see first_errors and ingest_errors")

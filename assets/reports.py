@@ -4,12 +4,12 @@ embeddings and full-text index in the model's reports table."""
 import dagster as dg
 
 from assets.ingest import normalized_images, source_manifest
-from medvec import store
-from medvec.batches import load_batch_records
-from medvec.report_store import (REPORT_STAGES, label_agreement, load_batch_reports, open_report_table,
+from medvec.tables import database
+from medvec.ingest.batches import load_batch_records
+from medvec.reports.tables import (REPORT_STAGES, label_agreement, load_batch_reports, open_report_table,
                                  read_batch_reports, refresh_report_index, report_embedding_text, report_table_name,
                                  upsert_batch_reports, write_batch_reports)
-from pipelines.partitions import batch_partitions
+from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
@@ -18,12 +18,12 @@ from resources.embedders import EmbedderResource, ModelArtifact
 def report_records(context: dg.AssetExecutionContext, medvec: MedvecHomeResource) -> dg.MaterializeResult:
     """The batch's radiology reports (MIMIC-CXR .txt, Open-I XML, Indiana CSV pair) split into
     sections, scrubbed of identifiers and dates, with findings read from the text."""
-    from medvec.batches import load_manifest
+    from medvec.ingest.batches import load_manifest
 
     manifest = load_manifest(medvec.home_path, context.partition_key)
     records, errors = read_batch_reports(manifest, medvec.s3_endpoint_url)
     write_batch_reports(medvec.home_path, manifest.batch, records)
-    store.replace_batch_errors(store.connect(medvec.lancedb_uri), manifest.batch, errors, stages=REPORT_STAGES)
+    database.replace_batch_errors(database.connect(medvec.lancedb_uri), manifest.batch, errors, stages=REPORT_STAGES)
     if errors:
         context.log.warning(f"{len(errors)} report file(s) could not be parsed (see the ingest_errors table)")
     agreement = label_agreement(records, load_batch_records(medvec.home_path, manifest.batch))
@@ -46,7 +46,7 @@ def report_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResou
     """Each batch's reports embedded with the model's text tower (the images' space) into
     `reports__<model>`, keyed by report, with a full-text index on the scrubbed text."""
     spec = embedder.spec()
-    db = store.connect(medvec.lancedb_uri)
+    db = database.connect(medvec.lancedb_uri)
     table = open_report_table(db, report_table_name(spec.slug), embedding_model.dim)
     written = 0
     try:

@@ -5,11 +5,11 @@ from datetime import timedelta
 import dagster as dg
 
 from assets.embeddings import NO_QUALITY_NOTE, image_embeddings
-from medvec import store
-from medvec.image_table import image_table_name
-from medvec.precompute import compute_fallbacks, compute_similar, stored_query_vectors
-from medvec.search import ImageSearch, fallback_table_name, similar_table_name
-from medvec.table_index import IndexOptions, maintain_table
+from medvec.tables import database
+from medvec.tables.images import image_table_name
+from medvec.search.precompute import compute_fallbacks, compute_similar, stored_query_vectors
+from medvec.search.images import ImageSearch, fallback_table_name, similar_table_name
+from medvec.tables.maintenance import IndexOptions, maintain_table
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
@@ -32,7 +32,7 @@ def image_index(context: dg.AssetExecutionContext, config: ImageIndexConfig, med
     """The model's table compacted, with scalar indexes for the filters, a vector index once it is
     large, old versions cleaned up, and the search path's in-memory index saved for this version."""
     spec = embedder.spec()
-    table = store.open_table_if_exists(store.connect(medvec.lancedb_uri), image_table_name(spec.slug))
+    table = database.open_table_if_exists(database.connect(medvec.lancedb_uri), image_table_name(spec.slug))
     if table is None:
         raise dg.Failure(f"no table {image_table_name(spec.slug)} yet: materialise image_embeddings first")
     options = IndexOptions(min_rows_for_ann=config.min_rows_for_ann, target_recall=config.target_recall,

@@ -77,7 +77,7 @@ def mb(value: float) -> float:
 def build_collection(workdir: Path, images: int):
     import dagster as dg
 
-    from medvec.sample_data import write_sample_data
+    from medvec.sample.writer import write_sample_data
     from medvec.settings import Settings
     from pipelines.ingest import ingest
 
@@ -92,8 +92,8 @@ def build_collection(workdir: Path, images: int):
 
 
 def build_bundles(settings, workdir: Path) -> dict:
-    from medvec.embedders.loading import embedder_from_settings
-    from medvec.service import open_search
+    from medvec.embedders.factory import embedder_from_settings
+    from medvec.search.configured import open_search
 
     search = open_search(settings)
     out = {}

@@ -26,10 +26,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from medvec.embedders.transformers_local import TransformersEmbedder, quiet_transformers  # noqa: E402
-from medvec.embedding import embed_records  # noqa: E402
+from medvec.ingest.embed import embed_records  # noqa: E402
 from medvec.models.registry import resolve_model  # noqa: E402
 from medvec.models.tiny import _build_tokenizer, build_tiny_siglip  # noqa: E402
-from medvec.records import ImageRecord  # noqa: E402
+from medvec.tables.records import ImageRecord  # noqa: E402
 
 
 def build_random_siglip_base(out_dir: Path) -> Path:

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from medvec.precompute import FALLBACK_QUERIES  # noqa: E402
-from medvec.search import normalize_query_text  # noqa: E402
+from medvec.search.precompute import FALLBACK_QUERIES  # noqa: E402
+from medvec.search.images import normalize_query_text  # noqa: E402
 
 FINDINGS = ("opacity", "haziness", "blunting", "density", "lucency", "shadow", "markings", "silhouette",
             "thickening", "nodularity")

@@ -84,7 +84,7 @@ def fill_instance(instance, keys: list[str]) -> dict:
     from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
     from dagster._core.utils import make_new_run_id
 
-    from pipelines.partitions import batch_partitions
+    from assets.partitions import batch_partitions
 
     timings = {}
     started = time.perf_counter()
@@ -139,7 +139,7 @@ def time_sensors(instance, home: Path, rounds: int) -> dict:
 def time_instance_reads(instance, keys: list[str], rounds: int) -> dict:
     import dagster as dg
 
-    from pipelines.partitions import batch_partitions
+    from assets.partitions import batch_partitions
 
     partitions, found = _timed(lambda: instance.get_dynamic_partitions(batch_partitions.name), rounds)
     assert len(found) >= len(keys)

@@ -5,11 +5,11 @@
 Prints a markdown report to stdout (progress goes to stderr) covering:
 
 1. Single-core throughput on the uncompressed full-size CR `RG1_UNCR.dcm` (1955x1841, 15-bit,
-   MONOCHROME1): the fast path (`medvec.normalize.normalize_bytes`) against a naive float64 /
+   MONOCHROME1): the fast path (`medvec.imaging.normalize.normalize_bytes`) against a naive float64 /
    LANCZOS / default-WebP reference written here, plus a per-stage breakdown of the fast path.
    The process is pinned to one CPU while these run; each measurement runs twice and the better
    round is kept (another process may be using the CPU at times).
-2. Scaling of `medvec.batches.normalize_batch` across 1 and 2 worker processes.
+2. Scaling of `medvec.ingest.batches.normalize_batch` across 1 and 2 worker processes.
 3. Peak RSS (parent and worker processes) of a 200- and a 2,000-image batch, each batch in its
    own subprocess so its peak is isolated.
 4. Decode cost and fast-path throughput of other transfer syntaxes (JPEG 2000, JPEG-LS, RLE).
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
-from medvec.normalize import NormalizeOptions  # noqa: E402 - after the sys.path fix above
+from medvec.imaging.normalize import NormalizeOptions  # noqa: E402 - after the sys.path fix above
 
 SHARED_DX = ROOT.parent / "shared" / "data" / "dicom" / "DX-chest-PA-mono1-12bit-j2k-lossless.dcm"
 TARGET_SPEEDUP = 4.0
@@ -196,10 +196,10 @@ def stage_breakdown(data: bytes, iterations: int, warmup: int) -> dict:
     import numpy as np
     from PIL import Image
 
-    from medvec.dicom_read import decode_first_frame, read_dataset
-    from medvec.normalize import NormalizeOptions
-    from medvec.webp_output import encode_webp, fit_long_side
-    from medvec.windowing import render_grey
+    from medvec.imaging.dicom import decode_first_frame, read_dataset
+    from medvec.imaging.normalize import NormalizeOptions
+    from medvec.imaging.webp import encode_webp, fit_long_side
+    from medvec.imaging.windowing import render_grey
 
     opts = NormalizeOptions()
     samples: dict[str, list[float]] = {name: [] for name, _ in STAGES}
@@ -234,7 +234,7 @@ def section_single_core(rg1_path: Path, iterations: int, naive_iterations: int, 
     import numpy as np
     from PIL import Image
 
-    from medvec.normalize import normalize_bytes
+    from medvec.imaging.normalize import normalize_bytes
     from medvec.phi import Pseudonymizer
 
     data = rg1_path.read_bytes()
@@ -373,7 +373,7 @@ class RssSampler(threading.Thread):
 def batch_child(spec_path: str) -> None:
     """Runs inside a fresh interpreter: one `normalize_batch`, then a JSON line on stdout."""
     spec = json.loads(Path(spec_path).read_text())
-    from medvec.batches import BatchManifest, normalize_batch
+    from medvec.ingest.batches import BatchManifest, normalize_batch
     from medvec.sources import SourceFile
 
     baseline_kb = _rss_kb(os.getpid())
@@ -438,8 +438,8 @@ def section_codecs(rg1_path: Path, workdir: Path, max_iterations: int, budget_s:
     from pydicom.pixels import get_decoder, pixel_array
     from pydicom.uid import JPEGLSLossless, RLELossless
 
-    from medvec.dicom_read import decode_first_frame, read_dataset
-    from medvec.normalize import normalize_bytes
+    from medvec.imaging.dicom import decode_first_frame, read_dataset
+    from medvec.imaging.normalize import normalize_bytes
     from medvec.phi import Pseudonymizer
 
     made = workdir / "codecs"

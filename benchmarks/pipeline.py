@@ -200,7 +200,7 @@ def instrument_domain_calls(clock: DomainClock) -> None:
     import assets.ingest as ingest
     import assets.reports as reports
     import assets.search as search
-    from medvec import store
+    from medvec.tables import database
     from resources.embedders import LocalEmbedderResource
 
     plan = {
@@ -218,7 +218,7 @@ def instrument_domain_calls(clock: DomainClock) -> None:
     for (module, step), names in plan.items():
         for name in names:
             setattr(module, name, _timed(clock, step, name, getattr(module, name)))
-    store.replace_batch_errors = _timed(clock, "ingest_errors", "replace_batch_errors", store.replace_batch_errors)
+    database.replace_batch_errors = _timed(clock, "ingest_errors", "replace_batch_errors", database.replace_batch_errors)
     LocalEmbedderResource.load = _timed(clock, "model_load", "load", LocalEmbedderResource.load)
     LocalEmbedderResource.resolve = _timed(clock, "embedding_model", "resolve", LocalEmbedderResource.resolve)
 
@@ -351,7 +351,7 @@ def seed_datasets(folder: Path) -> list:
     """The sample dataset's DICOMs (no broken files, no reports), read once as pydicom datasets."""
     import pydicom
 
-    from medvec.sample_data import write_sample_data
+    from medvec.sample.writer import write_sample_data
 
     summary = write_sample_data(folder, include_broken=False, include_reports=False)
     return [(p, pydicom.dcmread(p)) for p in summary.files if p.suffix == ".dcm"]
@@ -503,8 +503,8 @@ class Harness:
 
 def drive_sensor(harness: Harness, sensor, count: int, max_ticks: int = 50) -> list[dict]:
     """Tick the folder sensor and execute what it requests until no batch awaits a run."""
-    from medvec.batches import list_batches, load_manifest
-    from medvec.watch import awaiting_batches
+    from medvec.ingest.batches import list_batches, load_manifest
+    from medvec.ingest.watch import awaiting_batches
     from pipelines.sensors import FOLDER_SENSOR
 
     from medvec.settings import Settings
@@ -641,7 +641,7 @@ def projection(stages: list[dict], normalise_cpu_per_image: float, embed_cpu_rat
 
 
 def sensor_capacity(ticks: list[dict], batch_size: int) -> dict:
-    from medvec.watch import WatchOptions
+    from medvec.ingest.watch import WatchOptions
 
     options = WatchOptions.from_env()
     per_tick = options.batches_per_tick * batch_size
@@ -842,16 +842,16 @@ def s3_figures(s3: S3Server, runs: list[RunRecord], ticks: list[dict], count: in
 
 def verify(count: int) -> dict:
     """Rows in the model's table against the images written, minus the files that really failed."""
-    from medvec import store
-    from medvec.batches import list_batches, load_batch_errors
-    from medvec.image_table import image_table_name
+    from medvec.tables import database
+    from medvec.ingest.batches import list_batches, load_batch_errors
+    from medvec.tables.images import image_table_name
     from medvec.settings import Settings
 
     settings = Settings.from_env()
     home = settings.home
     errors = sum(len(load_batch_errors(home, b)) for b in list_batches(home))
     table_name = image_table_name("tiny_siglip")
-    rows = store.connect(settings.lancedb_uri).open_table(table_name).count_rows()
+    rows = database.connect(settings.lancedb_uri).open_table(table_name).count_rows()
     return {"table": table_name, "rows": rows, "errors": errors, "expected_rows": count - errors}
 
 

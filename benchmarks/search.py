@@ -5,21 +5,21 @@ view filter, for exact numpy, LanceDB's own vector index and Medvec's search pat
         [--flat-queries 12] [--rounds 3] [--skip exact lancedb lancedb-flat] [--out benchmarks/results/search.json]
 
 For each vector width it builds a synthetic collection (below), writes it to a real LanceDB image
-table (`medvec.records.image_table_schema`) in a temporary Medvec home, and measures one query at a
+table (`medvec.tables.records.image_table_schema`) in a temporary Medvec home, and measures one query at a
 time, k=10, unfiltered and with `view_position = PA`:
 
 - exact numpy: matrix-vector product + argpartition (filtered: over a prebuilt matrix of the PA rows,
   the best case for a brute-force scan);
 - LanceDB flat: `bypass_vector_index()` (its brute-force scan; fewer queries, it takes about a second);
-- LanceDB index: what `medvec.table_index` builds (IVF_RQ, rows // 4096 partitions, dot), with
+- LanceDB index: what `medvec.tables.maintenance` builds (IVF_RQ, rows // 4096 partitions, dot), with
   (nprobes, refine_factor) chosen on the same grid as `_tune_lancedb`, plus a Bitmap index on
   view_position and `prefilter=True` for the filtered case;
-- `VectorIndex.search`: Medvec's in-memory index (`medvec.vector_index`), as `VectorIndex.build` makes it;
+- `VectorIndex.search`: Medvec's in-memory index (`medvec.search.vector_index`), as `VectorIndex.build` makes it;
 - `ImageSearch.search_vector`: the full search path on the LanceDB table, loaded with the index saved
   the way the `image_index` asset saves it: row filter, index search, hit metadata, result object.
   It runs in a fresh child process, so its load time and RSS are what a search server would see;
 - fallback lookup: `ImageSearch.search_text` on a query stored in the `fallback_queries` table
-  (rows written with `medvec.precompute.FALLBACK_SCHEMA` for the current table version), and the same
+  (rows written with `medvec.search.precompute.FALLBACK_SCHEMA` for the current table version), and the same
   stored queries with a PA filter (stored vector + live index).
 
 Recall@10 is measured against exact search (for filtered queries, the exact top 10 among PA rows).
@@ -66,13 +66,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
-from medvec import store  # noqa: E402 - after the sys.path fix above
-from medvec.image_table import image_table_name  # noqa: E402
-from medvec.precompute import FALLBACK_QUERIES, FALLBACK_SCHEMA  # noqa: E402
-from medvec.records import image_table_schema  # noqa: E402
-from medvec.search import (Filters, ImageSearch, fallback_table_name, ids_fingerprint, index_dir,  # noqa: E402
+from medvec.tables import database# noqa: E402 - after the sys.path fix above
+from medvec.tables.images import image_table_name  # noqa: E402
+from medvec.search.precompute import FALLBACK_QUERIES, FALLBACK_SCHEMA  # noqa: E402
+from medvec.tables.records import image_table_schema  # noqa: E402
+from medvec.search.images import (Filters, ImageSearch, fallback_table_name, ids_fingerprint, index_dir,  # noqa: E402
                            normalize_query_text)
-from medvec.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k  # noqa: E402
+from medvec.search.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k  # noqa: E402
 
 K = 10
 SLUG = "bench"
@@ -410,7 +410,7 @@ def section_lancedb(table, col: Collection, queries, kinds, truth, truth_pa, tun
         out["flat_pa"] = summary(secs, found, truth_pa, kinds)
 
     partitions = max(1, rows // 4096)
-    log(f"LanceDB: IVF_RQ index, {partitions} partitions (as medvec.table_index builds it)")
+    log(f"LanceDB: IVF_RQ index, {partitions} partitions (as medvec.tables.maintenance builds it)")
     settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
     table.create_index("vector", config=IvfRq(distance_type="dot", num_partitions=partitions), replace=True,
@@ -507,7 +507,7 @@ def run_dim(dim: int, args, workdir: Path) -> dict:
     # The LanceDB image table in a temporary Medvec home.
     home = workdir / f"home{dim}"
     uri = str(home / "lancedb")
-    db = store.connect(uri)
+    db = database.connect(uri)
     log("writing the LanceDB image table")
     t0 = time.perf_counter()
     data = col.table()

@@ -74,7 +74,7 @@ def run(kind: str, count: int, workdir: Path) -> dict:
     import dagster as dg
 
     from assets.embeddings import embedding_model
-    from medvec.batches import list_batches, load_manifest
+    from medvec.ingest.batches import list_batches, load_manifest
     from pipelines.definitions import defs
     from pipelines.sensors import incoming_folder_sensor, s3_prefix_sensor
     from resources import MedvecHomeResource

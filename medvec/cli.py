@@ -29,11 +29,11 @@ def _bar(total: int, desc: str, enabled: bool, unit: str = "img"):
 # --- normalize ---------------------------------------------------------------------------------
 
 def cmd_normalize(args) -> int:
-    from medvec.dicom_read import UnreadableImage
-    from medvec.metadata_csv import MetadataTable
-    from medvec.normalize import NormalizeOptions, normalize_bytes
+    from medvec.imaging.dicom import UnreadableImage
+    from medvec.datasets.metadata_csv import MetadataTable
+    from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
     from medvec.phi import Pseudonymizer
-    from medvec.records import IngestError
+    from medvec.tables.records import IngestError
     from medvec.sources import LocalFolderSource
 
     settings = Settings.from_env()
@@ -187,10 +187,10 @@ def cmd_models(args) -> int:
 
 
 def cmd_embed_server(args) -> int:
-    from medvec.embed_server import serve
+    from medvec.serve.embed_server import serve
     from resources.embedders import LocalEmbedderResource
 
-    logging.getLogger("medvec.embed_server").setLevel(logging.INFO)  # its startup line is for the operator
+    logging.getLogger("medvec.serve.embed_server").setLevel(logging.INFO)  # its startup line is for the operator
     settings = Settings.from_env()
     resource = LocalEmbedderResource(model=args.model or settings.model, device=args.device,
                                      s3_endpoint_url=settings.s3_endpoint_url,
@@ -205,15 +205,15 @@ def cmd_embed_server(args) -> int:
 # --- search, stats, reset ------------------------------------------------------------------------
 
 def _filters(args):
-    from medvec.search import Filters
+    from medvec.search.images import Filters
 
     return Filters.of(view=args.view, modality=args.modality, split=args.split, labels=args.label)
 
 
 def _run_search(args, ask) -> int:
     """Run one query and print it; bad input is a plain message and exit code 2."""
-    from medvec.search import NotIndexed, SearchInputError
-    from medvec.service import open_search
+    from medvec.search.images import NotIndexed, SearchInputError
+    from medvec.search.configured import open_search
 
     search = open_search(Settings.from_env(), args.model)
     try:
@@ -237,9 +237,9 @@ def _run_search(args, ask) -> int:
 
 
 def _run_report_search(args, ask) -> int:
-    from medvec.report_search import NoReports, ReportSearch, mark_text
-    from medvec.search import NotIndexed, SearchInputError
-    from medvec.service import open_search
+    from medvec.search.reports import NoReports, ReportSearch, mark_text
+    from medvec.search.images import NotIndexed, SearchInputError
+    from medvec.search.configured import open_search
 
     search = open_search(Settings.from_env(), args.model)
     try:
@@ -300,7 +300,7 @@ def cmd_similar(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from medvec.collection import collection_stats
+    from medvec.tables.inventory import collection_stats
 
     settings = Settings.from_env()
     stats = collection_stats(settings.lancedb_uri, settings.home)
@@ -324,8 +324,8 @@ def cmd_stats(args) -> int:
 
 
 def cmd_reset(args) -> int:
-    from medvec.collection import medvec_tables, reset_tables
-    from medvec.store import connect
+    from medvec.tables.inventory import medvec_tables, reset_tables
+    from medvec.tables.database import connect
 
     settings = Settings.from_env()
     names = medvec_tables(connect(settings.lancedb_uri))
@@ -340,9 +340,9 @@ def cmd_reset(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from medvec import store
-    from medvec.evaluation import evaluate_models, markdown_table, per_finding_table, save_report
-    from medvec.service import eval_targets
+    from medvec.tables import database
+    from medvec.evaluation.retrieval import evaluate_models, markdown_table, per_finding_table, save_report
+    from medvec.search.configured import eval_targets
 
     settings = Settings.from_env()
     targets = eval_targets(settings, args.model)
@@ -350,7 +350,7 @@ def cmd_eval(args) -> int:
         print("medvec eval: no model tables yet: run `medvec ingest SOURCE` (or `make demo`) first", file=sys.stderr)
         return 2
     progress = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
-    result = evaluate_models(store.connect(settings.lancedb_uri), targets, split=args.split,
+    result = evaluate_models(database.connect(settings.lancedb_uri), targets, split=args.split,
                              policy=args.uncertain, progress=progress)
     paths = save_report(settings.home, result)
     if args.json:
@@ -384,14 +384,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from medvec.http_api import serve
+    from medvec.serve.http_api import serve
 
     return serve(Settings.from_env(), host=args.host, port=args.port, model=args.model,
                  token=os.environ.get("MEDVEC_API_TOKEN") or None)
 
 
 def cmd_mcp(args) -> int:
-    from medvec.mcp_server import run_stdio
+    from medvec.serve.mcp import run_stdio
 
     return run_stdio(Settings.from_env(), model=args.model)
 
@@ -405,8 +405,8 @@ def cmd_backfill(args) -> int:
     import dagster as dg
 
     from medvec import progress
-    from medvec.backfill import select_batches
-    from medvec.batches import list_batches
+    from medvec.ingest.backfill_plan import select_batches
+    from medvec.ingest.batches import list_batches
     from pipelines.backfill import backfill, batch_status, dead_runs, reap_dead_runs
 
     instance = dg.DagsterInstance.get()
@@ -473,9 +473,9 @@ def cmd_bundle(args) -> int:
     from medvec.bundle.export_onnx import ExportError
     from medvec.bundle.tokenizer_export import TokenizerNotSupported
     from medvec.embedders.base import EmbedderError
-    from medvec.embedders.loading import embedder_from_settings
-    from medvec.search import NotIndexed
-    from medvec.service import open_search, search_model_name
+    from medvec.embedders.factory import embedder_from_settings
+    from medvec.search.images import NotIndexed
+    from medvec.search.configured import open_search, search_model_name
 
     settings = Settings.from_env()
     name = search_model_name(settings, args.model)
@@ -517,7 +517,7 @@ def cmd_bundle(args) -> int:
 # --- sample data and demo ----------------------------------------------------------------------
 
 def cmd_sample_data(args) -> int:
-    from medvec.sample_data import write_sample_data
+    from medvec.sample.writer import write_sample_data
 
     with _bar(0, "writing sample data", True) as bar:
         def on_progress(done: int, total: int) -> None:
@@ -559,8 +559,8 @@ def cmd_demo(args) -> int:
 
 def _demo_searches(settings: Settings, sample_dir: Path) -> int:
     """A few searches of each kind, printed, so the demo ends where a user starts."""
-    from medvec.search import Filters, NotIndexed
-    from medvec.service import open_search
+    from medvec.search.images import Filters, NotIndexed
+    from medvec.search.configured import open_search
 
     search = open_search(settings)
     try:
@@ -589,7 +589,7 @@ def _demo_searches(settings: Settings, sample_dir: Path) -> int:
 
 
 def _demo_report_search(search) -> None:
-    from medvec.report_search import NoReports, ReportSearch, mark_text
+    from medvec.search.reports import NoReports, ReportSearch, mark_text
 
     try:
         result = ReportSearch(search).search("small left effusion", 2)
@@ -631,8 +631,8 @@ def _print_collection(settings: Settings) -> None:
     """What the home now holds, by view, label and window, plus a contact sheet to look at."""
     from collections import Counter
 
-    from medvec.batches import list_batches, load_batch_records
-    from medvec.webp_output import contact_sheet
+    from medvec.ingest.batches import list_batches, load_batch_records
+    from medvec.imaging.webp import contact_sheet
 
     records = [r for batch in list_batches(settings.home) for r in load_batch_records(settings.home, batch)]
     if not records:

@@ -18,12 +18,12 @@ from assets.embeddings import embedding_model, image_embeddings
 from assets.reports import report_embeddings, report_records
 from assets.ingest import normalized_images, source_manifest
 from assets.search import fallback_queries, image_index, similar_images
-from medvec.backfill import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, combine_status, group_runs
-from medvec.batches import load_batch_errors, load_batch_records
-from medvec.image_table import image_table_name
+from medvec.ingest.backfill_plan import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, combine_status, group_runs
+from medvec.ingest.batches import load_batch_errors, load_batch_records
+from medvec.tables.images import image_table_name
 from medvec.settings import Settings
 from medvec.storage import HomePath
-from pipelines.partitions import batch_partitions
+from assets.partitions import batch_partitions
 from resources import home_resources
 from resources.embedders import EmbedderResource, NimEmbedderResource, embedder_from_env
 from resources.home_io_manager import stored_value

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from assets.embeddings import embedding_model
-from medvec.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
+from medvec.ingest.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
-from medvec.image_table import image_table_name
-from medvec.report_store import load_batch_reports
-from medvec.reports import is_report_file
-from medvec.records import IngestError
+from medvec.tables.images import image_table_name
+from medvec.reports.tables import load_batch_reports
+from medvec.reports.parse import is_report_file
+from medvec.tables.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.sources import open_source
 from pipelines.backfill import BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search
-from pipelines.partitions import batch_partitions
+from assets.partitions import batch_partitions
 from resources import home_resources
 from resources.embedders import EmbedderResource, embedder_from_env
 
@@ -66,11 +66,11 @@ def pending_batches(settings: Settings, manifests: list[BatchManifest], source_r
 def embedded_batches(settings: Settings, model_slug: str) -> set[str]:
     """Batches already in this model's table, plus batches with no image to embed. Read from the
     table rather than Dagster's history, so another model or a `medvec reset` re-embeds."""
-    from medvec import store
+    from medvec.tables import database
 
     done = {b for b in list_batches(settings.home) if is_normalized(settings.home, b)
             and not load_batch_records(settings.home, b)}
-    table = store.open_table_if_exists(store.connect(settings.lancedb_uri), image_table_name(model_slug))
+    table = database.open_table_if_exists(database.connect(settings.lancedb_uri), image_table_name(model_slug))
     if table is not None:
         done |= set(table.search().select(["batch"]).limit(None).to_arrow().column("batch").unique().to_pylist())
     return done

@@ -1,6 +1,6 @@
 """Sensors: new downloads in a folder or an S3 prefix open batches and launch their runs, and the search
 assets refresh once after a wave of batches. What to open and when to refresh is decided in
-`medvec.watch`; this module turns the answers into partitions, run requests and a cursor.
+`medvec.ingest.watch`; this module turns the answers into partitions, run requests and a cursor.
 
 Each source sensor, per tick: one bounded look at the source (`watch_source`), batches opened for the
 settled new files (each marked as awaiting launch), then the launch step: partitions added and runs
@@ -14,15 +14,15 @@ import time
 import dagster as dg
 
 from assets.embeddings import embedding_model, image_embeddings
-from medvec import store
-from medvec.batches import is_normalized
+from medvec.tables import database
+from medvec.ingest.batches import is_normalized
 from medvec.settings import Settings
 from medvec.sources import open_source
-from medvec.watch import (WatchCursor, WatchOptions, awaiting_batches, clear_awaiting, refresh_decision,
+from medvec.ingest.watch import (WatchCursor, WatchOptions, awaiting_batches, clear_awaiting, refresh_decision,
                           report_changed, rescan, watch_source)
 from pipelines.backfill import BATCH_ASSETS, LAUNCHED_BY_TAG, SEARCH_ASSETS, model_ready
 from pipelines.jobs import search_refresh_job
-from pipelines.partitions import batch_partitions
+from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource
 
@@ -104,7 +104,7 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
     source = open_source(root, medvec.s3_endpoint_url)
     tick = watch_source(source, medvec.home_path, cursor, options, launcher=sensor_name)
     if tick.changed:
-        new = report_changed(store.connect(medvec.lancedb_uri), tick.changed)
+        new = report_changed(database.connect(medvec.lancedb_uri), tick.changed)
         if new:  # paths can hold identifiers: the log gives counts, ingest_errors the files
             context.log.warning(f"{new} file(s) changed after their batch was opened; they are not batched "
                                 "again (see ingest_errors, stage 'changed', or `medvec stats`)")

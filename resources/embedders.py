@@ -70,7 +70,7 @@ class LocalEmbedderResource(EmbedderResource):
                              metadata=resolved.to_metadata())
 
     def load(self, artifact: ModelArtifact, cache_dir: Path | None = None) -> Embedder:
-        from medvec.embedders.loading import open_local
+        from medvec.embedders.factory import open_local
 
         local_dir = Path(artifact.local_dir)
         if not local_dir.is_dir():
@@ -87,7 +87,7 @@ class LocalEmbedderResource(EmbedderResource):
                           dtype=self.dtype, batch_size=self.batch_size)
 
     def _files(self, cache_dir: Path, revision: str | None):
-        from medvec.embedders.loading import resolve_local_files
+        from medvec.embedders.factory import resolve_local_files
 
         return resolve_local_files(self.spec(), cache_dir, source=self.model_source, location=self.model_location,
                                    revision=revision, token=self.hf_token, s3_endpoint_url=self.s3_endpoint_url)

@@ -85,7 +85,7 @@ def search_collection(tmp_path_factory):
     """
     import dagster as dg
 
-    from medvec.sample_data import write_sample_data
+    from medvec.sample.writer import write_sample_data
     from pipelines.ingest import ingest
 
     root = tmp_path_factory.mktemp("search_collection")
@@ -102,7 +102,7 @@ def search_collection(tmp_path_factory):
 @pytest.fixture(scope="module")
 def search(search_collection):
     """An ImageSearch over the shared collection (the encoder loads on first need), per test module."""
-    from medvec.service import open_search
+    from medvec.search.configured import open_search
 
     search = open_search(search_collection.settings)
     yield search

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvec.batches import (load_batch_errors, load_batch_records, load_manifest, normalize_batch, plan_batches,
+from medvec.ingest.batches import (load_batch_errors, load_batch_records, load_manifest, normalize_batch, plan_batches,
                             write_manifest)
 from medvec.sources import LocalFolderSource
 from tests.conftest import dicom_testfile

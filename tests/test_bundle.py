@@ -53,7 +53,7 @@ def ort_web() -> Path:
 
 @pytest.fixture(scope="module")
 def embedder(search_collection):
-    from medvec.embedders.loading import embedder_from_settings
+    from medvec.embedders.factory import embedder_from_settings
 
     with embedder_from_settings(search_collection.settings, device="cpu") as embedder:
         yield embedder
@@ -62,12 +62,12 @@ def embedder(search_collection):
 @pytest.fixture(scope="module")
 def evaluation(search_collection, tmp_path_factory):
     """An evaluation report and plot for the shared collection, kept outside its (read-only) home."""
-    from medvec import store
-    from medvec.evaluation import evaluate_models, recall_curve_png
-    from medvec.service import eval_targets
+    from medvec.tables import database
+    from medvec.evaluation.retrieval import evaluate_models, recall_curve_png
+    from medvec.search.configured import eval_targets
 
     settings = search_collection.settings
-    report = evaluate_models(store.connect(settings.lancedb_uri), eval_targets(settings), split="all")
+    report = evaluate_models(database.connect(settings.lancedb_uri), eval_targets(settings), split="all")
     plot = tmp_path_factory.mktemp("eval") / "recall_at_k.png"
     plot.write_bytes(recall_curve_png(report))
     return report, plot
@@ -195,7 +195,7 @@ def _unigram_siglip_tokenizer(folder: Path):
     import sentencepiece as spm
     from transformers import SiglipTokenizer
 
-    from medvec.precompute import FALLBACK_QUERIES
+    from medvec.search.precompute import FALLBACK_QUERIES
 
     corpus = [*FALLBACK_QUERIES, "the heart is enlarged with blunted costophrenic angles",
               "no acute cardiopulmonary process is seen on this frontal radiograph"] * 4
@@ -290,12 +290,12 @@ def test_a_folder_that_is_not_a_bundle_is_never_replaced(search, embedder, searc
 
 def test_without_precomputed_answers_the_build_says_what_to_materialise(search_collection, embedder, ort_web,
                                                                          tmp_path):
-    from medvec import store
-    from medvec.search import ImageSearch, fallback_table_name
+    from medvec.tables import database
+    from medvec.search.images import ImageSearch, fallback_table_name
 
     home = tmp_path / "home"
     shutil.copytree(search_collection.settings.home, home)
-    store.connect(str(home / "lancedb")).drop_table(fallback_table_name("tiny_siglip"))
+    database.connect(str(home / "lancedb")).drop_table(fallback_table_name("tiny_siglip"))
     search = ImageSearch(str(home / "lancedb"), "tiny_siglip", home=home)
     with pytest.raises(BundleError, match="materialise fallback_queries"):
         build_bundle(search, embedder, tmp_path / "site", home=home)

@@ -11,8 +11,8 @@ from pathlib import Path
 import dagster as dg
 
 from assets.ingest import normalized_images, source_manifest
-from medvec import store
-from medvec.batches import load_batch_records
+from medvec.tables import database
+from medvec.ingest.batches import load_batch_records
 from pipelines.ingest import ingest
 from tests.conftest import dicom_testfile
 
@@ -60,8 +60,8 @@ def test_partition_materialises_and_rematerialises_without_duplicates(tmp_path, 
     assert "data:image/png;base64," in metadata["thumbnails"].value
     assert "rtplan.dcm" in metadata["first_errors"].value
 
-    db = store.connect(settings.lancedb_uri)
-    assert len(store.list_errors(db, batch)) == 2
+    db = database.connect(settings.lancedb_uri)
+    assert len(database.list_errors(db, batch)) == 2
     records_before, files_before = load_batch_records(settings.home, batch), _webp_digests(settings.home)
 
     result = dg.materialize(
@@ -72,7 +72,7 @@ def test_partition_materialises_and_rematerialises_without_duplicates(tmp_path, 
     assert rerun["skipped_unchanged"].value == 3 and rerun["normalized_this_run"].value == 0
     assert [r.to_row() for r in load_batch_records(settings.home, batch)] == [r.to_row() for r in records_before]
     assert _webp_digests(settings.home) == files_before
-    assert len(store.list_errors(db)) == 2  # replaced, not appended
+    assert len(database.list_errors(db)) == 2  # replaced, not appended
     assert result.output_for_node("normalized_images")[0].image_id == records_before[0].image_id
 
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_files
 
-from medvec.dicom_read import UnreadableImage
-from medvec.normalize import normalize_bytes
+from medvec.imaging.dicom import UnreadableImage
+from medvec.imaging.normalize import normalize_bytes
 from tests.conftest import SHARED_DATA
 
 # Files no installed decoder can read, or that are broken on purpose (../shared/reference/dicom.md):

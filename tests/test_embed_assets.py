@@ -8,9 +8,9 @@ import pytest
 
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
-from medvec import store
-from medvec.batches import load_batch_records
-from medvec.image_table import image_table_name, open_image_table
+from medvec.tables import database
+from medvec.ingest.batches import load_batch_records
+from medvec.tables.images import image_table_name, open_image_table
 from pipelines.ingest import ingest
 from resources import home_resources
 from resources.embedders import LocalEmbedderResource
@@ -39,7 +39,7 @@ def test_ingest_embeds_every_normalised_image_once(tmp_path, settings, dagster_i
                      embedder=LocalEmbedderResource(model="tiny-siglip"))
     assert not summary.failed_runs and summary.ok == 5 and summary.embedded == 5
     assert summary.table == image_table_name("tiny_siglip") and summary.model == "tiny-siglip"
-    table = store.connect(settings.lancedb_uri).open_table(summary.table)
+    table = database.connect(settings.lancedb_uri).open_table(summary.table)
     ids = table.to_arrow().column("image_id").to_pylist()
     assert sorted(ids) == sorted(r.image_id for b in summary.batches for r in load_batch_records(settings.home, b))
 
@@ -55,7 +55,7 @@ def test_ingest_embeds_every_normalised_image_once(tmp_path, settings, dagster_i
                             selection=[image_embeddings], partition_key=batch, instance=dagster_instance,
                             resources=_resources(settings))
     assert result.success
-    after = {r["image_id"]: r["vector"] for r in store.connect(settings.lancedb_uri).open_table(summary.table)
+    after = {r["image_id"]: r["vector"] for r in database.connect(settings.lancedb_uri).open_table(summary.table)
              .to_arrow().to_pylist()}
     assert after.keys() == before.keys()
     for image_id, vector in before.items():
@@ -72,14 +72,14 @@ def test_stored_vectors_are_the_models_own_embeddings(tmp_path, settings, dagste
     records = load_batch_records(settings.home, summary.batches[0])
     with resource.load(artifact) as model:
         direct = model.embed_images([(settings.home / r.image_uri).read_bytes() for r in records])
-    table = store.connect(settings.lancedb_uri).open_table(summary.table)
+    table = database.connect(settings.lancedb_uri).open_table(summary.table)
     stored = {r["image_id"]: r["vector"] for r in table.to_arrow().to_pylist()}
     for record, vector in zip(records, direct):
         np.testing.assert_allclose(stored[record.image_id], vector, atol=1e-5)
 
 
 def test_a_table_of_another_dimension_fails_the_run_and_stays_untouched(tmp_path, settings, dagster_instance):
-    db = store.connect(settings.lancedb_uri)
+    db = database.connect(settings.lancedb_uri)
     open_image_table(db, image_table_name("tiny_siglip"), 3)  # an older table with 3-d vectors
     version = db.open_table(image_table_name("tiny_siglip")).version
     summary = ingest(str(_folder(tmp_path)), settings, instance=dagster_instance,
@@ -107,12 +107,12 @@ def test_a_backfill_run_embeds_several_batches_with_one_model_load(tmp_path, set
     assert result.success
     materializations = result.asset_materializations_for_node("image_embeddings")
     assert sorted(m.partition for m in materializations) == sorted(summary.batches)
-    table = store.connect(settings.lancedb_uri).open_table(image_table_name("tiny_siglip"))
+    table = database.connect(settings.lancedb_uri).open_table(image_table_name("tiny_siglip"))
     assert table.count_rows() == 5
 
 
 def test_the_nim_backend_fills_the_same_table_as_the_local_model(tmp_path, settings, dagster_instance):
-    from medvec.embed_server import EmbedServer
+    from medvec.serve.embed_server import EmbedServer
     from resources.embedders import NimEmbedderResource
 
     local = LocalEmbedderResource(model="tiny-siglip")
@@ -128,7 +128,7 @@ def test_the_nim_backend_fills_the_same_table_as_the_local_model(tmp_path, setti
         records = load_batch_records(settings.home, summary.batches[0])
         direct = model.embed_images([(settings.home / r.image_uri).read_bytes() for r in records])
     stored = {r["image_id"]: r["vector"] for r in
-              store.connect(settings.lancedb_uri).open_table(summary.table).to_arrow().to_pylist()}
+              database.connect(settings.lancedb_uri).open_table(summary.table).to_arrow().to_pylist()}
     for record, vector in zip(records, direct):
         np.testing.assert_allclose(stored[record.image_id], vector, atol=1e-4)
     model_event = dagster_instance.get_latest_materialization_event(dg.AssetKey("embedding_model"))
@@ -162,7 +162,7 @@ def test_a_model_mirrored_on_s3_is_resolved_recorded_and_used(tmp_path, settings
 
 
 def test_embedding_refuses_an_unnormalised_batch_or_a_stale_model(tmp_path, settings, dagster_instance):
-    from medvec.batches import plan_batches, write_manifest
+    from medvec.ingest.batches import plan_batches, write_manifest
     from medvec.sources import LocalFolderSource
 
     resources = _resources(settings)
@@ -183,4 +183,4 @@ def test_embedding_refuses_an_unnormalised_batch_or_a_stale_model(tmp_path, sett
     messages = [e.event_specific_data.error.to_string() for e in stale.all_events
                 if e.is_step_failure]
     assert any("materialise embedding_model again" in m for m in messages)
-    assert open_image_table(store.connect(settings.lancedb_uri), image_table_name("tiny_siglip"), 64).count_rows() == 0
+    assert open_image_table(database.connect(settings.lancedb_uri), image_table_name("tiny_siglip"), 64).count_rows() == 0

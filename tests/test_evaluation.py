@@ -13,15 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from medvec import store
-from medvec.evaluation import (SCHEMA, EvalData, chance, evaluate_table, image_to_image, markdown_table,
+from medvec.tables import database
+from medvec.evaluation.retrieval import (SCHEMA, EvalData, chance, evaluate_table, image_to_image, markdown_table,
                                recall_curve_png, text_to_image)
-from medvec.image_table import image_table_name, open_image_table, upsert_batch
-from medvec.labels import (FINDINGS, chexpert_columns, chexpert_row, labels_from_findings_text, labels_from_terms,
+from medvec.tables.images import image_table_name, open_image_table, upsert_batch
+from medvec.datasets.labels import (FINDINGS, chexpert_columns, chexpert_row, labels_from_findings_text, labels_from_terms,
                            map_labels)
-from medvec.metadata_csv import MetadataTable
-from medvec.metrics import mean_metrics, per_query, rank_relevance
-from medvec.records import image_table_schema
+from medvec.datasets.metadata_csv import MetadataTable
+from medvec.evaluation.metrics import mean_metrics, per_query, rank_relevance
+from medvec.tables.records import image_table_schema
 
 from .conftest import SHARED_DATA
 
@@ -147,7 +147,7 @@ def test_hard_cases_name_the_confused_finding_and_the_worst_images():
 
 
 def _table(tmp_path, labels, vectors, splits):
-    db = store.connect(str(tmp_path / "lancedb"))
+    db = database.connect(str(tmp_path / "lancedb"))
     dim = vectors.shape[1]
     table = open_image_table(db, image_table_name("synthetic"), dim)
     rows = [{"image_id": f"img{i}", "batch": "b", "source_uri": f"s{i}", "content_sha256": "x", "image_uri": "",
@@ -165,7 +165,7 @@ def test_evaluate_table_reports_the_documented_schema_for_the_chosen_split(tmp_p
 
     class Encoder:  # the text tower of a perfect model: a finding's prompt is its one-hot
         def embed_texts(self, texts):
-            from medvec.evaluation import FINDING_PROMPTS
+            from medvec.evaluation.retrieval import FINDING_PROMPTS
 
             return np.concatenate([_onehot([next(f for f, ps in FINDING_PROMPTS.items() if t in ps)]) for t in texts])
 
@@ -244,7 +244,7 @@ def test_retrieval_evaluation_asset_attaches_the_table_and_plot(tmp_path, settin
 
     from assets.embeddings import embedding_model
     from assets.evaluation import retrieval_evaluation
-    from medvec.sample_data import write_sample_data
+    from medvec.sample.writer import write_sample_data
     from pipelines.ingest import ingest
     from resources import home_resources
     from resources.embedders import embedder_from_env
@@ -286,12 +286,12 @@ def test_evaluation_on_the_nih_sample(tmp_path):
 
 
 def test_several_models_sit_side_by_side_in_one_report(tmp_path):
-    from medvec.evaluation import EvalTarget, evaluate_models, per_finding_table
+    from medvec.evaluation.retrieval import EvalTarget, evaluate_models, per_finding_table
 
     labels = [[FOUR[i % 4]] for i in range(40)]
     perfect = np.concatenate([_onehot(l) for l in labels])
     noisy = np.random.default_rng(3).standard_normal((40, 4))
-    db = store.connect(str(tmp_path / "lancedb"))
+    db = database.connect(str(tmp_path / "lancedb"))
     for slug, vectors in (("good", perfect), ("noise", noisy)):
         table = open_image_table(db, image_table_name(slug), 4)
         rows = [{"image_id": f"img{i}", "batch": "b", "source_uri": f"s{i}", "content_sha256": "x", "image_uri": "",

@@ -24,14 +24,14 @@ from PIL import Image
 
 from assets.embeddings import embedding_model
 from assets.ingest import ERRORS_SHOWN
-from medvec import store
-from medvec.batches import load_batch_errors, load_batch_records
-from medvec.embed_server import EmbedServer
+from medvec.tables import database
+from medvec.ingest.batches import load_batch_errors, load_batch_records
+from medvec.serve.embed_server import EmbedServer
 from medvec.embedders.transformers_local import TransformersEmbedder
-from medvec.image_table import image_table_name
+from medvec.tables.images import image_table_name
 from medvec.models.registry import resolve_model
 from medvec.models.tiny import build_tiny_siglip
-from medvec.sample_data import chest_specs, write_chest
+from medvec.sample.writer import chest_specs, write_chest
 from medvec.settings import Settings
 from pipelines.backfill import backfill
 from pipelines.ingest import ingest
@@ -99,7 +99,7 @@ def _cli_env(settings: Settings, dagster_home: Path, nim_url: str) -> dict:
 
 
 def _table_ids(settings: Settings, name: str = TABLE) -> list[str]:
-    table = store.open_table_if_exists(store.connect(settings.lancedb_uri), name)
+    table = database.open_table_if_exists(database.connect(settings.lancedb_uri), name)
     return [] if table is None else table.to_arrow().column("image_id").to_pylist()
 
 
@@ -259,7 +259,7 @@ def test_fuzzed_files_are_each_recorded_as_an_error_and_the_rest_is_stored(tmp_p
     assert {"empty.dcm", "random.dcm", "notes.jpg"} <= failed
     assert {name for name, what in made.items() if what == "truncated"} <= failed | stored  # decoded or an error
     assert all(e.stage in ("read", "parse", "decode", "render") and e.message for e in errors)
-    table_errors = [e for e in store.list_errors(store.connect(settings.lancedb_uri), batch)]
+    table_errors = [e for e in database.list_errors(database.connect(settings.lancedb_uri), batch)]
     assert sorted(Path(e["source_uri"]).name for e in table_errors) == sorted(failed)
     metadata = dagster_instance.get_latest_materialization_event(
         dg.AssetKey("normalized_images")).asset_materialization.metadata
@@ -302,7 +302,7 @@ def test_nim_faults_retry_then_fail_only_their_batch_and_write_nothing_of_it(tmp
     proxy.inject(Fault(sleep_s=2.0), Fault(truncate=True))  # a timeout, then a malformed answer, then fine
     assert embed(batches["slow"]).failed_runs == []
 
-    table = store.connect(settings.lancedb_uri).open_table(TABLE)
+    table = database.connect(settings.lancedb_uri).open_table(TABLE)
     by_batch = table.to_arrow().group_by("batch").aggregate([("image_id", "count")]).to_pylist()
     assert {row["batch"]: row["image_id_count"] for row in by_batch} == {batches["storm"]: 3, batches["slow"]: 3}
     failures = [e.dagster_event.event_specific_data.error.to_string() for run in dagster_instance.get_runs()
@@ -324,7 +324,7 @@ def test_a_dimension_change_fails_clearly_and_leaves_a_full_table_untouched(tmp_
     summary = ingest(str(folder), settings, instance=dagster_instance,
                      embedder=LocalEmbedderResource(model="tiny-siglip"))
     table_name = image_table_name("tiny_siglip")
-    before = store.connect(settings.lancedb_uri).open_table(table_name)
+    before = database.connect(settings.lancedb_uri).open_table(table_name)
     version, rows = before.version, before.to_arrow().sort_by("image_id")
     assert rows.num_rows == 3
 
@@ -338,7 +338,7 @@ def test_a_dimension_change_fails_clearly_and_leaves_a_full_table_untouched(tmp_
                 dagster_instance.all_logs(dagster_instance.get_runs(limit=1)[0].run_id)
                 if e.dagster_event and e.dagster_event.is_step_failure]
     assert any("holds 64-d vectors but this model gives 32-d vectors" in m for m in messages)
-    after = store.connect(settings.lancedb_uri).open_table(table_name)
+    after = database.connect(settings.lancedb_uri).open_table(table_name)
     assert after.version == version and after.to_arrow().sort_by("image_id").equals(rows)
 
 
@@ -388,7 +388,7 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
 # --- what a backfill re-runs -------------------------------------------------------------------------
 
 def test_a_backfill_embeds_neighbouring_batches_together_and_never_spans_a_gap():
-    from medvec.backfill import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, group_runs, select_batches
+    from medvec.ingest.backfill_plan import FAILED, IN_PROGRESS, MATERIALIZED, MISSING, group_runs, select_batches
 
     order = ["b1", "b2", "b3", "b4", "b5"]
     assert group_runs(["b5", "b1", "b2"], order, per_run=8) == [["b1", "b2"], ["b5"]]

@@ -22,11 +22,11 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from medvec import store
-from medvec.http_api import NO_EVAL, create_app
-from medvec.report_search import ReportSearch
-from medvec.search import Filters
-from medvec.service import open_search
+from medvec.tables import database
+from medvec.serve.http_api import NO_EVAL, create_app
+from medvec.search.reports import ReportSearch
+from medvec.search.images import Filters
+from medvec.search.configured import open_search
 from medvec.settings import Settings
 from tests.conftest import free_port
 
@@ -113,7 +113,7 @@ def home_without_reports(search_collection, folder: Path) -> Settings:
     home = folder / "home"
     shutil.copytree(search_collection.settings.home, home, symlinks=True)
     settings = Settings.from_env({**search_collection.env, "MEDVEC_HOME": str(home)})
-    store.connect(settings.lancedb_uri).drop_table(REPORTS_TABLE)
+    database.connect(settings.lancedb_uri).drop_table(REPORTS_TABLE)
     return settings
 
 
@@ -160,7 +160,7 @@ def test_health_reports_the_model_table_and_rows(api, search_collection):
     assert (body["model"], body["table"]) == ("tiny-siglip", "images__tiny_siglip")
     assert body["rows"] == search_collection.summary.embedded
     assert isinstance(body["table_version"], int) and body["auth_required"] is False
-    reports = store.connect(search_collection.settings.lancedb_uri).open_table(REPORTS_TABLE).count_rows()
+    reports = database.connect(search_collection.settings.lancedb_uri).open_table(REPORTS_TABLE).count_rows()
     assert body["reports"] == reports > 0
 
 

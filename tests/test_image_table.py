@@ -5,11 +5,11 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from medvec import store
-from medvec.embedding import check_vectors
-from medvec.image_table import (TableDimensionMismatch, image_rows, image_table_name, open_image_table,
+from medvec.tables import database
+from medvec.ingest.embed import check_vectors
+from medvec.tables.images import (TableDimensionMismatch, image_rows, image_table_name, open_image_table,
                                 upsert_batch)
-from medvec.records import ImageRecord
+from medvec.tables.records import ImageRecord
 
 
 def _records(batch: str, ids: list[str]) -> list[ImageRecord]:
@@ -24,14 +24,14 @@ def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def _write(db_uri: str, batch: str, ids: list[str], dim: int = 8, seed: int = 0) -> None:
-    db = store.connect(db_uri)
+    db = database.connect(db_uri)
     table = open_image_table(db, image_table_name("tiny"), dim)
     rows = image_rows(_records(batch, ids), _vectors(len(ids), dim, seed), dim=dim, model_id="m", revision="r")
     upsert_batch(table, batch, rows)
 
 
 def _ids(db_uri: str) -> list[str]:
-    table = store.connect(db_uri).open_table(image_table_name("tiny"))
+    table = database.connect(db_uri).open_table(image_table_name("tiny"))
     return sorted(table.to_arrow().column("image_id").to_pylist())
 
 
@@ -41,7 +41,7 @@ def test_reupserting_a_batch_leaves_the_row_count_unchanged(tmp_path):
     _write(uri, "b2", ["d"])
     _write(uri, "b1", ["a", "b", "c"], seed=1)
     assert _ids(uri) == ["a", "b", "c", "d"]
-    table = store.connect(uri).open_table("images__tiny")
+    table = database.connect(uri).open_table("images__tiny")
     row = table.search().where("image_id = 'a'").limit(1).to_list()[0]
     assert row["labels"] == ["Edema"] and row["model_id"] == "m" and len(row["vector"]) == 8
 
@@ -57,7 +57,7 @@ def test_a_batch_rewrite_drops_only_that_batchs_vanished_rows(tmp_path):
 def test_dimension_mismatch_is_a_clear_error_and_the_table_is_untouched(tmp_path):
     uri = str(tmp_path / "db")
     _write(uri, "b1", ["a", "b"], dim=8)
-    db = store.connect(uri)
+    db = database.connect(uri)
     version = db.open_table("images__tiny").version
     with pytest.raises(TableDimensionMismatch, match="8-d vectors but this model gives 16-d"):
         open_image_table(db, "images__tiny", 16)

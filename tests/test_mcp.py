@@ -16,8 +16,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from pydicom import dcmread
 
-from medvec.report_search import ReportSearch
-from medvec.search import Filters, NoSuchImage
+from medvec.search.reports import ReportSearch
+from medvec.search.images import Filters, NoSuchImage
 from tests.test_http_api import home_without_reports
 
 ROOT = Path(__file__).resolve().parents[1]

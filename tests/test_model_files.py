@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from medvec.model_files import MANIFEST_NAME, ModelFilesError, resolve_model_files, verify_model_files
+from medvec.models.files import MANIFEST_NAME, ModelFilesError, resolve_model_files, verify_model_files
 from tests.conftest import free_port
 
 FILES = {"config.json": b'{"model_type": "siglip"}', "model.safetensors": bytes(range(256)) * 40,
@@ -88,7 +88,7 @@ def test_editing_a_local_file_changes_the_revision_and_verification_reports_it(m
         "model.safetensors changed content: its sha256 no longer matches the one recorded",
         f"tokenizer/tokenizer.json is missing from {model_folder}"]
 
-    with caplog.at_level(logging.WARNING, logger="medvec.model_files"):
+    with caplog.at_level(logging.WARNING, logger="medvec.models.files"):
         after = resolve_local(model_folder, tmp_path / "cache")
     assert after.revision != before.revision and verify_model_files(after) == []
     assert "model files changed since last resolution" in caplog.text

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from medvec.embed_server import EmbedServer
+from medvec.serve.embed_server import EmbedServer
 from medvec.embedders.base import Embedder, EmbedderError
 from medvec.embedders.nim import NimEmbedder, png_data_uri
 from medvec.embedders.transformers_local import TransformersEmbedder
@@ -341,7 +341,7 @@ def test_ready_is_503_until_the_model_has_warmed_up(local_model):
 SERVE = """
 import logging, sys
 from pathlib import Path
-from medvec.embed_server import serve
+from medvec.serve.embed_server import serve
 from medvec.embedders.transformers_local import TransformersEmbedder
 from medvec.models.registry import resolve_model
 
@@ -367,6 +367,6 @@ def test_serve_runs_until_sigterm_and_logs_one_line_without_the_key(tiny_siglip_
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=20)[0]
     assert process.returncode == 0
-    startup = [line for line in output.splitlines() if line.startswith("medvec.embed_server embed-server:")]
+    startup = [line for line in output.splitlines() if line.startswith("medvec.serve.embed_server embed-server:")]
     assert len(startup) == 1 and f"127.0.0.1:{port}" in startup[0] and MODEL in startup[0] and "64-d" in startup[0]
     assert KEY not in output

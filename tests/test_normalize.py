@@ -8,9 +8,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medvec.metadata_csv import MetadataTable
-from medvec.normalize import NormalizeOptions, normalize_bytes
-from medvec.windowing import render_grey
+from medvec.datasets.metadata_csv import MetadataTable
+from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
+from medvec.imaging.windowing import render_grey
 from tests.conftest import SHARED_DATA, dicom_testfile
 
 
@@ -130,7 +130,7 @@ NIH_CSV = """Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patie
 def test_nih_style_csv_maps_labels_view_split_and_pseudonymised_patient(pseudonymizer):
     table = MetadataTable.from_csv_text(NIH_CSV, pseudonymizer)
     first = table.lookup("/data/nih/images/00000001_000.png")
-    # NIH names map into the CheXpert vocabulary (medvec.labels): Effusion → Pleural Effusion.
+    # NIH names map into the CheXpert vocabulary (medvec.datasets.labels): Effusion → Pleural Effusion.
     assert first.labels == ["Cardiomegaly", "Pleural Effusion"] and first.view_position == "PA" and first.split == "train"
     assert first.subject_key == pseudonymizer.subject_key("1") and first.subject_key != "1"
     assert first.extra["patient_age"] == "58" and first.extra["follow_up_#"] == "0"

@@ -54,7 +54,7 @@ def test_wrong_dimension_is_refused(model_dir):
 def test_ingest_embeds_with_the_open_clip_backend(tmp_path, settings, dagster_instance):
     import shutil
 
-    from medvec import store
+    from medvec.tables import database
     from pipelines.ingest import ingest
     from resources.embedders import LocalEmbedderResource
     from tests.conftest import dicom_testfile
@@ -66,7 +66,7 @@ def test_ingest_embeds_with_the_open_clip_backend(tmp_path, settings, dagster_in
     summary = ingest(str(folder), settings, instance=dagster_instance,
                      embedder=LocalEmbedderResource(model="tiny-biomedclip"))
     assert not summary.failed_runs and summary.embedded == 2 and summary.table == "images__tiny_biomedclip"
-    assert store.connect(settings.lancedb_uri).open_table(summary.table).count_rows() == 2
+    assert database.connect(settings.lancedb_uri).open_table(summary.table).count_rows() == 2
 
 
 def test_tiny_biomedclip_builds_are_deterministic(tmp_path, model_dir):

@@ -17,9 +17,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from medvec.batches import list_batches, load_batch_records
-from medvec.sample_data import write_sample_data
-from medvec.service import open_search
+from medvec.ingest.batches import list_batches, load_batch_records
+from medvec.sample.writer import write_sample_data
+from medvec.search.configured import open_search
 from medvec.settings import Settings
 from tests.conftest import ARTIFACTS, CHROMIUM, free_port
 

@@ -88,7 +88,7 @@ def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagst
             assert value.encode() not in data, f"{keyword} leaked into {where}"
 
     # The PatientID did leave, but only as its keyed pseudonym.
-    from medvec.batches import load_batch_records
+    from medvec.ingest.batches import load_batch_records
 
     records = load_batch_records(settings.home, summary.batches[0])
     expected = Pseudonymizer(secret).subject_key(SENTINELS["PatientID"])
@@ -96,7 +96,7 @@ def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagst
 
 
 def test_allowed_tag_is_kept_only_when_asked(tmp_path, pseudonymizer):
-    from medvec.normalize import NormalizeOptions, normalize_bytes
+    from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
 
     path = tmp_path / "ct.dcm"
     _with_sentinels("CT_small.dcm", path)

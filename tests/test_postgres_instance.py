@@ -11,7 +11,7 @@ import pytest
 
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
-from pipelines.partitions import batch_partitions
+from assets.partitions import batch_partitions
 from pipelines.sensors import incoming_folder_sensor, search_refresh_sensor
 from resources import home_resources
 from resources.embedders import LocalEmbedderResource

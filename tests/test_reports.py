@@ -13,13 +13,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from medvec import store
-from medvec.batches import BatchManifest
-from medvec.labels import labels_from_findings_text
-from medvec.report_search import ReportSearch, fuse, make_snippet
-from medvec.report_store import label_agreement, read_batch_reports
-from medvec.reports import is_report_file, parse_indiana, parse_mimic, parse_openi, scrub_report_text, split_sections
-from medvec.search import Filters
+from medvec.tables import database
+from medvec.ingest.batches import BatchManifest
+from medvec.datasets.labels import labels_from_findings_text
+from medvec.search.reports import ReportSearch, fuse, make_snippet
+from medvec.reports.tables import label_agreement, read_batch_reports
+from medvec.reports.parse import is_report_file, parse_indiana, parse_mimic, parse_openi, scrub_report_text, split_sections
+from medvec.search.images import Filters
 from medvec.sources import SourceFile
 
 MIMIC = b"""                                 FINAL REPORT
@@ -167,8 +167,8 @@ def test_the_sample_reports_land_in_the_table_linked_to_their_images(search_coll
 
 
 def test_report_labels_agree_with_given_labels_in_the_batch_metadata(search_collection):
-    from medvec.batches import list_batches, load_batch_records
-    from medvec.report_store import load_batch_reports
+    from medvec.ingest.batches import list_batches, load_batch_records
+    from medvec.reports.tables import load_batch_reports
 
     home = search_collection.settings.home
     all_reports = [r for b in list_batches(home) for r in load_batch_reports(home, b)]
@@ -222,7 +222,7 @@ def test_similar_images_come_with_their_studies_reports(reports):
 
 def test_report_text_carries_no_sentinel_identifiers(search_collection):
     home = search_collection.settings.home
-    db = store.connect(search_collection.settings.lancedb_uri)
+    db = database.connect(search_collection.settings.lancedb_uri)
     table_text = json.dumps(db.open_table("reports__tiny_siglip").to_arrow().drop(["vector"]).to_pylist())
     parquet_text = "".join(json.dumps(pq.read_table(p).to_pylist()) for p in home.glob("batches/*/reports.parquet"))
     for sentinel in ("Sentinelle", "Quentin", "03/14/2021", "10:45"):
@@ -253,16 +253,16 @@ def test_medvec_search_reports_json_gives_studies_with_snippets_and_images(searc
 
 
 def test_a_report_only_dataset_is_evaluated_on_labels_read_from_reports(tmp_path, settings, dagster_instance):
-    from medvec.evaluation import evaluate_models
-    from medvec.sample_data import write_sample_data
-    from medvec.service import eval_targets
+    from medvec.evaluation.retrieval import evaluate_models
+    from medvec.sample.writer import write_sample_data
+    from medvec.search.configured import eval_targets
     from pipelines.ingest import ingest
 
     sample = write_sample_data(tmp_path / "sample", count=12)
     sample.labels_csv.unlink()  # reports only: no label CSV
     summary = ingest(str(sample.out_dir), settings, instance=dagster_instance)
     assert summary.reports == 8 and summary.report_files > 0 and summary.skipped == 0
-    report = evaluate_models(store.connect(settings.lancedb_uri), eval_targets(settings), split="all")
+    report = evaluate_models(database.connect(settings.lancedb_uri), eval_targets(settings), split="all")
     [section] = report["models"]
     assert section["label_sources"] == {"given": 0, "reports": 12, "none": 2}  # the WG04 pair has no report
     assert set(section["text_to_image"]["per_finding"]) == {"No Finding", "Cardiomegaly", "Pleural Effusion"}

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from medvec.batches import batch_dir, list_batches, load_batch_records
-from medvec.http_api import create_app
-from medvec.service import open_search
+from medvec.ingest.batches import batch_dir, list_batches, load_batch_records
+from medvec.serve.http_api import create_app
+from medvec.search.configured import open_search
 from medvec.settings import Settings
 from medvec.storage import S3Path, concurrent_writes, create_exclusive, exclusive_lock, remove_tree, upload_tree, write_atomic
 from pipelines.ingest import ingest
@@ -130,12 +130,12 @@ def test_a_step_on_a_fresh_machine_works_from_the_bucket_alone(s3_collection, tm
     into the same rows."""
     from assets.embeddings import embedding_model, image_embeddings
     from assets.ingest import normalized_images, source_manifest
-    from medvec import store
+    from medvec.tables import database
     from resources import home_resources
     from resources.embedders import LocalEmbedderResource
 
     settings, summary = s3_collection[0], s3_collection[1]
-    table = store.connect(settings.lancedb_uri).open_table("images__tiny_siglip")
+    table = database.connect(settings.lancedb_uri).open_table("images__tiny_siglip")
     before = table.count_rows()
     # The machine that resolved the model (this one, under the module's cache) is not this "pod".
     resolved_here = Path(os.environ["MEDVEC_CACHE_DIR"])
@@ -243,11 +243,11 @@ def _write_batches(uri: str, endpoint: str, batches: list[str], rows_per_batch: 
 
     import pyarrow as pa
 
-    from medvec import store
-    from medvec.image_table import image_table_schema, open_image_table, upsert_batch
+    from medvec.tables import database
+    from medvec.tables.images import image_table_schema, open_image_table, upsert_batch
 
     os.environ["MEDVEC_S3_ENDPOINT_URL"] = endpoint
-    table = open_image_table(store.connect(uri), "images__concurrent", 8)
+    table = open_image_table(database.connect(uri), "images__concurrent", 8)
     rng = np.random.default_rng(abs(hash(batches[0])) % 2**32)
     for batch in batches:
         rows = pa.Table.from_pylist([{"image_id": f"{batch}-{i}", "batch": batch,
@@ -263,7 +263,7 @@ def test_concurrent_writers_on_one_s3_table_lose_and_duplicate_nothing(aws_env):
     lands once."""
     import multiprocessing
 
-    from medvec import store
+    from medvec.tables import database
 
     client, bucket = aws_env
     uri, endpoint = f"s3://{bucket}/lancedb", client.meta.endpoint_url
@@ -275,7 +275,7 @@ def test_concurrent_writers_on_one_s3_table_lose_and_duplicate_nothing(aws_env):
     for process in processes:
         process.join(timeout=240)
         assert process.exitcode == 0
-    table = store.connect(uri, endpoint).open_table("images__concurrent")
+    table = database.connect(uri, endpoint).open_table("images__concurrent")
     data = table.search().select(["image_id", "batch"]).limit(None).to_arrow()
     ids = data.column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == 3 * 4 * 50
@@ -291,8 +291,8 @@ def test_steps_in_separate_processes_share_only_the_bucket(aws_env, tmp_path):
     import subprocess
     import sys
 
-    from medvec import store
-    from medvec.batches import plan_batches, write_manifest
+    from medvec.tables import database
+    from medvec.ingest.batches import plan_batches, write_manifest
     from medvec.sources import LocalFolderSource
     from tests.conftest import dicom_testfile
 
@@ -320,7 +320,7 @@ def test_steps_in_separate_processes_share_only_the_bucket(aws_env, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
 
-    table = store.connect(settings.lancedb_uri).open_table("images__tiny_siglip")
+    table = database.connect(settings.lancedb_uri).open_table("images__tiny_siglip")
     assert table.count_rows() == 3
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
         [batch_run] = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == manifest.batch]

@@ -3,7 +3,7 @@
 import boto3
 import pytest
 
-from medvec.batches import load_batch_records
+from medvec.ingest.batches import load_batch_records
 from medvec.settings import Settings
 from medvec.sources import S3PrefixSource
 from pipelines.ingest import ingest

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from medvec import sample_data
-from medvec.sample_data import (
+from medvec.sample import writer as sample_data
+from medvec.sample.writer import (
     CARDIOMEGALY,
     NO_FINDING,
     cardiothoracic_ratio,

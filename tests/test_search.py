@@ -11,14 +11,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from medvec import store
-from medvec.embedders.loading import embedder_from_settings
-from medvec.image_table import image_table_name, open_image_table, upsert_batch
-from medvec.precompute import FALLBACK_QUERIES, compute_similar
-from medvec.records import image_table_schema
-from medvec.search import Filters, ImageSearch, NoSuchImage, SearchInputError, normalize_query_text
-from medvec.table_index import IndexOptions, maintain_table
-from medvec.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k
+from medvec.tables import database
+from medvec.embedders.factory import embedder_from_settings
+from medvec.tables.images import image_table_name, open_image_table, upsert_batch
+from medvec.search.precompute import FALLBACK_QUERIES, compute_similar
+from medvec.tables.records import image_table_schema
+from medvec.search.images import Filters, ImageSearch, NoSuchImage, SearchInputError, normalize_query_text
+from medvec.tables.maintenance import IndexOptions, maintain_table
+from medvec.search.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k
 
 
 def _ids(result):
@@ -165,7 +165,7 @@ def test_the_ivf_index_reaches_its_recall_target_with_and_without_filters():
 
 
 def test_image_index_builds_lancedb_and_search_indexes_and_search_loads_the_saved_one(tmp_path):
-    db = store.connect(str(tmp_path / "lancedb"))
+    db = database.connect(str(tmp_path / "lancedb"))
     vectors = _clustered(3_000, 64)
     table = open_image_table(db, image_table_name("synthetic"), 64)
     upsert_batch(table, "b1", _rows(vectors[:2_000], "b1"))
@@ -190,7 +190,7 @@ def test_image_index_builds_lancedb_and_search_indexes_and_search_loads_the_save
 
 
 def test_search_sees_new_rows_and_drops_stale_precomputed_answers(tmp_path):
-    db = store.connect(str(tmp_path / "lancedb"))
+    db = database.connect(str(tmp_path / "lancedb"))
     vectors = _clustered(200, 16)
     table = open_image_table(db, image_table_name("synthetic"), 16)
     upsert_batch(table, "b1", _rows(vectors[:100], "b1"))
@@ -200,7 +200,7 @@ def test_search_sees_new_rows_and_drops_stale_precomputed_answers(tmp_path):
     assert search.similar("img-000001", k=5).route == "similar_images"
 
     # Another writer adds a batch: the next query sees it, and the old neighbour lists are not used.
-    other = store.connect(str(tmp_path / "lancedb")).open_table(image_table_name("synthetic"))
+    other = database.connect(str(tmp_path / "lancedb")).open_table(image_table_name("synthetic"))
     upsert_batch(other, "b2", _rows(vectors[100:], "b2", start=100))
     result = search.similar("img-000150", k=5)
     assert search.info()["rows"] == 200 and result.route == "index"
@@ -210,7 +210,7 @@ def test_search_sees_new_rows_and_drops_stale_precomputed_answers(tmp_path):
 
 
 def _write_batches(uri: str, batches: list[int]) -> None:
-    db = store.connect(uri)
+    db = database.connect(uri)
     table = db.open_table(image_table_name("synthetic"))
     vectors = _clustered(len(batches) * 300, 64, seed=3)
     for i, b in enumerate(batches):
@@ -221,7 +221,7 @@ def test_maintenance_while_another_process_writes_loses_and_duplicates_nothing(t
     import multiprocessing as mp
 
     uri = str(tmp_path / "lancedb")
-    table = open_image_table(store.connect(uri), image_table_name("synthetic"), 64)
+    table = open_image_table(database.connect(uri), image_table_name("synthetic"), 64)
     upsert_batch(table, "b0", _rows(_clustered(2_000, 64), "b0"))
     writer = mp.get_context("spawn").Process(target=_write_batches, args=(uri, list(range(10, 40))))
     writer.start()

@@ -11,10 +11,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from medvec import store
-from medvec.collection import collection_stats
-from medvec.precompute import FALLBACK_QUERIES
-from medvec.sample_data import write_sample_data
+from medvec.tables import database
+from medvec.tables.inventory import collection_stats
+from medvec.search.precompute import FALLBACK_QUERIES
+from medvec.sample.writer import write_sample_data
 from medvec.settings import Settings
 from pipelines.ingest import ingest
 
@@ -125,7 +125,7 @@ def test_search_assets_record_their_numbers_and_rerun_without_duplicates(tmp_pat
                                 selection=[image_index, fallback_queries, similar_images],
                                 instance=dagster_instance, resources=resources)
         assert result.success
-    db = store.connect(settings.lancedb_uri)
+    db = database.connect(settings.lancedb_uri)
     assert db.open_table("fallback_queries__tiny_siglip").count_rows() == len(FALLBACK_QUERIES)
     assert db.open_table("similar_images__tiny_siglip").count_rows() == 8
     assert db.open_table("images__tiny_siglip").count_rows() == 8

@@ -17,11 +17,11 @@ import pytest
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
-from medvec import store
-from medvec.batches import list_batches, load_manifest
+from medvec.tables import database
+from medvec.ingest.batches import list_batches, load_manifest
 from medvec.sources import LocalFolderSource
 from medvec.storage import as_path
-from medvec.watch import (AWAITING_LAUNCH, CHANGED_STAGE, WatchCursor, clear_awaiting, refresh_decision,
+from medvec.ingest.watch import (AWAITING_LAUNCH, CHANGED_STAGE, WatchCursor, clear_awaiting, refresh_decision,
                           rescan)
 from pipelines.definitions import defs
 from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
@@ -156,7 +156,7 @@ def test_a_done_marker_settles_files_on_the_first_look(settings, resources, dags
 
 def test_a_folder_marker_still_settles_files_when_a_look_resumes_after_its_budget(settings):
     """The root's `.done` sorts before every file: a look resumed in the middle never lists it again."""
-    from medvec.watch import WatchOptions, watch_source
+    from medvec.ingest.watch import WatchOptions, watch_source
 
     incoming = settings.home / "incoming"
     files = _files(incoming, [f"p{i}/x.dcm" for i in range(4)], age_s=0)
@@ -212,7 +212,7 @@ def test_a_changed_file_is_reported_once_and_never_batched_again(settings, resou
     first.write_bytes(b"a different, longer file body")
     for _ in range(3):
         assert _opened(daemon.tick()) == []
-    errors = [e for e in store.list_errors(store.connect(settings.lancedb_uri)) if e["stage"] == CHANGED_STAGE]
+    errors = [e for e in database.list_errors(database.connect(settings.lancedb_uri)) if e["stage"] == CHANGED_STAGE]
     assert [(e["source_uri"], e["batch"]) for e in errors] == [(str(first), batch)]
     assert "size changed after its batch was opened" in errors[0]["message"]
     assert f"medvec backfill --batches {batch}" in errors[0]["message"]
@@ -223,7 +223,7 @@ WATCHER = """
 import sys, time
 from pathlib import Path
 from medvec.sources import LocalFolderSource
-from medvec.watch import WatchCursor, WatchOptions, watch_source
+from medvec.ingest.watch import WatchCursor, WatchOptions, watch_source
 
 folder, home, until = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 options = WatchOptions(batch_size=7, batches_per_tick=2, settle_margin_s=0)
@@ -291,7 +291,7 @@ def test_s3_prefix_sensor_opens_batches_and_reports_a_replaced_object(settings, 
     assert [f.uri for f in load_manifest(settings.home, later).files] == [f"s3://{bucket}/cxr/p2/c.dcm"]
     client.put_object(Bucket=bucket, Key="cxr/p1/a.dcm", Body=b"replaced content")
     assert _opened(daemon.tick()) == []
-    [error] = [e for e in store.list_errors(store.connect(settings.lancedb_uri)) if e["stage"] == CHANGED_STAGE]
+    [error] = [e for e in database.list_errors(database.connect(settings.lancedb_uri)) if e["stage"] == CHANGED_STAGE]
     assert error["source_uri"] == f"s3://{bucket}/cxr/p1/a.dcm" and error["batch"] == batch
     assert "ETag differs" in error["message"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medvec import store
-from medvec.http_api import create_app
-from medvec.service import open_search
+from medvec.tables import database
+from medvec.serve.http_api import create_app
+from medvec.search.configured import open_search
 from medvec.settings import Settings
 from tests.conftest import ARTIFACTS, CHROMIUM
 from tests.test_http_api import REPORTS_TABLE, evaluated_home, home_without_reports, running
@@ -67,7 +67,7 @@ def marked_up_site(search_collection, tmp_path_factory):
     home = tmp_path_factory.mktemp("marked_up") / "home"
     shutil.copytree(search_collection.settings.home, home, symlinks=True)
     settings = Settings.from_env({**search_collection.env, "MEDVEC_HOME": str(home)})
-    table = store.connect(settings.lancedb_uri).open_table(REPORTS_TABLE)
+    table = database.connect(settings.lancedb_uri).open_table(REPORTS_TABLE)
     table.update(where=f"study_key = '{MARKED_STUDY}'", values={"impression": MARKUP})
     with serving(settings) as base_url:
         yield base_url

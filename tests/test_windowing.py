@@ -5,7 +5,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from medvec.windowing import (percentile_limits, render_grey, stored_value_domain, window_linear)
+from medvec.imaging.windowing import (percentile_limits, render_grey, stored_value_domain, window_linear)
 from tests.conftest import dicom_testfile
 
 

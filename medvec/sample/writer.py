@@ -497,7 +497,7 @@ def chest_dataset(spec: ChestSpec, stored: np.ndarray) -> Dataset:
     ds.Modality = spec.modality
     ds.Manufacturer = "Medvec"
     ds.ManufacturerModelName = "Synthetic Chest Phantom"
-    ds.SoftwareVersions = "medvec.sample_data 1"
+    ds.SoftwareVersions = "medvec.sample.writer 1"
     # Fake identifying values, present so that de-identification has something to remove.
     ds.InstitutionName = "Medvec Synthetic Hospital"
     ds.InstitutionAddress = "1 Synthetic Way, Nowhere"

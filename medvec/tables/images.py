@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from medvec.records import ImageRecord, image_table_schema
-from medvec.store import _sql_string, open_table_if_exists
+from medvec.tables.records import ImageRecord, image_table_schema
+from medvec.tables.database import _sql_string, open_table_if_exists
 
 
 class TableDimensionMismatch(ValueError):

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from medvec.dicom_read import UnreadableImage
-from medvec.metadata_csv import MetadataTable
-from medvec.normalize import NormalizeOptions, normalize_bytes
+from medvec.imaging.dicom import UnreadableImage
+from medvec.datasets.metadata_csv import MetadataTable
+from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
 from medvec.phi import Pseudonymizer
-from medvec.reports import is_report_file
-from medvec.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
+from medvec.reports.parse import is_report_file
+from medvec.tables.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
 from medvec.sources import ImageSource, SourceFile, open_source
 from medvec.storage import (HomePath, as_path, concurrent_writes, create_exclusive, exclusive_lock, is_remote,
                             map_paths, read_parquet, write_parquet)
@@ -227,7 +227,7 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     known = {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
                  manifest.batch)
-    # Report files (medvec.reports) travel in the same batches; the report assets read them.
+    # Report files (medvec.reports.parse) travel in the same batches; the report assets read them.
     tasks = [(i, entry, known.get(entry.uri)) for i, entry in enumerate(manifest.files) if not is_report_file(entry.uri)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
 

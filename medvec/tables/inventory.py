@@ -6,8 +6,8 @@ from collections import Counter
 
 import pyarrow.compute as pc
 
-from medvec import store
-from medvec.search import index_dir
+from medvec.tables import database
+from medvec.search.images import index_dir
 from medvec.storage import HomePath, remove_tree
 
 #: Table-name prefixes Medvec owns in a LanceDB database; `reset` drops only these.
@@ -22,7 +22,7 @@ def medvec_tables(db) -> list[str]:
         token = page.page_token
         if not token:
             break
-    return sorted(n for n in names if n.startswith(TABLE_PREFIXES) or n == store.INGEST_ERRORS_TABLE)
+    return sorted(n for n in names if n.startswith(TABLE_PREFIXES) or n == database.INGEST_ERRORS_TABLE)
 
 
 def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
@@ -31,7 +31,7 @@ def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
     Counts come from the model tables (what search sees); the largest table is described when
     several models embedded different subsets.
     """
-    db = store.connect(lancedb_uri)
+    db = database.connect(lancedb_uri)
     models = []
     described = None
     for name in medvec_tables(db):
@@ -59,7 +59,7 @@ def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
         stats["by_modality"] = _counts(data.column("modality").to_pylist())
         stats["by_split"] = _counts(data.column("split").to_pylist())
         stats["by_label"] = _counts([label for labels in data.column("labels").to_pylist() for label in (labels or [])])
-    errors = store.list_errors(db)
+    errors = database.list_errors(db)
     stats["errors"] = len(errors)
     stats["errors_by_stage"] = _counts([e["stage"] for e in errors])
     return stats
@@ -74,7 +74,7 @@ def reset_tables(lancedb_uri: str, home: HomePath | None = None) -> list[str]:
 
     Batches, manifests and WebP files stay: the next `medvec ingest` re-embeds them.
     """
-    db = store.connect(lancedb_uri)
+    db = database.connect(lancedb_uri)
     dropped = []
     for name in medvec_tables(db):
         db.drop_table(name)

@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medvec import store
+from medvec.tables import database
 from medvec.embedders.base import Embedder, l2_normalize
-from medvec.image_table import image_table_name, vectors_of
+from medvec.tables.images import image_table_name, vectors_of
 from medvec.storage import HomePath, as_path
-from medvec.vector_index import IndexInfo, RowFilter, VectorIndex
+from medvec.search.vector_index import IndexInfo, RowFilter, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ImageSearch:
         self._lock = threading.RLock()
         self._loaded: _Loaded | None = None
         self._checked_at = 0.0
-        self._db = store.connect(lancedb_uri)
+        self._db = database.connect(lancedb_uri)
         self._table = None
 
     # --- loading ---------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class ImageSearch:
             return loaded
         with self._lock:
             if self._table is None:
-                self._table = store.open_table_if_exists(self._db, self.table_name)
+                self._table = database.open_table_if_exists(self._db, self.table_name)
                 if self._table is None:
                     raise NotIndexed(f"no table {self.table_name} at {self.lancedb_uri}: nothing has been embedded "
                                      f"with {self.model_name} yet (run `medvec ingest` or materialise image_embeddings)")
@@ -219,22 +219,22 @@ class ImageSearch:
             return None
 
     def _precomputed_versions(self) -> tuple:
-        tables = (store.open_table_if_exists(self._db, fallback_table_name(self.model_slug)),
-                  store.open_table_if_exists(self._db, similar_table_name(self.model_slug)))
+        tables = (database.open_table_if_exists(self._db, fallback_table_name(self.model_slug)),
+                  database.open_table_if_exists(self._db, similar_table_name(self.model_slug)))
         return tuple(t.version if t is not None else None for t in tables)
 
     def _load_precomputed(self, loaded: _Loaded) -> None:
         """Read the fallback and neighbour tables, then swap them in at once (readers never see half)."""
         versions = self._precomputed_versions()
         vectors, hits, similar_of = {}, {}, {}
-        fallback = store.open_table_if_exists(self._db, fallback_table_name(self.model_slug))
+        fallback = database.open_table_if_exists(self._db, fallback_table_name(self.model_slug))
         if fallback is not None:
             for row in fallback.to_arrow().to_pylist():
                 key = row["query_key"]
                 vectors[key] = np.asarray(row["vector"], dtype=np.float32)
                 if row["table_version"] == loaded.version:  # answers for exactly these rows
                     hits[key] = list(zip(row["image_ids"], row["scores"]))
-        similar = store.open_table_if_exists(self._db, similar_table_name(self.model_slug))
+        similar = database.open_table_if_exists(self._db, similar_table_name(self.model_slug))
         if similar is not None:
             data = similar.to_arrow()
             if data.num_rows and data.column("table_version")[0].as_py() == loaded.version:
@@ -309,8 +309,8 @@ class ImageSearch:
     def search_image(self, data: bytes, k: int = 10, filters: Filters = Filters(), *,
                      filename: str = "query") -> SearchResult:
         """Embed an uploaded DICOM/PNG/JPEG exactly as ingest would, then search with it."""
-        from medvec.dicom_read import UnreadableImage
-        from medvec.normalize import normalize_bytes
+        from medvec.imaging.dicom import UnreadableImage
+        from medvec.imaging.normalize import normalize_bytes
         from medvec.phi import Pseudonymizer
 
         started = time.perf_counter()

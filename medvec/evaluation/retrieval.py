@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from medvec.image_table import vectors_of
-from medvec.labels import FINDINGS, label_agreement_of
-from medvec.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance
+from medvec.tables.images import vectors_of
+from medvec.datasets.labels import FINDINGS, label_agreement_of
+from medvec.evaluation.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance
 
 SCHEMA = "medvec.eval/1"
 UNCERTAIN_POLICIES = ("exclude", "positive", "negative")
@@ -82,7 +82,7 @@ def load_eval_data(table, split: str | None = "test", reports_table=None) -> Eva
     agreement = None
     if reports_table is not None:
         # Images without given labels take the findings read from their reports (report-only datasets).
-        from medvec.report_store import report_labels_by_image
+        from medvec.reports.tables import report_labels_by_image
 
         read = report_labels_by_image(reports_table, ids, rows.column("source_uri").to_pylist())
         pairs = [(given, read[i]) for i, given in zip(ids, labels) if given and read.get(i)]
@@ -336,11 +336,11 @@ class EvalTarget:
 
 def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test", ks=DEFAULT_KS,
                     policy: str = "exclude", progress=lambda message: None) -> dict:
-    from medvec import store
+    from medvec.tables import database
 
     sections = []
     for target in targets:
-        table = store.open_table_if_exists(db, target.table)
+        table = database.open_table_if_exists(db, target.table)
         if table is None:
             sections.append({"model": target.model, "table": target.table, "error": "no such table: embed first"})
             continue
@@ -352,7 +352,7 @@ def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test"
                 reason = f"text encoder could not be loaded: {str(exc).splitlines()[0][:200]}"
         try:
             progress(f"evaluating {target.model} ({target.table})")
-            reports = store.open_table_if_exists(db, target.table.replace("images__", "reports__", 1))
+            reports = database.open_table_if_exists(db, target.table.replace("images__", "reports__", 1))
             sections.append(evaluate_table(table, model=target.model, embedder=embedder, split=split, ks=ks,
                                            policy=policy, text_unavailable=reason, reports_table=reports))
         finally:

@@ -2,7 +2,7 @@
 the images' space) and hybrid (reciprocal-rank fusion); text → images directly and through
 matching reports; image → similar images → their reports.
 
-Reports link to images by study (medvec.report_store.image_link_maps): MIMIC-CXR study folders, Open-I
+Reports link to images by study (medvec.reports.tables.image_link_maps): MIMIC-CXR study folders, Open-I
 and Indiana file names. Links are worked out when the tables are loaded, so a report and its
 images may arrive in different batches.
 """
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medvec import store
-from medvec.image_table import vectors_of
-from medvec.report_store import image_link_maps, linked_image_ids, report_table_name
-from medvec.search import Filters, ImageSearch, SearchInputError, _check_k
-from medvec.vector_index import VectorIndex
+from medvec.tables import database
+from medvec.tables.images import vectors_of
+from medvec.reports.tables import image_link_maps, linked_image_ids, report_table_name
+from medvec.search.images import Filters, ImageSearch, SearchInputError, _check_k
+from medvec.search.vector_index import VectorIndex
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: 1 / (60 + rank)
 MODES = ("hybrid", "bm25", "vector")
@@ -64,7 +64,7 @@ class ReportSearch:
         self.images = images
         self.table_name = report_table_name(images.model_slug)
         self.refresh_seconds = refresh_seconds
-        self._db = store.connect(images.lancedb_uri)
+        self._db = database.connect(images.lancedb_uri)
         self._lock = threading.RLock()
         self._state = None
         self._checked_at = 0.0
@@ -76,7 +76,7 @@ class ReportSearch:
         if self._state is not None and now - self._checked_at < self.refresh_seconds:
             return self._state
         with self._lock:
-            table = store.open_table_if_exists(self._db, self.table_name)
+            table = database.open_table_if_exists(self._db, self.table_name)
             if table is None:
                 raise NoReports(f"no reports for {self.images.model_name} yet: put reports beside the images "
                                 "(MIMIC-CXR .txt, Open-I XML or the Indiana CSV pair) and run `medvec ingest`")
@@ -102,7 +102,7 @@ class ReportSearch:
                 "index": VectorIndex.build(vectors)}
 
     def _image_links(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        table = store.open_table_if_exists(self._db, self.images.table_name)
+        table = database.open_table_if_exists(self._db, self.images.table_name)
         if table is None:
             return {}, {}
         data = table.search().select(["image_id", "source_uri"]).limit(None).to_arrow()

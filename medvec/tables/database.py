@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lancedb
 
-from medvec.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
+from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.storage import lancedb_storage_options
 
 INGEST_ERRORS_TABLE = "ingest_errors"

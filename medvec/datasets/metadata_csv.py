@@ -12,7 +12,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 
-from medvec.labels import chexpert_columns, chexpert_row, labels_from_findings_text, labels_from_terms
+from medvec.datasets.labels import chexpert_columns, chexpert_row, labels_from_findings_text, labels_from_terms
 from medvec.phi import Pseudonymizer, is_identifying_column
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class MetadataTable:
 
 
 def _labels(row: dict, label_col: str | None, finding_cols: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """Findings in the one vocabulary (medvec.labels), plus notes for `extra`: labels that did not
+    """Findings in the one vocabulary (medvec.datasets.labels), plus notes for `extra`: labels that did not
     map, and CheXpert's uncertain (-1) findings."""
     notes: dict[str, str] = {}
     if finding_cols:

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from medvec.batches import BatchManifest, batch_dir
-from medvec.image_table import table_dim, upsert_batch
-from medvec.labels import label_agreement_of
-from medvec.records import IngestError, ImageRecord
-from medvec.reports import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_SCHEMA, ReportRecord, _stem,
+from medvec.ingest.batches import BatchManifest, batch_dir
+from medvec.tables.images import table_dim, upsert_batch
+from medvec.datasets.labels import label_agreement_of
+from medvec.tables.records import IngestError, ImageRecord
+from medvec.reports.parse import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_SCHEMA, ReportRecord, _stem,
                             is_report_file, parse_indiana, parse_report_file, report_table_schema,
                             reports_table)
 from medvec.sources import open_source
-from medvec.store import open_table_if_exists
+from medvec.tables.database import open_table_if_exists
 from medvec.storage import HomePath, is_missing_object, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def report_embedding_text(record: ReportRecord) -> str:
 
 
 def open_report_table(db, name: str, dim: int):
-    from medvec.image_table import TableDimensionMismatch, table_dim
+    from medvec.tables.images import TableDimensionMismatch, table_dim
 
     table = open_table_if_exists(db, name)
     if table is None:
@@ -120,7 +120,7 @@ def refresh_report_index(table) -> None:
     """Rebuild the full-text index over every report: once per run, after all of its batches."""
     from lancedb.index import FTS
 
-    from medvec.table_index import retry_on_conflict
+    from medvec.tables.maintenance import retry_on_conflict
 
     if table.count_rows():
         retry_on_conflict(lambda: table.create_index("text", config=FTS(), replace=True), what="report FTS index")
@@ -128,7 +128,7 @@ def refresh_report_index(table) -> None:
 
 def label_agreement(reports: list[ReportRecord], images: list[ImageRecord]) -> dict:
     """How the labels read from reports agree with the labels given for the same images (only
-    images with both count; see medvec.labels.label_agreement_of)."""
+    images with both count; see medvec.datasets.labels.label_agreement_of)."""
     labelled = [image for image in images if image.labels]
     by_stem, by_folder = image_link_maps([i.image_id for i in labelled], [i.source_uri for i in labelled])
     read: dict[str, set[str]] = {}

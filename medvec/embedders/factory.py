@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from medvec.embedders.base import Embedder
-from medvec.model_files import ResolvedModel, resolve_model_files
+from medvec.models.files import ResolvedModel, resolve_model_files
 from medvec.models.registry import ModelSpec
 
 

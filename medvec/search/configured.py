@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from medvec.models.registry import resolve_model
-from medvec.search import ImageSearch
+from medvec.search.images import ImageSearch
 from medvec.settings import DEFAULT_MODEL, Settings
 
 
@@ -19,7 +19,7 @@ def search_model_name(settings: Settings, model: str | None = None) -> str:
 
 def open_search(settings: Settings, model: str | None = None, *, refresh_seconds: float = 2.0) -> ImageSearch:
     """An `ImageSearch` over the model's table; the text/image encoder loads on first novel query."""
-    from medvec.embedders.loading import embedder_from_settings
+    from medvec.embedders.factory import embedder_from_settings
 
     name = search_model_name(settings, model)
     overrides = {k: v for k, v in (("dim", settings.model_dim), ("image_size", settings.model_image_size)) if v}
@@ -33,11 +33,11 @@ def open_search(settings: Settings, model: str | None = None, *, refresh_seconds
 def eval_targets(settings: Settings, models: list[str] | None = None):
     """Models to evaluate: the named ones, else every model table in the database. A table's text
     encoder is the registry model with its slug (tables of unregistered models: image → image only)."""
-    from medvec import store
-    from medvec.collection import medvec_tables
-    from medvec.embedders.loading import embedder_from_settings
-    from medvec.evaluation import EvalTarget
-    from medvec.image_table import image_table_name
+    from medvec.tables import database
+    from medvec.tables.inventory import medvec_tables
+    from medvec.embedders.factory import embedder_from_settings
+    from medvec.evaluation.retrieval import EvalTarget
+    from medvec.tables.images import image_table_name
     from medvec.models.registry import REGISTRY
 
     by_slug = {spec.slug: spec.name for spec in REGISTRY.values()}
@@ -45,7 +45,7 @@ def eval_targets(settings: Settings, models: list[str] | None = None):
         names = [resolve_model(m).name if m in REGISTRY else m for m in models]
         slugs = [resolve_model(m).slug for m in models]
     else:
-        slugs = [t.removeprefix("images__") for t in medvec_tables(store.connect(settings.lancedb_uri))
+        slugs = [t.removeprefix("images__") for t in medvec_tables(database.connect(settings.lancedb_uri))
                  if t.startswith("images__")]
         names = [by_slug.get(s, s) for s in slugs]
     current = search_model_name(settings)

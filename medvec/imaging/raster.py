@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medvec.dicom_read import UnreadableImage
-from medvec.windowing import rgb_to_grey
+from medvec.imaging.dicom import UnreadableImage
+from medvec.imaging.windowing import rgb_to_grey
 
 #: Leading bytes of the raster formats we read; anything else is tried as DICOM.
 RASTER_MAGIC = {

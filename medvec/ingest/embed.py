@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from medvec.embedders.base import Embedder, ImagePreparer
-from medvec.records import ImageRecord, IngestError
+from medvec.tables.records import ImageRecord, IngestError
 from medvec.storage import HomePath, as_path
 
 log = logging.getLogger(__name__)

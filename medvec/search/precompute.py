@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from medvec.embedders.base import Embedder
-from medvec.search import (ImageSearch, fallback_table_name, normalize_query_text, similar_table_name)
+from medvec.search.images import (ImageSearch, fallback_table_name, normalize_query_text, similar_table_name)
 
 #: The 14 CheXpert findings in their usual report wording, plus normal studies and devices.
 FALLBACK_QUERIES = (
@@ -82,20 +82,20 @@ def compute_similar(search: ImageSearch, *, k: int = 20, chunk: int = 4096) -> d
 
 def stored_query_vectors(lancedb_uri: str, model_slug: str) -> np.ndarray | None:
     """The text embeddings the last `fallback_queries` run stored (None before the first run)."""
-    from medvec import store
+    from medvec.tables import database
 
-    table = store.open_table_if_exists(store.connect(lancedb_uri), fallback_table_name(model_slug))
+    table = database.open_table_if_exists(database.connect(lancedb_uri), fallback_table_name(model_slug))
     if table is None or table.count_rows() == 0:
         return None
     return np.asarray(table.to_arrow().column("vector").to_pylist(), dtype=np.float32)
 
 
 def _replace(search: ImageSearch, name: str, data: pa.Table) -> None:
-    from medvec import store
+    from medvec.tables import database
 
-    db = store.connect(search.lancedb_uri)
+    db = database.connect(search.lancedb_uri)
     # One overwrite commit: readers see the old answers or the new ones, never a mix.
-    table = store.open_table_if_exists(db, name)
+    table = database.open_table_if_exists(db, name)
     if table is None:
         table = db.create_table(name, schema=data.schema, exist_ok=True)
     table.add(data, mode="overwrite")

@@ -20,8 +20,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from medvec.report_search import MODES, NoReports, ReportSearch, mark_text
-from medvec.search import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
+from medvec.search.reports import MODES, NoReports, ReportSearch, mark_text
+from medvec.search.images import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
 from medvec.storage import HomePath, as_path
 
@@ -366,7 +366,7 @@ def _version() -> str:
 
 def run_stdio(settings: Settings, model: str | None = None) -> int:
     """Serve the search for `settings` (and `model`) on stdin/stdout until the client disconnects."""
-    from medvec.service import open_search
+    from medvec.search.configured import open_search
 
     # Whatever a library prints while loading must not reach the client as a protocol message;
     # once serving, the SDK itself points fd 1 at stderr for the same reason.

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from medvec.dicom_read import DicomFrame, UnreadableImage, decode_first_frame, read_dataset
-from medvec.metadata_csv import ImageMetadata
+from medvec.imaging.dicom import DicomFrame, UnreadableImage, decode_first_frame, read_dataset
+from medvec.datasets.metadata_csv import ImageMetadata
 from medvec.phi import Pseudonymizer
-from medvec.raster_read import read_raster, sniff_raster
-from medvec.records import ImageRecord
-from medvec.webp_output import encode_webp, fit_long_side, pad_to_square
-from medvec.windowing import render_grey, rgb_to_grey
+from medvec.imaging.raster import read_raster, sniff_raster
+from medvec.tables.records import ImageRecord
+from medvec.imaging.webp import encode_webp, fit_long_side, pad_to_square
+from medvec.imaging.windowing import render_grey, rgb_to_grey
 
 _SAFE_ID = re.compile(r"[^0-9A-Za-z._-]")
 

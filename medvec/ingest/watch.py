@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from medvec.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
+from medvec.ingest.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
-from medvec.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
+from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.settings import DEFAULT_BATCH_SIZE
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
 from medvec.storage import HomePath, as_path, is_remote, write_atomic
@@ -350,7 +350,7 @@ def report_changed(db, changed: list[ChangedFile]) -> int:
     how many rows were new. The file is never put into another batch: its batch keeps it."""
     if not changed:
         return 0
-    from medvec.store import INGEST_ERRORS_TABLE
+    from medvec.tables.database import INGEST_ERRORS_TABLE
 
     table = db.create_table(INGEST_ERRORS_TABLE, schema=INGEST_ERROR_SCHEMA, exist_ok=True)
     known = {(r["batch"], r["source_uri"]): r["message"] for r in

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from medvec.labels import labels_from_findings_text, labels_from_terms
+from medvec.datasets.labels import labels_from_findings_text, labels_from_terms
 
 SECTIONS = ("indication", "comparison", "technique", "findings", "impression")
 _HEADINGS = {
@@ -55,7 +55,7 @@ class ReportRecord:
     technique: str = ""
     text: str = ""  # every section, scrubbed: what full-text search indexes
     mesh: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)  # from the text (medvec.labels), CheXpert vocabulary
+    labels: list[str] = field(default_factory=list)  # from the text (medvec.datasets.labels), CheXpert vocabulary
     image_names: list[str] = field(default_factory=list)  # file stems the report names (Open-I, Indiana)
     study_folder: str | None = None  # MIMIC: images under a folder with this name belong to it
     redactions: int = 0

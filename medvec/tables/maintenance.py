@@ -18,10 +18,10 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from medvec.image_table import vectors_of
-from medvec.search import ids_fingerprint, index_dir
+from medvec.tables.images import vectors_of
+from medvec.search.images import ids_fingerprint, index_dir
 from medvec.storage import HomePath, write_atomic
-from medvec.vector_index import EXACT_BELOW, VectorIndex, exact_top_k, recall_at_k
+from medvec.search.vector_index import EXACT_BELOW, VectorIndex, exact_top_k, recall_at_k
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,18 +23,18 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medvec import store
+from medvec.tables import database
 from medvec.embedders.base import EmbedderError
-from medvec.evaluation import EVAL_FILES
-from medvec.report_search import MODES, NoReports, ReportSearch
-from medvec.search import MAX_K, Filters, ImageSearch, NoSuchImage, NotIndexed, SearchInputError, SearchResult
+from medvec.evaluation.retrieval import EVAL_FILES
+from medvec.search.reports import MODES, NoReports, ReportSearch
+from medvec.search.images import MAX_K, Filters, ImageSearch, NoSuchImage, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
 from medvec.storage import HomePath, S3Path, as_path
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 #: Room for the multipart boundaries and headers around the file when checking Content-Length.
 _MULTIPART_SLACK = 64 * 2**10
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 #: The page loads nothing from elsewhere; the browser enforces it. Images arrive as blob: URLs.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
@@ -305,7 +305,7 @@ def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
 
 def _health_router(search: ImageSearch, reports: ReportSearch, token: str | None) -> APIRouter:
     router = APIRouter(tags=["status"])
-    db = store.connect(search.lancedb_uri)
+    db = database.connect(search.lancedb_uri)
 
     @router.get("/api/health", response_model=HealthOut, summary="Is search ready?",
                 description="Model, table, rows and version, and how many reports the model holds. Never needs "
@@ -317,7 +317,7 @@ def _health_router(search: ImageSearch, reports: ReportSearch, token: str | None
             info = search.info()
         except NotIndexed as exc:
             return HealthOut(ok=False, reason=str(exc), **base)
-        table = store.open_table_if_exists(db, reports.table_name)
+        table = database.open_table_if_exists(db, reports.table_name)
         return HealthOut(ok=True, rows=info["rows"], table_version=info["table_version"],
                          reports=table.count_rows() if table is not None else None, **base)
 
@@ -380,7 +380,7 @@ def _search_router(search: ImageSearch, reports: ReportSearch, max_upload_bytes:
                 description="Images, subjects and studies; counts by view, modality, label and split (the "
                             "values the filters take); ingest errors by stage; models and their tables.")
     def stats() -> dict:
-        from medvec.collection import collection_stats
+        from medvec.tables.inventory import collection_stats
 
         return collection_stats(search.lancedb_uri, search.home)  # StatsOut drops lancedb_uri: a server path
 
@@ -594,7 +594,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
     """Run the API and page in the foreground until Ctrl-C; 1 when the address cannot be bound."""
     import uvicorn
 
-    from medvec.service import open_search
+    from medvec.search.configured import open_search
 
     try:
         listener = _listen(host, port)

@@ -1,0 +1,1 @@
+"""Datasets' metadata: label vocabularies and per-image metadata from CSV files."""

@@ -1,0 +1,1 @@
+"""Decoding DICOM and raster files and normalising them to 8-bit WebP."""

@@ -1,0 +1,1 @@
+"""Batches of source files: manifests, normalising, embedding, watching a source, backfill plans."""

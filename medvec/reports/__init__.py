@@ -1,0 +1,1 @@
+"""Radiology reports: parsing and scrubbing, and their per-model LanceDB tables."""

@@ -1,0 +1,1 @@
+"""Medvec's offline demo dataset."""

@@ -1,0 +1,1 @@
+"""Search over a model's table: the in-memory index, image and report search, precomputed answers."""

@@ -1,0 +1,1 @@
+"""LanceDB tables: the connection, record schemas, per-model image tables, maintenance, inventory."""
