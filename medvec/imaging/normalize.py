@@ -63,7 +63,7 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
     # A DICOM preamble may itself look like TIFF (WG04 files are dual-format): "DICM" decides first.
     raster_kind = None if data[128:132] == b"DICM" else sniff_raster(data)
     if raster_kind:
-        grey, info = read_raster(data)
+        grey, info = read_raster(data, options.size)
         record = ImageRecord(
             image_id=sha, batch=batch, source_uri=source_uri, content_sha256=sha, image_uri="", thumb_uri="",
             source_format=raster_kind, rows=info["rows"], columns=info["columns"],
@@ -74,7 +74,7 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = read_dataset(data)
-            frame = decode_first_frame(ds)
+            frame = decode_first_frame(ds, options.size)
             grey, window_source = _render_dicom(frame, options.window == "header")
             record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options.allow_tags)
         record.window_source = window_source
