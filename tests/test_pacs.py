@@ -142,7 +142,8 @@ def test_archive_down_mid_run_fails_the_batch_clearly_and_a_later_tick_resumes_i
                                 run_config=ONE_WORKER, raise_on_error=False)
         assert not failed.success
         failure = [e for e in failed.all_events if e.is_step_failure][0]
-        assert "did not answer" in failure.step_failure_data.error.message
+        cause = failure.step_failure_data.error.cause
+        assert cause.cls_name == "SourceUnavailable" and "did not answer" in cause.message
 
         down = daemon.tick()
         assert down.run_requests == [] and "did not answer" in down.skip_message
