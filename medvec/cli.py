@@ -790,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=36)
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_demo)
+    from medvec.sources import receiver_cli  # receive: the DICOM C-STORE receiver
+    receiver_cli.add_parser(sub)
     return parser
 
 

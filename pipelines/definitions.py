@@ -12,6 +12,7 @@ from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
 from assets.search import fallback_queries, image_index, similar_images
 from medvec.settings import Settings
+from pipelines.dicomweb_sensor import dicomweb_backfill_job, dicomweb_sensor
 from pipelines.jobs import ingest_job, search_refresh_job
 from pipelines.profiles import gpu_steps, profile_from_env
 from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
@@ -26,8 +27,8 @@ embedder = profile.embedder(settings)
 
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=[ingest_job, search_refresh_job, rescan_job],
-    sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor],
+    jobs=[ingest_job, search_refresh_job, rescan_job, dicomweb_backfill_job],
+    sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor, dicomweb_sensor],
     # The home and the IO manager that keeps asset values in it: steps in other pods read them there.
     resources={**home_resources(settings), "embedder": embedder},
     # Every job runs on the profile's executor; on the cluster the gpu-pool steps ask for a GPU.

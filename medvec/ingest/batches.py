@@ -27,7 +27,7 @@ from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
 from medvec.phi import Pseudonymizer
 from medvec.reports.parse import is_report_file
 from medvec.tables.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
-from medvec.sources import ImageSource, SourceFile, open_source
+from medvec.sources import ImageSource, SourceFile, SourceUnavailable, open_source
 from medvec.storage import (HomePath, as_path, concurrent_writes, create_exclusive, exclusive_lock, is_remote,
                             map_paths, read_parquet, write_parquet)
 
@@ -156,11 +156,13 @@ class _Worker:
     def run(self, index: int, entry: SourceFile, known_sha: str | None):
         try:
             data = self.source.read_bytes(entry.uri)
+        except SourceUnavailable:  # the server is down: stop the batch, a later run resumes it
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure to fetch (disk, network) is a per-file error
             return index, IngestError(entry.uri, self.batch, "read", type(exc).__name__,
                                       f"could not read the file ({str(exc)[:200]})"), None
         sha = hashlib.sha256(data).hexdigest()
-        changed = len(data) != entry.size
+        changed = entry.size >= 0 and len(data) != entry.size  # a DICOMweb listing has no size (-1)
         if known_sha == sha:
             return index, "unchanged", changed
         meta = self.metadata.lookup(entry.uri) if self.metadata else None
