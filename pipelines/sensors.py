@@ -63,7 +63,7 @@ def _pending_launches(instance: dg.DagsterInstance, home, launcher: str | None) 
 
 def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
             cursor: WatchCursor, sensor_name: str, saw_new_files: bool,
-            options: WatchOptions) -> tuple[list[dg.RunRequest], list[str]]:
+            options: WatchOptions, opened: int = 0) -> tuple[list[dg.RunRequest], list[str]]:
     """Run requests for the batches awaiting this sensor (and the partitions they still need)."""
     instance = context.instance
     awaiting = _pending_launches(instance, medvec.home_path, sensor_name)
@@ -75,7 +75,7 @@ def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, emb
         return _model_request(context, embedder.spec(), cursor, options), new_partitions
     requests = [dg.RunRequest(run_key=f"batch:{batch}", partition_key=batch,
                               asset_selection=[a.key for a in BATCH_ASSETS], tags={"medvec/batch": batch})
-                for batch in awaiting[:options.runs_per_tick]]
+                for batch in awaiting[:options.runs_for(opened)]]
     return requests, new_partitions
 
 
@@ -109,7 +109,8 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
             context.log.warning(f"{new} file(s) changed after their batch was opened; they are not batched "
                                 "again (see ingest_errors, stage 'changed', or `medvec stats`)")
     requests, new_partitions = _launch(context, medvec, embedder, tick.cursor, sensor_name,
-                                       saw_new_files=bool(tick.new_settled or tick.unsettled), options=options)
+                                       saw_new_files=bool(tick.new_settled or tick.unsettled), options=options,
+                                       opened=len(tick.opened))
     context.log.info(f"{tick.summary()}; {len(requests)} run(s) requested in {tick.seconds['total']:.2f}s")
     partitions = [batch_partitions.build_add_request(new_partitions)] if new_partitions else []
     if not requests:

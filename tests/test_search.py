@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -241,3 +242,43 @@ def test_maintenance_while_another_process_writes_loses_and_duplicates_nothing(t
     assert len(ids) == len(set(ids)) == 2_000 + 30 * 300
     search = ImageSearch(uri, "synthetic", home=tmp_path, refresh_seconds=0)
     assert search.info()["rows"] == len(ids)
+
+
+def test_a_missing_index_builds_in_the_background_while_queries_answer_exactly(tmp_path):
+    db = database.connect(str(tmp_path / "lancedb"))
+    vectors = _clustered(3_000, 32)
+    table = open_image_table(db, image_table_name("synthetic"), 32)
+    upsert_batch(table, "b1", _rows(vectors, "b1"))
+    building, release = threading.Event(), threading.Event()
+
+    def held_build(matrix):
+        building.set()
+        assert release.wait(timeout=120), "the test never released the build"
+        return VectorIndex.build(matrix, exact_below=1_000)
+
+    search = ImageSearch(str(tmp_path / "lancedb"), "synthetic", refresh_seconds=0, exact_below=1_000,
+                         build_index=held_build)
+    assert search.info()["index"]["kind"] == "exact" and building.wait(timeout=120)
+    truth = exact_top_k(vectors, vectors[7:8], 10)[0]
+    while_building = search.search_vector(vectors[7], k=10)
+    assert while_building.route == "index" and _ids(while_building) == [f"img-{r:06d}" for r in truth]
+    assert not search.wait_for_index(timeout=0)
+    release.set()
+    assert search.wait_for_index(timeout=120)
+    assert search.info()["index"]["kind"] == "ivf_pq"
+    assert search.search_vector(vectors[7], k=10).route == "index:ivf_pq"
+
+
+def test_loading_reads_every_row_once_in_table_order_with_its_own_vector(tmp_path):
+    from medvec.search.loading import read_table
+
+    db = database.connect(str(tmp_path / "lancedb"))
+    vectors = _clustered(700, 8)
+    table = open_image_table(db, image_table_name("synthetic"), 8)
+    for start in range(0, 700, 250):  # several fragments, batches smaller than a fragment
+        upsert_batch(table, f"b{start}", _rows(vectors[start:start + 250], f"b{start}", start=start))
+    ids, loaded, meta = read_table(table, batch_rows=64)
+    assert sorted(ids) == [f"img-{i:06d}" for i in range(700)] and meta.num_rows == 700
+    assert meta.column("image_id").to_pylist() == ids
+    rows = [int(i[4:]) for i in ids]
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, vectors[rows])

@@ -38,7 +38,8 @@ ONE_WORKER = {"ops": {"normalized_images": {"config": {"workers": 1}}}}
 def watch_env(monkeypatch):
     """Small batches, no clock-skew margin, and a short wait for partial batches."""
     for name, value in {"MEDVEC_WATCH_BATCH_SIZE": "3", "MEDVEC_WATCH_BATCHES_PER_TICK": "2",
-                        "MEDVEC_WATCH_SETTLE_MARGIN_S": "0", "MEDVEC_WATCH_PARTIAL_WAIT_S": "600"}.items():
+                        "MEDVEC_WATCH_SETTLE_MARGIN_S": "0", "MEDVEC_WATCH_PARTIAL_WAIT_S": "600",
+                        "MEDVEC_WATCH_TICK_BUDGET_S": "0"}.items():  # the floor only: a fixed 2 a tick
         monkeypatch.setenv(name, value)
 
 

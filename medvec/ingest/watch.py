@@ -18,29 +18,37 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from medvec.ingest.awaiting import (AWAITING_LAUNCH, awaiting_batches, clear_awaiting,  # noqa: F401 - re-exported
+                                    mark_awaiting)
 from medvec.ingest.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.settings import DEFAULT_BATCH_SIZE
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
-from medvec.storage import HomePath, as_path, is_remote, write_atomic
+from medvec.storage import HomePath, is_remote
 
 #: The stage under which a file that changed after its batch was opened is reported in `ingest_errors`.
 CHANGED_STAGE = "changed"
-#: Beside a batch's manifest while the batch waits for its run (the model is not ready yet, more
-#: batches opened than one tick launches, or `rescan_job` opened it); holds the launching sensor's name.
-AWAITING_LAUNCH = "awaiting_launch.json"
 
 
 @dataclass(frozen=True)
 class WatchOptions:
     """How much one tick may do. Environment: MEDVEC_WATCH_BATCH_SIZE, MEDVEC_WATCH_BATCHES_PER_TICK,
-    MEDVEC_WATCH_RUNS_PER_TICK, MEDVEC_WATCH_PARTIAL_WAIT_S, MEDVEC_WATCH_LISTING_BUDGET_S,
-    MEDVEC_WATCH_INTERVAL_S, MEDVEC_WATCH_SETTLE_MARGIN_S, MEDVEC_REFRESH_QUIET_S."""
+    MEDVEC_WATCH_MAX_BATCHES_PER_TICK, MEDVEC_WATCH_TICK_BUDGET_S, MEDVEC_WATCH_RUNS_PER_TICK,
+    MEDVEC_WATCH_PARTIAL_WAIT_S, MEDVEC_WATCH_LISTING_BUDGET_S, MEDVEC_WATCH_INTERVAL_S,
+    MEDVEC_WATCH_SETTLE_MARGIN_S, MEDVEC_REFRESH_QUIET_S.
+
+    Batches per tick adapt to the backlog: a tick always opens up to `batches_per_tick`, then keeps
+    opening while the tick is younger than `tick_budget_s` (listing included), up to
+    `max_batches_per_tick`. A fixed 4 a tick made a 377,000-file backlog take 48 ticks (24 min at
+    30 s); writing a 2,000-file manifest takes tens of milliseconds, so one tick can open hundreds."""
 
     batch_size: int = DEFAULT_BATCH_SIZE
-    batches_per_tick: int = 4  # batches opened per tick at most
-    runs_per_tick: int = 8  # batch runs requested per tick at most
+    batches_per_tick: int = 4  # batches a tick opens whatever its clock says (the floor)
+    max_batches_per_tick: int = 400  # the ceiling: 800,000 files at the default batch size
+    # Dagster stops a sensor tick at 60 s; the launch step (partitions, run requests) comes after this.
+    tick_budget_s: float = 20.0
+    runs_per_tick: int = 8  # batch runs requested per tick at least (more when a tick opened more)
     # A batch smaller than batch_size opens once the source is quiet (nothing unsettled) or after this
     # long: a slow trickle of downloads must not become one tiny partition per tick.
     partial_wait_s: float = 300.0
@@ -55,6 +63,8 @@ class WatchOptions:
         env = os.environ if environ is None else environ
         names = {"batch_size": ("MEDVEC_WATCH_BATCH_SIZE", int),
                  "batches_per_tick": ("MEDVEC_WATCH_BATCHES_PER_TICK", int),
+                 "max_batches_per_tick": ("MEDVEC_WATCH_MAX_BATCHES_PER_TICK", int),
+                 "tick_budget_s": ("MEDVEC_WATCH_TICK_BUDGET_S", float),
                  "runs_per_tick": ("MEDVEC_WATCH_RUNS_PER_TICK", int),
                  "partial_wait_s": ("MEDVEC_WATCH_PARTIAL_WAIT_S", float),
                  "listing_budget_s": ("MEDVEC_WATCH_LISTING_BUDGET_S", float),
@@ -66,6 +76,11 @@ class WatchOptions:
         if options.batch_size < 1 or options.batches_per_tick < 1 or options.runs_per_tick < 1:
             raise ValueError("MEDVEC_WATCH_BATCH_SIZE, _BATCHES_PER_TICK and _RUNS_PER_TICK must be at least 1")
         return options
+
+    def runs_for(self, opened: int) -> int:
+        """Runs to request this tick: never fewer than the tick opened, so awaiting batches do not pile up
+        behind a fixed launch rate (Dagster's run queue, not the sensor, paces them)."""
+        return max(self.runs_per_tick, opened)
 
 
 @dataclass
@@ -198,35 +213,6 @@ def is_settled(entry: SourceFile, markers: set[str], root: str, reference: float
     return reference is not None and entry.mtime is not None and entry.mtime < reference - margin_s
 
 
-# --- batches waiting for their run -------------------------------------------------------------
-
-def mark_awaiting(home: HomePath, batch: str, launcher: str) -> None:
-    # Readers never see half a marker.
-    write_atomic(batch_dir(home, batch) / AWAITING_LAUNCH, json.dumps({"launcher": launcher, "since": time.time()}).encode())
-
-
-def awaiting_batches(home: HomePath, launcher: str | None = None) -> list[str]:
-    """Batches opened but not launched yet, oldest first; only `launcher`'s when given."""
-    found = []
-    # One listing finds the markers (few batches wait at a time); on S3 a read per batch would make
-    # every tick as slow as the number of batches ever opened.
-    for path in sorted((as_path(home) / "batches").glob(f"*/{AWAITING_LAUNCH}"), key=lambda p: p.parent.name):
-        batch = path.parent.name
-        try:
-            owner = json.loads(path.read_text()).get("launcher")
-        except FileNotFoundError:
-            continue
-        except ValueError:  # not ours to judge: nobody's launcher
-            owner = None
-        if launcher is None or owner == launcher:
-            found.append(batch)
-    return found
-
-
-def clear_awaiting(home: HomePath, batch: str) -> None:
-    (batch_dir(home, batch) / AWAITING_LAUNCH).unlink(missing_ok=True)
-
-
 # --- one look --------------------------------------------------------------------------------------
 
 class _Chosen(ImageSource):
@@ -246,32 +232,39 @@ class _Chosen(ImageSource):
 
 
 def _open(source: ImageSource, home: HomePath, files: list[SourceFile], batch_size: int, launcher: str,
-          now: float, batches: list[str]) -> list[BatchManifest]:
-    """Write manifests (and awaiting markers) for `files`; the caller holds the opening lock and has
-    listed the `batches` already there."""
+          now: float, batches: list[str], more: Callable[[int], bool] = lambda opened: True) -> list[BatchManifest]:
+    """Write manifests (and awaiting markers) for `files`, in order, while `more(batches opened so far)`
+    says so; the caller holds the opening lock and has listed the `batches` already there."""
     if not files:
         return []
     taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in batches]
     manifests = plan_batches(_Chosen(source.root, files), home, batch_size=batch_size, existing=taken,
                              metadata_csv=source.find_metadata_csv(),
                              now=datetime.fromtimestamp(now, timezone.utc))
+    opened = []
     for manifest in manifests:
+        if not more(len(opened)):
+            break
         write_manifest(home, manifest)
         mark_awaiting(home, manifest.batch, launcher)
-    return manifests
+        opened.append(manifest)
+    return opened
 
 
 def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, options: WatchOptions, *,
-                 launcher: str, now: float | None = None) -> WatchTick:
+                 launcher: str, now: float | None = None, clock: Callable[[], float] = time.monotonic) -> WatchTick:
     """Look at the source once (resuming a partial look), open batches of settled new files, and
-    say which claimed files changed. Every opened batch is marked as awaiting `launcher`'s run."""
+    say which claimed files changed. Every opened batch is marked as awaiting `launcher`'s run.
+    `clock` times the tick's budgets (tests pass their own)."""
     now = time.time() if now is None else now
-    started = time.monotonic()
+    started = clock()
     pass_started = cursor.pass_started if cursor.resume_after and cursor.pass_started else now
-    scan: SourceScan = source.scan(start_after=cursor.resume_after, deadline=started + options.listing_budget_s)
+    # The listing deadline is the source's own (monotonic) clock; the tick budget below is `clock`'s.
+    scan: SourceScan = source.scan(start_after=cursor.resume_after,
+                                   deadline=time.monotonic() + options.listing_budget_s)
     if cursor.resume_after:
         scan.markers |= _folder_markers_before(source, cursor.resume_after)
-    listed_at = time.monotonic()
+    listed_at = clock()
     tick = WatchTick(opened=[], cursor=WatchCursor(**asdict(cursor)), listed=len(scan.files), complete=scan.complete)
     with batch_opening_lock(home):
         batches = list_batches(home)
@@ -289,8 +282,13 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
                 tick.unsettled += 1
         tick.new_settled = len(fresh)
         take, capped, held_since = _choose(fresh, tick, cursor, options, now)
+        deadline = started + options.tick_budget_s
+        tick.opened = _open(source, home, take, options.batch_size, launcher, now, batches,
+                            more=lambda opened: opened < options.batches_per_tick or clock() < deadline)
+        last = tick.opened[-1].files[-1].uri if tick.opened else None
+        if take and last != take[-1].uri:  # the budget ran out: the rest opens next tick, in order
+            take, capped, held_since = take[:[f.uri for f in take].index(last) + 1], True, None
         tick.held = len(fresh) - len(take) if not capped else 0
-        tick.opened = _open(source, home, take, options.batch_size, launcher, now, batches)
     next_cursor = tick.cursor
     next_cursor.held_since = held_since
     next_cursor.pass_unsettled = (cursor.pass_unsettled if cursor.resume_after else 0) + tick.unsettled
@@ -301,7 +299,7 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
     else:
         next_cursor.previous_pass_started, next_cursor.pass_started, next_cursor.resume_after = pass_started, None, None
         next_cursor.last_pass_quiet, next_cursor.pass_unsettled = next_cursor.pass_unsettled == 0, 0
-    tick.seconds = {"list": round(listed_at - started, 3), "total": round(time.monotonic() - started, 3)}
+    tick.seconds = {"list": round(listed_at - started, 3), "total": round(clock() - started, 3)}
     return tick
 
 
@@ -313,8 +311,8 @@ def _folder_markers_before(source: ImageSource, resume_after: str) -> set[str]:
 
 def _choose(fresh: list[SourceFile], tick: WatchTick, cursor: WatchCursor, options: WatchOptions,
             now: float) -> tuple[list[SourceFile], bool, float | None]:
-    """(files to open now, whether the per-tick cap cut the list, held_since for the cursor)."""
-    size, cap = options.batch_size, options.batches_per_tick
+    """(files to open now, whether the per-tick ceiling cut the list, held_since for the cursor)."""
+    size, cap = options.batch_size, max(options.batches_per_tick, options.max_batches_per_tick)
     if len(fresh) >= size * cap:
         return fresh[:size * cap], len(fresh) > size * cap, None
     full = len(fresh) - len(fresh) % size
