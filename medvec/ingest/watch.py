@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from medvec.datasets.adapters import choose_metadata
 from medvec.ingest.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
@@ -252,8 +253,9 @@ def _open(source: ImageSource, home: HomePath, files: list[SourceFile], batch_si
     if not files:
         return []
     taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in batches]
+    dataset, metadata_csv = choose_metadata(source)
     manifests = plan_batches(_Chosen(source.root, files), home, batch_size=batch_size, existing=taken,
-                             metadata_csv=source.find_metadata_csv(),
+                             metadata_csv=metadata_csv, dataset=dataset,
                              now=datetime.fromtimestamp(now, timezone.utc))
     for manifest in manifests:
         write_manifest(home, manifest)
