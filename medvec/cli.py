@@ -740,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
+    from medvec.datasets import fetch_cli
+    fetch_cli.add_parser(sub)
+
     p = sub.add_parser("reset", help="drop Medvec's LanceDB tables (only with --yes)")
     p.add_argument("--yes", action="store_true", help="really drop them")
     p.set_defaults(func=cmd_reset)
