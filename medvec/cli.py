@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from medvec.datasets.adapters import DATASET_NAMES
+from medvec.datasets.splits import eval_split_argument, split_argument
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings, local_state_dir
 
 log = logging.getLogger("medvec")
@@ -133,7 +135,7 @@ def cmd_ingest(args) -> int:
             bar.close()
 
     with progress.listening(on_progress):
-        summary = ingest(source, settings, limit=args.limit, batch_size=args.batch_size, metadata_csv=metadata,
+        summary = ingest(source, settings, limit=args.limit, batch_size=args.batch_size, metadata_csv=metadata, dataset=args.dataset,
                          dry_run=args.dry_run, workers=args.workers, embed=not args.no_embed,
                          normalize_config={"size": args.size, "thumb_size": args.thumb_size,
                                            "pad_square": args.pad_square, "window": args.window,
@@ -676,7 +678,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view", action="append", help="only this view position (PA, AP, LATERAL, ...); repeatable")
     parser.add_argument("--label", action="append", help="only images with this finding; repeatable (any of)")
     parser.add_argument("--modality", action="append", help="only this modality (CR, DX, ...)")
-    parser.add_argument("--split", action="append", help="only this split (train, validate, test)")
+    parser.add_argument("--split", action="append", type=split_argument, help="only this split (train, validate, test)")
     parser.add_argument("--model", help="which model's table (default: $MEDVEC_MODEL)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--reports", action="store_true",
@@ -703,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="take at most N new files")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files per batch (default 2000)")
     p.add_argument("--metadata", help="metadata CSV (default: labels.csv or metadata.csv at the source root)")
+    p.add_argument("--dataset", choices=DATASET_NAMES, help="read labels as this dataset publishes them (default: detected)")
     p.add_argument("--dry-run", action="store_true", help="list the batches that would open; change nothing")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
     p.add_argument("--no-embed", action="store_true", help="normalise only; do not embed")
@@ -737,13 +740,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
+    from medvec.datasets import fetch_cli
+    fetch_cli.add_parser(sub)
+
     p = sub.add_parser("reset", help="drop Medvec's LanceDB tables (only with --yes)")
     p.add_argument("--yes", action="store_true", help="really drop them")
     p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("eval", help="retrieval evaluation: Recall@K, MRR, mAP per finding and per model")
     p.add_argument("--model", action="append", help="registry name; repeat to compare (default: every model table)")
-    p.add_argument("--split", default="test", help="split to evaluate, or 'all' (default test; all when no splits)")
+    p.add_argument("--split", default="test", type=eval_split_argument, help="split to evaluate, or 'all' (default test; all when no splits)")
     p.add_argument("--uncertain", choices=("exclude", "positive", "negative"), default="exclude",
                    help="what CheXpert's uncertain (-1) labels mean (default: exclude from that finding)")
     p.add_argument("--json", action="store_true", help="print the report (schema medvec.eval/1)")

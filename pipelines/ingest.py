@@ -20,6 +20,7 @@ from medvec.reports.tables import load_batch_reports
 from medvec.reports.parse import is_report_file
 from medvec.tables.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
+from medvec.datasets.adapters import choose_metadata
 from medvec.sources import open_source
 from pipelines.backfill import BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search
 from assets.partitions import batch_partitions
@@ -38,6 +39,7 @@ class IngestSummary:
     errors: list[IngestError] = field(default_factory=list)
     seconds: float = 0.0
     metadata_csv: str | None = None
+    dataset: str | None = None  # the dataset adapter that read the labels (medvec.datasets.adapters)
     failed_runs: list[str] = field(default_factory=list)
     model: str | None = None  # None when embedding was skipped
     table: str | None = None
@@ -50,7 +52,7 @@ class IngestSummary:
         """The documented `medvec ingest --json` object."""
         return {"source": self.source, "dry_run": self.dry_run, "batches": self.batches, "files": self.files,
                 "ok": self.ok, "errors": len(self.errors), "skipped": self.skipped,
-                "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv,
+                "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv, "dataset": self.dataset,
                 "failed_runs": self.failed_runs, "model": self.model, "table": self.table,
                 "embedded": self.embedded, "indexed": self.indexed, "report_files": self.report_files, "reports": self.reports, "error_records": [e.to_row() for e in self.errors]}
 
@@ -80,13 +82,14 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
            batch_size: int = DEFAULT_BATCH_SIZE, metadata_csv: str | None = None, dry_run: bool = False,
            workers: int = 0, instance: dg.DagsterInstance | None = None,
            normalize_config: dict | None = None, embed: bool = True,
-           embedder: EmbedderResource | None = None) -> IngestSummary:
+           embedder: EmbedderResource | None = None, dataset: str | None = None) -> IngestSummary:
     started = time.perf_counter()
     source = open_source(source_root, settings.s3_endpoint_url)
-    metadata_csv = metadata_csv or source.find_metadata_csv()
-    summary = IngestSummary(source=source.root, dry_run=dry_run, metadata_csv=metadata_csv)
+    dataset, metadata_csv = choose_metadata(source, dataset, metadata_csv)
+    summary = IngestSummary(source=source.root, dry_run=dry_run, metadata_csv=metadata_csv, dataset=dataset)
     if dry_run:
-        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv)
+        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv,
+                               dataset=dataset)
         summary.batches = [m.batch for m in planned]
         summary.files = sum(len(m.files) for m in planned)
         summary.seconds = time.perf_counter() - started
@@ -102,7 +105,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         existing = [load_manifest(settings.home, b) for b in list_batches(settings.home)]
         manifests = pending_batches(settings, existing, source.root, embedded)
         planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv,
-                               existing=existing)
+                               existing=existing, dataset=dataset)
         for manifest in planned:
             write_manifest(settings.home, manifest)
             manifests.append(manifest)

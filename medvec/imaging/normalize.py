@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ def _apply_metadata(record: ImageRecord, meta: ImageMetadata) -> None:
     record.split = meta.split or record.split
     record.view_position = meta.view_position or record.view_position
     record.subject_key = meta.subject_key or record.subject_key
-    record.extra = {**meta.extra, **record.extra}
+    record.study_id = meta.study_id or record.study_id
+    weights = {"label_weights": json.dumps(meta.label_weights, sort_keys=True)} if meta.label_weights else {}
+    record.extra = {**meta.extra, **meta.demographics, **weights, **record.extra}
 
 

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from medvec.imaging.dicom import UnreadableImage
+from medvec.datasets.adapters import is_dataset_metadata_file, load_dataset_metadata
 from medvec.datasets.metadata_csv import MetadataTable
 from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
 from medvec.phi import Pseudonymizer
@@ -43,17 +44,18 @@ class BatchManifest:
     created_at: str
     files: list[SourceFile]
     metadata_csv: str | None = None
+    dataset: str | None = None  # a dataset adapter's name (medvec.datasets.adapters); wins over metadata_csv
 
     def to_json(self) -> str:
         return json.dumps({"batch": self.batch, "source": self.source, "created_at": self.created_at,
-                           "metadata_csv": self.metadata_csv, "files": [f.to_dict() for f in self.files]},
+                           "metadata_csv": self.metadata_csv, "dataset": self.dataset, "files": [f.to_dict() for f in self.files]},
                           indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "BatchManifest":
         raw = json.loads(text)
         return cls(batch=raw["batch"], source=raw["source"], created_at=raw["created_at"],
-                   metadata_csv=raw.get("metadata_csv"), files=[SourceFile(**f) for f in raw["files"]])
+                   metadata_csv=raw.get("metadata_csv"), dataset=raw.get("dataset"), files=[SourceFile(**f) for f in raw["files"]])
 
 
 def batch_dir(home: HomePath, batch: str) -> HomePath:
@@ -76,7 +78,7 @@ def list_batches(home: HomePath) -> list[str]:
 
 def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit: int | None = None,
                  metadata_csv: str | None = None, now: datetime | None = None,
-                 existing: list[BatchManifest] | None = None) -> list[BatchManifest]:
+                 existing: list[BatchManifest] | None = None, dataset: str | None = None) -> list[BatchManifest]:
     """Group the source's unclaimed files into batches of at most `batch_size` (nothing written).
     `existing` is every manifest already under `home`, when the caller has read them."""
     if batch_size < 1:
@@ -86,7 +88,7 @@ def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit:
     claimed = {f.uri for m in existing for f in m.files}
     fresh: list[SourceFile] = []
     for entry in source.list_files():
-        if entry.uri not in claimed and entry.uri != metadata_csv:
+        if entry.uri not in claimed and entry.uri != metadata_csv and not is_dataset_metadata_file(entry.uri):
             fresh.append(entry)
             if limit is not None and len(fresh) >= limit:
                 break
@@ -100,7 +102,8 @@ def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit:
             seq += 1
         manifests.append(BatchManifest(batch=f"b{stamp}-{seq:03d}", source=source.root,
                                        created_at=now.isoformat(timespec="seconds"),
-                                       files=fresh[start:start + batch_size], metadata_csv=metadata_csv))
+                                       files=fresh[start:start + batch_size], metadata_csv=metadata_csv,
+                                       dataset=dataset))
     return manifests
 
 
@@ -150,8 +153,11 @@ class _Worker:
         self.pseudonymizer = Pseudonymizer(pseudonym_key, warn=multiprocessing.parent_process() is None)
         self.options = options
         self.batch = batch
-        self.metadata = (MetadataTable.from_csv_text(metadata_csv_text, self.pseudonymizer, allow_columns)
-                         if metadata_csv_text else None)
+        if isinstance(metadata_csv_text, MetadataTable):  # a dataset adapter's table, built once by the parent
+            self.metadata = metadata_csv_text
+        else:
+            self.metadata = (MetadataTable.from_csv_text(metadata_csv_text, self.pseudonymizer, allow_columns)
+                             if metadata_csv_text else None)
 
     def run(self, index: int, entry: SourceFile, known_sha: str | None):
         try:
@@ -220,7 +226,10 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     home = as_path(home)
     started = time.perf_counter()
     metadata_text = None
-    if manifest.metadata_csv:
+    if manifest.dataset:
+        metadata_text = load_dataset_metadata(manifest.dataset, manifest.source, Pseudonymizer(pseudonym_key, warn=False),
+                                              allow_columns=allow_columns, s3_endpoint_url=s3_endpoint_url)
+    elif manifest.metadata_csv:
         csv_source = open_source(manifest.metadata_csv, s3_endpoint_url)
         metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from medvec.datasets.adapters import choose_metadata
 from medvec.ingest.awaiting import (AWAITING_LAUNCH, awaiting_batches, clear_awaiting,  # noqa: F401 - re-exported
                                     mark_awaiting)
 from medvec.ingest.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
@@ -238,8 +239,9 @@ def _open(source: ImageSource, home: HomePath, files: list[SourceFile], batch_si
     if not files:
         return []
     taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in batches]
+    dataset, metadata_csv = choose_metadata(source)
     manifests = plan_batches(_Chosen(source.root, files), home, batch_size=batch_size, existing=taken,
-                             metadata_csv=source.find_metadata_csv(),
+                             metadata_csv=metadata_csv, dataset=dataset,
                              now=datetime.fromtimestamp(now, timezone.utc))
     opened = []
     for manifest in manifests:
