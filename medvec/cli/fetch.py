@@ -7,7 +7,7 @@ import os
 from medvec.datasets.fetch import REMOTES, FetchError, fetch_dataset
 
 
-def add_parser(subparsers) -> None:
+def register(subparsers) -> None:
     p = subparsers.add_parser("fetch", help="download a public dataset into DIR, resuming and verifying each file")
     p.add_argument("dataset", choices=tuple(REMOTES), help="which dataset")
     p.add_argument("dir", help="target folder (the folder Medvec watches, or one it will ingest)")

@@ -9,7 +9,7 @@ from medvec.settings import Settings
 from medvec.sources.receiver import DicomReceiver, ReceiverConfig
 
 
-def add_parser(subparsers) -> None:
+def register(subparsers) -> None:
     p = subparsers.add_parser("receive", help="receive DICOM pushed by a PACS or modality (C-STORE) into the "
                                               "watched folder")
     p.add_argument("--ae-title", default="MEDVEC", help="this receiver's AE title (default MEDVEC)")
