@@ -151,14 +151,9 @@ def create_app(batcher: Batcher, embedder: Embedder, api_key: str | None, is_rea
         if expected_auth is not None and not hmac.compare_digest(
                 request.headers.get("authorization", "").encode(), expected_auth):
             return _problem(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
-        raw = await request.body()
         try:
-            body = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            return _problem(422, f"the body is not valid JSON ({exc.msg})")
-        except ValueError:
-            return _problem(422, "the body is not UTF-8 JSON")
-        try:  # decoding images is CPU work: the thread pool, so requests decode in parallel
+            body = _json_body(await request.body())
+            # Decoding images is CPU work: the thread pool, so requests decode in parallel.
             job, encoding = await run_in_threadpool(parse_request, body, model_id, prepare)
         except InvalidRequest as exc:
             return _problem(422, str(exc))
@@ -172,6 +167,15 @@ def create_app(batcher: Batcher, embedder: Embedder, api_key: str | None, is_rea
         return Response(payload, media_type="application/json")
 
     return app
+
+
+def _json_body(raw: bytes):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON ({exc.msg})") from None
+    except ValueError:  # bytes that are not UTF-8 at all
+        raise InvalidRequest("the body is not UTF-8 JSON") from None
 
 
 def _json_bytes(payload: dict) -> bytes:

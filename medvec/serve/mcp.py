@@ -80,9 +80,19 @@ READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotent
 def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
     """An MCP server whose tools answer from `search` and its reports; thumbnails are read from under `home`."""
     home = as_path(home)
-    reports = ReportSearch(search)
     server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS,
                        version=_version(), log_level="WARNING")
+    titles = ("Search chest X-rays by text", "Find similar chest X-rays", "Get one chest X-ray's metadata",
+              "Search radiology reports and their chest X-rays", "Get one chest X-ray's reports")
+    tools = _image_tools(search, home) + _report_tools(search, ReportSearch(search), home)
+    for tool, title in zip(tools, titles, strict=True):
+        # The docstring is what the assistant reads; cleandoc drops the code's indentation.
+        server.add_tool(tool, title=title, description=inspect.cleandoc(tool.__doc__), annotations=READ_ONLY)
+    return server
+
+
+def _image_tools(search: ImageSearch, home: HomePath) -> tuple:
+    """Text → images, image → similar images, one image's metadata."""
 
     def search_medical_images(query: Query, k: K = 10, view: View = None, labels: Labels = None,
                               modality: Modality = None, split: Split = None,
@@ -124,6 +134,12 @@ def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
         return CallToolResult(content=[TextContent(type="text", text=json.dumps(metadata, default=str))],
                               structured_content=metadata)
 
+    return search_medical_images, find_similar_images, get_image_metadata
+
+
+def _report_tools(search: ImageSearch, reports: ReportSearch, home: HomePath) -> tuple:
+    """Text → reports (and images through them), one image's reports."""
+
     def search_reports(query: Query, k: ReportK = 10, mode: Mode = "hybrid", view: View = None, labels: Labels = None,
                        modality: Modality = None, split: Split = None,
                        thumbnails: Thumbnails = 0) -> Annotated[CallToolResult, ReportSearchAnswer]:
@@ -164,14 +180,7 @@ def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
         return CallToolResult(content=[TextContent(type="text", text=summarize_image_reports(answer))],
                               structured_content=answer)
 
-    for tool, title in ((search_medical_images, "Search chest X-rays by text"),
-                        (find_similar_images, "Find similar chest X-rays"),
-                        (get_image_metadata, "Get one chest X-ray's metadata"),
-                        (search_reports, "Search radiology reports and their chest X-rays"),
-                        (get_image_reports, "Get one chest X-ray's reports")):
-        # The docstring is what the assistant reads; cleandoc drops the code's indentation.
-        server.add_tool(tool, title=title, description=inspect.cleandoc(tool.__doc__), annotations=READ_ONLY)
-    return server
+    return search_reports, get_image_reports
 
 
 def _answer(run, what: str, home: HomePath, thumbnails: int) -> CallToolResult:
