@@ -33,7 +33,7 @@ class DicomWebSettings:
     (WADO requests in flight), MEDVEC_DICOMWEB_LOOKBACK_DAYS (days before the newest study date seen
     that every tick queries again, for studies that reach the archive late), MEDVEC_DICOMWEB_CONNECT_TIMEOUT_S
     and MEDVEC_DICOMWEB_READ_TIMEOUT_S (per request), MEDVEC_DICOMWEB_RETRIES (retries of one request
-    after a connection error or an HTTP 429/5xx, with backoff)."""
+    after a refused or dropped connection or an HTTP 429/5xx, with backoff; never after a read timeout)."""
 
     url: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -215,14 +215,22 @@ _ACCEPT_ANY_DICOM = 'multipart/related; type="application/dicom"; transfer-synta
 
 
 def _bounded_retries(session, retries: int) -> None:
-    """At most `retries` retries of one GET, only after a failed connection or an HTTP 429/5xx
-    (backoff 0, 1, 2 s…; a Retry-After header is honoured); a read timeout is not retried."""
+    """At most `retries` retries of one GET, only after a failed or dropped connection or an HTTP
+    429/5xx (backoff 0, 1, 2 s…; a Retry-After header is honoured). A read timeout is not retried: the
+    server is there but slow, and retrying would multiply the wait."""
     from requests.adapters import HTTPAdapter
+    from urllib3.exceptions import ReadTimeoutError
     from urllib3.util.retry import Retry
 
-    policy = Retry(total=retries, connect=retries, read=0, other=0, status=retries, backoff_factor=0.5,
-                   status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
-                   raise_on_status=False)
+    class NoRetryOnReadTimeout(Retry):
+        def increment(self, *args, error=None, **kwargs):
+            if isinstance(error, ReadTimeoutError):
+                return Retry.increment(self.new(total=0, read=0), *args, error=error, **kwargs)
+            return super().increment(*args, error=error, **kwargs)
+
+    policy = NoRetryOnReadTimeout(total=retries, connect=retries, read=retries, other=0, status=retries,
+                                  backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+                                  allowed_methods=frozenset({"GET"}), raise_on_status=False)
     for prefix in ("http://", "https://"):
         session.mount(prefix, HTTPAdapter(max_retries=policy, pool_maxsize=32))
 
