@@ -14,7 +14,7 @@ import dagster as dg
 from assets.embeddings import embedding_model
 from assets.partitions import batch_partitions
 from medvec.ingest.batches import is_normalized
-from medvec.ingest.dicomweb_watch import DicomWebCursor, open_instances, watch_dicomweb
+from medvec.ingest.dicomweb_watch import DicomWebCursor, holding_batches, open_instances, watch_dicomweb
 from medvec.ingest.watch import WatchCursor, WatchOptions
 from medvec.sources import SourceUnavailable
 from medvec.sources.dicomweb import DicomWebSource, InstanceQuery, dicomweb_settings
@@ -89,7 +89,11 @@ class DicomWebBackfillConfig(dg.Config):
 def open_dicomweb_range(context: dg.OpExecutionContext, config: DicomWebBackfillConfig,
                         medvec: MedvecHomeResource) -> list[str]:
     """Open batches for every instance in the study date range that no batch holds (dicomweb_sensor
-    launches them on its next tick), and list the batches already holding the rest of the range."""
+    launches them on its next tick), and list the batches already holding the rest of the range.
+
+    Held instances are not opened again: an instance belongs to one batch (the SOPInstanceUID rule of
+    `open_instances`), and re-running its batch would re-run every other instance that batch holds,
+    which may lie outside the range; the batches are listed so an operator can re-run them by hand."""
     settings = dicomweb_settings()
     if not settings.url:
         raise dg.Failure("set MEDVEC_DICOMWEB_URL to the archive's DICOMweb root")
@@ -97,17 +101,26 @@ def open_dicomweb_range(context: dg.OpExecutionContext, config: DicomWebBackfill
     query = InstanceQuery(modalities=tuple(config.modalities) or settings.modalities, filters=settings.query,
                           date_from=config.study_date_from or None, date_to=config.study_date_to or None)
     instances = list(source.search_instances(query))
+    held = holding_batches(medvec.home_path, instances)
     opened, _ = open_instances(source, medvec.home_path, instances, limit=len(instances),
                                batch_size=WatchOptions.from_env().batch_size, launcher=DICOMWEB_SENSOR)
     batches = [m.batch for m in opened]  # each marked as awaiting dicomweb_sensor's launch
     context.instance.add_dynamic_partitions(batch_partitions.name, batches)
-    context.log.info(f"{len(instances)} instance(s) in the range; opened {len(batches)} batch(es); "
-                     f"{DICOMWEB_SENSOR} launches them on its next tick")
-    context.add_output_metadata({"instances_in_range": len(instances), "batches_opened": dg.MetadataValue.json(batches)})
+    new = sum(len(m.files) for m in opened)
+    context.log.info(f"{len(instances)} instance(s) in the range, {len(instances) - new} already held by "
+                     f"{len(held)} batch(es); opened {len(batches)} batch(es) of {new}; {DICOMWEB_SENSOR} "
+                     "launches them on its next tick")
+    context.add_output_metadata({"instances_in_range": len(instances), "instances_opened": new,
+                                 "batches_opened": dg.MetadataValue.json(batches),
+                                 "batches_already_holding_range": dg.MetadataValue.json(held)})
     return batches
 
 
 @dg.job(description="Backfill the DICOMweb archive by study date range (launchpad config: study_date_from, "
-                    "study_date_to, modalities): opens batches for the range's instances no batch holds.")
+                    "study_date_to, modalities; YYYYMMDD, inclusive): opens batches for exactly the range's "
+                    "instances that no batch holds, and dicomweb_sensor launches them on its next tick. "
+                    "Instances a batch already holds are not opened again (each instance belongs to one "
+                    "batch); the op's metadata lists those batches (batches_already_holding_range) so they "
+                    "can be re-run from the batch partitions page. Needs dicomweb_sensor running.")
 def dicomweb_backfill_job():
     open_dicomweb_range()

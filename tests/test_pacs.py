@@ -254,3 +254,53 @@ def test_killing_the_receiver_mid_association_keeps_every_acknowledged_instance_
 
 def _sent_tail(path: Path) -> bytes:
     return path.read_bytes()[-64:]
+
+
+# --- backfill by study date range ------------------------------------------------------------------------
+
+BACKFILL_FILES = {"CT_small.dcm": "20230105", "MR_small.dcm": "20230310", "MR_small_RLE.dcm": "20230622",
+                  "JPEG2000.dcm": "20230930"}
+
+
+@pytest.mark.slow
+def test_backfill_by_date_range_opens_exactly_that_range_and_leaves_held_instances_alone(
+        tmp_path, settings, resources, dagster_instance, archive_env):
+    from pydicom.uid import generate_uid
+
+    from medvec.ingest.watch import awaiting_batches
+    from pipelines.dicomweb_sensor import DICOMWEB_SENSOR, dicomweb_backfill_job
+
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        by_date = {}
+        for name, study_date in BACKFILL_FILES.items():  # one study per date: Orthanc dates studies, not files
+            # fresh UIDs: MR_small_RLE.dcm is MR_small.dcm re-encoded, with the same SOPInstanceUID
+            uid = _with_sentinels(dicom_testfile(name), tmp_path / name, StudyDate=study_date,
+                                  StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
+                                  SOPInstanceUID=generate_uid())
+            server.upload((tmp_path / name).read_bytes())
+            by_date[study_date] = uid
+        archive_env(server)
+
+        def backfill(date_from: str, date_to: str):
+            config = {"ops": {"open_dicomweb_range": {"config": {"study_date_from": date_from,
+                                                                 "study_date_to": date_to}}}}
+            result = dicomweb_backfill_job.execute_in_process(run_config=config, instance=dagster_instance,
+                                                              resources=resources)
+            opened = result.output_for_node("open_dicomweb_range")
+            held = [sop_uid_of(f.uri) for b in opened for f in load_manifest(settings.home, b).files]
+            metadata = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"][0] \
+                .event_specific_data.metadata
+            return opened, sorted(held), metadata["batches_already_holding_range"].value
+
+        spring, spring_held, spring_already = backfill("20230301", "20230630")
+        assert spring_held == sorted([by_date["20230310"], by_date["20230622"]]) and spring_already == []
+        assert set(spring) <= set(awaiting_batches(settings.home, DICOMWEB_SENSOR))
+        assert set(spring) <= set(dagster_instance.get_dynamic_partitions("batch"))
+
+        year, year_held, year_already = backfill("20230101", "20231231")  # the rest of the year only
+        assert year_held == sorted([by_date["20230105"], by_date["20230930"]])
+        assert year_already == sorted(spring)
+        assert _held(settings.home) == sorted(by_date.values())
+    finally:
+        server.stop()

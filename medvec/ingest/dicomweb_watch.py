@@ -64,6 +64,13 @@ def claimed_instances(home: HomePath, batches: list[str]) -> set[str]:
     return {sop_uid_of(uri) for uri in claimed_files(home, batches)}
 
 
+def holding_batches(home: HomePath, instances: list[DicomWebInstance]) -> list[str]:
+    """The batches that already hold any of `instances`, in name (opening) order."""
+    wanted = {i.sop_uid for i in instances}
+    claims = claimed_files(home, list_batches(home))
+    return sorted({batch for uri, (batch, _) in claims.items() if sop_uid_of(uri) in wanted})
+
+
 def query_floor(cursor: DicomWebCursor, lookback_days: int) -> str | None:
     if not cursor.study_date_floor:
         return None

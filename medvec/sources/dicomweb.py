@@ -31,7 +31,9 @@ class DicomWebSettings:
     (comma list, e.g. CR,DX), MEDVEC_DICOMWEB_QUERY (extra QIDO filters, `Key=value&Key=value`),
     MEDVEC_DICOMWEB_MAX_PER_TICK (instances opened per sensor tick), MEDVEC_DICOMWEB_CONCURRENCY
     (WADO requests in flight), MEDVEC_DICOMWEB_LOOKBACK_DAYS (days before the newest study date seen
-    that every tick queries again, for studies that reach the archive late)."""
+    that every tick queries again, for studies that reach the archive late), MEDVEC_DICOMWEB_CONNECT_TIMEOUT_S
+    and MEDVEC_DICOMWEB_READ_TIMEOUT_S (per request), MEDVEC_DICOMWEB_RETRIES (retries of one request
+    after a refused or dropped connection or an HTTP 429/5xx, with backoff; never after a read timeout)."""
 
     url: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -42,6 +44,9 @@ class DicomWebSettings:
     max_per_tick: int = 2000
     concurrency: int = 8
     lookback_days: int = 1
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    retries: int = 2
 
 
 def dicomweb_settings(environ: dict[str, str] | None = None) -> DicomWebSettings:
@@ -57,7 +62,10 @@ def dicomweb_settings(environ: dict[str, str] | None = None) -> DicomWebSettings
         modalities=modalities, query=query,
         max_per_tick=int(env.get("MEDVEC_DICOMWEB_MAX_PER_TICK") or 2000),
         concurrency=int(env.get("MEDVEC_DICOMWEB_CONCURRENCY") or 8),
-        lookback_days=int(env.get("MEDVEC_DICOMWEB_LOOKBACK_DAYS") or 1))
+        lookback_days=int(env.get("MEDVEC_DICOMWEB_LOOKBACK_DAYS") or 1),
+        connect_timeout_s=float(env.get("MEDVEC_DICOMWEB_CONNECT_TIMEOUT_S") or 5.0),
+        read_timeout_s=float(env.get("MEDVEC_DICOMWEB_READ_TIMEOUT_S") or 60.0),
+        retries=int(env.get("MEDVEC_DICOMWEB_RETRIES") or 2))
 
 
 @dataclass(frozen=True)
@@ -101,10 +109,9 @@ class DicomWebSource(ImageSource):
     """A DICOMweb service root. `settings` supplies credentials and defaults; by default they are read
     from the environment, so worker processes (which open the source from a manifest's root) get them too."""
 
-    def __init__(self, root: str, settings: DicomWebSettings | None = None, timeout_s: float = 30.0):
+    def __init__(self, root: str, settings: DicomWebSettings | None = None):
         self.root = root.rstrip("/")
         self.settings = settings if settings is not None else dicomweb_settings()
-        self.timeout_s = timeout_s
         self._client = None
 
     def __getstate__(self):  # sessions do not pickle; worker processes make their own
@@ -124,7 +131,16 @@ class DicomWebSource(ImageSource):
                        else create_session())
             if s.token:
                 session.headers["Authorization"] = f"Bearer {s.token}"
-            self._client = DICOMwebClient(self.root, session=session, timeout=self.timeout_s)
+            # requests asks for gzip by default and Orthanc then compresses every instance on the fly:
+            # measured 4-10x slower per instance on this machine (benchmarks/dicomweb.py), for pixel
+            # data that is often compressed already.
+            session.headers["Accept-Encoding"] = "identity"
+            _bounded_retries(session, s.retries)
+            client = DICOMwebClient(self.root, session=session, timeout=(s.connect_timeout_s, s.read_timeout_s))
+            # The client's own retrying retries *every* exception 5 times with 2-16 s waits (30 s on a
+            # refused connection); the session's urllib3 policy above is the only retry instead.
+            client.set_http_retry_params(retry=False)
+            self._client = client
         return self._client
 
     def default_query(self) -> InstanceQuery:
@@ -163,13 +179,28 @@ class DicomWebSource(ImageSource):
             yield instance.source_file()
 
     def read_bytes(self, uri: str) -> bytes:
-        """The instance as a DICOM file (WADO-RS, any transfer syntax the server holds)."""
-        study, series, sop = _uids(uri)
-        dataset = _guarded(lambda: self.client.retrieve_instance(
-            study, series, sop, media_types=(("application/dicom", "*"),)), self.root)
-        buffer = io.BytesIO()
-        dataset.save_as(buffer)  # as received: the part is a PS3.10 file (preamble and meta header)
-        return buffer.getvalue()
+        """The instance as a DICOM file (WADO-RS, any transfer syntax the server holds), byte for byte
+        as the server sent the multipart part: no parse and re-encode (benchmarks/dicomweb.py)."""
+        _uids(uri)  # a malformed uri is the caller's per-item error, before any request
+        return _guarded(lambda: self._retrieve_part(uri), self.root)
+
+    def _retrieve_part(self, uri: str) -> bytes:
+        client = self.client
+        if not hasattr(client, "_decode_multipart_message"):  # a dicomweb-client without it: parse, re-encode
+            study, series, sop = _uids(uri)
+            dataset = client.retrieve_instance(study, series, sop, media_types=(("application/dicom", "*"),))
+            buffer = io.BytesIO()
+            dataset.save_as(buffer)
+            return buffer.getvalue()
+        # The client's own GET (its session, timeouts, error raising) and multipart decoder, minus the
+        # pydicom round trip retrieve_instance adds.
+        response = client._http_get(uri, headers={"Accept": _ACCEPT_ANY_DICOM})
+        if response.headers.get("Content-Type", "").startswith("application/dicom"):
+            return response.content  # a server that sends the part bare (allowed by Sup 183's error)
+        parts = list(client._decode_multipart_message(response, stream=False))
+        if len(parts) != 1:
+            raise ValueError(f"the server sent {len(parts)} parts for one instance")
+        return bytes(parts[0])
 
     def fetch_many(self, uris: list[str], concurrency: int | None = None) -> Iterator[tuple[str, bytes]]:
         """(uri, bytes) for each uri, with at most `concurrency` WADO requests in flight, in input order."""
@@ -178,6 +209,30 @@ class DicomWebSource(ImageSource):
 
     def stat(self, uri: str) -> SourceFile | None:
         return SourceFile(uri=uri, size=UNKNOWN_SIZE)
+
+
+_ACCEPT_ANY_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _bounded_retries(session, retries: int) -> None:
+    """At most `retries` retries of one GET, only after a failed or dropped connection or an HTTP
+    429/5xx (backoff 0, 1, 2 s…; a Retry-After header is honoured). A read timeout is not retried: the
+    server is there but slow, and retrying would multiply the wait."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.exceptions import ReadTimeoutError
+    from urllib3.util.retry import Retry
+
+    class NoRetryOnReadTimeout(Retry):
+        def increment(self, *args, error=None, **kwargs):
+            if isinstance(error, ReadTimeoutError):
+                return Retry.increment(self.new(total=0, read=0), *args, error=error, **kwargs)
+            return super().increment(*args, error=error, **kwargs)
+
+    policy = NoRetryOnReadTimeout(total=retries, connect=retries, read=retries, other=0, status=retries,
+                                  backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+                                  allowed_methods=frozenset({"GET"}), raise_on_status=False)
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, HTTPAdapter(max_retries=policy, pool_maxsize=32))
 
 
 def _uids(uri: str) -> tuple[str, str, str]:
