@@ -1,10 +1,6 @@
 """Batches: fixed lists of source files (manifests), and normalising one batch in worker processes.
 
-Layout under the Medvec home:
-    batches/<batch>/manifest.json   written once when the batch opens, never changed
-    batches/<batch>/records.parquet one row per normalised image (replaced whole on re-run)
-    batches/<batch>/errors.parquet  one row per file that failed
-    images/<shard>/<image_id>.webp, thumbs/<shard>/<image_id>.webp
+Where each batch's files live under the Medvec home: `medvec.home`.
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from medvec.home import batch_dir, batches_dir
 from medvec.imaging.dicom import UnreadableImage
 from medvec.datasets.metadata_csv import MetadataTable
 from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
@@ -56,10 +53,6 @@ class BatchManifest:
                    metadata_csv=raw.get("metadata_csv"), files=[SourceFile(**f) for f in raw["files"]])
 
 
-def batch_dir(home: HomePath, batch: str) -> HomePath:
-    return as_path(home) / "batches" / batch
-
-
 def load_manifest(home: HomePath, batch: str) -> BatchManifest:
     path = batch_dir(home, batch) / "manifest.json"
     if not path.exists():
@@ -71,7 +64,7 @@ def load_manifest(home: HomePath, batch: str) -> BatchManifest:
 
 def list_batches(home: HomePath) -> list[str]:
     # One listing (not a lookup per folder): on S3 each lookup is a request.
-    return sorted(p.parent.name for p in (as_path(home) / "batches").glob("*/manifest.json"))
+    return sorted(p.parent.name for p in batches_dir(home).glob("*/manifest.json"))
 
 
 def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit: int | None = None,
@@ -116,7 +109,7 @@ def write_manifest(home: HomePath, manifest: BatchManifest) -> HomePath:
 def batch_opening_lock(home: HomePath):
     """Serialises planning and writing manifests between processes (two ingests, CLI and sensor), so
     no file is planned into two batches."""
-    with exclusive_lock(as_path(home) / "batches" / ".open.lock"):
+    with exclusive_lock(batches_dir(home) / ".open.lock"):
         yield
 
 

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from medvec.ingest.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
+from medvec.home import INGEST_ERRORS_TABLE, batch_dir, batches_dir
+from medvec.ingest.batches import (BatchManifest, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.settings import DEFAULT_BATCH_SIZE
@@ -210,7 +211,7 @@ def awaiting_batches(home: HomePath, launcher: str | None = None) -> list[str]:
     found = []
     # One listing finds the markers (few batches wait at a time); on S3 a read per batch would make
     # every tick as slow as the number of batches ever opened.
-    for path in sorted((as_path(home) / "batches").glob(f"*/{AWAITING_LAUNCH}"), key=lambda p: p.parent.name):
+    for path in sorted(batches_dir(home).glob(f"*/{AWAITING_LAUNCH}"), key=lambda p: p.parent.name):
         batch = path.parent.name
         try:
             owner = json.loads(path.read_text()).get("launcher")
@@ -350,7 +351,6 @@ def report_changed(db, changed: list[ChangedFile]) -> int:
     how many rows were new. The file is never put into another batch: its batch keeps it."""
     if not changed:
         return 0
-    from medvec.tables.database import INGEST_ERRORS_TABLE
 
     table = db.create_table(INGEST_ERRORS_TABLE, schema=INGEST_ERROR_SCHEMA, exist_ok=True)
     known = {(r["batch"], r["source_uri"]): r["message"] for r in

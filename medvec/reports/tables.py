@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from medvec.ingest.batches import BatchManifest, batch_dir
+from medvec.home import batch_dir, report_table_name  # noqa: F401 - report_table_name re-exported for callers
 from medvec.tables.images import table_dim, upsert_batch
 from medvec.datasets.labels import label_agreement_of
 from medvec.tables.records import IngestError, ImageRecord
@@ -21,12 +22,11 @@ from medvec.sources import open_source
 from medvec.tables.database import open_table_if_exists
 from medvec.storage import HomePath, is_missing_object, read_parquet, write_parquet
 
+if TYPE_CHECKING:  # a type only: reports read a batch's manifest, and ingest (which writes it) reads reports
+    from medvec.ingest.batches import BatchManifest
+
 log = logging.getLogger(__name__)
 REPORT_STAGES = ("report",)
-
-
-def report_table_name(model_slug: str) -> str:
-    return f"reports__{model_slug}"
 
 
 def read_batch_reports(manifest: BatchManifest, s3_endpoint_url: str | None = None

@@ -19,7 +19,8 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from medvec.tables.images import vectors_of
-from medvec.search.images import ids_fingerprint, index_dir
+from medvec.home import index_dir
+from medvec.search.images import ids_fingerprint
 from medvec.storage import HomePath, write_atomic
 from medvec.search.vector_index import EXACT_BELOW, VectorIndex, exact_top_k, recall_at_k
 
