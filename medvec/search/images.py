@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from medvec.home import fallback_table_name, index_dir, similar_table_name  # noqa: F401 - also re-exported
 from medvec.tables import database
 from medvec.embedders.base import Embedder, l2_normalize
 from medvec.tables.images import image_table_name, vectors_of
@@ -108,18 +109,6 @@ class SearchResult:
 def normalize_query_text(text: str) -> str:
     """The key fallback answers are stored under: case, spacing and trailing punctuation ignored."""
     return re.sub(r"\s+", " ", re.sub(r"[.,;:!?]+$", "", text.strip().lower()))
-
-
-def fallback_table_name(model_slug: str) -> str:
-    return f"fallback_queries__{model_slug}"
-
-
-def similar_table_name(model_slug: str) -> str:
-    return f"similar_images__{model_slug}"
-
-
-def index_dir(home: HomePath, table: str) -> HomePath:
-    return as_path(home) / "indexes" / table
 
 
 class _Loaded:
