@@ -155,6 +155,10 @@ class ImageSearch:
 
     # --- loading ---------------------------------------------------------------------------------
 
+    def snapshot(self) -> _Loaded:
+        """The table version held in memory (ids, metadata, index, precomputed answers), reloaded when stale."""
+        return self._current()
+
     def _current(self) -> _Loaded:
         now = time.monotonic()
         loaded = self._loaded
@@ -264,7 +268,7 @@ class ImageSearch:
             raise SearchInputError("the query text is empty")
         if len(text) > 1000:
             raise SearchInputError("the query text is longer than 1,000 characters")
-        k = _check_k(k)
+        k = check_k(k)
         loaded = self._current()
         key = normalize_query_text(text)
         query = {"text": text, "k": k, "filters": filters.to_json()}
@@ -303,7 +307,7 @@ class ImageSearch:
         from medvec.phi import Pseudonymizer
 
         started = time.perf_counter()
-        k = _check_k(k)
+        k = check_k(k)
         if not data:
             raise SearchInputError("the uploaded file is empty")
         try:
@@ -322,12 +326,12 @@ class ImageSearch:
         vector = l2_normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         if vector.shape[0] != loaded.index.vectors.shape[1]:
             raise SearchInputError(f"query vector has {vector.shape[0]} dims, the table {loaded.index.vectors.shape[1]}")
-        return self._vector_search(loaded, vector, _check_k(k), filters, started, {"vector": True, "k": k}, "index")
+        return self._vector_search(loaded, vector, check_k(k), filters, started, {"vector": True, "k": k}, "index")
 
     def similar(self, image_id: str, k: int = 10, filters: Filters = Filters()) -> SearchResult:
         """The k images nearest to a stored one (itself excluded)."""
         started = time.perf_counter()
-        k = _check_k(k)
+        k = check_k(k)
         loaded = self._current()
         row = loaded.row_of.get(image_id)
         if row is None:
@@ -413,7 +417,7 @@ class ImageSearch:
                             table_version=loaded.version, took_ms=(time.perf_counter() - started) * 1000, query=query)
 
 
-def _check_k(k) -> int:
+def check_k(k) -> int:
     try:
         k = int(k)
     except (TypeError, ValueError):
