@@ -33,7 +33,8 @@ import numpy as np
 from medvec.bundle.export_onnx import check_text_onnx, cpu_float32_text_tower, export_text_tower
 from medvec.bundle.pack import PRECISIONS, pack_vectors, packing_recall
 from medvec.bundle.tokenizer_export import WEB_DIR, check_with_node, export_tokenizer, python_token_ids
-from medvec.evaluation.retrieval import EVAL_FILES, FINDING_PROMPTS
+from medvec.evaluation.retrieval import FINDING_PROMPTS
+from medvec.home import EVAL_FILES
 from medvec.search.precompute import FALLBACK_QUERIES
 from medvec.search.images import ImageSearch
 from medvec.storage import HomePath, S3Path, as_path, is_remote, map_paths, remove_tree, upload_tree

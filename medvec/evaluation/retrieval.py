@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from medvec.home import EVAL_FILES, reports_table_for  # noqa: F401 - EVAL_FILES re-exported for its readers
+from medvec.home import EVAL_FILES, reports_table_for
 from medvec.tables.images import vectors_of
 from medvec.datasets.labels import FINDINGS, label_agreement_of
 from medvec.evaluation.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance

@@ -215,9 +215,7 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
         csv_source = open_source(manifest.metadata_csv, s3_endpoint_url)
         metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
-    stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
-                       list(previous.values()))
-    known = {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
+    known = _reusable_hashes(home, previous)
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
                  manifest.batch)
     # Report files (medvec.reports.parse) travel in the same batches; the report assets read them.
@@ -244,9 +242,27 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
                 outcomes[index] = outcome.record
                 result.normalized += 1
 
-    # An image belongs to the first batch that held it: a later batch with the same image_id (the same
-    # SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over.
-    owners = image_owners(home, exclude=manifest.batch)
+    _keep_first_holders(home, outcomes, result)
+    directory = batch_dir(home, manifest.batch)
+    write_parquet(directory / "records.parquet", image_records_table(result.records))
+    write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _reusable_hashes(home: HomePath, previous: dict[str, ImageRecord]) -> dict[str, str]:
+    """source uri → content hash, for stored records whose WebP files still exist: an unchanged file is skipped."""
+    stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
+                       list(previous.values()))
+    return {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
+
+
+def _keep_first_holders(home: HomePath, outcomes: dict[int, object], result: BatchResult) -> None:
+    """Sort outcomes into `result`'s records, errors and duplicates, in manifest order.
+
+    An image belongs to the first batch that held it: a later batch with the same image_id (the same
+    SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over."""
+    owners = image_owners(home, exclude=result.batch)
     seen: dict[str, str] = {}
     for index in sorted(outcomes):  # manifest order makes duplicate resolution deterministic
         outcome = outcomes[index]
@@ -259,12 +275,6 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
         else:
             seen[outcome.image_id] = outcome.source_uri
             result.records.append(outcome)
-
-    directory = batch_dir(home, manifest.batch)
-    write_parquet(directory / "records.parquet", image_records_table(result.records))
-    write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _name(uri: str) -> str:
@@ -282,7 +292,6 @@ def image_owners(home: HomePath, exclude: str | None = None) -> dict[str, str]:
         for image_id in read_parquet(path, columns=["image_id"]).column("image_id").to_pylist():
             owners.setdefault(image_id, batch)
     return owners
-
 
 
 def _execute(tasks: list, init_args: tuple, workers: int, progress: Progress | None) -> Iterable[tuple]:

@@ -24,7 +24,7 @@ from medvec.ingest.batches import (BatchManifest, batch_opening_lock, list_batch
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.settings import DEFAULT_BATCH_SIZE
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
-from medvec.storage import HomePath, as_path, is_remote, write_atomic
+from medvec.storage import HomePath, is_remote, write_atomic
 
 #: The stage under which a file that changed after its batch was opened is reported in `ingest_errors`.
 CHANGED_STAGE = "changed"

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medvec.tables import database
 from medvec.embedders.base import EmbedderError
-from medvec.evaluation.retrieval import EVAL_FILES
+from medvec.home import EVAL_FILES
 from medvec.search.reports import MODES, NoReports, ReportSearch
 from medvec.search.images import MAX_K, Filters, ImageSearch, NoSuchImage, NotIndexed, SearchInputError, SearchResult
 from medvec.settings import Settings
