@@ -9,7 +9,7 @@ from medvec.tables import database
 from medvec.tables.images import image_table_name
 from medvec.search.precompute import compute_fallbacks, compute_similar, stored_query_vectors
 from medvec.search.images import ImageSearch, fallback_table_name, similar_table_name
-from medvec.tables.maintenance import IndexOptions, maintain_table
+from medvec.search.maintenance import IndexOptions, maintain_table
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 

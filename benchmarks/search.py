@@ -11,7 +11,7 @@ time, k=10, unfiltered and with `view_position = PA`:
 - exact numpy: matrix-vector product + argpartition (filtered: over a prebuilt matrix of the PA rows,
   the best case for a brute-force scan);
 - LanceDB flat: `bypass_vector_index()` (its brute-force scan; fewer queries, it takes about a second);
-- LanceDB index: what `medvec.tables.maintenance` builds (IVF_RQ, rows // 4096 partitions, dot), with
+- LanceDB index: what `medvec.search.maintenance` builds (IVF_RQ, rows // 4096 partitions, dot), with
   (nprobes, refine_factor) chosen on the same grid as `_tune_lancedb`, plus a Bitmap index on
   view_position and `prefilter=True` for the filtered case;
 - `VectorIndex.search`: Medvec's in-memory index (`medvec.search.vector_index`), as `VectorIndex.build` makes it;
@@ -417,7 +417,7 @@ def section_lancedb(table, col: Collection, queries, kinds, truth, truth_pa, tun
         out["flat_pa"] = summary(secs, found, truth_pa, kinds)
 
     partitions = max(1, rows // 4096)
-    log(f"LanceDB: IVF_RQ index, {partitions} partitions (as medvec.tables.maintenance builds it)")
+    log(f"LanceDB: IVF_RQ index, {partitions} partitions (as medvec.search.maintenance builds it)")
     settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
     table.create_index("vector", config=IvfRq(distance_type="dot", num_partitions=partitions), replace=True,

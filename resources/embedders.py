@@ -105,9 +105,9 @@ class NimEmbedderResource(EmbedderResource):
 
     def resolve(self, cache_dir: Path) -> ModelArtifact:
         from medvec.embedders.base import EmbedderError
-        from medvec.embedders.nim import _without_credentials
+        from medvec.embedders.nim import without_credentials
 
-        shown_url = _without_credentials(self.url)  # a URL may carry user:password; never show it
+        shown_url = without_credentials(self.url)  # a URL may carry user:password; never show it
         with self._client(dim=None) as embedder:
             ready, detail = embedder.ready(timeout=self.timeout_s)
             if not ready:

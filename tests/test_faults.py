@@ -31,7 +31,8 @@ from medvec.embedders.transformers_local import TransformersEmbedder
 from medvec.tables.images import image_table_name
 from medvec.models.registry import resolve_model
 from medvec.models.tiny import build_tiny_siglip
-from medvec.sample.writer import chest_specs, write_chest
+from medvec.sample.chest_dicom import write_chest
+from medvec.sample.plan import chest_specs
 from medvec.settings import Settings
 from pipelines.backfill import backfill
 from pipelines.ingest import ingest

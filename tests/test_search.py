@@ -18,7 +18,7 @@ from medvec.tables.images import image_table_name, open_image_table, upsert_batc
 from medvec.search.precompute import FALLBACK_QUERIES, compute_similar
 from medvec.tables.records import image_table_schema
 from medvec.search.images import Filters, ImageSearch, NoSuchImage, SearchInputError, normalize_query_text
-from medvec.tables.maintenance import IndexOptions, maintain_table
+from medvec.search.maintenance import IndexOptions, maintain_table
 from medvec.search.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k
 
 

@@ -35,7 +35,8 @@ from medvec.bundle.export_onnx import check_text_onnx, cpu_float32_text_tower, e
 from medvec.bundle.pack import PRECISIONS, pack_vectors, packing_costs
 from medvec.bundle.runtime import ORT_FILES, copy_ort, ort_version
 from medvec.bundle.tokenizer_export import WEB_DIR, check_with_node, export_tokenizer, python_token_ids
-from medvec.evaluation.retrieval import EVAL_FILES, FINDING_PROMPTS
+from medvec.evaluation.retrieval import FINDING_PROMPTS
+from medvec.home import EVAL_FILES
 from medvec.search.precompute import FALLBACK_QUERIES
 from medvec.search.images import ImageSearch
 from medvec.storage import HomePath, S3Path, as_path, is_remote, map_paths, remove_tree, upload_tree
@@ -272,7 +273,7 @@ def _check_target(out_dir: HomePath) -> None:
 
 def _loaded_with_answers(search: ImageSearch):
     search.refresh()
-    loaded = search._current()
+    loaded = search.snapshot()
     if not loaded.ids:
         raise BundleError(f"{search.table_name} is empty: ingest images first")
     if not loaded.fallback_hits:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from medvec.embedders.base import Embedder, EmbedderError, l2_normalize
+from medvec.models.quiet import quiet_transformers  # noqa: F401 - re-exported for the benchmarks
 from medvec.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -64,24 +64,6 @@ class PixelPreparer:
         pixels = np.asarray(image, dtype=np.float32) * (1 / 255)
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-@contextmanager
-def quiet_transformers():
-    """Config validation warns about default sub-config token ids our checkpoints never use, and
-    per-weight progress bars flood logs; the pipeline reports its own progress."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-    bars = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
 
 
 def pick_device(requested: str = "auto") -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from medvec.home import image_paths
 from medvec.imaging.dicom import DicomFrame, UnreadableImage, decode_first_frame, read_dataset
 from medvec.datasets.metadata_csv import ImageMetadata
 from medvec.phi import Pseudonymizer
@@ -44,12 +45,6 @@ class NormalizedImage:
     view_webp: bytes
     thumb_webp: bytes
     notes: list[str] = field(default_factory=list)
-
-
-def image_paths(image_id: str) -> tuple[str, str]:
-    """Where an image's files live under the Medvec home, sharded so no folder grows huge."""
-    shard = hashlib.sha1(image_id.encode()).hexdigest()[:2]
-    return f"images/{shard}/{image_id}.webp", f"thumbs/{shard}/{image_id}.webp"
 
 
 def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: NormalizeOptions = NormalizeOptions(),

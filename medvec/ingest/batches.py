@@ -1,10 +1,6 @@
 """Batches: fixed lists of source files (manifests), and normalising one batch in worker processes.
 
-Layout under the Medvec home:
-    batches/<batch>/manifest.json   written once when the batch opens, never changed
-    batches/<batch>/records.parquet one row per normalised image (replaced whole on re-run)
-    batches/<batch>/errors.parquet  one row per file that failed
-    images/<shard>/<image_id>.webp, thumbs/<shard>/<image_id>.webp
+Where each batch's files live under the Medvec home: `medvec.home`.
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from medvec.home import batch_dir, batches_dir
 from medvec.imaging.dicom import UnreadableImage
 from medvec.datasets.adapters import is_dataset_metadata_file, load_dataset_metadata
 from medvec.datasets.metadata_csv import MetadataTable
@@ -58,10 +55,6 @@ class BatchManifest:
                    metadata_csv=raw.get("metadata_csv"), dataset=raw.get("dataset"), files=[SourceFile(**f) for f in raw["files"]])
 
 
-def batch_dir(home: HomePath, batch: str) -> HomePath:
-    return as_path(home) / "batches" / batch
-
-
 def load_manifest(home: HomePath, batch: str) -> BatchManifest:
     path = batch_dir(home, batch) / "manifest.json"
     if not path.exists():
@@ -73,7 +66,7 @@ def load_manifest(home: HomePath, batch: str) -> BatchManifest:
 
 def list_batches(home: HomePath) -> list[str]:
     # One listing (not a lookup per folder): on S3 each lookup is a request.
-    return sorted(p.parent.name for p in (as_path(home) / "batches").glob("*/manifest.json"))
+    return sorted(p.parent.name for p in batches_dir(home).glob("*/manifest.json"))
 
 
 def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit: int | None = None,
@@ -119,7 +112,7 @@ def write_manifest(home: HomePath, manifest: BatchManifest) -> HomePath:
 def batch_opening_lock(home: HomePath):
     """Serialises planning and writing manifests between processes (two ingests, CLI and sensor), so
     no file is planned into two batches."""
-    with exclusive_lock(as_path(home) / "batches" / ".open.lock"):
+    with exclusive_lock(batches_dir(home) / ".open.lock"):
         yield
 
 
@@ -233,9 +226,7 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
         csv_source = open_source(manifest.metadata_csv, s3_endpoint_url)
         metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
-    stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
-                       list(previous.values()))
-    known = {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
+    known = _reusable_hashes(home, previous)
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
                  manifest.batch)
     # Report files (medvec.reports.parse) travel in the same batches; the report assets read them.
@@ -262,9 +253,27 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
                 outcomes[index] = outcome.record
                 result.normalized += 1
 
-    # An image belongs to the first batch that held it: a later batch with the same image_id (the same
-    # SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over.
-    owners = image_owners(home, exclude=manifest.batch)
+    _keep_first_holders(home, outcomes, result)
+    directory = batch_dir(home, manifest.batch)
+    write_parquet(directory / "records.parquet", image_records_table(result.records))
+    write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _reusable_hashes(home: HomePath, previous: dict[str, ImageRecord]) -> dict[str, str]:
+    """source uri → content hash, for stored records whose WebP files still exist: an unchanged file is skipped."""
+    stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
+                       list(previous.values()))
+    return {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
+
+
+def _keep_first_holders(home: HomePath, outcomes: dict[int, object], result: BatchResult) -> None:
+    """Sort outcomes into `result`'s records, errors and duplicates, in manifest order.
+
+    An image belongs to the first batch that held it: a later batch with the same image_id (the same
+    SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over."""
+    owners = image_owners(home, exclude=result.batch)
     seen: dict[str, str] = {}
     for index in sorted(outcomes):  # manifest order makes duplicate resolution deterministic
         outcome = outcomes[index]
@@ -277,12 +286,6 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
         else:
             seen[outcome.image_id] = outcome.source_uri
             result.records.append(outcome)
-
-    directory = batch_dir(home, manifest.batch)
-    write_parquet(directory / "records.parquet", image_records_table(result.records))
-    write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _name(uri: str) -> str:
@@ -300,7 +303,6 @@ def image_owners(home: HomePath, exclude: str | None = None) -> dict[str, str]:
         for image_id in read_parquet(path, columns=["image_id"]).column("image_id").to_pylist():
             owners.setdefault(image_id, batch)
     return owners
-
 
 
 def _execute(tasks: list, init_args: tuple, workers: int, progress: Progress | None) -> Iterable[tuple]:

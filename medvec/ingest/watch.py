@@ -19,14 +19,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from medvec.datasets.adapters import choose_metadata
+from medvec.home import INGEST_ERRORS_TABLE, batch_dir, batches_dir
 from medvec.ingest.awaiting import (AWAITING_LAUNCH, awaiting_batches, clear_awaiting,  # noqa: F401 - re-exported
                                     mark_awaiting)
-from medvec.ingest.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
+from medvec.ingest.batches import (BatchManifest, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.settings import DEFAULT_BATCH_SIZE
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
-from medvec.storage import HomePath, is_remote
+from medvec.storage import HomePath, is_remote, write_atomic
 
 #: The stage under which a file that changed after its batch was opened is reported in `ingest_errors`.
 CHANGED_STAGE = "changed"
@@ -350,7 +351,6 @@ def report_changed(db, changed: list[ChangedFile]) -> int:
     how many rows were new. The file is never put into another batch: its batch keeps it."""
     if not changed:
         return 0
-    from medvec.tables.database import INGEST_ERRORS_TABLE
 
     table = db.create_table(INGEST_ERRORS_TABLE, schema=INGEST_ERROR_SCHEMA, exist_ok=True)
     known = {(r["batch"], r["source_uri"]): r["message"] for r in

@@ -13,6 +13,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from medvec.models.quiet import quiet_transformers
+
 log = logging.getLogger(__name__)
 
 #: Bump when the recipe changes so old builds are rebuilt.
@@ -30,7 +32,7 @@ this is photo image there blunted costophrenic angle lower lobe upper base apex 
 """.split()))
 
 
-def _build_tokenizer(out_dir: Path, *, pad: str, eos: str, bos: str | None, max_length: int,
+def build_tokenizer(out_dir: Path, *, pad: str, eos: str, bos: str | None, max_length: int,
                      model_input_names: list[str] | None = None):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
@@ -107,9 +109,8 @@ def build_tiny_siglip(out_dir: str | Path) -> Path:
     if tmp is None:
         return out_dir
     # Like google/siglip-*: no attention mask, because SigLIP was trained without one.
-    _, vocab = _build_tokenizer(tmp, pad="</s>", eos="</s>", bos=None, max_length=spec.text_length,
+    _, vocab = build_tokenizer(tmp, pad="</s>", eos="</s>", bos=None, max_length=spec.text_length,
                                 model_input_names=["input_ids"])
-    from medvec.embedders.transformers_local import quiet_transformers
 
     config = SiglipConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": width, "intermediate_size": 2 * width,
@@ -136,8 +137,7 @@ def build_tiny_clip(out_dir: str | Path, image_size: int = 32) -> Path:
     out_dir, tmp = _begin_build(out_dir)
     if tmp is None:
         return out_dir
-    _, vocab = _build_tokenizer(tmp, pad="<pad>", eos="</s>", bos="<s>", max_length=77)
-    from medvec.embedders.transformers_local import quiet_transformers
+    _, vocab = build_tokenizer(tmp, pad="<pad>", eos="</s>", bos="<s>", max_length=77)
 
     config = CLIPConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -165,7 +165,6 @@ def build_tiny_biomedclip(out_dir: str | Path, image_size: int = 224) -> Path:
     from tokenizers.models import WordPiece
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    from medvec.embedders.transformers_local import quiet_transformers
     from medvec.models.registry import CLIP_MEAN, CLIP_STD
 
     out_dir, tmp = _begin_build(out_dir)

@@ -37,7 +37,7 @@ def eval_targets(settings: Settings, models: list[str] | None = None):
     from medvec.tables.inventory import medvec_tables
     from medvec.embedders.factory import embedder_from_settings
     from medvec.evaluation.retrieval import EvalTarget
-    from medvec.tables.images import image_table_name
+    from medvec.home import image_table_name, is_image_table, model_slug_of
     from medvec.models.registry import REGISTRY
 
     by_slug = {spec.slug: spec.name for spec in REGISTRY.values()}
@@ -45,8 +45,7 @@ def eval_targets(settings: Settings, models: list[str] | None = None):
         names = [resolve_model(m).name if m in REGISTRY else m for m in models]
         slugs = [resolve_model(m).slug for m in models]
     else:
-        slugs = [t.removeprefix("images__") for t in medvec_tables(database.connect(settings.lancedb_uri))
-                 if t.startswith("images__")]
+        slugs = [model_slug_of(t) for t in medvec_tables(database.connect(settings.lancedb_uri)) if is_image_table(t)]
         names = [by_slug.get(s, s) for s in slugs]
     current = search_model_name(settings)
     targets = []

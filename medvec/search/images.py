@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medvec.embedders.base import Embedder, l2_normalize
-from medvec.search.loading import (HIT_COLUMNS, LoadedTable, build_in_background, fallback_table_name,  # noqa: F401
-                                   ids_fingerprint, index_dir, load_precomputed, precomputed_versions, read_table,
-                                   saved_index, similar_table_name)
+from medvec.home import fallback_table_name, index_dir, similar_table_name  # noqa: F401 - also re-exported
+from medvec.search.loading import (HIT_COLUMNS, LoadedTable, build_in_background,  # noqa: F401
+                                   ids_fingerprint, load_precomputed, precomputed_versions, read_table, saved_index)
 from medvec.search.results import (MAX_K, Filters, Hit, NoSuchImage, NotIndexed, SearchInputError,  # noqa: F401
                                    SearchResult, check_k, normalize_query_text)
 from medvec.search.vector_index import EXACT_BELOW, RowFilter, VectorIndex
@@ -34,7 +34,6 @@ from medvec.tables import database
 from medvec.tables.images import image_table_name
 
 log = logging.getLogger(__name__)
-_check_k = check_k  # the name medvec.search.reports imports
 
 
 class ImageSearch:
@@ -68,6 +67,10 @@ class ImageSearch:
         self._table = None
 
     # --- loading ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> LoadedTable:
+        """The loaded table as of now (vectors, ids, index, version): refreshed when it is due."""
+        return self._current()
 
     def _current(self) -> LoadedTable:
         now = time.monotonic()

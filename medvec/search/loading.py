@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from medvec.home import fallback_table_name, index_dir, similar_table_name
 from medvec.search.vector_index import IndexInfo, RowFilter, VectorIndex
 from medvec.storage import HomePath, as_path, is_remote
 from medvec.tables import database
@@ -32,18 +33,6 @@ HIT_COLUMNS = ("image_id", "study_id", "series_id", "subject_key", "view_positio
                "bits_stored", "window_source", "batch", "image_uri", "thumb_uri", "extra")
 #: Rows per Arrow batch while loading: 8,192 x 1,152 floats is 38 MB in flight on top of the matrix.
 LOAD_BATCH_ROWS = 8_192
-
-
-def fallback_table_name(model_slug: str) -> str:
-    return f"fallback_queries__{model_slug}"
-
-
-def similar_table_name(model_slug: str) -> str:
-    return f"similar_images__{model_slug}"
-
-
-def index_dir(home: HomePath, table: str) -> HomePath:
-    return as_path(home) / "indexes" / table
 
 
 def ids_fingerprint(ids: list[str]) -> str:

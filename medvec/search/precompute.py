@@ -64,12 +64,11 @@ def compute_similar(search: ImageSearch, *, k: int = 20, chunk: int = 4096) -> d
     started = time.perf_counter()
     version = search.refresh()
     search.wait_for_index()  # all-pairs over every row wants the IVF index, not the exact stand-in
-    loaded = search._current()
-    index, ids = loaded.index, loaded.ids
-    vectors = index.vectors
+    loaded = search.snapshot()
+    vectors, ids = loaded.index.vectors, loaded.ids
     rows = []
     for start in range(0, len(ids), chunk):
-        scores, found = index.search_many(vectors[start:start + chunk], k + 1)
+        scores, found = loaded.index.search_many(vectors[start:start + chunk], k + 1)
         for offset, (row_scores, row_found) in enumerate(zip(scores, found)):
             me = start + offset
             pairs = [(ids[r], float(s)) for r, s in zip(row_found, row_scores) if r >= 0 and r != me][:k]
