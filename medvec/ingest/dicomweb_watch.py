@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 
 from medvec.ingest.batches import BatchManifest, batch_opening_lock, list_batches
-from medvec.ingest.watch import _open, claimed_files
+from medvec.ingest.watch import claimed_files, open_batches
 from medvec.sources.dicomweb import DicomWebInstance, DicomWebSource, InstanceQuery, sop_uid_of
 from medvec.storage import HomePath
 
@@ -87,7 +87,7 @@ def open_instances(source: DicomWebSource, home: HomePath, instances: list[Dicom
         claimed = claimed_instances(home, batches)
         fresh = sorted((i for i in instances if i.sop_uid not in claimed), key=lambda i: (i.study_date, i.uri))
         chosen = [i.source_file() for i in fresh[:limit]]
-        opened = _open(source, home, chosen, batch_size, launcher, now or time.time(), batches)
+        opened = open_batches(source, home, chosen, batch_size, launcher, now or time.time(), batches)
     return opened, len(fresh) - len(chosen)
 
 

@@ -233,7 +233,7 @@ class _Chosen(ImageSource):
         raise NotImplementedError
 
 
-def _open(source: ImageSource, home: HomePath, files: list[SourceFile], batch_size: int, launcher: str,
+def open_batches(source: ImageSource, home: HomePath, files: list[SourceFile], batch_size: int, launcher: str,
           now: float, batches: list[str], more: Callable[[int], bool] = lambda opened: True) -> list[BatchManifest]:
     """Write manifests (and awaiting markers) for `files`, in order, while `more(batches opened so far)`
     says so; the caller holds the opening lock and has listed the `batches` already there."""
@@ -286,7 +286,7 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
         tick.new_settled = len(fresh)
         take, capped, held_since = _choose(fresh, tick, cursor, options, now)
         deadline = started + options.tick_budget_s
-        tick.opened = _open(source, home, take, options.batch_size, launcher, now, batches,
+        tick.opened = open_batches(source, home, take, options.batch_size, launcher, now, batches,
                             more=lambda opened: opened < options.batches_per_tick or clock() < deadline)
         last = tick.opened[-1].files[-1].uri if tick.opened else None
         if take and last != take[-1].uri:  # the budget ran out: the rest opens next tick, in order
@@ -341,7 +341,7 @@ def rescan(source: ImageSource, home: HomePath, *, batch_size: int = DEFAULT_BAT
         claims = claimed_files(home, batches)
         unclaimed = [e for e in scan.files if e.uri not in claims]
         take = [e for e in unclaimed if is_settled(e, scan.markers, source.root, now - min_age_s, 0.0)]
-        return _open(source, home, take, batch_size, launcher, now, batches), len(unclaimed) - len(take)
+        return open_batches(source, home, take, batch_size, launcher, now, batches), len(unclaimed) - len(take)
 
 
 # --- reporting changed files -----------------------------------------------------------------------
