@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from medvec.settings import DEFAULT_BATCH_SIZE, Settings, local_state_dir
+from medvec.settings import DEFAULT_BATCH_SIZE, Settings, SettingsError, get_settings, local_state_dir
 
 log = logging.getLogger("medvec")
 
@@ -36,9 +36,9 @@ def cmd_normalize(args) -> int:
     from medvec.tables.records import IngestError
     from medvec.sources import LocalFolderSource
 
-    settings = Settings.from_env()
+    settings = get_settings()
     out = Path(args.out)
-    pseudonymizer = Pseudonymizer(settings.pseudonym_key)
+    pseudonymizer = Pseudonymizer(settings.pseudonym_key and settings.pseudonym_key.get_secret_value())
     metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer,
                                             tuple(args.allow_column)) if args.metadata else None)
     options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square,
@@ -96,8 +96,8 @@ def _print_errors(errors) -> None:
 def _ensure_dagster_home(settings: Settings) -> Path:
     """Runs launched from the CLI land where `make dagster` / `dagster dev` look for them (a home on S3
     keeps Dagster's instance in the local cache: SQLite needs a local folder)."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(local_state_dir(settings) / "dagster"))).absolute()
-    os.environ["DAGSTER_HOME"] = str(home)
+    home = Path(settings.dagster_home or local_state_dir(settings) / "dagster").absolute()
+    os.environ["DAGSTER_HOME"] = str(home)  # where DagsterInstance.get() looks, in this process
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -105,8 +105,8 @@ def _ensure_dagster_home(settings: Settings) -> Path:
     return home
 
 
-def cmd_ingest(args) -> int:
-    settings = Settings.from_env()
+def cmd_ingest(args, settings: Settings | None = None) -> int:
+    settings = settings or get_settings()
     if not args.dry_run:
         _ensure_dagster_home(settings)
     from medvec import progress
@@ -172,7 +172,7 @@ def cmd_ingest(args) -> int:
 def cmd_models(args) -> int:
     from medvec.models.registry import model_rows
 
-    rows = model_rows(hub_cache_dirs=[Settings.from_env().model_cache / "hub", None])
+    rows = model_rows(hub_cache_dirs=[get_settings().model_cache / "hub", None])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -188,17 +188,15 @@ def cmd_models(args) -> int:
 
 def cmd_embed_server(args) -> int:
     from medvec.serve.embed_server import serve
-    from resources.embedders import LocalEmbedderResource
+    from medvec.embedders.factory import embedder_config, local_config, open_embedder
 
     logging.getLogger("medvec.serve.embed_server").setLevel(logging.INFO)  # its startup line is for the operator
-    settings = Settings.from_env()
-    resource = LocalEmbedderResource(model=args.model or settings.model, device=args.device,
-                                     s3_endpoint_url=settings.s3_endpoint_url,
-                                     hf_token=os.environ.get("HF_TOKEN") or None)
-    artifact = resource.resolve(settings.model_cache)
-    with resource.load(artifact) as embedder:
-        serve(embedder, args.host, args.port, max_batch=args.max_batch,
-              api_key=os.environ.get("MEDVEC_EMBED_SERVER_KEY") or None)
+    settings = get_settings()
+    config = local_config(embedder_config(settings, args.model or settings.model, kind="local",
+                                                device=args.device))
+    key = settings.embed_server_key
+    with open_embedder(config) as embedder:
+        serve(embedder, args.host, args.port, max_batch=args.max_batch, api_key=key and key.get_secret_value())
     return 0
 
 
@@ -215,7 +213,7 @@ def _run_search(args, ask) -> int:
     from medvec.search.images import NotIndexed, SearchInputError
     from medvec.search.configured import open_search
 
-    search = open_search(Settings.from_env(), args.model)
+    search = open_search(get_settings(), args.model)
     try:
         result = ask(search)
     except (SearchInputError, NotIndexed) as exc:
@@ -241,7 +239,7 @@ def _run_report_search(args, ask) -> int:
     from medvec.search.images import NotIndexed, SearchInputError
     from medvec.search.configured import open_search
 
-    search = open_search(Settings.from_env(), args.model)
+    search = open_search(get_settings(), args.model)
     try:
         result = ask(ReportSearch(search))
     except (SearchInputError, NotIndexed, NoReports) as exc:
@@ -302,7 +300,7 @@ def cmd_similar(args) -> int:
 def cmd_stats(args) -> int:
     from medvec.tables.inventory import collection_stats
 
-    settings = Settings.from_env()
+    settings = get_settings()
     stats = collection_stats(settings.lancedb_uri, settings.home)
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -327,7 +325,7 @@ def cmd_reset(args) -> int:
     from medvec.tables.inventory import medvec_tables, reset_tables
     from medvec.tables.database import connect
 
-    settings = Settings.from_env()
+    settings = get_settings()
     names = medvec_tables(connect(settings.lancedb_uri))
     if not args.yes:
         print(f"medvec reset drops {len(names)} table(s) at {settings.lancedb_uri}: {', '.join(names) or 'none'}.\n"
@@ -344,7 +342,7 @@ def cmd_eval(args) -> int:
     from medvec.evaluation.retrieval import evaluate_models, markdown_table, per_finding_table, save_report
     from medvec.search.configured import eval_targets
 
-    settings = Settings.from_env()
+    settings = get_settings()
     targets = eval_targets(settings, args.model)
     if not targets:
         print("medvec eval: no model tables yet: run `medvec ingest SOURCE` (or `make demo`) first", file=sys.stderr)
@@ -386,21 +384,22 @@ def cmd_eval(args) -> int:
 def cmd_serve(args) -> int:
     from medvec.serve.http_api import serve
 
-    return serve(Settings.from_env(), host=args.host, port=args.port, model=args.model,
-                 token=os.environ.get("MEDVEC_API_TOKEN") or None)
+    settings = get_settings()
+    return serve(settings, host=args.host, port=args.port, model=args.model,
+                 token=settings.api_token and settings.api_token.get_secret_value())
 
 
 def cmd_mcp(args) -> int:
     from medvec.serve.mcp import run_stdio
 
-    return run_stdio(Settings.from_env(), model=args.model)
+    return run_stdio(get_settings(), model=args.model)
 
 
 # --- backfill ------------------------------------------------------------------------------------
 
 def cmd_backfill(args) -> int:
     """Re-run chosen batches from their manifests, in process: named ones, all, or the failed ones."""
-    settings = Settings.from_env()
+    settings = get_settings()
     _ensure_dagster_home(settings)
     import dagster as dg
 
@@ -466,18 +465,16 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_bundle(args) -> int:
-    from dataclasses import replace
-
     from medvec.bundle import BundleError, BundleOptions, build_bundle
     from medvec.bundle.build import latest_evaluation
     from medvec.bundle.export_onnx import ExportError
     from medvec.bundle.tokenizer_export import TokenizerNotSupported
     from medvec.embedders.base import EmbedderError
-    from medvec.embedders.factory import embedder_from_settings
+    from medvec.embedders.factory import embedder_config, local_config, open_embedder
     from medvec.search.images import NotIndexed
     from medvec.search.configured import open_search, search_model_name
 
-    settings = Settings.from_env()
+    settings = get_settings()
     name = search_model_name(settings, args.model)
     search = open_search(settings, name)
     report, plot = latest_evaluation(settings.home)
@@ -485,7 +482,7 @@ def cmd_bundle(args) -> int:
     options = BundleOptions(precision=args.precision, thumbnails=not args.no_thumbnails)
     try:
         # The text tower is exported from a local copy of the model, whatever embeds the table.
-        with embedder_from_settings(replace(settings, model=name, embedder="local"), device="cpu") as embedder:
+        with open_embedder(local_config(embedder_config(settings, name, kind="local"), device="cpu")) as embedder:
             summary = build_bundle(search, embedder, args.out_dir, home=settings.home, eval_report=report,
                                    eval_plot=plot, options=options, progress=progress)
     except (BundleError, NotIndexed, ExportError, TokenizerNotSupported, EmbedderError) as exc:
@@ -533,26 +530,26 @@ def cmd_sample_data(args) -> int:
 
 def cmd_demo(args) -> int:
     """Sample data → batches → WebP → embeddings → indexes, offline, then a few searches."""
-    settings = Settings.from_env()
+    settings = get_settings()
     sample_dir = local_state_dir(settings) / "sample_data"
     if not (sample_dir / "labels.csv").exists():
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
-    _choose_demo_model(settings)
+    settings = _choose_demo_model(settings)
     ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size, no_embed=False,
                                      metadata=None, dry_run=False, json=False, workers=0, size=512,
                                      thumb_size=256, pad_square=False, window="header", allow_tag=[],
                                      allow_column=[])
     started = time.perf_counter()
-    code = cmd_ingest(ingest_args)
+    code = cmd_ingest(ingest_args, settings)
     print("(the sample holds one truncated DICOM and one text file on purpose: 2 errors are expected)")
     _print_collection(settings)
-    searched = _demo_searches(Settings.from_env(), sample_dir)
+    searched = _demo_searches(settings, sample_dir)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
     print("  search in the browser:                  medvec serve   then open http://127.0.0.1:8080")
     print("  search from the terminal:               medvec search \"pleural effusion\" --view PA")
     print("  search reports and images together:     medvec search \"small left effusion\" --reports")
     print("  measure retrieval:                      medvec eval --split all")
-    print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    print(f"  browse the asset graph and these runs:  make dagster   (DAGSTER_HOME={_ensure_dagster_home(settings)})")
     print("  ingest your own files:                  medvec ingest /path/to/dicoms --limit 100")
     return code or searched
 
@@ -609,7 +606,7 @@ def _print_hits(title: str, result) -> None:
               f" {labels}")
 
 
-def _choose_demo_model(settings: Settings) -> None:
+def _choose_demo_model(settings: Settings) -> Settings:
     """The configured model when this machine has it, else tiny-siglip, said in plain words."""
     from medvec.models.registry import model_rows
 
@@ -617,14 +614,14 @@ def _choose_demo_model(settings: Settings) -> None:
     row = rows.get(settings.model)
     if settings.embedder == "nim" or (row and row["available"] and not row.get("no_retrieval_quality")):
         print(f"embedding with {settings.model}")
-        return
+        return settings
     if settings.model != "tiny-siglip":
         reason = row["why_not"] if row else "not a registry model"
         print(f"{settings.model} is not available here ({reason}).")
-    os.environ["MEDVEC_MODEL"] = "tiny-siglip"
     print("embedding with tiny-siglip: a small model with RANDOM weights, built offline. It exercises the whole "
           "pipeline but its search results mean nothing; set MEDVEC_MODEL=siglip-base (or another model from "
           "`medvec models`) where its files can be downloaded for real retrieval.")
+    return settings.model_copy(update={"model": "tiny-siglip"})
 
 
 def _print_collection(settings: Settings) -> None:
@@ -801,7 +798,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:  # a bad variable: its one line, not a traceback
+        print(f"medvec: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def s3_client(endpoint_url: str | None = None):
 
 
 def aws_region() -> str:
-    return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    from medvec.settings import get_settings  # settings builds home paths with this module: no cycle at import
+
+    return get_settings().aws_region
 
 
 def is_missing_object(error) -> bool:
@@ -213,8 +215,14 @@ def as_path(location, endpoint_url: str | None = None) -> HomePath:
         return location
     text = str(location)
     if text.startswith("s3://"):
-        return S3Path(text.rstrip("/"), endpoint_url or os.environ.get("MEDVEC_S3_ENDPOINT_URL") or None)
+        return S3Path(text.rstrip("/"), endpoint_url or _configured_endpoint())
     return Path(location)
+
+
+def _configured_endpoint() -> str | None:
+    from medvec.settings import get_settings
+
+    return get_settings().s3_endpoint_url
 
 
 def is_remote(path) -> bool:
@@ -439,7 +447,7 @@ def lancedb_storage_options(uri: str, endpoint_url: str | None = None) -> dict[s
     """LanceDB's object-store options for an `s3://` URI pointed at an S3-compatible endpoint (MinIO, moto).
 
     Credentials and region come from the usual AWS environment; only the endpoint is ours to pass."""
-    endpoint_url = endpoint_url or os.environ.get("MEDVEC_S3_ENDPOINT_URL") or None
+    endpoint_url = endpoint_url or _configured_endpoint()
     if not uri.startswith("s3://") or not endpoint_url:
         return None
     options = {"endpoint": endpoint_url, "region": aws_region()}
