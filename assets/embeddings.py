@@ -65,7 +65,7 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
             rows = image_rows(result.records, result.vectors, dim=embedding_model.dim,
                               model_id=embedding_model.model_id, revision=embedding_model.revision)
             upsert_batch(table, batch, rows)
-            database.replace_batch_errors(db, batch, result.errors, stages=store.EMBED_STAGES)
+            database.replace_batch_errors(db, batch, result.errors, stages=database.EMBED_STAGES)
             if result.errors:  # file paths may hold identifiers: the details live in ingest_errors
                 context.log.warning(f"batch {batch}: {len(result.errors)} image(s) could not be embedded "
                                     "(see the ingest_errors table)")
