@@ -166,6 +166,12 @@ class Settings(BaseSettings):
             return Path(self.cache_dir or Path.home() / ".cache" / "medvec").expanduser() / "models"
         return Path(self.home) / "models"
 
+    def exported(self, field_name: str) -> bool:
+        """Whether this secret is set and is what this process's environment holds, so that a Dagster
+        `EnvVar` of its variable resolves to it in runs (Settings built from a dict may hold one that isn't)."""
+        value = getattr(self, field_name)
+        return value is not None and os.environ.get(env_var(field_name)) == value.get_secret_value()
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Settings from `environ` (default: this process's environment); a bad value raises SettingsError."""

@@ -9,10 +9,10 @@ from pathlib import Path
 import dagster as dg
 
 from medvec.embedders.base import Embedder
-from medvec.embedders.factory import (EmbedderConfig, ModelArtifact, embedder_config, open_embedder,
+from medvec.embedders.factory import (DEFAULT_NIM_MODEL, EmbedderConfig, ModelArtifact, embedder_config, open_embedder,
                                       resolve_model_artifact)
 from medvec.models.registry import ModelSpec, resolve_model
-from medvec.settings import Settings
+from medvec.settings import DEFAULT_MODEL, Settings
 
 __all__ = ["EmbedderResource", "LocalEmbedderResource", "ModelArtifact", "NimEmbedderResource", "embedder_resource"]
 
@@ -49,7 +49,7 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
 class LocalEmbedderResource(EmbedderResource):
     """A model run in this process: transformers (SigLIP, MedSigLIP, CLIP) or open_clip (BiomedCLIP)."""
 
-    model: str = "tiny-siglip"
+    model: str = DEFAULT_MODEL
     model_source: str = "hub"  # hub | s3 | local (tiny models are always built locally)
     model_location: str | None = None  # s3://bucket/prefix or a folder, for s3 and local sources
     revision: str | None = None  # pin a Hub revision; the resolved commit is recorded either way
@@ -69,7 +69,7 @@ class LocalEmbedderResource(EmbedderResource):
 class NimEmbedderResource(EmbedderResource):
     """A remote NVIDIA NIM (or `medvec embed-server`) speaking `POST /v1/embeddings`."""
 
-    model: str = "nvclip"
+    model: str = DEFAULT_NIM_MODEL
     url: str
     nim_model: str = "nvidia/nvclip"
     api_key: str | None = None  # an EnvVar("NVIDIA_API_KEY") in the definitions: never shown
@@ -90,7 +90,7 @@ def embedder_resource(settings: Settings, *, kind: str | None = None, device: st
     if not config.runs_in_process:
         return NimEmbedderResource(**shared, url=config.nim_url, nim_model=config.nim_model,
                                    concurrency=config.nim_concurrency, timeout_s=config.nim_timeout_s,
-                                   api_key=dg.EnvVar("NVIDIA_API_KEY") if config.api_key else None)
+                                   api_key=dg.EnvVar("NVIDIA_API_KEY") if settings.exported("nvidia_api_key") else None)
     return LocalEmbedderResource(**shared, model_source=config.model_source, model_location=config.model_location,
                                  revision=config.revision, s3_endpoint_url=config.s3_endpoint_url,
-                                 device=config.device, hf_token=dg.EnvVar("HF_TOKEN") if config.hf_token else None)
+                                 device=config.device, hf_token=dg.EnvVar("HF_TOKEN") if settings.exported("hf_token") else None)
