@@ -4,6 +4,7 @@ as `dg.EnvVar`) and hands it to the domain's one factory (`medvec.embedders.fact
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
@@ -26,11 +27,19 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
     image_size: int | None = None
 
     @abstractmethod
-    def config(self) -> EmbedderConfig:
+    def _make_config(self) -> EmbedderConfig:
         """This resource's configuration, as the factory takes it."""
 
+    @cached_property
+    def _config(self) -> EmbedderConfig:
+        # Resolved once per resource instance: the spec is one immutable value for the whole run.
+        return self._make_config()
+
+    def config(self) -> EmbedderConfig:
+        return self._config
+
     def spec(self) -> ModelSpec:
-        return self.config().spec
+        return self._config.spec
 
     def _model_spec(self) -> ModelSpec:
         overrides = {k: v for k, v in (("dim", self.dim), ("image_size", self.image_size)) if v is not None}
@@ -59,7 +68,7 @@ class LocalEmbedderResource(EmbedderResource):
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 32
 
-    def config(self) -> EmbedderConfig:
+    def _make_config(self) -> EmbedderConfig:
         return EmbedderConfig(kind="local", spec=self._model_spec(), device=self.device, dtype=self.dtype,
                               batch_size=self.batch_size, model_source=self.model_source,
                               model_location=self.model_location, revision=self.revision,
@@ -76,7 +85,7 @@ class NimEmbedderResource(EmbedderResource):
     concurrency: int = 4
     timeout_s: float = 60.0
 
-    def config(self) -> EmbedderConfig:
+    def _make_config(self) -> EmbedderConfig:
         return EmbedderConfig(kind="nim", spec=self._model_spec(), nim_url=self.url, nim_model=self.nim_model,
                               nim_concurrency=self.concurrency, nim_timeout_s=self.timeout_s, api_key=self.api_key)
 
