@@ -105,10 +105,10 @@ class Settings(BaseSettings):
     watch_partial_wait_s: float = _var("MEDVEC_WATCH_PARTIAL_WAIT_S", 300.0,
                                        "a partial batch opens after the source is quiet this long", ge=0)
     watch_listing_budget_s: float = _var("MEDVEC_WATCH_LISTING_BUDGET_S", 15.0,
-                                         "seconds one tick may list the source", gt=0)
+                                         "seconds one tick may list the source", ge=0)
     watch_settle_margin_s: float = _var("MEDVEC_WATCH_SETTLE_MARGIN_S", 2.0,
                                         "clock skew allowed between the file server and here", ge=0)
-    watch_interval_s: int = _var("MEDVEC_WATCH_INTERVAL_S", 30, "sensor minimum interval (s)", ge=1)
+    watch_interval_s: int = _var("MEDVEC_WATCH_INTERVAL_S", 30, "sensor minimum interval (s)", ge=0)
     refresh_quiet_s: float = _var("MEDVEC_REFRESH_QUIET_S", 60.0,
                                   "search refresh waits this long after the last embedding", ge=0)
     # --- deployment profile (checked, with their own messages, by pipelines/profiles.py) ---
