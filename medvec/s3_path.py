@@ -8,7 +8,6 @@ folders.
 from __future__ import annotations
 
 import fnmatch
-import os
 import posixpath
 import threading
 
@@ -30,7 +29,9 @@ def s3_client(endpoint_url: str | None = None):
 
 
 def aws_region() -> str:
-    return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    from medvec.settings import get_settings  # settings builds home paths with storage: no cycle at import
+
+    return get_settings().aws_region
 
 
 def is_missing_object(error) -> bool:

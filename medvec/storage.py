@@ -35,7 +35,7 @@ def as_path(location, endpoint_url: str | None = None) -> HomePath:
         return location
     text = str(location)
     if text.startswith("s3://"):
-        return S3Path(text.rstrip("/"), endpoint_url or os.environ.get("MEDVEC_S3_ENDPOINT_URL") or None)
+        return S3Path(text.rstrip("/"), endpoint_url or _configured_endpoint())
     return Path(location)
 
 
@@ -178,10 +178,16 @@ def lancedb_storage_options(uri: str, endpoint_url: str | None = None) -> dict[s
     """LanceDB's object-store options for an `s3://` URI pointed at an S3-compatible endpoint (MinIO, moto).
 
     Credentials and region come from the usual AWS environment; only the endpoint is ours to pass."""
-    endpoint_url = endpoint_url or os.environ.get("MEDVEC_S3_ENDPOINT_URL") or None
+    endpoint_url = endpoint_url or _configured_endpoint()
     if not uri.startswith("s3://") or not endpoint_url:
         return None
     options = {"endpoint": endpoint_url, "region": aws_region()}
     if endpoint_url.startswith("http://"):
         options["allow_http"] = "true"
     return options
+
+
+def _configured_endpoint() -> str | None:
+    from medvec.settings import get_settings  # settings builds home paths with this module: no cycle at import
+
+    return get_settings().s3_endpoint_url

@@ -25,7 +25,7 @@ from medvec.settings import Settings
 from medvec.storage import HomePath
 from assets.partitions import batch_partitions
 from resources import home_resources
-from resources.embedders import EmbedderResource, NimEmbedderResource, embedder_from_env
+from resources.embedders import EmbedderResource, embedder_resource
 from resources.home_io_manager import stored_value
 
 LAUNCHED_BY_TAG = "medvec/launched_by"  # runs a medvec command executed in its own process
@@ -110,8 +110,8 @@ def model_ready(instance: dg.DagsterInstance, embedder: EmbedderResource, home: 
         return False
     if not stored_value(home, embedding_model.key).is_file():
         return False
-    spec = embedder.spec()
-    loader = "nim" if isinstance(embedder, NimEmbedderResource) else spec.loader
+    config = embedder.config()
+    spec, loader = config.spec, config.loader
     found = {key: getattr(value, "value", None) for key, value in event.asset_materialization.metadata.items()}
     return (found.get("model"), found.get("model_id"), found.get("loader")) == (spec.name, spec.model_id, loader)
 
@@ -180,7 +180,7 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
             summary.ok += len(load_batch_records(settings.home, batch))
             summary.errors += len(load_batch_errors(settings.home, batch))
         if embed and normalized:
-            embedder = embedder or embedder_from_env(settings)
+            embedder = embedder or embedder_resource(settings)
             resources["embedder"] = embedder
             spec = embedder.spec()
             summary.model, summary.table = spec.name, image_table_name(spec.slug)

@@ -17,7 +17,7 @@ from medvec import progress
 from medvec.cli.options import add_render_options
 from medvec.cli.output import print_errors, print_json, progress_bars, refuse
 from medvec.datasets.adapters import DATASET_NAMES
-from medvec.settings import DEFAULT_BATCH_SIZE, Settings, local_state_dir
+from medvec.settings import DEFAULT_BATCH_SIZE, Settings, get_settings, local_state_dir
 
 EXTRA = "dagster"
 
@@ -71,8 +71,8 @@ def dagster_missing(command: str) -> str | None:
 def ensure_dagster_home(settings: Settings) -> Path:
     """Runs launched from the CLI land where `make dagster` / `dagster dev` look for them (a home on S3
     keeps Dagster's instance in the local cache: SQLite needs a local folder)."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(local_state_dir(settings) / "dagster"))).absolute()
-    os.environ["DAGSTER_HOME"] = str(home)
+    home = Path(settings.dagster_home or local_state_dir(settings) / "dagster").absolute()
+    os.environ["DAGSTER_HOME"] = str(home)  # where DagsterInstance.get() looks, in this process
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -82,10 +82,10 @@ def ensure_dagster_home(settings: Settings) -> Path:
 
 # --- ingest --------------------------------------------------------------------------------------
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def cmd_ingest(args: argparse.Namespace, settings: Settings | None = None) -> int:
     if missing := dagster_missing("ingest"):
         return refuse(missing)
-    settings = Settings.from_env()
+    settings = settings or get_settings()
     if not args.dry_run:
         ensure_dagster_home(settings)
     from pipelines.ingest import ingest
@@ -140,7 +140,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     """Re-run chosen batches from their manifests, in process: named ones, all, or the failed ones."""
     if missing := dagster_missing("backfill"):
         return refuse(missing)
-    settings = Settings.from_env()
+    settings = get_settings()
     ensure_dagster_home(settings)
     import dagster as dg
 
@@ -210,20 +210,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if missing := dagster_missing("demo"):
         return refuse(missing)
-    settings = Settings.from_env()
+    settings = get_settings()
     sample_dir = local_state_dir(settings) / "sample_data"
     if not (sample_dir / "labels.csv").exists():
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
-    choose_demo_model(settings)
+    settings = choose_demo_model(settings)
     ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size, no_embed=False,
                                      metadata=None, dry_run=False, json=False, workers=0, size=512,
                                      thumb_size=256, pad_square=False, window="header", allow_tag=[],
                                      allow_column=[])
     started = time.perf_counter()
-    code = cmd_ingest(ingest_args)
+    code = cmd_ingest(ingest_args, settings)
     print("(the sample holds one truncated DICOM and one text file on purpose: 2 errors are expected)")
     show_collection(settings)
-    searched = show_searches(Settings.from_env(), sample_dir)
+    searched = show_searches(settings, sample_dir)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
-    show_next_steps(os.environ.get("DAGSTER_HOME"))
+    show_next_steps(str(ensure_dagster_home(settings)))
     return code or searched

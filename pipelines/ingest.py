@@ -25,7 +25,7 @@ from medvec.sources import open_source
 from pipelines.backfill import BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search
 from assets.partitions import batch_partitions
 from resources import home_resources
-from resources.embedders import EmbedderResource, embedder_from_env
+from resources.embedders import EmbedderResource, embedder_resource
 
 
 @dataclass
@@ -99,7 +99,7 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     # A killed earlier ingest leaves its run STARTED, holding a `gpu` pool slot: free it first.
     reap_dead_runs(instance)
     if embed:
-        embedder = embedder or embedder_from_env(settings)
+        embedder = embedder or embedder_resource(settings)
     embedded = embedded_batches(settings, embedder.spec().slug) if embed else None
     with batch_opening_lock(settings.home):
         existing = [load_manifest(settings.home, b) for b in list_batches(settings.home)]

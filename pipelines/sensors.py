@@ -16,7 +16,7 @@ import dagster as dg
 from assets.embeddings import embedding_model, image_embeddings
 from medvec.tables import database
 from medvec.ingest.batches import is_normalized
-from medvec.settings import Settings
+from medvec.settings import Settings, get_settings
 from medvec.sources import open_source
 from medvec.ingest.watch import (WatchCursor, WatchOptions, awaiting_batches, clear_awaiting, refresh_decision,
                           report_changed, rescan, watch_source)
@@ -42,7 +42,7 @@ def folder_root(settings: Settings) -> str:
 
 def s3_root(settings: Settings) -> str | None:
     """The prefix s3_prefix_sensor watches: MEDVEC_WATCH_S3, else MEDVEC_SOURCE when it is s3://."""
-    return os.environ.get("MEDVEC_WATCH_S3") or (settings.source if settings.source.startswith("s3://") else None)
+    return settings.watch_s3 or (settings.source if settings.source.startswith("s3://") else None)
 
 
 def _has_run(instance: dg.DagsterInstance, batch: str) -> bool:
@@ -124,7 +124,7 @@ def _source_sensor(name: str, pick_root, description: str) -> dg.SensorDefinitio
     @dg.sensor(name=name, target=[embedding_model, *BATCH_ASSETS], minimum_interval_seconds=_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.STOPPED, description=description)
     def _sensor(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource):
-        return watch_tick(context, medvec, embedder, pick_root(Settings.from_env()), name)
+        return watch_tick(context, medvec, embedder, pick_root(get_settings()), name)
 
     return _sensor
 
@@ -150,7 +150,7 @@ class RescanConfig(dg.Config):
 def rescan_source(context: dg.OpExecutionContext, config: RescanConfig, medvec: MedvecHomeResource) -> list[str]:
     """Open batches for every file on the source that no batch holds; the sensor watching that kind of
     source (folder or S3) launches them on its next tick."""
-    root = config.source or Settings.from_env().source
+    root = config.source or get_settings().source
     launcher = S3_SENSOR if root.startswith("s3://") else FOLDER_SENSOR
     opened, young = rescan(open_source(root, medvec.s3_endpoint_url), medvec.home_path,
                            batch_size=config.batch_size, min_age_s=config.min_age_seconds, launcher=launcher)

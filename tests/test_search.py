@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from medvec.tables import database
-from medvec.embedders.factory import embedder_from_settings
+from medvec.embedders.factory import embedder_config, open_embedder
 from medvec.tables.images import image_table_name, open_image_table, upsert_batch
 from medvec.search.precompute import FALLBACK_QUERIES, compute_similar
 from medvec.tables.records import image_table_schema
@@ -83,7 +83,7 @@ def test_find_similar_is_a_lookup_and_matches_the_live_index(search):
 def test_a_novel_text_query_loads_the_models_text_tower(search_collection, search):
     result = search.search_text("small left apical pneumothorax with rib fractures", k=3)
     assert result.route == "index" and search.info()["encoder_loaded"]
-    with embedder_from_settings(search_collection.settings) as embedder:
+    with open_embedder(embedder_config(search_collection.settings)) as embedder:
         vector = embedder.embed_texts(["small left apical pneumothorax with rib fractures"])[0]
     assert _ids(search.search_vector(vector, k=3)) == _ids(result)
 

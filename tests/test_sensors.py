@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -279,8 +278,8 @@ def test_s3_prefix_sensor_opens_batches_and_reports_a_replaced_object(settings, 
     client.put_object(Bucket=bucket, Key="cxr/p1/.done", Body=b"")
     if home_on == "s3":
         home = f"s3://{bucket}/home"
-        settings = replace(settings, home=as_path(home, s3_endpoint), lancedb_uri=f"{home}/lancedb",
-                           s3_endpoint_url=s3_endpoint)
+        settings = settings.model_copy(update={"home": as_path(home, s3_endpoint), "lancedb_uri": f"{home}/lancedb",
+                                               "s3_endpoint_url": s3_endpoint})
         monkeypatch.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
     resources = {**resources, "medvec": MedvecHomeResource(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                                                            s3_endpoint_url=s3_endpoint)}

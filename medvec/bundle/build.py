@@ -78,7 +78,9 @@ class BundleOptions:
 
 def ort_dist_dir(explicit: Path | None = None) -> Path:
     """Where onnxruntime-web's built files are; raises with the command that installs them."""
-    folder = Path(explicit or os.environ.get("MEDVEC_ORT_WEB_DIST")
+    from medvec.settings import get_settings
+
+    folder = Path(explicit or get_settings().ort_web_dist
                   or WEB_DIR / "node_modules" / "onnxruntime-web" / "dist")
     missing = [name for name in ORT_FILES if not (folder / name).exists()]
     if missing:

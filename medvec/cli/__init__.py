@@ -13,6 +13,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
+from medvec.settings import SettingsError
 from medvec.cli import bundle, collection, evaluate, fetch, normalize, receive, sample, search, servers
 
 COMMAND_GROUP = "medvec.commands"
@@ -68,4 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:  # a bad variable: its one line, not a traceback
+        print(f"medvec: {exc}", file=sys.stderr)
+        return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medvec.cli.output import print_json, refuse, stderr_messages
-from medvec.settings import Settings
+from medvec.settings import Settings, get_settings
 
 
 def register(sub) -> None:
@@ -27,18 +27,18 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from medvec.bundle.export_onnx import ExportError
     from medvec.bundle.tokenizer_export import TokenizerNotSupported
     from medvec.embedders.base import EmbedderError
-    from medvec.embedders.factory import embedder_from_settings
+    from medvec.embedders.factory import embedder_config, local_config, open_embedder
     from medvec.search.configured import open_search, search_model_name
     from medvec.search.images import NotIndexed
 
-    settings = Settings.from_env()
+    settings = get_settings()
     name = search_model_name(settings, args.model)
     search = open_search(settings, name)
     report, plot = latest_evaluation(settings.home)
     options = BundleOptions(precision=args.precision, thumbnails=not args.no_thumbnails)
     try:
         # The text tower is exported from a local copy of the model, whatever embeds the table.
-        with embedder_from_settings(replace(settings, model=name, embedder="local"), device="cpu") as embedder:
+        with open_embedder(local_config(embedder_config(settings, name, kind="local"), device="cpu")) as embedder:
             summary = build_bundle(search, embedder, args.out_dir, home=settings.home, eval_report=report,
                                    eval_plot=plot, options=options, progress=stderr_messages(args.json))
     except (BundleError, NotIndexed, ExportError, TokenizerNotSupported, EmbedderError) as exc:

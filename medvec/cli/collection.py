@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medvec.cli.output import print_json, refuse
-from medvec.settings import Settings
+from medvec.settings import Settings, get_settings
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from medvec.models.registry import model_rows
 
-    rows = model_rows(hub_cache_dirs=[Settings.from_env().model_cache / "hub", None])
+    rows = model_rows(hub_cache_dirs=[get_settings().model_cache / "hub", None])
     if args.json:
         print_json(rows)
         return 0
@@ -42,7 +42,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from medvec.tables.inventory import collection_stats
 
-    settings = Settings.from_env()
+    settings = get_settings()
     stats = collection_stats(settings.lancedb_uri, settings.home)
     if args.json:
         print_json(stats)
@@ -67,7 +67,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from medvec.tables.database import connect
     from medvec.tables.inventory import medvec_tables, reset_tables
 
-    settings = Settings.from_env()
+    settings = get_settings()
     names = medvec_tables(connect(settings.lancedb_uri))
     if not args.yes:
         return refuse(f"medvec reset drops {len(names)} table(s) at {settings.lancedb_uri}: {', '.join(names) or 'none'}.\n"

@@ -6,7 +6,7 @@ import argparse
 
 from medvec.cli.output import print_json, refuse, stderr_messages
 from medvec.datasets.splits import eval_split_argument
-from medvec.settings import Settings
+from medvec.settings import Settings, get_settings
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from medvec.search.configured import eval_targets
     from medvec.tables import database
 
-    settings = Settings.from_env()
+    settings = get_settings()
     targets = eval_targets(settings, args.model)
     if not targets:
         return refuse("medvec eval: no model tables yet: run `medvec ingest SOURCE` (or `make demo`) first")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 
+from medvec.settings import get_settings
 from medvec.datasets.fetch import REMOTES, FetchError, fetch_dataset
 
 
@@ -28,11 +28,13 @@ def run(args) -> int:
         bar.n = done
         bar.refresh()
 
+    settings = get_settings()
+    password = settings.physionet_password
     try:
         # PhysioNet credentials, like `wget --user`: read here, handed to the client, never printed.
         summary = fetch_dataset(args.dataset, args.dir, base_url=args.base_url, only=tuple(args.only),
-                                username=os.environ.get("PHYSIONET_USERNAME"),
-                                password=os.environ.get("PHYSIONET_PASSWORD"), progress=progress)
+                                username=settings.physionet_username,
+                                password=password and password.get_secret_value(), progress=progress)
     except FetchError as exc:
         print(f"medvec fetch: {exc}")
         return 1

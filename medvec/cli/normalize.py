@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medvec.cli.options import add_render_options
 from medvec.cli.output import bar, print_errors, print_json
-from medvec.settings import Settings
+from medvec.settings import get_settings
 
 log = logging.getLogger("medvec")
 
@@ -30,9 +30,9 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     from medvec.phi import Pseudonymizer
     from medvec.sources import LocalFolderSource
 
-    settings = Settings.from_env()
+    settings = get_settings()
     out = Path(args.out)
-    pseudonymizer = Pseudonymizer(settings.pseudonym_key)
+    pseudonymizer = Pseudonymizer(settings.pseudonym_key and settings.pseudonym_key.get_secret_value())
     metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer,
                                             tuple(args.allow_column)) if args.metadata else None)
     options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from medvec.settings import Settings
+from medvec.settings import Settings, get_settings
 from medvec.sources.receiver import DicomReceiver, ReceiverConfig
 
 
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     logging.getLogger("medvec.sources.receiver").setLevel(logging.INFO)
-    out = Path(args.out or Settings.from_env().source).expanduser()
+    out = Path(args.out or get_settings().source).expanduser()
     config = ReceiverConfig(out=out, ae_title=args.ae_title, port=args.port, host=args.host, allow=tuple(args.allow))
     print(f"receiving as {config.ae_title} on port {config.port} into {out}"
           + (f" (accepting {', '.join(config.allow)})" if config.allow else ""), flush=True)

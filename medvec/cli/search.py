@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medvec.cli.output import print_json, refuse
 from medvec.datasets.splits import split_argument
-from medvec.settings import Settings
+from medvec.settings import Settings, get_settings
 
 
 def register(sub) -> None:
@@ -69,7 +69,7 @@ def _run_search(args: argparse.Namespace, ask) -> int:
     from medvec.search.configured import open_search
     from medvec.search.images import NotIndexed, SearchInputError
 
-    search = open_search(Settings.from_env(), args.model)
+    search = open_search(get_settings(), args.model)
     try:
         result = ask(search)
     except (SearchInputError, NotIndexed) as exc:
@@ -94,7 +94,7 @@ def _run_report_search(args: argparse.Namespace, ask) -> int:
     from medvec.search.images import NotIndexed, SearchInputError
     from medvec.search.reports import NoReports, ReportSearch
 
-    search = open_search(Settings.from_env(), args.model)
+    search = open_search(get_settings(), args.model)
     try:
         result = ask(ReportSearch(search))
     except (SearchInputError, NotIndexed, NoReports) as exc:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
-from medvec.settings import Settings
+from medvec.settings import get_settings
 
 
 def register(sub) -> None:
@@ -30,29 +29,28 @@ def register(sub) -> None:
 
 
 def cmd_embed_server(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from medvec.embedders.factory import embedder_from_settings
+    from medvec.embedders.factory import embedder_config, local_config, open_embedder
     from medvec.serve.embed_server import serve
 
     logging.getLogger("medvec.serve.embed_server").setLevel(logging.INFO)  # its startup line is for the operator
-    settings = Settings.from_env()
+    settings = get_settings()
     # The server always runs the model here, whatever MEDVEC_EMBEDDER says the pipeline uses.
-    with embedder_from_settings(replace(settings, model=args.model or settings.model, embedder="local"),
-                                device=args.device) as embedder:
-        serve(embedder, args.host, args.port, max_batch=args.max_batch,
-              api_key=os.environ.get("MEDVEC_EMBED_SERVER_KEY") or None)
+    config = local_config(embedder_config(settings, args.model or settings.model, kind="local", device=args.device))
+    key = settings.embed_server_key
+    with open_embedder(config) as embedder:
+        serve(embedder, args.host, args.port, max_batch=args.max_batch, api_key=key and key.get_secret_value())
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from medvec.serve.http_api import serve
 
-    return serve(Settings.from_env(), host=args.host, port=args.port, model=args.model,
-                 token=os.environ.get("MEDVEC_API_TOKEN") or None)
+    settings = get_settings()
+    return serve(settings, host=args.host, port=args.port, model=args.model,
+                 token=settings.api_token and settings.api_token.get_secret_value())
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
     from medvec.serve.mcp import run_stdio
 
-    return run_stdio(Settings.from_env(), model=args.model)
+    return run_stdio(get_settings(), model=args.model)

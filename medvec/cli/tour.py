@@ -3,13 +3,12 @@ searches of each kind and the next steps. Domain only; the demo command itself d
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medvec.settings import Settings
 
 
-def choose_demo_model(settings: Settings) -> None:
+def choose_demo_model(settings: Settings) -> Settings:
     """The configured model when this machine has it, else tiny-siglip, said in plain words."""
     from medvec.models.registry import model_rows
 
@@ -17,14 +16,14 @@ def choose_demo_model(settings: Settings) -> None:
     row = rows.get(settings.model)
     if settings.embedder == "nim" or (row and row["available"] and not row.get("no_retrieval_quality")):
         print(f"embedding with {settings.model}")
-        return
+        return settings
     if settings.model != "tiny-siglip":
         reason = row["why_not"] if row else "not a registry model"
         print(f"{settings.model} is not available here ({reason}).")
-    os.environ["MEDVEC_MODEL"] = "tiny-siglip"
     print("embedding with tiny-siglip: a small model with RANDOM weights, built offline. It exercises the whole "
           "pipeline but its search results mean nothing; set MEDVEC_MODEL=siglip-base (or another model from "
           "`medvec models`) where its files can be downloaded for real retrieval.")
+    return settings.model_copy(update={"model": "tiny-siglip"})
 
 
 def show_collection(settings: Settings) -> None:

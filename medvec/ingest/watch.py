@@ -12,9 +12,8 @@ database) and a half-written download, whose mtime moves with every write, never
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -25,7 +24,7 @@ from medvec.ingest.awaiting import (AWAITING_LAUNCH, awaiting_batches, clear_awa
 from medvec.ingest.batches import (BatchManifest, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
-from medvec.settings import DEFAULT_BATCH_SIZE
+from medvec.settings import DEFAULT_BATCH_SIZE, Settings, get_settings
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
 from medvec.storage import HomePath, is_remote, write_atomic
 
@@ -61,23 +60,19 @@ class WatchOptions:
     model_retry_s: float = 300.0  # after a failed embedding_model run, wait this long before retrying
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "WatchOptions":
-        env = os.environ if environ is None else environ
-        names = {"batch_size": ("MEDVEC_WATCH_BATCH_SIZE", int),
-                 "batches_per_tick": ("MEDVEC_WATCH_BATCHES_PER_TICK", int),
-                 "max_batches_per_tick": ("MEDVEC_WATCH_MAX_BATCHES_PER_TICK", int),
-                 "tick_budget_s": ("MEDVEC_WATCH_TICK_BUDGET_S", float),
-                 "runs_per_tick": ("MEDVEC_WATCH_RUNS_PER_TICK", int),
-                 "partial_wait_s": ("MEDVEC_WATCH_PARTIAL_WAIT_S", float),
-                 "listing_budget_s": ("MEDVEC_WATCH_LISTING_BUDGET_S", float),
-                 "settle_margin_s": ("MEDVEC_WATCH_SETTLE_MARGIN_S", float),
-                 "interval_s": ("MEDVEC_WATCH_INTERVAL_S", int),
-                 "refresh_quiet_s": ("MEDVEC_REFRESH_QUIET_S", float)}
-        values = {key: kind(env[var]) for key, (var, kind) in names.items() if env.get(var)}
-        options = cls(**values)
-        if options.batch_size < 1 or options.batches_per_tick < 1 or options.runs_per_tick < 1:
-            raise ValueError("MEDVEC_WATCH_BATCH_SIZE, _BATCHES_PER_TICK and _RUNS_PER_TICK must be at least 1")
-        return options
+    def from_settings(cls, settings: Settings) -> "WatchOptions":
+        """The MEDVEC_WATCH_* variables (and MEDVEC_REFRESH_QUIET_S), checked where Settings are built."""
+        return cls(batch_size=settings.watch_batch_size, batches_per_tick=settings.watch_batches_per_tick,
+                   max_batches_per_tick=settings.watch_max_batches_per_tick,
+                   tick_budget_s=settings.watch_tick_budget_s, runs_per_tick=settings.watch_runs_per_tick, partial_wait_s=settings.watch_partial_wait_s,
+                   listing_budget_s=settings.watch_listing_budget_s,
+                   settle_margin_s=settings.watch_settle_margin_s, interval_s=settings.watch_interval_s,
+                   refresh_quiet_s=settings.refresh_quiet_s)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WatchOptions":
+        """From `environ` (default: this process's Settings)."""
+        return cls.from_settings(get_settings() if environ is None else Settings.from_env(environ))
 
     def runs_for(self, opened: int) -> int:
         """Runs to request this tick: never fewer than the tick opened, so awaiting batches do not pile up

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,8 +131,9 @@ def _hub_offline() -> bool:
 
     # huggingface_hub reads HF_HUB_OFFLINE once, when first imported; a value set later (a Dagster run's
     # environment, a test) must count too, or a "switched off" Hub is still asked and times out.
-    late = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    return bool(constants.HF_HUB_OFFLINE) or late
+    from medvec.settings import get_settings
+
+    return bool(constants.HF_HUB_OFFLINE) or get_settings().hf_hub_offline
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from medvec.home import fallback_table_name, index_dir, similar_table_name
 from medvec.search.vector_index import IndexInfo, RowFilter, VectorIndex
-from medvec.storage import HomePath, as_path, is_remote
+from medvec.storage import HomePath, is_remote
 from medvec.tables import database
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ a log line or an error message.
 from __future__ import annotations
 
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from medvec.settings import Settings, get_settings
 from medvec.sources import ImageSource, SourceFile, SourceUnavailable
 
 #: A manifest entry's size when the server does not say it before retrieval (QIDO-RS has no size).
@@ -23,7 +23,6 @@ UNKNOWN_SIZE = -1
 _QIDO_PAGE = 500
 
 
-# settings: move into medvec.settings.Settings at merge
 @dataclass(frozen=True)
 class DicomWebSettings:
     """MEDVEC_DICOMWEB_URL (the service root, e.g. http://orthanc:8042/dicom-web), MEDVEC_DICOMWEB_TOKEN
@@ -50,22 +49,18 @@ class DicomWebSettings:
 
 
 def dicomweb_settings(environ: dict[str, str] | None = None) -> DicomWebSettings:
-    # settings: move into medvec.settings.Settings at merge
-    env = os.environ if environ is None else environ
-    query = dict(part.split("=", 1) for part in (env.get("MEDVEC_DICOMWEB_QUERY") or "").split("&") if "=" in part)
-    modalities = tuple(m.strip().upper() for m in (env.get("MEDVEC_DICOMWEB_MODALITIES") or "").split(",") if m.strip())
+    """The archive's settings from `Settings` (this process's, or built from `environ`)."""
+    settings = get_settings() if environ is None else Settings.from_env(environ)
+    query = dict(part.split("=", 1) for part in settings.dicomweb_query.split("&") if "=" in part)
+    modalities = tuple(m.strip().upper() for m in settings.dicomweb_modalities.split(",") if m.strip())
+    secret = lambda value: value.get_secret_value() if value is not None else None  # noqa: E731
     return DicomWebSettings(
-        url=(env.get("MEDVEC_DICOMWEB_URL") or "").rstrip("/") or None,
-        token=env.get("MEDVEC_DICOMWEB_TOKEN") or None,
-        user=env.get("MEDVEC_DICOMWEB_USER") or None,
-        password=env.get("MEDVEC_DICOMWEB_PASSWORD") or None,
-        modalities=modalities, query=query,
-        max_per_tick=int(env.get("MEDVEC_DICOMWEB_MAX_PER_TICK") or 2000),
-        concurrency=int(env.get("MEDVEC_DICOMWEB_CONCURRENCY") or 8),
-        lookback_days=int(env.get("MEDVEC_DICOMWEB_LOOKBACK_DAYS") or 1),
-        connect_timeout_s=float(env.get("MEDVEC_DICOMWEB_CONNECT_TIMEOUT_S") or 5.0),
-        read_timeout_s=float(env.get("MEDVEC_DICOMWEB_READ_TIMEOUT_S") or 60.0),
-        retries=int(env.get("MEDVEC_DICOMWEB_RETRIES") or 2))
+        url=(settings.dicomweb_url or "").rstrip("/") or None, token=secret(settings.dicomweb_token),
+        user=settings.dicomweb_user, password=secret(settings.dicomweb_password),
+        modalities=modalities, query=query, max_per_tick=settings.dicomweb_max_per_tick,
+        concurrency=settings.dicomweb_concurrency, lookback_days=settings.dicomweb_lookback_days,
+        connect_timeout_s=settings.dicomweb_connect_timeout_s, read_timeout_s=settings.dicomweb_read_timeout_s,
+        retries=settings.dicomweb_retries)
 
 
 @dataclass(frozen=True)
