@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medvec.cli.output import print_json, refuse, stderr_messages
-from medvec.settings import Settings, get_settings
+from medvec.settings import get_settings
 
 
 def register(sub) -> None:
@@ -20,7 +20,6 @@ def register(sub) -> None:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from dataclasses import replace
 
     from medvec.bundle import BundleError, BundleOptions, build_bundle
     from medvec.bundle.build import latest_evaluation

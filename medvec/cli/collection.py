@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medvec.cli.output import print_json, refuse
-from medvec.settings import Settings, get_settings
+from medvec.settings import get_settings
 
 
 def register(sub) -> None:

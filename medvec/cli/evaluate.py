@@ -6,7 +6,7 @@ import argparse
 
 from medvec.cli.output import print_json, refuse, stderr_messages
 from medvec.datasets.splits import eval_split_argument
-from medvec.settings import Settings, get_settings
+from medvec.settings import get_settings
 
 
 def register(sub) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from medvec.settings import Settings, get_settings
+from medvec.settings import get_settings
 from medvec.sources.receiver import DicomReceiver, ReceiverConfig
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medvec.cli.output import print_json, refuse
 from medvec.datasets.splits import split_argument
-from medvec.settings import Settings, get_settings
+from medvec.settings import get_settings
 
 
 def register(sub) -> None:
