@@ -5,20 +5,12 @@ profile; only the executor and the embedder's defaults change."""
 
 import dagster as dg
 
-from assets.bundle import search_bundle
-from assets.embeddings import embedding_model, image_embeddings
-from assets.evaluation import retrieval_evaluation
-from assets.ingest import normalized_images, source_manifest
-from assets.reports import report_embeddings, report_records
-from assets.search import fallback_queries, image_index, similar_images
+from assets.checks import CHECKS
 from medvec.settings import Settings
-from pipelines.jobs import ingest_job, search_refresh_job
+from pipelines.jobs import ASSETS, JOBS
 from pipelines.profiles import gpu_steps, profile_from_env
-from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
+from pipelines.sensors import incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor
 from resources import home_resources
-
-ASSETS = [source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
-          image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle]
 
 settings = Settings.from_env()
 profile = profile_from_env()
@@ -26,7 +18,8 @@ embedder = profile.embedder(settings)
 
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=[ingest_job, search_refresh_job, rescan_job],
+    asset_checks=CHECKS,
+    jobs=JOBS,
     sensors=[incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor],
     # The home and the IO manager that keeps asset values in it: steps in other pods read them there.
     resources={**home_resources(settings), "embedder": embedder},

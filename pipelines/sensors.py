@@ -19,14 +19,13 @@ from medvec.ingest.batches import is_normalized
 from medvec.settings import Settings
 from medvec.sources import open_source
 from medvec.ingest.watch import (WatchCursor, WatchOptions, awaiting_batches, clear_awaiting, refresh_decision,
-                          report_changed, rescan, watch_source)
+                          report_changed, watch_source)
 from pipelines.backfill import BATCH_ASSETS, LAUNCHED_BY_TAG, SEARCH_ASSETS, model_ready
-from pipelines.jobs import search_refresh_job
+from pipelines.jobs import FOLDER_SENSOR, S3_SENSOR, search_refresh_job
 from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource
 
-FOLDER_SENSOR, S3_SENSOR = "incoming_folder_sensor", "s3_prefix_sensor"
 MODEL_RUN_TAG = "medvec/model_run"
 #: Only the tick interval is fixed when the code location loads; the rest is read on every tick.
 _INTERVAL_S = WatchOptions.from_env().interval_s
@@ -137,36 +136,6 @@ s3_prefix_sensor = _source_sensor(
     S3_SENSOR, s3_root,
     "New objects under the watched S3 prefix (MEDVEC_WATCH_S3) open batches and launch one run per batch; "
     "a look at a large prefix continues over several ticks.")
-
-
-class RescanConfig(dg.Config):
-    source: str = ""  # a folder or s3://bucket/prefix; default: MEDVEC_SOURCE
-    batch_size: int = 2000
-    min_age_seconds: float = 60.0  # files modified more recently may still be downloading (unless marked .done)
-
-
-@dg.op
-def rescan_source(context: dg.OpExecutionContext, config: RescanConfig, medvec: MedvecHomeResource) -> list[str]:
-    """Open batches for every file on the source that no batch holds; the sensor watching that kind of
-    source (folder or S3) launches them on its next tick."""
-    root = config.source or Settings.from_env().source
-    launcher = S3_SENSOR if root.startswith("s3://") else FOLDER_SENSOR
-    opened, young = rescan(open_source(root, medvec.s3_endpoint_url), medvec.home_path,
-                           batch_size=config.batch_size, min_age_s=config.min_age_seconds, launcher=launcher)
-    batches, files = [m.batch for m in opened], sum(len(m.files) for m in opened)
-    context.instance.add_dynamic_partitions(batch_partitions.name, batches)
-    context.log.info(f"opened {len(batches)} batch(es) of {files} file(s); {young} file(s) modified in the last "
-                     f"{config.min_age_seconds:.0f}s left for later; {launcher} launches the batches on its next "
-                     "tick (turn it on), or backfill them")
-    context.add_output_metadata({"batches": dg.MetadataValue.json(batches), "files": files, "too_young": young,
-                                 "launched_by": launcher})
-    return batches
-
-
-@dg.job(description="Open batches for files on the source that no batch holds (after the sensors were off, "
-                    "or for another source); the source's sensor launches them.")
-def rescan_job():
-    rescan_source()
 
 
 @dg.sensor(job=search_refresh_job, minimum_interval_seconds=_INTERVAL_S,
