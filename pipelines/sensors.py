@@ -13,6 +13,7 @@ import time
 
 import dagster as dg
 
+from assets.checks import CHECKS
 from assets.embeddings import embedding_model, image_embeddings
 from medvec.tables import database
 from medvec.ingest.batches import is_normalized
@@ -29,6 +30,9 @@ from resources.embedders import EmbedderResource
 MODEL_RUN_TAG = "medvec/model_run"
 #: Only the tick interval is fixed when the code location loads; the rest is read on every tick.
 _INTERVAL_S = WatchOptions.from_env().interval_s
+#: The checks on the batch assets run in each batch's run, as they do in ingest_job.
+BATCH_CHECK_KEYS = [key for check in CHECKS for key in check.check_keys
+                    if key.asset_key in {a.key for a in BATCH_ASSETS}]
 _UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
@@ -73,7 +77,8 @@ def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, emb
     if not model_ready(instance, embedder, medvec.home_path):
         return _model_request(context, embedder.spec(), cursor, options), new_partitions
     requests = [dg.RunRequest(run_key=f"batch:{batch}", partition_key=batch,
-                              asset_selection=[a.key for a in BATCH_ASSETS], tags={"medvec/batch": batch})
+                              asset_selection=[a.key for a in BATCH_ASSETS], asset_check_keys=BATCH_CHECK_KEYS,
+                              tags={"medvec/batch": batch})
                 for batch in awaiting[:options.runs_per_tick]]
     return requests, new_partitions
 
@@ -119,7 +124,9 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
 
 
 def _source_sensor(name: str, pick_root, description: str) -> dg.SensorDefinition:
-    @dg.sensor(name=name, target=[embedding_model, *BATCH_ASSETS], minimum_interval_seconds=_INTERVAL_S,
+    # The selection includes the checks on these assets, so the batch runs check what they wrote.
+    @dg.sensor(name=name, target=dg.AssetSelection.assets(embedding_model, *BATCH_ASSETS),
+               minimum_interval_seconds=_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.STOPPED, description=description)
     def _sensor(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource):
         return watch_tick(context, medvec, embedder, pick_root(Settings.from_env()), name)

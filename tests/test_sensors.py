@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assets.checks import CHECKS
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
@@ -24,7 +25,8 @@ from medvec.storage import as_path
 from medvec.ingest.watch import (AWAITING_LAUNCH, CHANGED_STAGE, WatchCursor, clear_awaiting, refresh_decision,
                           rescan)
 from pipelines.definitions import defs
-from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
+from pipelines.jobs import rescan_job
+from pipelines.sensors import incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor
 from resources import MedvecHomeResource, home_resources
 from resources.embedders import LocalEmbedderResource
 from tests.conftest import dicom_testfile
@@ -69,7 +71,9 @@ class Daemon:
         results = []
         for request in self.last.run_requests:
             normalizes = normalized_images.key in request.asset_selection
-            results.append(dg.materialize(RUNNABLE, selection=request.asset_selection,
+            selection = (dg.AssetSelection.assets(*request.asset_selection)
+                         | dg.AssetSelection.checks(*(request.asset_check_keys or [])))
+            results.append(dg.materialize([*RUNNABLE, *CHECKS], selection=selection,
                                           partition_key=request.partition_key, instance=self.instance,
                                           resources=self.resources, tags=request.tags,
                                           run_config=ONE_WORKER if normalizes else None))
