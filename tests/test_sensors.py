@@ -350,7 +350,8 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     from pipelines.backfill import backfill
     from pipelines.ingest import ingest
 
-    monkeypatch.setenv("MEDVEC_REFRESH_QUIET_S", "1")
+    # Long enough to outlast the embed runs' own checks, which run after the last vectors land.
+    monkeypatch.setenv("MEDVEC_REFRESH_QUIET_S", "6")
     folder = tmp_path / "wave"
     folder.mkdir()
     for name in ("CT_small.dcm", "MR_small_RLE.dcm"):
@@ -361,7 +362,7 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     backfill(settings, summary.batches, instance=dagster_instance, embedder=resources["embedder"], refresh=False,
              normalize_config={"workers": 1})
     assert "debouncing" in refresh.tick().skip_message  # the last vectors just landed
-    time.sleep(1.1)
+    time.sleep(6.1)
     [request] = refresh.tick().run_requests  # one refresh for both batches
     job = defs.resolve_job_def("search_refresh_job")
     assert job.execute_in_process(instance=dagster_instance, resources=resources, tags=request.tags).success
@@ -371,7 +372,7 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     [waiting], _ = rescan(LocalFolderSource(tmp_path / "more"), settings.home, launcher="incoming_folder_sensor")
     backfill(settings, summary.batches[:1], instance=dagster_instance, embedder=resources["embedder"], refresh=False,
              normalize_config={"workers": 1})
-    time.sleep(1.1)
+    time.sleep(6.1)
     assert "1 batch(es) awaiting launch" in refresh.tick().skip_message
     clear_awaiting(settings.home, waiting.batch)
     assert len(refresh.tick().run_requests) == 1
