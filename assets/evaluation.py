@@ -4,6 +4,7 @@ import base64
 
 import dagster as dg
 
+from assets.metadata import OWNERS, TAGS
 from assets.search import image_index
 from medvec.tables import database
 from medvec.evaluation.retrieval import evaluate_models, markdown_table, per_finding_table, recall_curve_png, save_report
@@ -19,7 +20,7 @@ class EvaluationConfig(dg.Config):
     models: list[str] = []  # registry names; empty = every model table in the database
 
 
-@dg.asset(group_name="evaluate", deps=[image_index])
+@dg.asset(group_name="evaluate", deps=[image_index], kinds={"numpy", "matplotlib"}, owners=OWNERS, tags=TAGS)
 def retrieval_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, medvec: MedvecHomeResource,
                          embedder: EmbedderResource, embedding_model: ModelArtifact) -> dg.MaterializeResult:
     """Recall@1/5/10, precision, MRR and mAP for text → image (per finding) and image → image (same

@@ -1,6 +1,6 @@
 """The DICOMweb archive sensor and its date-range backfill. What to open is decided in
 `medvec.ingest.dicomweb_watch`; batches are launched by the folder sensor's own launch step
-(`pipelines.sensors._launch`), so model readiness, run keys and partitions behave the same.
+(`pipelines.sensors.launch_batches`), so model readiness, run keys and partitions behave the same.
 
 Per tick: one QIDO-RS look from the cursor's study-date floor, at most MEDVEC_DICOMWEB_MAX_PER_TICK new
 instances opened, their runs requested; a batch whose run failed (the server went down while it was
@@ -19,7 +19,7 @@ from medvec.ingest.watch import WatchCursor, WatchOptions
 from medvec.sources import SourceUnavailable
 from medvec.sources.dicomweb import DicomWebSource, InstanceQuery, dicomweb_settings
 from pipelines.backfill import BATCH_ASSETS
-from pipelines.sensors import _INTERVAL_S, _UNFINISHED, _launch
+from pipelines.sensors import SENSOR_INTERVAL_S, UNFINISHED_RUN_STATUSES, launch_batches
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource
 
@@ -38,7 +38,7 @@ def _resume_requests(context, medvec: MedvecHomeResource, cursor: DicomWebCursor
         [last] = context.instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/partition": batch}),
                                                   limit=1) or [None]
         tries = cursor.resumed.get(batch, 0)
-        if last is None or last.dagster_run.status in _UNFINISHED or tries >= MAX_RESUMES:
+        if last is None or last.dagster_run.status in UNFINISHED_RUN_STATUSES or tries >= MAX_RESUMES:
             continue
         if last.dagster_run.status == dg.DagsterRunStatus.FAILURE:
             cursor.resumed[batch] = tries + 1
@@ -49,7 +49,7 @@ def _resume_requests(context, medvec: MedvecHomeResource, cursor: DicomWebCursor
     return requests
 
 
-@dg.sensor(name=DICOMWEB_SENSOR, target=[embedding_model, *BATCH_ASSETS], minimum_interval_seconds=_INTERVAL_S,
+@dg.sensor(name=DICOMWEB_SENSOR, target=[embedding_model, *BATCH_ASSETS], minimum_interval_seconds=SENSOR_INTERVAL_S,
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="New instances on the DICOMweb archive (MEDVEC_DICOMWEB_URL, QIDO-RS from the cursor's "
                        "study date) open batches of at most MEDVEC_DICOMWEB_MAX_PER_TICK instances; a batch "
@@ -67,7 +67,7 @@ def dicomweb_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHomeResou
         context.log.warning(str(exc))
         return dg.SensorResult(skip_reason=f"{exc}; the next tick looks again", cursor=cursor.to_json())
     watch_cursor = WatchCursor(**cursor.watch)
-    requests, new_partitions = _launch(context, medvec, embedder, watch_cursor, DICOMWEB_SENSOR,
+    requests, new_partitions = launch_batches(context, medvec, embedder, watch_cursor, DICOMWEB_SENSOR,
                                        saw_new_files=bool(tick.opened), options=options)
     cursor.watch = asdict(watch_cursor)
     requests += _resume_requests(context, medvec, cursor)

@@ -7,12 +7,10 @@ Runs go into the Dagster instance at $DAGSTER_HOME, so `dagster dev` shows them 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import dagster as dg
 
-from assets.embeddings import embedding_model
 from medvec.ingest.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
 from medvec.tables.images import image_table_name
@@ -22,7 +20,9 @@ from medvec.tables.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.datasets.adapters import choose_metadata
 from medvec.sources import open_source
-from pipelines.backfill import BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search
+from pipelines.backfill import (BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search,
+                                resolve_model)
+from pipelines.jobs import in_process, ingest_job
 from assets.partitions import batch_partitions
 from resources import home_resources
 from resources.embedders import EmbedderResource, embedder_resource
@@ -114,12 +114,10 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     # The CLI prints its own summary of errors; the run log keeps every line for the UI.
     run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
                   **QUIET}
-    assets = BATCH_ASSETS[:UNEMBEDDED]
     tags = process_tags("medvec ingest")  # lets a later command tell whether this process died
     if embed and manifests:
         resources["embedder"] = embedder
-        model_run = dg.materialize([embedding_model], instance=instance, resources=resources, run_config=QUIET,
-                                   raise_on_error=False, tags=tags)
+        model_run = resolve_model(instance, resources, tags)
         if not model_run.success:
             summary.failed_runs.append("embedding_model")
             embed = False
@@ -127,15 +125,12 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
             artifact = model_run.output_for_node("embedding_model")
             spec = resources["embedder"].spec()
             summary.model, summary.table = artifact.name, image_table_name(spec.slug)
-            assets = [embedding_model, *BATCH_ASSETS]
     report_ids: set[str] = set()
-    selection = BATCH_ASSETS if embed else BATCH_ASSETS[:UNEMBEDDED]
+    selection = [a.key for a in (BATCH_ASSETS if embed else BATCH_ASSETS[:UNEMBEDDED])]
+    job = in_process(ingest_job, resources)
     for manifest in manifests:
-        with warnings.catch_warnings():
-            # One partition per run here, so the mixed backfill policies Dagster warns about do not apply.
-            warnings.filterwarnings("ignore", message=".*varying BackfillPolicies.*")
-            result = dg.materialize(assets, selection=selection, partition_key=manifest.batch, instance=instance,
-                                    resources=resources, run_config=run_config, raise_on_error=False, tags=tags)
+        result = job.execute_in_process(partition_key=manifest.batch, asset_selection=selection, instance=instance,
+                                        run_config=run_config, raise_on_error=False, tags=tags)
         if not result.success:
             summary.failed_runs.append(manifest.batch)
         summary.batches.append(manifest.batch)
