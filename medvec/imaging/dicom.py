@@ -163,13 +163,15 @@ def decode_first_frame(ds: Dataset, target_size: int | None = None, *,
 
 
 def _decode(ds: Dataset, syntax: str, index: int | None) -> np.ndarray:
+    # as_rgb: YBR_FULL / YBR_FULL_422 arrive as RGB (pydicom's convert_color_space, or the JPEG decoder's
+    # own transform where it applies one); YBR_ICT/YBR_RCT are undone by the JPEG 2000 decoder itself.
     plugin = PREFERRED_DECODERS.get(syntax)
     if plugin:
         try:
-            return pixel_array(ds, index=index, decoding_plugin=plugin)
+            return pixel_array(ds, index=index, decoding_plugin=plugin, as_rgb=True)
         except Exception:  # noqa: BLE001 - plugin missing or failing: pydicom's own choice decides
             pass
-    return pixel_array(ds, index=index)
+    return pixel_array(ds, index=index, as_rgb=True)
 
 
 def _decode_reduced(ds: Dataset, syntax: str, frames: int, photometric: str, target_size: int,
