@@ -197,3 +197,18 @@ def test_colour_jpeg_dct_scaled_decode_stays_colour():
     a = np.asarray(fit_long_side(Image.fromarray(reduced), 512), dtype=float)
     b = np.asarray(fit_long_side(Image.fromarray(full), 512), dtype=float)
     assert np.abs(a - b).mean() <= 2.0
+
+
+def test_ybr_jpeg_dicom_dct_scaled_decode_stays_colour_and_matches_the_full_decode():
+    from medvec.imaging.dicom import decode_first_frame, read_dataset
+
+    big = np.asarray(Image.fromarray(_photo()).resize((2048, 1536), Image.Resampling.NEAREST))
+    data = _dicom(big, "YBR_FULL_422")
+    reduced = decode_first_frame(read_dataset(data), 512)
+    full = decode_first_frame(read_dataset(data))
+    assert reduced.reduced and reduced.is_colour and reduced.pixels.shape == (384, 512, 3)
+    assert not full.reduced and full.pixels.shape == (1536, 2048, 3)
+    a = np.asarray(fit_long_side(Image.fromarray(reduced.pixels), 512), dtype=float)
+    b = np.asarray(fit_long_side(Image.fromarray(full.pixels), 512), dtype=float)
+    assert np.abs(a - b).mean() <= 2.0
+    assert np.abs(_mean(a, (slice(40, 140), slice(40, 140))) - RED).max() < 12
