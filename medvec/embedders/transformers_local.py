@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from medvec.embedders.base import Embedder, EmbedderError, l2_normalize
+from medvec.imaging.colour import channels_equal
 from medvec.models.quiet import quiet_transformers  # noqa: F401 - re-exported for the benchmarks
 from medvec.models.registry import ModelSpec
 
@@ -61,7 +62,12 @@ class PixelPreparer:
             image = image.crop((left, top, left + self.size, top + self.size))
         else:
             image = image.resize((self.size, self.size), resample)
-        pixels = np.asarray(image, dtype=np.float32) * (1 / 255)
+        pixels = np.asarray(image)
+        if channels_equal(pixels):
+            # A grey WebP decodes with channels up to 1 level apart (lossy chroma rounding): replicate one
+            # so a radiograph reaches the model as exact grey; colour photographs keep their channels.
+            pixels = np.repeat(pixels[..., 1:2], 3, axis=2)
+        pixels = pixels.astype(np.float32) * (1 / 255)
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 

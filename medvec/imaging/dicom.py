@@ -116,7 +116,7 @@ def decode_first_frame(ds: Dataset, target_size: int | None = None, *,
                        j2k_reduction: int | None = None) -> DicomFrame:
     """Decode only the first frame; colour (RGB, YBR, palette) arrives as RGB.
 
-    With `target_size`, grey JPEG 2000 / HTJ2K / baseline JPEG frames decode at the smallest size whose
+    With `target_size`, grey JPEG 2000 / HTJ2K / baseline JPEG frames and YBR baseline JPEG frames decode at the smallest size whose
     long side is still >= it (medvec.imaging.reduced), falling back to the full decode when that
     fails or looks wrong. `j2k_reduction` forces a wavelet reduction (benchmarks, the fallback test).
     """
@@ -129,7 +129,7 @@ def decode_first_frame(ds: Dataset, target_size: int | None = None, *,
     reduced = _decode_reduced(ds, syntax, frames, photometric, target_size, j2k_reduction) if target_size else None
     if reduced is not None:
         del ds.PixelData
-        return DicomFrame(ds, reduced, frames, syntax, is_colour=False, reduced=True)
+        return DicomFrame(ds, reduced, frames, syntax, is_colour=reduced.ndim == 3, reduced=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -163,13 +163,15 @@ def decode_first_frame(ds: Dataset, target_size: int | None = None, *,
 
 
 def _decode(ds: Dataset, syntax: str, index: int | None) -> np.ndarray:
+    # as_rgb: YBR_FULL / YBR_FULL_422 arrive as RGB (pydicom's convert_color_space, or the JPEG decoder's
+    # own transform where it applies one); YBR_ICT/YBR_RCT are undone by the JPEG 2000 decoder itself.
     plugin = PREFERRED_DECODERS.get(syntax)
     if plugin:
         try:
-            return pixel_array(ds, index=index, decoding_plugin=plugin)
+            return pixel_array(ds, index=index, decoding_plugin=plugin, as_rgb=True)
         except Exception:  # noqa: BLE001 - plugin missing or failing: pydicom's own choice decides
             pass
-    return pixel_array(ds, index=index)
+    return pixel_array(ds, index=index, as_rgb=True)
 
 
 def _decode_reduced(ds: Dataset, syntax: str, frames: int, photometric: str, target_size: int,
@@ -177,7 +179,11 @@ def _decode_reduced(ds: Dataset, syntax: str, frames: int, photometric: str, tar
     """The first frame at a reduced size, or None when not eligible or not trustworthy."""
     if syntax not in J2K_SYNTAXES and syntax != JPEG_BASELINE:
         return None
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(ds.get("SamplesPerPixel") or 1) != 1:
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    # YBR_FULL(_422) baseline JPEG is JFIF YCbCr, what libjpeg converts to RGB itself; RGB-coded JPEGs
+    # (no colour transform) and J2K colour are left to pydicom, which knows their markers.
+    ybr_jpeg = syntax == JPEG_BASELINE and photometric in ("YBR_FULL", "YBR_FULL_422") and samples == 3
+    if not ybr_jpeg and (photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1):
         return None
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -190,7 +196,7 @@ def _decode_reduced(ds: Dataset, syntax: str, frames: int, photometric: str, tar
     if syntax == JPEG_BASELINE:
         if bits_stored > 8 or signed:
             return None
-        return decode_jpeg_draft(frame, target_size, rows=rows, columns=columns)
+        return decode_jpeg_draft(frame, target_size, rows=rows, columns=columns, mode="RGB" if ybr_jpeg else "L")
     return decode_j2k_reduced(frame, target_size, rows=rows, columns=columns, bits_allocated=bits_allocated,
                               bits_stored=bits_stored, signed=signed, reduction=j2k_reduction)
 

@@ -154,13 +154,14 @@ def _stored_values(decoded: np.ndarray, header: CodestreamHeader, bits_allocated
     return values.astype(dtype)
 
 
-def decode_jpeg_draft(frame: bytes, target: int, *, rows: int, columns: int) -> np.ndarray | None:
-    """An 8-bit grey baseline JPEG decoded by libjpeg at the smallest 1/2^k scale still >= `target`."""
+def decode_jpeg_draft(frame: bytes, target: int, *, rows: int, columns: int, mode: str = "L") -> np.ndarray | None:
+    """An 8-bit grey ("L") or YCbCr colour ("RGB") baseline JPEG decoded by libjpeg at the smallest 1/2^k
+    scale still >= `target`; colour arrives as RGB, libjpeg converting after its scaled IDCT."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(frame), formats=["JPEG"])
-            if image.mode != "L" or image.size != (columns, rows):
+            if image.mode != mode or image.size != (columns, rows):
                 return None
             draft_jpeg(image, target)
             image.load()
@@ -168,7 +169,7 @@ def decode_jpeg_draft(frame: bytes, target: int, *, rows: int, columns: int) -> 
     except (OSError, ValueError, SyntaxError, MemoryError) as exc:
         log.debug("scaled JPEG decode failed (%s); decoding at full size", exc)
         return None
-    if decoded.ndim != 2 or max(decoded.shape) < min(target, max(rows, columns)):
+    if decoded.ndim != (2 if mode == "L" else 3) or max(decoded.shape[:2]) < min(target, max(rows, columns)):
         return None
     return decoded
 
