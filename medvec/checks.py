@@ -1,5 +1,5 @@
-"""What the data-quality checks measure in a Medvec database: each function counts one kind of
-problem and returns what it saw, so a check (Dagster's or a person's) can report the numbers.
+"""What the asset checks measure, per batch and per table: each function counts one kind of problem and
+returns what it saw, so a check (Dagster's or a person's) can report the numbers.
 
 Dagster-free: the asset checks in `assets/checks.py` call these and decide pass or fail.
 """
