@@ -236,15 +236,66 @@ def test_page_tokenizer_gives_tiny_siglip_word_level_ids(embedder):
     assert check["mismatches"] == [] and check["matching"] == len(PROMPTS)
 
 
+def _byte_level_bpe_clip_tokenizer():
+    """A real byte-level BPE (CLIP's pipeline: NFC, whitespace collapsed, lower case, CLIP's regex, bytes to
+    printable characters, `</w>` ending each word), trained here on chest X-ray phrases and loaded in
+    transformers' CLIPTokenizer, as openai/clip-* and BiomedCLIP-style CLIP checkpoints are."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import CLIPTokenizer
+
+    from medvec.search.precompute import FALLBACK_QUERIES
+
+    core = Tokenizer(BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    core.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                            normalizers.Lowercase()])
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                             behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    corpus = [*FALLBACK_QUERIES, "the heart is enlarged with blunted costophrenic angles",
+              "there's no pneumothorax, isn't it? 2.5 cm nodule at T4-T5"] * 5
+    core.train_from_iterator(corpus, trainer)
+    model = json.loads(core.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges)
+
+
+@needs_node
+def test_page_tokenizer_gives_clip_byte_level_bpe_ids():
+    from medvec.bundle.text_model import tokenizer_prompts
+
+    tokenizer = _byte_level_bpe_clip_tokenizer()
+    spec = export_tokenizer(tokenizer, 77)
+    assert spec["model"] == "bpe" and spec["end_of_word_suffix"] == "</w>" and spec["merges"]
+    texts = [*tokenizer_prompts(), *PROMPTS, "<|endoftext|> typed as text", "naïve 🫁 «quoted» it'll", "x" * 300,
+             "PLEURAL \t Effusion"]
+    assert len(texts) >= 500
+    expected = python_token_ids(tokenizer, texts, 77)
+    check = check_with_node(spec, texts, expected)
+    assert check["mismatches"] == [] and check["matching"] == len(texts)
+    # What makes it CLIP's: <|startoftext|> ... <|endoftext|>, padded with <|endoftext|> to 77; merged words
+    # end in </w>; bytes the vocabulary lacks after merging become <|endoftext|>, as in Python.
+    ids = dict(zip(texts, check["js_ids"]))
+    start, end = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
+    assert ids["pleural effusion"][:4] == [start, *tokenizer.convert_tokens_to_ids(["pleural</w>", "effusion</w>"]),
+                                           end]
+    assert all(len(row) == 77 and row[0] == start for row in check["js_ids"])
+    assert ids["PLEURAL \t Effusion"] == ids["pleural effusion"]  # case and spacing are normalised away
+
+
 def test_tokenizers_the_page_cannot_run_are_refused():
     from tokenizers import Tokenizer
-    from tokenizers.models import BPE
+    from tokenizers.models import Unigram
     from transformers import PreTrainedTokenizerFast
 
-    bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(BPE({"a": 0, "<unk>": 1}, [], unk_token="<unk>")),
-                                  unk_token="<unk>", pad_token="<unk>")
-    with pytest.raises(TokenizerNotSupported, match="BPE"):
-        export_tokenizer(bpe, 64)
+    unigram = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(Unigram([("<unk>", 0.0), ("a", -1.0)], 0)),
+                                      unk_token="<unk>", pad_token="<unk>")
+    with pytest.raises(TokenizerNotSupported, match="Unigram"):
+        export_tokenizer(unigram, 64)
 
 
 # --- the build -------------------------------------------------------------------------------------
@@ -259,6 +310,12 @@ def test_bundle_holds_the_model_vectors_answers_and_checks(bundle, search, embed
     checks = manifest["checks"]
     assert checks["onnx"]["min_cosine"] >= 0.999 and checks["onnx"]["prompts"] >= 50
     assert checks["tokenizer"]["matching"] == checks["tokenizer"]["prompts"]
+    # The text tower ships as int8 (auto): a fraction of float32's bytes, and the same answers on the fallbacks.
+    text = checks["text_precision"]
+    assert text["requested"] == "auto" and text["chosen"] == "int8" and manifest["text_model"]["precision"] == "int8"
+    assert text["overlap"] >= 0.95 and text["queries"] == 50 and text["int8_bytes"] < text["float32_bytes"]
+    assert manifest["text_model"]["bytes"] == text["int8_bytes"] == (bundle / "model" / "text.onnx").stat().st_size
+    assert checks["tokenizer"]["prompts"] >= 300
     assert checks["packing"]["chosen"] == "float16" and checks["packing"]["float16"]["text_queries"]["recall"] == 1.0
     assert (bundle / "data" / "embeddings.bin").stat().st_size == 38 * 64 * 2
     assert (bundle / "data" / "similar.bin").stat().st_size == 38 * manifest["similar"]["k"] * 8
@@ -368,6 +425,18 @@ def _assert_same_ranking(js_ids, js_scores, python_all, k, tolerance):
         assert image_id == expected[rank] or abs(score_of[image_id] - score_of[expected[rank]]) <= 2 * tolerance
 
 
+def _onnx_ranking(bundle: Path, search, embedder, text: str) -> list:
+    """Every image ranked by the bundle's own text tower (onnxruntime on the CPU) and the float32 vectors."""
+    import onnxruntime
+    from types import SimpleNamespace
+
+    session = onnxruntime.InferenceSession(str(bundle / "model" / "text.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.asarray(python_token_ids(embedder.tokenizer, [text], 64), dtype=np.int64)
+    loaded = search.snapshot()
+    scores = loaded.index.vectors @ session.run(["text_embeds"], {"input_ids": ids})[0][0]
+    return [SimpleNamespace(image_id=loaded.ids[row], score=float(scores[row])) for row in np.argsort(-scores)]
+
+
 @pytest.mark.slow
 @needs_chromium
 def test_page_answers_like_the_python_search_path_without_leaving_its_folder(page, site, bundle, search, embedder):
@@ -385,10 +454,13 @@ def test_page_answers_like_the_python_search_path_without_leaving_its_folder(pag
     assert ids == [hit.image_id for hit in python.hits]
     assert scores == [round(hit.score, 4) for hit in python.hits]
 
-    # A novel query is tokenised and encoded in the worker and ranked over the packed vectors.
+    # A novel query is tokenised and encoded in the worker by the int8 text tower and ranked over the packed
+    # vectors: the top hit is the Python search path's (float32), the ranking the int8 graph's in onnxruntime.
+    assert manifest["text_model"]["precision"] == "int8"
     ids, scores = _search_in_page(page, NOVEL, "index")
-    assert search.search_text(NOVEL, k=12).route == "index"
-    _assert_same_ranking(ids, scores, search.search_text(NOVEL, k=38).hits, 12, tolerance)
+    python = search.search_text(NOVEL, k=12)
+    assert python.route == "index" and ids[0] == python.hits[0].image_id
+    _assert_same_ranking(ids, scores, _onnx_ranking(bundle, search, embedder, NOVEL), 12, tolerance)
     assert "ready" in page.inner_text("#model-status")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "bundle.png"), full_page=True)
