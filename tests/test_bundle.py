@@ -287,6 +287,39 @@ def test_page_tokenizer_gives_clip_byte_level_bpe_ids():
     assert ids["PLEURAL \t Effusion"] == ids["pleural effusion"]  # case and spacing are normalised away
 
 
+@needs_node
+def test_page_tokenizer_gives_biomedbert_wordpiece_ids():
+    """BiomedCLIP's text tower reads BiomedBERT's uncased WordPiece: a real one, trained here, with BERT's
+    normaliser (control characters, CJK, accents, case) and pre-tokenizer (each punctuation mark a word)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    from medvec.bundle.text_model import tokenizer_prompts
+    from medvec.search.precompute import FALLBACK_QUERIES
+
+    core = Tokenizer(WordPiece(unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.train_from_iterator([*FALLBACK_QUERIES, "there's no pneumothorax, isn't it? 2.5 cm nodule at T4-T5 肺"] * 5,
+                             trainers.WordPieceTrainer(vocab_size=300, show_progress=False,
+                                                       special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]")
+    texts = [*tokenizer_prompts(), *PROMPTS, "肺炎 pneumonia", "x" * 150, "a\u0085b\ufeffc\u200bd", "Ｘ－ＲＡＹ İstanbul",
+             "[SEP] typed as text"]
+    spec = export_tokenizer(tokenizer, 256)
+    assert spec["model"] == "wordpiece"
+    check = check_with_node(spec, texts, python_token_ids(tokenizer, texts, 256))
+    assert check["mismatches"] == [] and check["matching"] == len(texts) >= 500
+    ids = dict(zip(texts, check["js_ids"]))
+    assert ids["x" * 150][:3] == [2, 1, 3]  # longer than 100 characters: one [UNK]
+    period = tokenizer.convert_tokens_to_ids(".")
+    assert ids["Pleural effusion."][:5] == [*ids["pleural effusion"][:3], period, 3]  # "." is its own word
+
+
 def test_tokenizers_the_page_cannot_run_are_refused():
     from tokenizers import Tokenizer
     from tokenizers.models import Unigram
@@ -517,3 +550,23 @@ def test_common_queries_answer_before_the_index_and_the_model_have_loaded(page, 
         route.continue_()
     page.wait_for_function("() => document.querySelector('#model-status').textContent.includes('ready')")
     assert page.errors == []
+
+
+def test_clip_text_tower_exports_padded_to_77_and_matches_the_masked_python_path(tmp_path):
+    """CLIP embeds text padded to the longest with an attention mask; the bundle's graph takes 77 ids and no
+    mask. Causal attention and pooling at the first end token make the two the same vector."""
+    import onnxruntime
+
+    from medvec.bundle.export_onnx import cpu_float32_text_tower, export_text_tower
+    from medvec.embedders.transformers_local import TransformersEmbedder
+    from medvec.models.registry import resolve_model
+    from medvec.models.tiny import build_tiny_clip
+
+    clip = TransformersEmbedder(resolve_model("clip-b32", dim=32, image_size=32), build_tiny_clip(tmp_path / "clip"))
+    texts = [NOVEL, "pleural effusion", "heart size is " + "normal and " * 40 + "stable", ""]
+    ids = python_token_ids(clip.tokenizer, texts, 77)
+    assert {len(row) for row in ids} == {77}
+    export_text_tower(cpu_float32_text_tower(clip), ids, tmp_path / "text.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "text.onnx"), providers=["CPUExecutionProvider"])
+    onnx_vectors = session.run(["text_embeds"], {"input_ids": np.asarray(ids, np.int64)})[0]
+    assert (onnx_vectors * clip.embed_texts(texts)).sum(axis=1).min() >= 0.999

@@ -2,7 +2,8 @@
 
 The page implements three tokenizer models in `web/tokenizer.js`: SentencePiece unigram with SigLIP's
 text canonicalisation (SigLIP, MedSigLIP), word-level (the offline tiny models) and BPE with the byte-level
-pre-tokenizer (CLIP's: NFC, whitespace collapsed, lower case, its regex, `</w>` ends a word). Anything
+pre-tokenizer (CLIP's: NFC, whitespace collapsed, lower case, its regex, `</w>` ends a word), and WordPiece
+with BERT's normaliser and pre-tokenizer (BiomedCLIP's BiomedBERT). Anything
 else is refused here with the reason, rather than tokenised differently in the browser. After export,
 `check_with_node` runs the page's own tokenizer under Node on a set of prompts and compares the ids with
 the Python tokenizer's.
@@ -79,9 +80,9 @@ def _sentencepiece_spec(tokenizer, length: int) -> dict:
 def _tokenizers_spec(config: dict, tokenizer, length: int) -> dict:
     model = config.get("model") or {}
     kind = model.get("type")
-    if kind not in ("WordLevel", "BPE"):
+    if kind not in ("WordLevel", "BPE", "WordPiece"):
         raise TokenizerNotSupported(f"a {kind} tokenizers model; the browser bundle supports SentencePiece unigram, "
-                                    "word-level and BPE (CLIP's byte-level) tokenizers")
+                                    "word-level, BPE (CLIP's byte-level) and WordPiece (BERT's) tokenizers")
     vocab = model["vocab"]
     by_id = [""] * (max(vocab.values()) + 1)
     for piece, index in vocab.items():
@@ -99,6 +100,10 @@ def _tokenizers_spec(config: dict, tokenizer, length: int) -> dict:
         if split is None:
             raise TokenizerNotSupported(f"the {pre} pre-tokenizer is not implemented in the browser")
         return spec | {"model": "wordlevel", "split": split, "fuse_unk": False}
+    if kind == "WordPiece":
+        return spec | {"model": "wordpiece", "pre_tokenize": _pre_tokenize_steps(config.get("pre_tokenizer")),
+                       "continuing_subword_prefix": model.get("continuing_subword_prefix", "##"),
+                       "max_input_chars_per_word": model.get("max_input_chars_per_word", 100)}
     if model.get("dropout") or model.get("byte_fallback"):
         raise TokenizerNotSupported("BPE dropout and byte fallback are not implemented in the browser")
     merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
@@ -121,6 +126,12 @@ def _normalize_steps(normalizer: dict | None) -> list:
         kind = part["type"]
         if kind in ("Lowercase", "NFC", "NFKC", "NFD", "NFKD"):
             steps.append(kind.lower())
+        elif kind == "BertNormalizer":  # BiomedBERT's: control characters out, CJK spaced, accents, case
+            strip = part.get("strip_accents")
+            steps.append(["bert", {"clean_text": part.get("clean_text", True),
+                                   "handle_chinese_chars": part.get("handle_chinese_chars", True),
+                                   "strip_accents": part.get("lowercase", True) if strip is None else strip,
+                                   "lowercase": part.get("lowercase", True)}])
         elif kind == "Strip" and part.get("strip_left") and part.get("strip_right"):
             steps.append("strip")
         elif kind == "Replace":
@@ -133,7 +144,8 @@ def _normalize_steps(normalizer: dict | None) -> list:
 
 
 def _pre_tokenize_steps(pre_tokenizer: dict | None) -> list[dict]:
-    """CLIP's pre-tokenizer (a Split that keeps its regex's matches, then ByteLevel) and GPT-2's (ByteLevel)."""
+    """CLIP's pre-tokenizer (a Split that keeps its regex's matches, then ByteLevel), GPT-2's (ByteLevel),
+    BERT's (whitespace, then each punctuation character on its own) and the whitespace splitters."""
     steps = []
     for part in _parts(pre_tokenizer, "pretokenizers"):
         kind = part["type"]
@@ -142,7 +154,7 @@ def _pre_tokenize_steps(pre_tokenizer: dict | None) -> list[dict]:
         elif kind == "ByteLevel":
             steps.append({"type": "bytelevel", "add_prefix_space": bool(part.get("add_prefix_space")),
                           "use_regex": part.get("use_regex", True)})
-        elif kind in ("Whitespace", "WhitespaceSplit"):
+        elif kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer"):
             steps.append({"type": kind.lower()})
         else:
             raise TokenizerNotSupported(f"the {kind} pre-tokenizer ({part}) is not implemented in the browser")

@@ -13,6 +13,11 @@ const META = "\u2581"; // SentencePiece's word-boundary mark
 // GPT-2's split, which tokenizers' ByteLevel pre-tokenizer applies when use_regex is set.
 const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 const BYTE_CHARS = bytesToUnicode();
+// BERT's pre-tokenizer: split on whitespace, and every punctuation character (Unicode P*, or any ASCII
+// symbol) is a word of its own.
+const BERT_PUNCT = "\\p{P}!-\\/:-@\\[-`{-~";
+const BERT_WORDS = new RegExp(`[${BERT_PUNCT}]|[^\\s${BERT_PUNCT}]+`, "gu");
+const CJK = /([\u{4E00}-\u{9FFF}\u{3400}-\u{4DBF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2B73F}\u{2B740}-\u{2B81F}\u{2B920}-\u{2CEAF}\u{F900}-\u{FAFF}\u{2F800}-\u{2FA1F}])/gu;
 const UTF8 = new TextEncoder();
 
 export class Tokenizer {
@@ -70,6 +75,7 @@ export class Tokenizer {
       else if (step === "collapse_whitespace") text = text.replace(/\s+/gu, " ").trim();
       else if (["nfc", "nfd", "nfkd"].includes(step)) text = text.normalize(step.toUpperCase());
       else if (step === "strip") text = text.trim();
+      else if (Array.isArray(step) && step[0] === "bert") text = bertNormalize(text, step[1]);
       else if (Array.isArray(step) && step[0] === "replace") text = text.replace(new RegExp(step[1], "gu"), step[2]);
       else throw new Error(`unknown normalisation step ${step}`);
     }
@@ -83,6 +89,7 @@ export class Tokenizer {
       return this.viterbi(META + text.replaceAll(" ", META));
     }
     if (spec.model === "bpe") return this.preTokenize(text).flatMap((word) => this.bpe(word));
+    if (spec.model === "wordpiece") return this.preTokenize(text).flatMap((word) => this.wordPiece(word));
     const words = spec.split === "whitespace"
       ? text.split(/\s+/u).filter(Boolean)
       : (text.match(WORDS_OR_SYMBOLS) || []);
@@ -97,6 +104,7 @@ export class Tokenizer {
     this.spec.pre_tokenize.forEach((step, i) => {
       if (step.type === "matches") pieces = pieces.flatMap((piece) => piece.match(this.splits[i]) || []);
       else if (step.type === "whitespacesplit") pieces = pieces.flatMap((piece) => piece.split(/\s+/u).filter(Boolean));
+      else if (step.type === "bertpretokenizer") pieces = pieces.flatMap((piece) => piece.match(BERT_WORDS) || []);
       else if (step.type === "whitespace") pieces = pieces.flatMap((piece) => piece.match(WORDS_OR_SYMBOLS) || []);
       else if (step.type === "bytelevel") {
         pieces = pieces.flatMap((piece) => {
@@ -141,6 +149,30 @@ export class Tokenizer {
     for (const piece of symbols) {
       if (piece !== null) ids.push(this.ids.get(piece));
       else if (spec.unk_id !== null && !(spec.fuse_unk && ids.at(-1) === spec.unk_id)) ids.push(spec.unk_id);
+    }
+    return ids;
+  }
+
+  /** BERT's WordPiece: the longest vocabulary piece from the left, then `##`-prefixed pieces; a word with
+   *  a part no piece covers, or longer than max_input_chars_per_word, is one [UNK]. */
+  wordPiece(word) {
+    const spec = this.spec;
+    const chars = [...word];
+    if (chars.length > spec.max_input_chars_per_word) return [spec.unk_id];
+    const ids = [];
+    for (let start = 0; start < chars.length;) {
+      let end = chars.length;
+      let found = null;
+      for (; end > start; end--) {
+        const piece = (start > 0 ? spec.continuing_subword_prefix : "") + chars.slice(start, end).join("");
+        if (this.ids.has(piece)) {
+          found = this.ids.get(piece);
+          break;
+        }
+      }
+      if (found === null) return [spec.unk_id];
+      ids.push(found);
+      start = end;
     }
     return ids;
   }
@@ -204,4 +236,16 @@ function bytesToUnicode() {
     chars[b] = String.fromCodePoint(printable.includes(b) ? b : 256 + shifted++);
   }
   return chars;
+}
+
+/** tokenizers' BertNormalizer: drop NUL, U+FFFD and control characters (tab and newlines are spaces), put
+ *  spaces around CJK ideographs, strip accents (NFD, then no combining marks), lower-case. */
+function bertNormalize(text, options) {
+  if (options.clean_text) {
+    text = text.replace(/[\t\n\r]/gu, " ").replace(/[\0\uFFFD]|\p{C}/gu, "").replace(/\s/gu, " ");
+  }
+  if (options.handle_chinese_chars) text = text.replace(CJK, " $1 ");
+  if (options.strip_accents) text = text.normalize("NFD").replace(/\p{Mn}/gu, "");
+  if (options.lowercase) text = text.toLowerCase();
+  return text;
 }
