@@ -371,6 +371,36 @@ def test_bundle_holds_the_model_vectors_answers_and_checks(bundle, search, embed
     assert cosines.min() >= 0.999
 
 
+def test_int8_text_tower_is_kept_only_when_its_answers_match_float32(embedder, search, tmp_path):
+    """auto keeps int8 when its top 10 matches float32's on the fallback queries, else leaves the float32
+    graph in place and says why; int8 asked for is kept either way, its failed check recorded."""
+    from medvec.bundle.export_onnx import cpu_float32_text_tower, export_text_tower
+    from medvec.bundle.quantize import choose_text_precision
+    from medvec.search.precompute import FALLBACK_QUERIES
+
+    queries = list(FALLBACK_QUERIES)
+    ids = python_token_ids(embedder.tokenizer, queries, 64)
+    images = search.snapshot().index.vectors
+    module = cpu_float32_text_tower(embedder)
+    checks = {}
+    for name, requested, bar in (("passes", "auto", 0.95), ("fails", "auto", 1.01), ("forced", "int8", 1.01),
+                                 ("float32", "float32", 0.95)):
+        path = tmp_path / name / "text.onnx"
+        export_text_tower(module, ids, path)
+        float32_bytes = path.stat().st_size
+        checks[name] = choose_text_precision(path, requested, ids, queries, images, min_overlap=bar)
+        assert checks[name]["float32_bytes"] == float32_bytes
+        assert path.stat().st_size == (checks[name]["int8_bytes"] if checks[name]["chosen"] == "int8"
+                                       else float32_bytes)
+        assert [p.name for p in path.parent.iterdir()] == ["text.onnx"]  # no scratch files left behind
+    assert checks["passes"]["chosen"] == "int8" and checks["passes"]["passed"]
+    assert checks["passes"]["overlap"] >= 0.95 and checks["passes"]["queries"] == 50
+    assert checks["fails"]["chosen"] == "float32" and not checks["fails"]["passed"]
+    assert "kept float32" in checks["fails"]["reason"] and checks["fails"]["worst_query"] in queries
+    assert checks["forced"]["chosen"] == "int8" and not checks["forced"]["passed"]
+    assert checks["float32"]["chosen"] == "float32" and "overlap" not in checks["float32"]
+
+
 def test_a_folder_that_is_not_a_bundle_is_never_replaced(search, embedder, search_collection, ort_web, tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(BundleError, match="not a Medvec bundle"):
@@ -398,12 +428,15 @@ def test_cli_builds_a_bundle_and_replaces_it_whole(search_collection, ort_web, t
     for name, value in search_collection.env.items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "site"
-    assert main(["bundle", str(out), "--precision", "int8", "--json"]) == 0
+    assert main(["bundle", str(out), "--precision", "int8", "--text-precision", "float32", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["precision"] == "int8" and summary["images"] == 38 and summary["sizes"]["vectors"] == 38 * 68
+    assert summary["text_precision"] == "float32" and summary["checks"]["text_precision"]["reason"] == \
+        "float32 requested"
     (out / "stale.txt").write_text("from an older build")
     assert main(["bundle", str(out), "--no-thumbnails"]) == 0
-    assert "serve it with any static file server" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "serve it with any static file server" in printed and "text tower: int8 (int8 top-10 overlap" in printed
     assert not (out / "stale.txt").exists() and not list((out / "thumbs").rglob("*.webp"))
 
 

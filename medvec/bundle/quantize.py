@@ -81,7 +81,8 @@ def text_image_overlap(float_path: Path, int8_path: Path, token_ids: Sequence[Se
 
 
 def choose_text_precision(model_path: Path, requested: str, token_ids: Sequence[Sequence[int]],
-                          texts: Sequence[str], image_vectors: np.ndarray) -> dict:
+                          texts: Sequence[str], image_vectors: np.ndarray, *,
+                          min_overlap: float = MIN_OVERLAP) -> dict:
     """Quantise the float32 graph at `model_path` unless `requested` is float32, measure it, and leave at
     `model_path` the graph the bundle ships: int8 when requested, or (auto) when its overlap passes.
 
@@ -91,24 +92,24 @@ def choose_text_precision(model_path: Path, requested: str, token_ids: Sequence[
         raise ValueError(f"text precision must be one of {', '.join(TEXT_PRECISIONS)}, not {requested!r}")
     model_path = Path(model_path)
     float32_bytes = model_path.stat().st_size
-    check = {"requested": requested, "chosen": "float32", "float32_bytes": float32_bytes, "threshold": MIN_OVERLAP}
+    check = {"requested": requested, "chosen": "float32", "float32_bytes": float32_bytes, "threshold": min_overlap}
     if requested == "float32":
         return check | {"reason": "float32 requested"}
     with tempfile.TemporaryDirectory(prefix="medvec-int8-", dir=model_path.parent) as scratch:
         int8_path = Path(scratch) / "text.int8.onnx"
         check["int8_bytes"] = quantize_text_tower(model_path, int8_path)
         measured = text_image_overlap(model_path, int8_path, token_ids, texts, image_vectors)
-        check.update(measured, passed=measured["overlap"] >= MIN_OVERLAP)
+        check.update(measured, passed=measured["overlap"] >= min_overlap)
         if check["passed"] or requested == "int8":
             os.replace(int8_path, model_path)
             check["chosen"] = "int8"
     if check["passed"]:
-        check["reason"] = f"int8 top-{measured['k']} overlap {measured['overlap']} >= {MIN_OVERLAP}"
+        check["reason"] = f"int8 top-{measured['k']} overlap {measured['overlap']} >= {min_overlap}"
     elif requested == "int8":
         check["reason"] = (f"int8 requested and kept although its top-{measured['k']} overlap {measured['overlap']} "
-                           f"< {MIN_OVERLAP}: its answers differ from the Python search path's")
+                           f"< {min_overlap}: its answers differ from the Python search path's")
     else:
-        check["reason"] = (f"int8 top-{measured['k']} overlap {measured['overlap']} < {MIN_OVERLAP} "
+        check["reason"] = (f"int8 top-{measured['k']} overlap {measured['overlap']} < {min_overlap} "
                            f"(worst: {measured['worst_query']!r}): kept float32")
     log.info("text tower: %s (%s)", check["chosen"], check["reason"])
     return check
