@@ -287,15 +287,12 @@ def test_page_tokenizer_gives_clip_byte_level_bpe_ids():
     assert ids["PLEURAL \t Effusion"] == ids["pleural effusion"]  # case and spacing are normalised away
 
 
-@needs_node
-def test_page_tokenizer_gives_biomedbert_wordpiece_ids():
-    """BiomedCLIP's text tower reads BiomedBERT's uncased WordPiece: a real one, trained here, with BERT's
-    normaliser (control characters, CJK, accents, case) and pre-tokenizer (each punctuation mark a word)."""
+def _biomedbert_wordpiece_tokenizer():
+    """An uncased BERT WordPiece like BiomedBERT's, trained here on chest X-ray phrases."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors, trainers
     from tokenizers.models import WordPiece
     from transformers import PreTrainedTokenizerFast
 
-    from medvec.bundle.text_model import tokenizer_prompts
     from medvec.search.precompute import FALLBACK_QUERIES
 
     core = Tokenizer(WordPiece(unk_token="[UNK]"))
@@ -306,8 +303,17 @@ def test_page_tokenizer_gives_biomedbert_wordpiece_ids():
                                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
     core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
                                                         special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
-                                        cls_token="[CLS]", sep_token="[SEP]")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]")
+
+
+@needs_node
+def test_page_tokenizer_gives_biomedbert_wordpiece_ids():
+    """BiomedCLIP's text tower reads BiomedBERT's uncased WordPiece: a real one, trained here, with BERT's
+    normaliser (control characters, CJK, accents, case) and pre-tokenizer (each punctuation mark a word)."""
+    from medvec.bundle.text_model import tokenizer_prompts
+
+    tokenizer = _biomedbert_wordpiece_tokenizer()
     texts = [*tokenizer_prompts(), *PROMPTS, "肺炎 pneumonia", "x" * 150, "a\u0085b\ufeffc\u200bd", "Ｘ－ＲＡＹ İstanbul",
              "[SEP] typed as text"]
     spec = export_tokenizer(tokenizer, 256)
@@ -554,6 +560,14 @@ def test_page_answers_like_the_python_search_path_without_leaving_its_folder(pag
         return texts.map((text) => tokenizer.encode(text));
     }""", PROMPTS)
     assert in_browser == python_token_ids(embedder.tokenizer, PROMPTS, 64)
+    # CLIP's byte-level BPE and BERT's WordPiece too: Chromium's regex engine and TextEncoder, not only Node's.
+    for other, length in ((_byte_level_bpe_clip_tokenizer(), 77), (_biomedbert_wordpiece_tokenizer(), 256)):
+        in_browser = page.evaluate("""async ([spec, texts]) => {
+            const { Tokenizer } = await import('./tokenizer.js');
+            const tokenizer = new Tokenizer(spec);
+            return texts.map((text) => tokenizer.encode(text));
+        }""", [export_tokenizer(other, length), PROMPTS])
+        assert in_browser == python_token_ids(other, PROMPTS, length)
 
     page.click("#tab-metrics")
     page.wait_for_selector("#metrics-models tbody tr")
