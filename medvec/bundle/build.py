@@ -4,7 +4,8 @@
     index.html app.js worker.js search.js tokenizer.js style.css favicon.svg   the page (medvec/bundle/web)
     core/                       the CSS and JS it shares with `medvec serve`'s page (medvec/web/core)
     vendor/                     onnxruntime-web's WebAssembly build and its licence
-    model/text.onnx             the text tower; model/tokenizer.json its tokenizer (medvec.tokenizer/1)
+    model/text.onnx             the text tower (int8 when its answers match float32's, medvec/bundle/quantize.py)
+    model/tokenizer.json        its tokenizer (medvec.tokenizer/1)
     data/embeddings.bin         image embeddings, packed (float16, or int8 + scales), little-endian
     data/index.json             row → image id and a few metadata columns
     data/fallbacks.json         the common queries' precomputed top k, with those images' metadata
