@@ -14,6 +14,8 @@ from resources.embedders import EmbedderResource, ModelArtifact
 
 class SearchBundleConfig(dg.Config):
     precision: str = "float16"  # float16 | int8 (half the size; recall@10 cost measured in the metadata)
+    # The ONNX text tower: auto = int8 when its top 10 matches float32's on the fallback queries, else float32.
+    text_precision: str = "auto"  # auto | int8 | float32
     thumbnails: bool = True
     out_dir: str = ""  # default: $MEDVEC_HOME/bundles/<model>
 
@@ -33,7 +35,8 @@ def search_bundle(context: dg.AssetExecutionContext, config: SearchBundleConfig,
         context.log.info("no evaluation report yet: the bundle's metrics tab will say so")
     with embedder.load(embedding_model, medvec.model_cache) as model:
         summary = build_bundle(search, model, out_dir, home=medvec.home_path, eval_report=report, eval_plot=plot,
-                               options=BundleOptions(precision=config.precision, thumbnails=config.thumbnails),
+                               options=BundleOptions(precision=config.precision, text_precision=config.text_precision,
+                                                     thumbnails=config.thumbnails),
                                progress=context.log.info)
     sizes, checks = summary["sizes"], summary["checks"]
     packing = checks["packing"][summary["precision"]]
@@ -45,6 +48,8 @@ def search_bundle(context: dg.AssetExecutionContext, config: SearchBundleConfig,
         "sizes": dg.MetadataValue.md("| part | MB |\n|---|---:|\n" + size_rows),
         "onnx_min_cosine": dg.MetadataValue.float(checks["onnx"]["min_cosine"]),
         "tokenizer_check": dg.MetadataValue.json(checks["tokenizer"]),
+        "text_precision": summary["text_precision"],
+        "text_precision_check": dg.MetadataValue.json(checks["text_precision"]),
         "text_recall_at_10_vs_float32": dg.MetadataValue.float(packing["text_queries"]["recall"] or 0.0),
         "image_recall_at_10_vs_float32": dg.MetadataValue.float(packing["image_queries"]["recall"] or 0.0),
         "packing": dg.MetadataValue.json(checks["packing"]),

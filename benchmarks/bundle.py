@@ -58,6 +58,8 @@ for path in (ROOT, ROOT / "benchmarks"):
 from medvec.bundle import BundleOptions, build_bundle  # noqa: E402 - after the sys.path fix above
 from medvec.bundle.export_onnx import text_module, export_text_tower  # noqa: E402
 from medvec.bundle.pack import pack_vectors, unpack_vectors  # noqa: E402
+from medvec.bundle.quantize import choose_text_precision  # noqa: E402
+from medvec.search.precompute import FALLBACK_QUERIES  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FALLBACK_QUERY = "pleural effusion"
@@ -124,12 +126,15 @@ def vector_bytes(dim: int, precision: str) -> int:
 
 # --- a SigLIP-base-shaped text tower, to time a real-size model ----------------------------------------
 
-def siglip_base_shaped_bundle(tiny_bundle: Path, workdir: Path) -> tuple[Path, dict]:
-    """A copy of the tiny bundle whose text tower has SigLIP base's shape (random weights) and whose vectors
-    are 768-d synthetic ones for the same rows, so the page runs a real-size model end to end."""
+def siglip_base_shaped_bundle(tiny_bundle: Path, workdir: Path) -> tuple[Path, Path, dict]:
+    """Copies of the tiny bundle whose text tower has SigLIP base's shape (random weights), as float32 and as
+    int8, and whose vectors are 768-d synthetic ones for the same rows, so the page runs a real-size model
+    end to end. The int8 copy is checked as `medvec bundle` checks it (top-10 overlap with float32 on the
+    fallback queries, over these vectors)."""
     import torch
     from transformers import SiglipConfig, SiglipModel
 
+    from medvec.bundle.tokenizer_export import check_with_node
     from medvec.embedders.transformers_local import quiet_transformers
 
     target = workdir / "bundle-siglip-base-shape"
@@ -144,9 +149,10 @@ def siglip_base_shaped_bundle(tiny_bundle: Path, workdir: Path) -> tuple[Path, d
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         module = text_module(SiglipModel(config).eval())
-    ids = json.loads((target / "model" / "tokenizer.json").read_text())
-    example = [[ids["suffix_ids"][0]] * 64]
+    spec = json.loads((target / "model" / "tokenizer.json").read_text())
+    example = [[spec["suffix_ids"][0]] * 64]
     info = export_text_tower(module, example, target / "model" / "text.onnx")
+    export_seconds = time.perf_counter() - started
     rows = manifest["images"]
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((rows, 768)).astype(np.float32)
@@ -154,11 +160,26 @@ def siglip_base_shaped_bundle(tiny_bundle: Path, workdir: Path) -> tuple[Path, d
     packed = pack_vectors(vectors, "float16")
     (target / "data" / "embeddings.bin").write_bytes(packed.data)
     manifest["vectors"] = packed.layout("data/embeddings.bin")
-    manifest["text_model"]["bytes"] = info["bytes"]
+    manifest["text_model"].update(bytes=info["bytes"], precision="float32")
     manifest["model"]["dim"] = 768
+    manifest["checks"].pop("text_precision", None)
     (target / "bundle.json").write_text(json.dumps(manifest, indent=1))
-    log(f"SigLIP-base-shaped text tower: {info['bytes'] / 1e6:.0f} MB ONNX in {time.perf_counter() - started:.0f} s")
-    return target, {"text_model_mb": mb(info["bytes"]), "export_seconds": round(time.perf_counter() - started, 1)}
+    log(f"SigLIP-base-shaped text tower: {info['bytes'] / 1e6:.0f} MB ONNX in {export_seconds:.0f} s")
+
+    int8_target = workdir / "bundle-siglip-base-shape-int8"
+    shutil.copytree(target, int8_target)
+    queries = list(FALLBACK_QUERIES)
+    token_ids = check_with_node(spec, queries, [[]] * len(queries))["js_ids"]  # the page's own tokenizer
+    started = time.perf_counter()
+    check = choose_text_precision(int8_target / "model" / "text.onnx", "int8", token_ids, queries, vectors)
+    check["quantize_and_check_seconds"] = round(time.perf_counter() - started, 1)
+    manifest["text_model"].update(bytes=check["int8_bytes"], precision="int8")
+    manifest["checks"]["text_precision"] = check
+    (int8_target / "bundle.json").write_text(json.dumps(manifest, indent=1))
+    log(f"int8: {check['int8_bytes'] / 1e6:.0f} MB, top-10 overlap {check['overlap']} in "
+        f"{check['quantize_and_check_seconds']} s")
+    return target, int8_target, {"text_model_mb": mb(info["bytes"]), "export_seconds": round(export_seconds, 1),
+                                 "int8": check}
 
 
 # --- 2. the page in Chromium ----------------------------------------------------------------------------
@@ -329,10 +350,23 @@ def render(res: dict) -> str:
               "| width | float16 MB | int8 MB |", "|---:|---:|---:|"]
     for dim in (64, 768, 1152):
         lines.append(f"| {dim} | {mb(1000 * vector_bytes(dim, 'float16'))} | {mb(1000 * vector_bytes(dim, 'int8'))} |")
+    lines += ["", "### Text tower: int8 (dynamic quantisation) against float32", "",
+              "Top-10 overlap: each fallback query's top 10 images under the int8 graph against its top 10 under "
+              "float32 (the build's check; auto keeps int8 at >= 0.95).", "",
+              "| text tower | float32 MB | int8 MB | int8 / float32 | top-10 overlap (min) | same top 1 | "
+              "lowest cosine | auto keeps |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, key in ((f"tiny-siglip (demo), {size['float16']['images']}-image sample", "tiny_siglip"),
+                      ("SigLIP-base-sized (random weights), 768-d synthetic vectors", "siglip_base_shape")):
+        c = res["text_precision"][key]
+        lines.append(f"| {name} | {mb(c['float32_bytes'])} | {mb(c['int8_bytes'])} | "
+                     f"{c['int8_bytes'] / c['float32_bytes']:.3f} | {c['overlap']} ({c['min_overlap']}) | "
+                     f"{c['same_top1']} | {c['min_cosine']} | {'int8' if c['passed'] else 'float32'} |")
     lines += ["", "### Time to first answer (headless Chromium, ms since navigation start)", "",
               "| bundle | fallback query | novel query (cold: runtime + model load) | novel query (warm) |",
               "|---|---:|---:|---:|"]
-    for name, key in (("tiny-siglip", "tiny_siglip"), ("SigLIP-base-sized text tower", "siglip_base_shape")):
+    for name, key in (("tiny-siglip (int8 text tower)", "tiny_siglip"),
+                      ("SigLIP-base-sized text tower, float32", "siglip_base_shape"),
+                      ("SigLIP-base-sized text tower, int8", "siglip_base_shape_int8")):
         t = res["first_answer"][key]
         lines.append(f"| {name} | {t['fallback_ms']['median']} (best {t['fallback_ms']['best']}) | "
                      f"{t['novel_ms']['median']} (best {t['novel_ms']['best']}) | {t['warm_novel_ms']['median']} "
@@ -380,12 +414,16 @@ def main(argv: list[str] | None = None) -> int:
         bundles = build_bundles(settings, workdir)
         res["sizes"] = {precision: sizes_per_1000(summary) for precision, summary in bundles.items()}
         res["build_seconds"] = {precision: summary["build_seconds"] for precision, summary in bundles.items()}
-        base_shape, res["siglip_base_shape"] = siglip_base_shaped_bundle(workdir / "bundle-float16", workdir)
+        base_shape, base_int8, res["siglip_base_shape"] = siglip_base_shaped_bundle(workdir / "bundle-float16",
+                                                                                     workdir)
+        res["text_precision"] = {"tiny_siglip": bundles["float16"]["checks"]["text_precision"],
+                                 "siglip_base_shape": res["siglip_base_shape"]["int8"]}
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
             res["browser"] = f"Chromium {browser.version} (headless)"
             res["first_answer"] = {}
-            for key, folder in (("tiny_siglip", workdir / "bundle-float16"), ("siglip_base_shape", base_shape)):
+            for key, folder in (("tiny_siglip", workdir / "bundle-float16"), ("siglip_base_shape", base_shape),
+                                ("siglip_base_shape_int8", base_int8)):
                 with static_server(folder) as base_url:
                     res["first_answer"][key] = first_answers(browser, base_url, args.rounds)
                 log(f"first answers, {key}: {res['first_answer'][key]['fallback_ms']['median']} / "

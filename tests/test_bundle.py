@@ -236,15 +236,105 @@ def test_page_tokenizer_gives_tiny_siglip_word_level_ids(embedder):
     assert check["mismatches"] == [] and check["matching"] == len(PROMPTS)
 
 
-def test_tokenizers_the_page_cannot_run_are_refused():
-    from tokenizers import Tokenizer
+def _byte_level_bpe_clip_tokenizer():
+    """A real byte-level BPE (CLIP's pipeline: NFC, whitespace collapsed, lower case, CLIP's regex, bytes to
+    printable characters, `</w>` ending each word), trained here on chest X-ray phrases and loaded in
+    transformers' CLIPTokenizer, as openai/clip-* and BiomedCLIP-style CLIP checkpoints are."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
     from tokenizers.models import BPE
+    from transformers import CLIPTokenizer
+
+    from medvec.search.precompute import FALLBACK_QUERIES
+
+    core = Tokenizer(BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    core.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                            normalizers.Lowercase()])
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                             behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    corpus = [*FALLBACK_QUERIES, "the heart is enlarged with blunted costophrenic angles",
+              "there's no pneumothorax, isn't it? 2.5 cm nodule at T4-T5"] * 5
+    core.train_from_iterator(corpus, trainer)
+    model = json.loads(core.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges)
+
+
+@needs_node
+def test_page_tokenizer_gives_clip_byte_level_bpe_ids():
+    from medvec.bundle.text_model import tokenizer_prompts
+
+    tokenizer = _byte_level_bpe_clip_tokenizer()
+    spec = export_tokenizer(tokenizer, 77)
+    assert spec["model"] == "bpe" and spec["end_of_word_suffix"] == "</w>" and spec["merges"]
+    texts = [*tokenizer_prompts(), *PROMPTS, "<|endoftext|> typed as text", "naïve 🫁 «quoted» it'll", "x" * 300,
+             "PLEURAL \t Effusion"]
+    assert len(texts) >= 500
+    expected = python_token_ids(tokenizer, texts, 77)
+    check = check_with_node(spec, texts, expected)
+    assert check["mismatches"] == [] and check["matching"] == len(texts)
+    # What makes it CLIP's: <|startoftext|> ... <|endoftext|>, padded with <|endoftext|> to 77; merged words
+    # end in </w>; bytes the vocabulary lacks after merging become <|endoftext|>, as in Python.
+    ids = dict(zip(texts, check["js_ids"]))
+    start, end = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
+    assert ids["pleural effusion"][:4] == [start, *tokenizer.convert_tokens_to_ids(["pleural</w>", "effusion</w>"]),
+                                           end]
+    assert all(len(row) == 77 and row[0] == start for row in check["js_ids"])
+    assert ids["PLEURAL \t Effusion"] == ids["pleural effusion"]  # case and spacing are normalised away
+
+
+def _biomedbert_wordpiece_tokenizer():
+    """An uncased BERT WordPiece like BiomedBERT's, trained here on chest X-ray phrases."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import WordPiece
     from transformers import PreTrainedTokenizerFast
 
-    bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(BPE({"a": 0, "<unk>": 1}, [], unk_token="<unk>")),
-                                  unk_token="<unk>", pad_token="<unk>")
-    with pytest.raises(TokenizerNotSupported, match="BPE"):
-        export_tokenizer(bpe, 64)
+    from medvec.search.precompute import FALLBACK_QUERIES
+
+    core = Tokenizer(WordPiece(unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.train_from_iterator([*FALLBACK_QUERIES, "there's no pneumothorax, isn't it? 2.5 cm nodule at T4-T5 肺"] * 5,
+                             trainers.WordPieceTrainer(vocab_size=300, show_progress=False,
+                                                       special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]")
+
+
+@needs_node
+def test_page_tokenizer_gives_biomedbert_wordpiece_ids():
+    """BiomedCLIP's text tower reads BiomedBERT's uncased WordPiece: a real one, trained here, with BERT's
+    normaliser (control characters, CJK, accents, case) and pre-tokenizer (each punctuation mark a word)."""
+    from medvec.bundle.text_model import tokenizer_prompts
+
+    tokenizer = _biomedbert_wordpiece_tokenizer()
+    texts = [*tokenizer_prompts(), *PROMPTS, "肺炎 pneumonia", "x" * 150, "a\u0085b\ufeffc\u200bd", "Ｘ－ＲＡＹ İstanbul",
+             "[SEP] typed as text"]
+    spec = export_tokenizer(tokenizer, 256)
+    assert spec["model"] == "wordpiece"
+    check = check_with_node(spec, texts, python_token_ids(tokenizer, texts, 256))
+    assert check["mismatches"] == [] and check["matching"] == len(texts) >= 500
+    ids = dict(zip(texts, check["js_ids"]))
+    assert ids["x" * 150][:3] == [2, 1, 3]  # longer than 100 characters: one [UNK]
+    period = tokenizer.convert_tokens_to_ids(".")
+    assert ids["Pleural effusion."][:5] == [*ids["pleural effusion"][:3], period, 3]  # "." is its own word
+
+
+def test_tokenizers_the_page_cannot_run_are_refused():
+    from tokenizers import Tokenizer
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    unigram = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(Unigram([("<unk>", 0.0), ("a", -1.0)], 0)),
+                                      unk_token="<unk>", pad_token="<unk>")
+    with pytest.raises(TokenizerNotSupported, match="Unigram"):
+        export_tokenizer(unigram, 64)
 
 
 # --- the build -------------------------------------------------------------------------------------
@@ -259,6 +349,12 @@ def test_bundle_holds_the_model_vectors_answers_and_checks(bundle, search, embed
     checks = manifest["checks"]
     assert checks["onnx"]["min_cosine"] >= 0.999 and checks["onnx"]["prompts"] >= 50
     assert checks["tokenizer"]["matching"] == checks["tokenizer"]["prompts"]
+    # The text tower ships as int8 (auto): a fraction of float32's bytes, and the same answers on the fallbacks.
+    text = checks["text_precision"]
+    assert text["requested"] == "auto" and text["chosen"] == "int8" and manifest["text_model"]["precision"] == "int8"
+    assert text["overlap"] >= 0.95 and text["queries"] == 50 and text["int8_bytes"] < text["float32_bytes"]
+    assert manifest["text_model"]["bytes"] == text["int8_bytes"] == (bundle / "model" / "text.onnx").stat().st_size
+    assert checks["tokenizer"]["prompts"] >= 300
     assert checks["packing"]["chosen"] == "float16" and checks["packing"]["float16"]["text_queries"]["recall"] == 1.0
     assert (bundle / "data" / "embeddings.bin").stat().st_size == 38 * 64 * 2
     assert (bundle / "data" / "similar.bin").stat().st_size == 38 * manifest["similar"]["k"] * 8
@@ -279,6 +375,36 @@ def test_bundle_holds_the_model_vectors_answers_and_checks(bundle, search, embed
     onnx_vectors = session.run(["text_embeds"], {"input_ids": ids})[0]
     cosines = (onnx_vectors * embedder.embed_texts(texts)).sum(axis=1)
     assert cosines.min() >= 0.999
+
+
+def test_int8_text_tower_is_kept_only_when_its_answers_match_float32(embedder, search, tmp_path):
+    """auto keeps int8 when its top 10 matches float32's on the fallback queries, else leaves the float32
+    graph in place and says why; int8 asked for is kept either way, its failed check recorded."""
+    from medvec.bundle.export_onnx import cpu_float32_text_tower, export_text_tower
+    from medvec.bundle.quantize import choose_text_precision
+    from medvec.search.precompute import FALLBACK_QUERIES
+
+    queries = list(FALLBACK_QUERIES)
+    ids = python_token_ids(embedder.tokenizer, queries, 64)
+    images = search.snapshot().index.vectors
+    module = cpu_float32_text_tower(embedder)
+    checks = {}
+    for name, requested, bar in (("passes", "auto", 0.95), ("fails", "auto", 1.01), ("forced", "int8", 1.01),
+                                 ("float32", "float32", 0.95)):
+        path = tmp_path / name / "text.onnx"
+        export_text_tower(module, ids, path)
+        float32_bytes = path.stat().st_size
+        checks[name] = choose_text_precision(path, requested, ids, queries, images, min_overlap=bar)
+        assert checks[name]["float32_bytes"] == float32_bytes
+        assert path.stat().st_size == (checks[name]["int8_bytes"] if checks[name]["chosen"] == "int8"
+                                       else float32_bytes)
+        assert [p.name for p in path.parent.iterdir()] == ["text.onnx"]  # no scratch files left behind
+    assert checks["passes"]["chosen"] == "int8" and checks["passes"]["passed"]
+    assert checks["passes"]["overlap"] >= 0.95 and checks["passes"]["queries"] == 50
+    assert checks["fails"]["chosen"] == "float32" and not checks["fails"]["passed"]
+    assert "kept float32" in checks["fails"]["reason"] and checks["fails"]["worst_query"] in queries
+    assert checks["forced"]["chosen"] == "int8" and not checks["forced"]["passed"]
+    assert checks["float32"]["chosen"] == "float32" and "overlap" not in checks["float32"]
 
 
 def test_a_folder_that_is_not_a_bundle_is_never_replaced(search, embedder, search_collection, ort_web, tmp_path):
@@ -308,12 +434,15 @@ def test_cli_builds_a_bundle_and_replaces_it_whole(search_collection, ort_web, t
     for name, value in search_collection.env.items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "site"
-    assert main(["bundle", str(out), "--precision", "int8", "--json"]) == 0
+    assert main(["bundle", str(out), "--precision", "int8", "--text-precision", "float32", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["precision"] == "int8" and summary["images"] == 38 and summary["sizes"]["vectors"] == 38 * 68
+    assert summary["text_precision"] == "float32" and summary["checks"]["text_precision"]["reason"] == \
+        "float32 requested"
     (out / "stale.txt").write_text("from an older build")
     assert main(["bundle", str(out), "--no-thumbnails"]) == 0
-    assert "serve it with any static file server" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "serve it with any static file server" in printed and "text tower: int8 (int8 top-10 overlap" in printed
     assert not (out / "stale.txt").exists() and not list((out / "thumbs").rglob("*.webp"))
 
 
@@ -368,6 +497,18 @@ def _assert_same_ranking(js_ids, js_scores, python_all, k, tolerance):
         assert image_id == expected[rank] or abs(score_of[image_id] - score_of[expected[rank]]) <= 2 * tolerance
 
 
+def _onnx_ranking(bundle: Path, search, embedder, text: str) -> list:
+    """Every image ranked by the bundle's own text tower (onnxruntime on the CPU) and the float32 vectors."""
+    import onnxruntime
+    from types import SimpleNamespace
+
+    session = onnxruntime.InferenceSession(str(bundle / "model" / "text.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.asarray(python_token_ids(embedder.tokenizer, [text], 64), dtype=np.int64)
+    loaded = search.snapshot()
+    scores = loaded.index.vectors @ session.run(["text_embeds"], {"input_ids": ids})[0][0]
+    return [SimpleNamespace(image_id=loaded.ids[row], score=float(scores[row])) for row in np.argsort(-scores)]
+
+
 @pytest.mark.slow
 @needs_chromium
 def test_page_answers_like_the_python_search_path_without_leaving_its_folder(page, site, bundle, search, embedder):
@@ -385,10 +526,13 @@ def test_page_answers_like_the_python_search_path_without_leaving_its_folder(pag
     assert ids == [hit.image_id for hit in python.hits]
     assert scores == [round(hit.score, 4) for hit in python.hits]
 
-    # A novel query is tokenised and encoded in the worker and ranked over the packed vectors.
+    # A novel query is tokenised and encoded in the worker by the int8 text tower and ranked over the packed
+    # vectors: the top hit is the Python search path's (float32), the ranking the int8 graph's in onnxruntime.
+    assert manifest["text_model"]["precision"] == "int8"
     ids, scores = _search_in_page(page, NOVEL, "index")
-    assert search.search_text(NOVEL, k=12).route == "index"
-    _assert_same_ranking(ids, scores, search.search_text(NOVEL, k=38).hits, 12, tolerance)
+    python = search.search_text(NOVEL, k=12)
+    assert python.route == "index" and ids[0] == python.hits[0].image_id
+    _assert_same_ranking(ids, scores, _onnx_ranking(bundle, search, embedder, NOVEL), 12, tolerance)
     assert "ready" in page.inner_text("#model-status")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "bundle.png"), full_page=True)
@@ -416,6 +560,14 @@ def test_page_answers_like_the_python_search_path_without_leaving_its_folder(pag
         return texts.map((text) => tokenizer.encode(text));
     }""", PROMPTS)
     assert in_browser == python_token_ids(embedder.tokenizer, PROMPTS, 64)
+    # CLIP's byte-level BPE and BERT's WordPiece too: Chromium's regex engine and TextEncoder, not only Node's.
+    for other, length in ((_byte_level_bpe_clip_tokenizer(), 77), (_biomedbert_wordpiece_tokenizer(), 256)):
+        in_browser = page.evaluate("""async ([spec, texts]) => {
+            const { Tokenizer } = await import('./tokenizer.js');
+            const tokenizer = new Tokenizer(spec);
+            return texts.map((text) => tokenizer.encode(text));
+        }""", [export_tokenizer(other, length), PROMPTS])
+        assert in_browser == python_token_ids(other, PROMPTS, length)
 
     page.click("#tab-metrics")
     page.wait_for_selector("#metrics-models tbody tr")
@@ -445,3 +597,23 @@ def test_common_queries_answer_before_the_index_and_the_model_have_loaded(page, 
         route.continue_()
     page.wait_for_function("() => document.querySelector('#model-status').textContent.includes('ready')")
     assert page.errors == []
+
+
+def test_clip_text_tower_exports_padded_to_77_and_matches_the_masked_python_path(tmp_path):
+    """CLIP embeds text padded to the longest with an attention mask; the bundle's graph takes 77 ids and no
+    mask. Causal attention and pooling at the first end token make the two the same vector."""
+    import onnxruntime
+
+    from medvec.bundle.export_onnx import cpu_float32_text_tower, export_text_tower
+    from medvec.embedders.transformers_local import TransformersEmbedder
+    from medvec.models.registry import resolve_model
+    from medvec.models.tiny import build_tiny_clip
+
+    clip = TransformersEmbedder(resolve_model("clip-b32", dim=32, image_size=32), build_tiny_clip(tmp_path / "clip"))
+    texts = [NOVEL, "pleural effusion", "heart size is " + "normal and " * 40 + "stable", ""]
+    ids = python_token_ids(clip.tokenizer, texts, 77)
+    assert {len(row) for row in ids} == {77}
+    export_text_tower(cpu_float32_text_tower(clip), ids, tmp_path / "text.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "text.onnx"), providers=["CPUExecutionProvider"])
+    onnx_vectors = session.run(["text_embeds"], {"input_ids": np.asarray(ids, np.int64)})[0]
+    assert (onnx_vectors * clip.embed_texts(texts)).sum(axis=1).min() >= 0.999

@@ -4,7 +4,8 @@
     index.html app.js worker.js search.js tokenizer.js style.css favicon.svg   the page (medvec/bundle/web)
     core/                       the CSS and JS it shares with `medvec serve`'s page (medvec/web/core)
     vendor/                     onnxruntime-web's WebAssembly build and its licence
-    model/text.onnx             the text tower; model/tokenizer.json its tokenizer (medvec.tokenizer/1)
+    model/text.onnx             the text tower (int8 when its answers match float32's, medvec/bundle/quantize.py)
+    model/tokenizer.json        its tokenizer (medvec.tokenizer/1)
     data/embeddings.bin         image embeddings, packed (float16, or int8 + scales), little-endian
     data/index.json             row → image id and a few metadata columns
     data/fallbacks.json         the common queries' precomputed top k, with those images' metadata
@@ -31,13 +32,12 @@ from typing import Callable
 
 import numpy as np
 
-from medvec.bundle.export_onnx import check_text_onnx, cpu_float32_text_tower, export_text_tower
 from medvec.bundle.pack import PRECISIONS, pack_vectors, packing_costs
 from medvec.bundle.runtime import ORT_FILES, copy_ort, ort_version
-from medvec.bundle.tokenizer_export import WEB_DIR, check_with_node, export_tokenizer, python_token_ids
-from medvec.evaluation.retrieval import FINDING_PROMPTS
+from medvec.bundle.quantize import TEXT_PRECISIONS
+from medvec.bundle.text_model import EXTRA_PROMPTS, check_prompts, write_text_model  # noqa: F401 - re-exported
+from medvec.bundle.tokenizer_export import WEB_DIR
 from medvec.home import EVAL_FILES
-from medvec.search.precompute import FALLBACK_QUERIES
 from medvec.search.images import ImageSearch
 from medvec.storage import HomePath, S3Path, as_path, is_remote, map_paths, remove_tree, upload_tree
 
@@ -51,15 +51,6 @@ WEB_CORE_DIR = Path(__file__).resolve().parents[1] / "web" / "core"
 #: out: a public page has no use for them.
 INDEX_COLUMNS = ("view_position", "modality", "body_part", "labels", "split", "width", "height")
 THUMBS_PER_FOLDER = 1000
-#: Texts the ONNX export and the browser tokenizer are checked on, besides the common queries and the
-#: evaluation prompts: capitals, punctuation, spacing, non-ASCII, and one longer than 64 tokens.
-EXTRA_PROMPTS = (
-    "Pleural effusion.", "LEFT lower lobe, consolidation;  ", "  no   acute  cardiopulmonary process  ",
-    "x-ray: 'heart' is (mildly) enlarged!", "rib #4 fracture?", "épanchement pleural",
-    "ｘ－ｒａｙ ｃｈｅｓｔ",
-    "tube\tand\nline", "an opacity that is in no fallback list",
-    "heart size is " + "normal and " * 40 + "stable",
-)
 
 
 class BundleError(RuntimeError):
@@ -71,6 +62,9 @@ class BundleOptions:
     # How data/embeddings.bin holds the vectors. float16 keeps the Python path's ranking (recall@10 1.0 on
     # every set measured); int8 halves the bytes and costs recall where scores crowd (medvec/bundle/pack.py).
     precision: str = "float16"
+    # The ONNX text tower: auto = int8 when its top 10 matches float32's on the fallback queries
+    # (medvec/bundle/quantize.py), else float32; int8 / float32 force one (the check is still recorded).
+    text_precision: str = "auto"
     thumbnails: bool = True
     node: str | None = None  # node binary for the tokenizer check (default: PATH)
     ort_dist: Path | None = None  # onnxruntime-web's dist folder (default: web/node_modules)
@@ -109,15 +103,6 @@ def latest_evaluation(home: str | HomePath) -> tuple[dict | None, HomePath | Non
     return report, plot if plot.exists() else None
 
 
-def check_prompts() -> list[str]:
-    seen, prompts = set(), []
-    for text in (*FALLBACK_QUERIES, *(p for ps in FINDING_PROMPTS.values() for p in ps), *EXTRA_PROMPTS):
-        if text not in seen:
-            seen.add(text)
-            prompts.append(text)
-    return prompts
-
-
 def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home: str | HomePath,
                  eval_report: dict | None = None, eval_plot: HomePath | None = None,
                  options: BundleOptions = BundleOptions(), progress: Callable[[str], None] = log.info) -> dict:
@@ -142,7 +127,9 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home
     try:
         _copy_page(tmp)
         copy_ort(ort_dist, tmp / "vendor")
-        text_model, text_checks = _write_text_model(tmp, embedder, options, progress)
+        text_model, text_checks = write_text_model(tmp / "model", embedder, loaded.index.vectors,
+                                                   text_precision=options.text_precision, node=options.node,
+                                                   progress=progress)
         data = _write_data(tmp, search, loaded, home, eval_report, eval_plot, options, progress)
         manifest = {
             "schema": SCHEMA,
@@ -163,6 +150,7 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home
         raise
     summary = {"out_dir": str(out_dir), "model": spec.name, "table": search.table_name,
                "table_version": loaded.version, "images": len(loaded.ids), "precision": options.precision,
+               "text_precision": text_model["precision"],
                "sizes": manifest["sizes"], "checks": manifest["checks"],
                "seconds": round(time.perf_counter() - started, 2)}
     progress(f"bundle for {spec.name} ({len(loaded.ids)} images, {manifest['sizes']['total'] / 1e6:.1f} MB) "
@@ -174,6 +162,9 @@ def _checked_inputs(search: ImageSearch, embedder, options: BundleOptions):
     """The search's loaded table (with its stored answers) and onnxruntime-web's folder, or a BundleError."""
     if options.precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
+    if options.text_precision not in TEXT_PRECISIONS:
+        raise BundleError(f"text precision must be one of {', '.join(TEXT_PRECISIONS)}, "
+                          f"not {options.text_precision!r}")
     if not all(hasattr(embedder, part) for part in ("spec", "model", "tokenizer")):
         raise BundleError(f"{getattr(embedder, 'name', 'this model')} is not a local transformers model (a NIM?): the "
                           "bundle exports the text tower of a model that runs here")
@@ -192,30 +183,6 @@ def _copy_page(tmp: Path) -> None:
     for name in PAGE_FILES:
         shutil.copyfile(WEB_DIR / name, tmp / name)
     shutil.copytree(WEB_CORE_DIR, tmp / "core", ignore=shutil.ignore_patterns(".*"))
-
-
-def _write_text_model(tmp: Path, embedder, options: BundleOptions, progress) -> tuple[dict, dict]:
-    """The tokenizer and the ONNX text tower, each checked against the model; their manifest entry and checks."""
-    spec = embedder.spec
-    # The tokenizer first: it is the cheap step that refuses models the page cannot serve.
-    prompts = check_prompts()
-    token_ids = python_token_ids(embedder.tokenizer, prompts, spec.text_length)
-    tokenizer = export_tokenizer(embedder.tokenizer, spec.text_length)
-    _write_json(tmp / "model" / "tokenizer.json", tokenizer)
-    node_check = check_with_node(tokenizer, prompts, token_ids, node=options.node)
-    node_check.pop("js_ids", None)
-    if node_check.get("checked") and node_check["matching"] != node_check["prompts"]:
-        raise BundleError(f"the page's tokenizer disagrees with {spec.name}'s on "
-                          f"{node_check['prompts'] - node_check['matching']} prompt(s), e.g. "
-                          f"{node_check['mismatches'][:3]}; the bundle would search for other words")
-
-    progress(f"exporting the {spec.name} text tower to ONNX")
-    module = cpu_float32_text_tower(embedder)
-    onnx_info = export_text_tower(module, token_ids, tmp / "model" / "text.onnx")
-    onnx_check = check_text_onnx(module, tmp / "model" / "text.onnx", token_ids, prompts)
-    entry = {**onnx_info, "file": "model/text.onnx", "tokenizer": "model/tokenizer.json",
-             "tokenizer_model": tokenizer["model"]}
-    return entry, {"onnx": onnx_check, "tokenizer": node_check}
 
 
 def _write_data(tmp: Path, search: ImageSearch, loaded, home, eval_report, eval_plot, options: BundleOptions,

@@ -1,6 +1,6 @@
 """The text tower as ONNX for onnxruntime-web, checked against PyTorch with onnxruntime.
 
-The graph takes `input_ids` (int64, [batch, text_length]: SigLIP's fixed 64 tokens, dynamic batch) and
+The graph takes `input_ids` (int64, [batch, text_length]: SigLIP's fixed 64 tokens, CLIP's 77, dynamic batch) and
 returns `text_embeds` (float32, [batch, dim]) already L2-normalised, so the page's dot product with the
 packed image vectors is the cosine the Python search path scores with.
 """
@@ -52,15 +52,18 @@ def cpu_float32_text_tower(embedder):
     import torch
 
     spec = embedder.spec
-    if spec.loader != "transformers" or spec.text_padding != "max_length":
-        raise ExportError(f"{spec.name}: the browser bundle exports SigLIP-family text towers (transformers, text "
-                          "padded to a fixed length); this model is not one")
     model = embedder.model
+    if spec.loader != "transformers":
+        raise ExportError(f"{spec.name} is an {spec.loader} model; the browser bundle exports transformers SigLIP "
+                          "and CLIP text towers (open_clip checkpoints such as BiomedCLIP are not exported yet)")
     if model is None:
         raise ExportError(f"{spec.name}: the embedder was closed")
-    if getattr(model.config, "model_type", None) != "siglip":
-        raise ExportError(f"{spec.name} is a {model.config.model_type!r} model; the browser bundle exports SigLIP "
-                          "text towers only (fixed-length text, no attention mask)")
+    model_type = getattr(model.config, "model_type", None)
+    # SigLIP was trained on fixed-length, unmasked text. CLIP pads to the longest text with a mask, but its
+    # causal attention and its pooling at the first end token make padding to the full length exact too.
+    if model_type not in ("siglip", "clip") or (model_type == "siglip" and spec.text_padding != "max_length"):
+        raise ExportError(f"{spec.name} is a {model_type!r} model; the browser bundle exports SigLIP and CLIP "
+                          "text towers only (text padded to a fixed length, no attention mask)")
     parameter = next(model.parameters())
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
         model = copy.deepcopy(model).float().cpu()

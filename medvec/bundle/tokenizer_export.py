@@ -1,7 +1,9 @@
 """The model's tokenizer as a small JSON the bundle's page tokenises with (schema medvec.tokenizer/1).
 
-The page implements exactly two tokenizer models in `web/tokenizer.js`: SentencePiece unigram with
-SigLIP's text canonicalisation (SigLIP, MedSigLIP) and word-level (the offline tiny-siglip). Anything
+The page implements three tokenizer models in `web/tokenizer.js`: SentencePiece unigram with SigLIP's
+text canonicalisation (SigLIP, MedSigLIP), word-level (the offline tiny models) and BPE with the byte-level
+pre-tokenizer (CLIP's: NFC, whitespace collapsed, lower case, its regex, `</w>` ends a word), and WordPiece
+with BERT's normaliser and pre-tokenizer (BiomedCLIP's BiomedBERT). Anything
 else is refused here with the reason, rather than tokenised differently in the browser. After export,
 `check_with_node` runs the page's own tokenizer under Node on a set of prompts and compares the ids with
 the Python tokenizer's.
@@ -10,6 +12,7 @@ the Python tokenizer's.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,37 +79,94 @@ def _sentencepiece_spec(tokenizer, length: int) -> dict:
 
 def _tokenizers_spec(config: dict, tokenizer, length: int) -> dict:
     model = config.get("model") or {}
-    if model.get("type") != "WordLevel":
-        raise TokenizerNotSupported(f"a {model.get('type')} tokenizers model; the browser bundle supports "
-                                    "SigLIP's SentencePiece unigram and word-level tokenizers")
-    steps = []
-    normalizer = config.get("normalizer")
-    for part in (normalizer.get("normalizers", []) if normalizer and normalizer["type"] == "Sequence"
-                 else [normalizer] if normalizer else []):
-        step = {"Lowercase": "lowercase", "NFKC": "nfkc"}.get(part["type"])
-        if step is None:
-            raise TokenizerNotSupported(f"the {part['type']} normalizer is not implemented in the browser")
-        steps.append(step)
-    pre = (config.get("pre_tokenizer") or {}).get("type")
-    split = {"Whitespace": "words", "WhitespaceSplit": "whitespace"}.get(pre)
-    if split is None:
-        raise TokenizerNotSupported(f"the {pre} pre-tokenizer is not implemented in the browser")
+    kind = model.get("type")
+    if kind not in ("WordLevel", "BPE", "WordPiece"):
+        raise TokenizerNotSupported(f"a {kind} tokenizers model; the browser bundle supports SentencePiece unigram, "
+                                    "word-level, BPE (CLIP's byte-level) and WordPiece (BERT's) tokenizers")
     vocab = model["vocab"]
     by_id = [""] * (max(vocab.values()) + 1)
     for piece, index in vocab.items():
         by_id[index] = piece
     prefix, suffix = _template_ids(config.get("post_processor"), vocab)
-    return {
-        "schema": SCHEMA, "model": "wordlevel", "normalize": steps, "split": split, "vocab": by_id, "scores": None,
-        "unk_id": vocab[model["unk_token"]], "pad_id": tokenizer.pad_token_id, "prefix_ids": prefix,
-        "suffix_ids": suffix, "fuse_unk": False, "length": length,
-    }
+    unk = model.get("unk_token")
+    spec = {"schema": SCHEMA, "normalize": _normalize_steps(config.get("normalizer")), "vocab": by_id,
+            "scores": None, "unk_id": vocab[unk] if unk in vocab else None, "pad_id": tokenizer.pad_token_id,
+            "prefix_ids": prefix, "suffix_ids": suffix, "fuse_unk": bool(model.get("fuse_unk")), "length": length,
+            # Typed as text, special tokens are matched before normalisation and become their own ids.
+            "added_tokens": {t["content"]: t["id"] for t in config.get("added_tokens") or [] if not t.get("normalized")}}
+    if kind == "WordLevel":
+        pre = (config.get("pre_tokenizer") or {}).get("type")
+        split = {"Whitespace": "words", "WhitespaceSplit": "whitespace"}.get(pre)
+        if split is None:
+            raise TokenizerNotSupported(f"the {pre} pre-tokenizer is not implemented in the browser")
+        return spec | {"model": "wordlevel", "split": split, "fuse_unk": False}
+    if kind == "WordPiece":
+        return spec | {"model": "wordpiece", "pre_tokenize": _pre_tokenize_steps(config.get("pre_tokenizer")),
+                       "continuing_subword_prefix": model.get("continuing_subword_prefix", "##"),
+                       "max_input_chars_per_word": model.get("max_input_chars_per_word", 100)}
+    if model.get("dropout") or model.get("byte_fallback"):
+        raise TokenizerNotSupported("BPE dropout and byte fallback are not implemented in the browser")
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
+    return spec | {"model": "bpe", "pre_tokenize": _pre_tokenize_steps(config.get("pre_tokenizer")), "merges": merges,
+                   "end_of_word_suffix": model.get("end_of_word_suffix") or "",
+                   "continuing_subword_prefix": model.get("continuing_subword_prefix") or "",
+                   "ignore_merges": bool(model.get("ignore_merges"))}
+
+
+def _parts(component: dict | None, key: str) -> list[dict]:
+    if not component:
+        return []
+    return component.get(key, []) if component["type"] == "Sequence" else [component]
+
+
+def _normalize_steps(normalizer: dict | None) -> list:
+    """tokenizers normalizers as `web/tokenizer.js` steps: names, or [\"replace\", regex, content]."""
+    steps = []
+    for part in _parts(normalizer, "normalizers"):
+        kind = part["type"]
+        if kind in ("Lowercase", "NFC", "NFKC", "NFD", "NFKD"):
+            steps.append(kind.lower())
+        elif kind == "BertNormalizer":  # BiomedBERT's: control characters out, CJK spaced, accents, case
+            strip = part.get("strip_accents")
+            steps.append(["bert", {"clean_text": part.get("clean_text", True),
+                                   "handle_chinese_chars": part.get("handle_chinese_chars", True),
+                                   "strip_accents": part.get("lowercase", True) if strip is None else strip,
+                                   "lowercase": part.get("lowercase", True)}])
+        elif kind == "Strip" and part.get("strip_left") and part.get("strip_right"):
+            steps.append("strip")
+        elif kind == "Replace":
+            pattern = part["pattern"]
+            regex = pattern["Regex"] if "Regex" in pattern else re.escape(pattern["String"])
+            steps.append(["replace", regex, part["content"]])
+        else:
+            raise TokenizerNotSupported(f"the {kind} normalizer is not implemented in the browser")
+    return steps
+
+
+def _pre_tokenize_steps(pre_tokenizer: dict | None) -> list[dict]:
+    """CLIP's pre-tokenizer (a Split that keeps its regex's matches, then ByteLevel), GPT-2's (ByteLevel),
+    BERT's (whitespace, then each punctuation character on its own) and the whitespace splitters."""
+    steps = []
+    for part in _parts(pre_tokenizer, "pretokenizers"):
+        kind = part["type"]
+        if kind == "Split" and part.get("invert") and part.get("behavior") == "Removed" and "Regex" in part["pattern"]:
+            steps.append({"type": "matches", "regex": part["pattern"]["Regex"]})
+        elif kind == "ByteLevel":
+            steps.append({"type": "bytelevel", "add_prefix_space": bool(part.get("add_prefix_space")),
+                          "use_regex": part.get("use_regex", True)})
+        elif kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer"):
+            steps.append({"type": kind.lower()})
+        else:
+            raise TokenizerNotSupported(f"the {kind} pre-tokenizer ({part}) is not implemented in the browser")
+    return steps
 
 
 def _template_ids(post: dict | None, vocab: dict) -> tuple[list[int], list[int]]:
     """Special tokens before and after the text, from a TemplateProcessing post-processor."""
     if not post:
         return [], []
+    if post.get("type") in ("RobertaProcessing", "BertProcessing"):  # CLIP's: <|startoftext|> text <|endoftext|>
+        return [post["cls"][1]], [post["sep"][1]]
     if post.get("type") != "TemplateProcessing":
         raise TokenizerNotSupported(f"the {post.get('type')} post-processor is not implemented in the browser")
     prefix, suffix, seen_text = [], [], False

@@ -14,6 +14,9 @@ def register(sub) -> None:
     p.add_argument("--model", help="registry name (default: $MEDVEC_MODEL)")
     p.add_argument("--precision", choices=("float16", "int8"), default="float16",
                    help="how the image vectors are packed (default float16; int8 is half the size, lower recall)")
+    p.add_argument("--text-precision", choices=("auto", "int8", "float32"), default="auto",
+                   help="the ONNX text tower (default auto: int8, a quarter of the bytes, when its top 10 matches "
+                        "float32's on the common queries, else float32)")
     p.add_argument("--no-thumbnails", action="store_true", help="leave the thumbnails out")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.set_defaults(func=cmd_bundle)
@@ -34,7 +37,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     name = search_model_name(settings, args.model)
     search = open_search(settings, name)
     report, plot = latest_evaluation(settings.home)
-    options = BundleOptions(precision=args.precision, thumbnails=not args.no_thumbnails)
+    options = BundleOptions(precision=args.precision, text_precision=args.text_precision,
+                            thumbnails=not args.no_thumbnails)
     try:
         # The text tower is exported from a local copy of the model, whatever embeds the table.
         with open_embedder(local_config(embedder_config(settings, name, kind="local"), device="cpu")) as embedder:
@@ -63,6 +67,8 @@ def _print_summary(summary: dict, *, has_report: bool) -> None:
              else f"not checked ({tokenizer['reason']})")
           + f"; {summary['precision']} vectors recall@10 {packing['text_queries']['recall']} (text), "
             f"{packing['image_queries']['recall']} (images)")
+    text = checks["text_precision"]
+    print(f"  text tower: {text['chosen']} ({text['reason']})")
     if not has_report:
         print("  no evaluation report: run `medvec eval` and build again for the metrics tab")
     print(f"serve it with any static file server, e.g. `python3 -m http.server -d {summary['out_dir']} 8000`, "

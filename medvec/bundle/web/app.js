@@ -401,9 +401,14 @@ function renderChecks(manifest) {
   const onnx = checks.onnx || {};
   const tokenizer = checks.tokenizer || {};
   const packing = checks.packing || {};
+  const text = checks.text_precision || { chosen: "float32", reason: "built before int8 was measured" };
   const rows = [
     ["Text tower (ONNX vs PyTorch)",
       `lowest cosine ${onnx.min_cosine} over ${onnx.prompts} prompts (needs ≥ ${onnx.threshold})`],
+    [`Text tower as ${text.chosen} (this bundle)`, text.overlap === undefined ? text.reason
+      : `top-${text.k} overlap with float32 ${text.overlap} on ${text.queries} common queries (needs ≥ ` +
+        `${text.threshold}) · ${(text.int8_bytes / 1e6).toFixed(1)} MB int8, ` +
+        `${(text.float32_bytes / 1e6).toFixed(1)} MB float32 · ${text.reason}`],
     ["Tokenizer (this page vs Python)", tokenizer.checked
       ? `${tokenizer.matching} of ${tokenizer.prompts} prompts give the same token ids`
       : `not checked at build time: ${tokenizer.reason}`],
