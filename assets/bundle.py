@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.embeddings import NO_QUALITY_NOTE
+from assets.metadata import OWNERS, TAGS
 from assets.search import fallback_queries, similar_images, table_search
 from medvec.bundle import BundleOptions, build_bundle
 from medvec.bundle.build import latest_evaluation
@@ -17,7 +18,8 @@ class SearchBundleConfig(dg.Config):
     out_dir: str = ""  # default: $MEDVEC_HOME/bundles/<model>
 
 
-@dg.asset(group_name="search", deps=[fallback_queries, similar_images])
+@dg.asset(group_name="search", deps=[fallback_queries, similar_images], kinds={"onnx", "webp"}, owners=OWNERS,
+          tags=TAGS)
 def search_bundle(context: dg.AssetExecutionContext, config: SearchBundleConfig, medvec: MedvecHomeResource,
                   embedder: EmbedderResource, embedding_model: ModelArtifact) -> dg.MaterializeResult:
     """A static folder any file server can host: the text tower as ONNX with its tokenizer, the packed

@@ -11,6 +11,7 @@ from medvec.ingest.batches import is_normalized, load_batch_records
 from medvec.embedders.base import EmbedderError
 from medvec.ingest.embed import check_vectors, embed_records
 from medvec.tables.images import image_rows, image_table_name, open_image_table, upsert_batch
+from assets.metadata import GPU_TAGS, OWNERS, TAGS, table_metadata
 from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
@@ -18,7 +19,7 @@ from resources.embedders import EmbedderResource, ModelArtifact
 NO_QUALITY_NOTE = "random weights: no retrieval quality (offline demo and tests only)"
 
 
-@dg.asset(group_name="embed")
+@dg.asset(group_name="embed", kinds={"huggingface"}, owners=OWNERS, tags=TAGS)
 def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResource,
                     medvec: MedvecHomeResource) -> dg.Output[ModelArtifact]:
     """The configured model as files on disk (Hub snapshot, S3 mirror, local folder or the built
@@ -35,6 +36,7 @@ def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResourc
 
 
 @dg.asset(partitions_def=batch_partitions, group_name="embed", deps=[normalized_images], pool="gpu",
+          kinds={"lancedb", "pytorch"}, owners=OWNERS, tags=GPU_TAGS,
           backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=8))
 def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResource, medvec: MedvecHomeResource,
                      embedding_model: ModelArtifact) -> dg.MaterializeResult:
@@ -65,7 +67,7 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
             rows = image_rows(result.records, result.vectors, dim=embedding_model.dim,
                               model_id=embedding_model.model_id, revision=embedding_model.revision)
             upsert_batch(table, batch, rows)
-            database.replace_batch_errors(db, batch, result.errors, stages=store.EMBED_STAGES)
+            database.replace_batch_errors(db, batch, result.errors, stages=database.EMBED_STAGES)
             if result.errors:  # file paths may hold identifiers: the details live in ingest_errors
                 context.log.warning(f"batch {batch}: {len(result.errors)} image(s) could not be embedded "
                                     "(see the ingest_errors table)")
@@ -75,7 +77,7 @@ def image_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResour
             context.log.info(f"batch {batch}: {len(result.records)} vectors in {result.seconds:.1f}s")
         runtime = model.runtime()
     metadata = {"rows_written": written, "errors": errors_total, "batches": len(context.partition_keys),
-                "table": table_name, "table_rows": table.count_rows(),
+                "table": table_name, "table_rows": table.count_rows(), **table_metadata(table),
                 "images_per_second": dg.MetadataValue.float(round(written / seconds, 2) if seconds else 0.0),
                 "model": embedding_model.name, "model_revision": embedding_model.revision or "n/a",
                 **{key: str(value) for key, value in runtime.items()}}

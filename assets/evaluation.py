@@ -1,15 +1,15 @@
 """Retrieval evaluation: how well each model's table finds images by finding, in numbers and a plot."""
 
 import base64
-from dataclasses import replace
 
 import dagster as dg
 
+from assets.metadata import OWNERS, TAGS
 from assets.search import image_index
 from medvec.tables import database
 from medvec.evaluation.retrieval import evaluate_models, markdown_table, per_finding_table, recall_curve_png, save_report
 from medvec.search.configured import eval_targets
-from medvec.settings import Settings
+from medvec.settings import get_settings
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
@@ -20,12 +20,12 @@ class EvaluationConfig(dg.Config):
     models: list[str] = []  # registry names; empty = every model table in the database
 
 
-@dg.asset(group_name="evaluate", deps=[image_index])
+@dg.asset(group_name="evaluate", deps=[image_index], kinds={"numpy", "matplotlib"}, owners=OWNERS, tags=TAGS)
 def retrieval_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, medvec: MedvecHomeResource,
                          embedder: EmbedderResource, embedding_model: ModelArtifact) -> dg.MaterializeResult:
     """Recall@1/5/10, precision, MRR and mAP for text → image (per finding) and image → image (same
     subject and study excluded) per model, side by side, with a Recall@K plot and the hard cases."""
-    settings = replace(Settings.from_env(), home=medvec.home_path, lancedb_uri=medvec.lancedb_uri)
+    settings = get_settings().model_copy(update={"home": medvec.home_path, "lancedb_uri": medvec.lancedb_uri})
     targets = eval_targets(settings, config.models or None)
     configured = embedder.spec().name
     for target in targets:

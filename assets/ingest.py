@@ -10,8 +10,9 @@ from medvec import progress
 from medvec.tables import database
 from medvec.ingest.batches import BatchManifest, BatchResult, load_manifest, normalize_batch
 from medvec.imaging.normalize import NormalizeOptions
-from medvec.tables.records import ImageRecord
+from medvec.tables.records import IMAGE_RECORD_SCHEMA, ImageRecord
 from medvec.imaging.webp import thumbnail_strip
+from assets.metadata import OWNERS, TAGS, column_schema
 from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 
@@ -28,12 +29,12 @@ class NormalizeConfig(dg.Config):
     allow_tags: list[str] = []  # extra DICOM keywords the user chooses to keep
 
 
-@dg.asset(partitions_def=batch_partitions, group_name="ingest")
+@dg.asset(partitions_def=batch_partitions, group_name="ingest", kinds={"json"}, owners=OWNERS, tags=TAGS)
 def source_manifest(context: dg.AssetExecutionContext, medvec: MedvecHomeResource) -> dg.Output[BatchManifest]:
     """The batch's source files (uri, size, mtime or etag), fixed when the batch was opened."""
     manifest = load_manifest(medvec.home_path, context.partition_key)
     return dg.Output(manifest, metadata={
-        "files": len(manifest.files),
+        "files": len(manifest.files), "dagster/row_count": len(manifest.files),
         "bytes": sum(f.size for f in manifest.files),
         "source": manifest.source,
         "metadata_csv": manifest.metadata_csv or "none",
@@ -41,7 +42,8 @@ def source_manifest(context: dg.AssetExecutionContext, medvec: MedvecHomeResourc
     })
 
 
-@dg.asset(partitions_def=batch_partitions, group_name="ingest")
+@dg.asset(partitions_def=batch_partitions, group_name="ingest", kinds={"pydicom", "webp", "parquet"}, owners=OWNERS,
+          tags=TAGS)
 def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig, medvec: MedvecHomeResource,
                       source_manifest: BatchManifest) -> dg.Output[list[ImageRecord]]:
     """Each file decoded, rendered to 8-bit grey and written as WebP (viewing size and thumbnail),
@@ -77,6 +79,8 @@ def _progress_logger(context: dg.AssetExecutionContext, batch: str):
 def _summary_metadata(result: BatchResult, medvec: MedvecHomeResource) -> dict:
     metadata = {
         "ok": len(result.records),
+        # The batch's records (records.parquet under the home): one row per normalised image.
+        "dagster/row_count": len(result.records), "dagster/column_schema": column_schema(IMAGE_RECORD_SCHEMA),
         "errors": len(result.errors),
         "skipped_unchanged": result.unchanged,
         "skipped_duplicates": len(result.duplicates),

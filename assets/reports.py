@@ -9,12 +9,14 @@ from medvec.ingest.batches import load_batch_records
 from medvec.reports.tables import (REPORT_STAGES, label_agreement, load_batch_reports, open_report_table,
                                  read_batch_reports, refresh_report_index, report_embedding_text, report_table_name,
                                  upsert_batch_reports, write_batch_reports)
+from assets.metadata import GPU_TAGS, OWNERS, TAGS, table_metadata
 from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
 
-@dg.asset(partitions_def=batch_partitions, group_name="reports", deps=[source_manifest, normalized_images])
+@dg.asset(partitions_def=batch_partitions, group_name="reports", deps=[source_manifest, normalized_images],
+          kinds={"parquet"}, owners=OWNERS, tags=TAGS)
 def report_records(context: dg.AssetExecutionContext, medvec: MedvecHomeResource) -> dg.MaterializeResult:
     """The batch's radiology reports (MIMIC-CXR .txt, Open-I XML, Indiana CSV pair) split into
     sections, scrubbed of identifiers and dates, with findings read from the text."""
@@ -40,6 +42,7 @@ def report_records(context: dg.AssetExecutionContext, medvec: MedvecHomeResource
 
 
 @dg.asset(partitions_def=batch_partitions, group_name="reports", deps=[report_records], pool="gpu",
+          kinds={"lancedb", "pytorch"}, owners=OWNERS, tags=GPU_TAGS,
           backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=8))
 def report_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResource, medvec: MedvecHomeResource,
                       embedding_model: ModelArtifact) -> dg.MaterializeResult:
@@ -60,4 +63,5 @@ def report_embeddings(context: dg.AssetExecutionContext, embedder: EmbedderResou
     finally:  # once per run, not per batch; the batches written before a failure are searchable too
         refresh_report_index(table)
     return dg.MaterializeResult(metadata={"reports_written": written, "table": table.name,
-                                          "table_rows": table.count_rows(), "model": embedding_model.name})
+                                          "table_rows": table.count_rows(), "model": embedding_model.name,
+                                          **table_metadata(table)})

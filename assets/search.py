@@ -5,11 +5,12 @@ from datetime import timedelta
 import dagster as dg
 
 from assets.embeddings import NO_QUALITY_NOTE, image_embeddings
+from assets.metadata import OWNERS, TAGS, table_metadata
 from medvec.tables import database
 from medvec.tables.images import image_table_name
 from medvec.search.precompute import compute_fallbacks, compute_similar, stored_query_vectors
 from medvec.search.images import ImageSearch, fallback_table_name, similar_table_name
-from medvec.tables.maintenance import IndexOptions, maintain_table
+from medvec.search.maintenance import IndexOptions, maintain_table
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
@@ -26,7 +27,11 @@ def table_search(medvec: MedvecHomeResource, embedder: EmbedderResource) -> Imag
     return ImageSearch(medvec.lancedb_uri, spec.slug, model_name=spec.name, home=medvec.home_path)
 
 
-@dg.asset(group_name="search", deps=[image_embeddings])
+def _derived_table_metadata(search: ImageSearch, name: str) -> dict:
+    return table_metadata(database.connect(search.lancedb_uri).open_table(name))
+
+
+@dg.asset(group_name="search", deps=[image_embeddings], kinds={"lancedb", "faiss"}, owners=OWNERS, tags=TAGS)
 def image_index(context: dg.AssetExecutionContext, config: ImageIndexConfig, medvec: MedvecHomeResource,
                 embedder: EmbedderResource) -> dg.MaterializeResult:
     """The model's table compacted, with scalar indexes for the filters, a vector index once it is
@@ -50,10 +55,11 @@ def image_index(context: dg.AssetExecutionContext, config: ImageIndexConfig, med
         "scalar_indexes": dg.MetadataValue.json(report.scalar_indexes),
         "compaction": dg.MetadataValue.json(report.compaction),
         "build_seconds": dg.MetadataValue.float(report.seconds),
+        **table_metadata(table),
     })
 
 
-@dg.asset(group_name="search", deps=[image_index])
+@dg.asset(group_name="search", deps=[image_index], kinds={"lancedb", "pytorch"}, owners=OWNERS, tags=TAGS)
 def fallback_queries(context: dg.AssetExecutionContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
                      embedding_model: ModelArtifact) -> dg.MaterializeResult:
     """About 50 common chest X-ray queries embedded and answered ahead of time, so they answer
@@ -62,7 +68,8 @@ def fallback_queries(context: dg.AssetExecutionContext, medvec: MedvecHomeResour
     with embedder.load(embedding_model, medvec.model_cache) as model:
         summary = compute_fallbacks(search, model)
     rows = "\n".join(f"| {query} | {', '.join(f'`{i[:16]}`' for i in ids)} |" for query, ids in summary["examples"].items())
-    metadata = {"table": fallback_table_name(embedder.spec().slug), "queries": summary["queries"], "k": summary["k"],
+    metadata = {**_derived_table_metadata(search, fallback_table_name(search.model_slug)),
+                "table": fallback_table_name(embedder.spec().slug), "queries": summary["queries"], "k": summary["k"],
                 "image_table_version": summary["table_version"], "seconds": dg.MetadataValue.float(summary["seconds"]),
                 "examples": dg.MetadataValue.md("| query | top 3 |\n|---|---|\n" + rows)}
     if embedder.spec().no_retrieval_quality:
@@ -70,12 +77,14 @@ def fallback_queries(context: dg.AssetExecutionContext, medvec: MedvecHomeResour
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name="search", deps=[image_index])
+@dg.asset(group_name="search", deps=[image_index], kinds={"lancedb", "faiss"}, owners=OWNERS, tags=TAGS)
 def similar_images(context: dg.AssetExecutionContext, medvec: MedvecHomeResource,
                    embedder: EmbedderResource) -> dg.MaterializeResult:
     """The 20 nearest neighbours of every image, so find-similar is a lookup."""
-    summary = compute_similar(table_search(medvec, embedder))
+    search = table_search(medvec, embedder)
+    summary = compute_similar(search)
     return dg.MaterializeResult(metadata={
+        **_derived_table_metadata(search, similar_table_name(search.model_slug)),
         "table": similar_table_name(embedder.spec().slug), "images": summary["images"], "k": summary["k"],
         "image_table_version": summary["table_version"],
         "mean_top1_score": dg.MetadataValue.float(summary["mean_top1_score"]),

@@ -92,12 +92,12 @@ def build_collection(workdir: Path, images: int):
 
 
 def build_bundles(settings, workdir: Path) -> dict:
-    from medvec.embedders.factory import embedder_from_settings
+    from medvec.embedders.factory import embedder_config, open_embedder
     from medvec.search.configured import open_search
 
     search = open_search(settings)
     out = {}
-    with embedder_from_settings(settings, device="cpu") as embedder:
+    with open_embedder(embedder_config(settings, device="cpu")) as embedder:
         for precision in ("float16", "int8"):
             started = time.perf_counter()
             summary = build_bundle(search, embedder, workdir / f"bundle-{precision}", home=settings.home,

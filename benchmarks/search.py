@@ -11,7 +11,7 @@ time, k=10, unfiltered and with `view_position = PA`:
 - exact numpy: matrix-vector product + argpartition (filtered: over a prebuilt matrix of the PA rows,
   the best case for a brute-force scan);
 - LanceDB flat: `bypass_vector_index()` (its brute-force scan; fewer queries, it takes about a second);
-- LanceDB index: what `medvec.tables.maintenance` builds (IVF_RQ, rows // 4096 partitions, dot), with
+- LanceDB index: what `medvec.search.maintenance` builds (IVF_RQ, rows // 4096 partitions, dot), with
   (nprobes, refine_factor) chosen on the same grid as `_tune_lancedb`, plus a Bitmap index on
   view_position and `prefilter=True` for the filtered case;
 - `VectorIndex.search`: Medvec's in-memory index (`medvec.search.vector_index`), as `VectorIndex.build` makes it;
@@ -38,6 +38,13 @@ between clusters). LanceDB's tuning uses its own query set (another seed); `Vect
 queries it makes from the table's vectors; neither sees the evaluation queries.
 
 Progress goes to stderr; the report (markdown) to stdout; every number as JSON to --out.
+
+`--load-only` (issue 20) measures loading alone, old path against new, each in a fresh child process:
+load time and peak RSS (VmHWM) of `ImageSearch` on the table with its saved index, against the
+pre-issue-20 load (`to_arrow()`, `combine_chunks()` of the vectors and metadata, the saved index read
+as bytes then deserialised), reproduced here as `old_load`:
+
+    .venv/bin/python benchmarks/search.py --load-only [--rows 377000] [--dims 768 1152]
 """
 
 from __future__ import annotations
@@ -410,7 +417,7 @@ def section_lancedb(table, col: Collection, queries, kinds, truth, truth_pa, tun
         out["flat_pa"] = summary(secs, found, truth_pa, kinds)
 
     partitions = max(1, rows // 4096)
-    log(f"LanceDB: IVF_RQ index, {partitions} partitions (as medvec.tables.maintenance builds it)")
+    log(f"LanceDB: IVF_RQ index, {partitions} partitions (as medvec.search.maintenance builds it)")
     settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
     table.create_index("vector", config=IvfRq(distance_type="dot", num_partitions=partitions), replace=True,
@@ -648,6 +655,94 @@ def image_search_child(payload: Path) -> dict:
     return e2e
 
 
+# --- loading alone, old path against new (issue 20) -------------------------------------------------
+
+def old_load(uri: str, home: Path) -> int:
+    """The load as it was before issue 20, step for step; returns the rows loaded."""
+    import faiss
+
+    from medvec.search.loading import HIT_COLUMNS
+    from medvec.tables.images import vectors_of
+
+    table = database.connect(uri).open_table(image_table_name(SLUG))
+    data = table.to_arrow()
+    ids = data.column("image_id").to_pylist()
+    vectors = vectors_of(data)
+    meta = data.select([c for c in HIT_COLUMNS if c in data.schema.names]).combine_chunks()
+    path = next(index_dir(home, image_table_name(SLUG)).glob("v*.faiss"))
+    ivf = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+    index = VectorIndex(vectors, ivf=ivf)
+    return len(ids) + 0 * meta.num_rows + 0 * len(index)
+
+
+def load_child(job_path: Path) -> dict:
+    job = json.loads(job_path.read_text())
+    settle_memory()
+    rss0, t0 = rss_mb(), time.perf_counter()
+    if job["path"] == "old":
+        rows = old_load(job["uri"], Path(job["home"]))
+        kind = "ivf_pq (saved)"
+    else:
+        search = ImageSearch(job["uri"], SLUG, home=Path(job["home"]))
+        info = search.info()
+        rows, kind = info["rows"], info["index"]["kind"] + " (saved)"
+        if not search.wait_for_index(timeout=0):
+            raise RuntimeError("ImageSearch did not load the saved index")
+    load_s = time.perf_counter() - t0
+    peak = vm_hwm_mb()
+    settle_memory()
+    return {"path": job["path"], "rows": rows, "index": kind, "load_s": round(load_s, 2),
+            "rss_before_mb": round(rss0, 1), "peak_rss_mb": round(peak, 1), "peak_over_before_mb": round(peak - rss0, 1),
+            "rss_after_mb": round(rss_mb(), 1)}
+
+
+def run_load_only(dim: int, args, workdir: Path) -> dict:
+    log(f"load-only, dim {dim}: generating {args.rows:,} vectors")
+    col = Collection(args.rows, dim, seed=args.seed)
+    home = workdir / f"load{dim}"
+    uri = str(home / "lancedb")
+    table = database.connect(uri).create_table(image_table_name(SLUG), schema=image_table_schema(dim))
+    data = col.table()
+    for start in range(0, data.num_rows, 50_000):
+        table.add(data.slice(start, 50_000))
+    del data
+    log("building and saving the index as image_index does")
+    index = VectorIndex.build(col.vectors)
+    folder = index_dir(home, table.name)
+    index.save_ivf(folder / f"v{table.version}.faiss")
+    ids = [col.image_id(i) for i in range(col.rows)]
+    (folder / f"v{table.version}.json").write_text(json.dumps({"ids_sha": ids_fingerprint(ids),
+                                                                "info": index.info.to_json()}))
+    vectors_mb = col.vectors.nbytes / 2**20
+    del index, col, ids
+    settle_memory()
+    res = {"dim": dim, "rows": args.rows, "vectors_mb": round(vectors_mb, 1), "paths": []}
+    for path in ("old", "new"):
+        job = workdir / f"job{dim}{path}.json"
+        job.write_text(json.dumps({"uri": uri, "home": str(home), "path": path}))
+        child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--load-child", str(job)],
+                               capture_output=True, text=True)
+        if child.returncode != 0:
+            raise RuntimeError(f"the load child failed:\n{child.stderr[-4000:]}")
+        out = json.loads(child.stdout.strip().splitlines()[-1])
+        out["peak_over_vectors"] = round(out["peak_rss_mb"] / vectors_mb, 2)
+        out["load_growth_over_vectors"] = round(out["peak_over_before_mb"] / vectors_mb, 2)
+        log(f"{path}: {out}")
+        res["paths"].append(out)
+    shutil.rmtree(home, ignore_errors=True)
+    return res
+
+
+def render_load_report(res: dict) -> str:
+    lines = [f"command: `{res['command']}`", "", "| rows x dim | vectors MB | path | load s | peak RSS MB | "
+             "peak / vectors | growth during load / vectors |", "|---|---:|---|---:|---:|---:|---:|"]
+    for r in res["dims"]:
+        for p in r["paths"]:
+            lines.append(f"| {r['rows']:,} x {r['dim']} | {r['vectors_mb']:,.0f} | {p['path']} | {p['load_s']} | "
+                         f"{p['peak_rss_mb']:,.0f} | {p['peak_over_vectors']} | {p['load_growth_over_vectors']} |")
+    return "\n".join(lines)
+
+
 # --- report ------------------------------------------------------------------------------------------
 
 def fmt(x, digits: int = 2) -> str:
@@ -761,9 +856,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary Medvec homes go")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
     parser.add_argument("--image-search-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--load-only", action="store_true", help="load time and peak RSS, old path vs new")
+    parser.add_argument("--load-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.image_search_child:
         print(json.dumps(image_search_child(args.image_search_child)))
+        return 0
+    if args.load_child:
+        print(json.dumps(load_child(args.load_child)))
         return 0
     if args.quick:
         args.rows, args.queries, args.flat_queries, args.tune_queries, args.rounds = 50_000, 100, 6, 40, 2
@@ -786,13 +886,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="medvec-search-bench-", dir=args.workdir))
     try:
         for dim in args.dims:
-            res["dims"].append(run_dim(dim, args, workdir))
+            res["dims"].append((run_load_only if args.load_only else run_dim)(dim, args, workdir))
             gc.collect()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res["machine"]["loadavg_end"] = load()
     res["total_seconds"] = round(time.perf_counter() - started, 1)
-    print(render_report(res))
+    print(render_load_report(res) if args.load_only else render_report(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1, default=str))

@@ -5,9 +5,14 @@ daemon would; the runs themselves are not executed (their cost is not the sensor
 
     .venv/bin/python benchmarks/sensor_tick.py                 # both, 100,000 objects each
     .venv/bin/python benchmarks/sensor_tick.py --files 20000 --only local
+    .venv/bin/python benchmarks/sensor_tick.py --only local --modes fixed adaptive   # old vs new, one run
+
+Modes: `adaptive` (the default options: a tick opens batches until its 20 s budget is spent, at least 4,
+at most 400) and `fixed` (MEDVEC_WATCH_TICK_BUDGET_S=0: exactly 4 a tick, the behaviour before issue 20).
+Minutes to open the backlog are counted at the sensor's 30 s interval: ticks x 30 s.
 
 Phases per source: the first look (nothing is settled yet), then ticks until every file is in a
-batch (each opens at most 4 batches of 2,000), then a tick with nothing new, then one after 500
+batch, then a tick with nothing new, then one after 500
 new files arrive. Setup (writing files, filling moto) is not timed. moto answers a page of 1,000
 keys in ~0.6 s at 100,000 keys (it filters the whole bucket per page; real S3 takes ~0.05 s), so
 there a look is cut by the 15 s listing budget and continues over several ticks.
@@ -70,7 +75,10 @@ def _opened(result) -> int:
     return sum(len(r.partition_keys) for r in result.dynamic_partitions_requests)
 
 
-def run(kind: str, count: int, workdir: Path) -> dict:
+MODES = {"adaptive": {}, "fixed": {"MEDVEC_WATCH_TICK_BUDGET_S": "0"}}
+
+
+def run(kind: str, count: int, workdir: Path, mode: str = "adaptive") -> dict:
     import dagster as dg
 
     from assets.embeddings import embedding_model
@@ -80,7 +88,10 @@ def run(kind: str, count: int, workdir: Path) -> dict:
     from resources import MedvecHomeResource
     from resources.embedders import LocalEmbedderResource
 
-    home = workdir / f"home_{kind}"
+    for name in ("MEDVEC_WATCH_TICK_BUDGET_S",):
+        os.environ.pop(name, None)
+    os.environ.update(MODES[mode])
+    home = workdir / f"home_{kind}_{mode}"
     endpoint = os.environ.get("MEDVEC_S3_ENDPOINT_URL")
     medvec = MedvecHomeResource(home=str(home), lancedb_uri=str(home / "lancedb"), s3_endpoint_url=endpoint)
     resources = {"medvec": medvec, "embedder": LocalEmbedderResource(model="tiny-siglip")}
@@ -99,8 +110,8 @@ def run(kind: str, count: int, workdir: Path) -> dict:
         sensor = s3_prefix_sensor
     print(f"[{kind}] {count:,} objects written in {time.perf_counter() - setup:.1f}s (not timed)", flush=True)
 
-    (workdir / f"dagster_{kind}").mkdir()
-    with dg.instance_for_test(temp_dir=str(workdir / f"dagster_{kind}")) as instance:
+    (workdir / f"dagster_{kind}_{mode}").mkdir()
+    with dg.instance_for_test(temp_dir=str(workdir / f"dagster_{kind}_{mode}")) as instance:
         dg.materialize([embedding_model], instance=instance, resources=resources)  # so ticks request batch runs
         ticker = Ticker(sensor, instance, resources, defs)
         first_pass, opening, requests = [], [], 0
@@ -134,17 +145,19 @@ def run(kind: str, count: int, workdir: Path) -> dict:
     files = [f.uri for b in batches for f in load_manifest(home, b).files]
     assert len(files) == len(set(files)) == count + 500, "a file was batched twice or missed"
     report = {
-        "kind": kind, "objects": count,
+        "kind": kind, "mode": mode, "objects": count,
         "first_look_ticks": len(first_pass), "first_look_max_s": round(max(first_pass), 2),
         "opening_ticks": len(opening), "opening_max_s": round(max(s for s, _, _ in opening), 2),
         "opening_median_s": round(statistics.median(s for s, _, _ in opening), 2),
         "batches": len(batches), "run_requests": requests,
+        "opening_minutes_at_30s": round(len(opening) * 30 / 60, 1),
         "idle_tick_s": round(max(idle), 2),
         "new_files_ticks": len(arrivals), "new_files_max_s": round(max(arrivals), 2),
     }
-    print(f"[{kind}] first look: {report['first_look_ticks']} tick(s), slowest {report['first_look_max_s']}s; "
+    print(f"[{kind}, {mode}] first look: {report['first_look_ticks']} tick(s), slowest {report['first_look_max_s']}s; "
           f"backlog: {report['opening_ticks']} ticks opened {len(batches)} batches, slowest "
-          f"{report['opening_max_s']}s (median {report['opening_median_s']}s); nothing new: {report['idle_tick_s']}s; "
+          f"{report['opening_max_s']}s (median {report['opening_median_s']}s; {report['opening_minutes_at_30s']} min at "
+          f"30 s a tick), {requests} runs requested; nothing new: {report['idle_tick_s']}s; "
           f"500 new files: {report['new_files_ticks']} tick(s), slowest {report['new_files_max_s']}s", flush=True)
     return report
 
@@ -153,6 +166,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--only", choices=("local", "s3"))
+    parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=["adaptive"])
     args = parser.parse_args()
     import warnings
 
@@ -178,8 +192,10 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for kind in ("local", "s3"):
-                if args.only in (None, kind):
-                    run(kind, args.files, Path(tmp))
+                for mode in args.modes if args.only in (None, kind) else ():
+                    if kind == "s3" and len(args.modes) > 1:
+                        raise SystemExit("--modes with more than one mode: use --only local (moto holds one bucket)")
+                    run(kind, args.files, Path(tmp), mode)
     finally:
         if server is not None:
             server.stop()

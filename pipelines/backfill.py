@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -24,8 +23,9 @@ from medvec.tables.images import image_table_name
 from medvec.settings import Settings
 from medvec.storage import HomePath
 from assets.partitions import batch_partitions
+from pipelines.jobs import embed_batches_job, embedding_model_job, in_process, ingest_job, search_refresh_job
 from resources import home_resources
-from resources.embedders import EmbedderResource, NimEmbedderResource, embedder_from_env
+from resources.embedders import EmbedderResource, embedder_resource
 from resources.home_io_manager import stored_value
 
 LAUNCHED_BY_TAG = "medvec/launched_by"  # runs a medvec command executed in its own process
@@ -36,11 +36,6 @@ UNEMBEDDED = 3
 SEARCH_ASSETS = [image_index, fallback_queries, similar_images]
 #: In-process runs the CLI makes are logged to the run log only; the CLI prints its own summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-embed_batches_job = dg.define_asset_job(
-    "embed_batches_job", selection=[image_embeddings, report_embeddings],
-    description="image_embeddings and report_embeddings over a range of batches in one run (the model loads once).")
-
 
 # --- runs of processes that died -----------------------------------------------------------------
 
@@ -110,8 +105,8 @@ def model_ready(instance: dg.DagsterInstance, embedder: EmbedderResource, home: 
         return False
     if not stored_value(home, embedding_model.key).is_file():
         return False
-    spec = embedder.spec()
-    loader = "nim" if isinstance(embedder, NimEmbedderResource) else spec.loader
+    config = embedder.config()
+    spec, loader = config.spec, config.loader
     found = {key: getattr(value, "value", None) for key, value in event.asset_materialization.metadata.items()}
     return (found.get("model"), found.get("model_id"), found.get("loader")) == (spec.name, spec.model_id, loader)
 
@@ -166,51 +161,52 @@ def backfill(settings: Settings, batches: list[str], *, instance: dg.DagsterInst
     tags = process_tags("medvec backfill")
     run_config = {"ops": {"normalized_images": {"config": normalize_config or {}}}, **QUIET}
     normalized = []
-    with warnings.catch_warnings():
-        # One partition per run, or one asset per run: Dagster's mixed-policy warning does not apply.
-        warnings.filterwarnings("ignore", message=".*varying BackfillPolicies.*")
-        for batch in batches:
-            result = dg.materialize(BATCH_ASSETS[:UNEMBEDDED], partition_key=batch, instance=instance,
-                                    resources=resources, run_config=run_config, raise_on_error=False, tags=tags)
-            summary.normalize_runs += 1
-            if result.success:
-                normalized.append(batch)
-            else:
-                summary.failed_runs.append(batch)
-            summary.ok += len(load_batch_records(settings.home, batch))
-            summary.errors += len(load_batch_errors(settings.home, batch))
-        if embed and normalized:
-            embedder = embedder or embedder_from_env(settings)
-            resources["embedder"] = embedder
-            spec = embedder.spec()
-            summary.model, summary.table = spec.name, image_table_name(spec.slug)
-            if not model_ready(instance, embedder, settings.home):
-                model_run = dg.materialize([embedding_model], instance=instance, resources=resources,
-                                           run_config=QUIET, raise_on_error=False, tags=tags)
-                if not model_run.success:
-                    summary.failed_runs.append("embedding_model")
-                    normalized = []
-            _embed(summary, normalized, instance, resources, tags, per_run)
-        if refresh and summary.embedded:
-            summary.indexed = refresh_search(instance, resources, tags)
-            if not summary.indexed:
-                summary.failed_runs.append("search_refresh")
+    normalize_job = in_process(ingest_job, resources)
+    for batch in batches:
+        result = normalize_job.execute_in_process(
+            partition_key=batch, asset_selection=[a.key for a in BATCH_ASSETS[:UNEMBEDDED]], instance=instance,
+            run_config=run_config, raise_on_error=False, tags=tags)
+        summary.normalize_runs += 1
+        if result.success:
+            normalized.append(batch)
+        else:
+            summary.failed_runs.append(batch)
+        summary.ok += len(load_batch_records(settings.home, batch))
+        summary.errors += len(load_batch_errors(settings.home, batch))
+    if embed and normalized:
+        embedder = embedder or embedder_resource(settings)
+        resources["embedder"] = embedder
+        spec = embedder.spec()
+        summary.model, summary.table = spec.name, image_table_name(spec.slug)
+        if not model_ready(instance, embedder, settings.home) and not resolve_model(instance, resources, tags).success:
+            summary.failed_runs.append("embedding_model")
+            normalized = []
+        _embed(summary, normalized, instance, resources, tags, per_run)
+    if refresh and summary.embedded:
+        summary.indexed = refresh_search(instance, resources, tags)
+        if not summary.indexed:
+            summary.failed_runs.append("search_refresh")
     summary.seconds = time.perf_counter() - started
     return summary
 
 
+def resolve_model(instance: dg.DagsterInstance, resources: dict, tags: dict) -> dg.ExecuteInProcessResult:
+    """One embedding_model_job run: the configured model resolved to files (or the NIM probed)."""
+    return in_process(embedding_model_job, resources).execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False, tags=tags)
+
+
 def refresh_search(instance: dg.DagsterInstance, resources: dict, tags: dict) -> bool:
-    """One run of the search assets (index, fallbacks, neighbours) over what the table holds now."""
-    return dg.materialize([embedding_model, *SEARCH_ASSETS], selection=SEARCH_ASSETS, instance=instance,
-                          resources=resources, run_config=QUIET, raise_on_error=False, tags=tags).success
+    """One search_refresh_job run (index, fallbacks, neighbours and their checks) over what the table holds now."""
+    return in_process(search_refresh_job, resources).execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False, tags=tags).success
 
 
 def _embed(summary: BackfillSummary, batches: list[str], instance: dg.DagsterInstance, resources: dict,
            tags: dict, per_run: int) -> None:
     if not batches:
         return
-    job = dg.Definitions(assets=[embedding_model, *BATCH_ASSETS], jobs=[embed_batches_job],
-                         resources=resources).resolve_job_def(embed_batches_job.name)
+    job = in_process(embed_batches_job, resources)
     for group in group_runs(batches, instance.get_dynamic_partitions(batch_partitions.name), per_run):
         summary.embed_runs.append(group)
         range_tags = {"dagster/asset_partition_range_start": group[0], "dagster/asset_partition_range_end": group[-1]}

@@ -7,12 +7,10 @@ Runs go into the Dagster instance at $DAGSTER_HOME, so `dagster dev` shows them 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import dagster as dg
 
-from assets.embeddings import embedding_model
 from medvec.ingest.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
 from medvec.tables.images import image_table_name
@@ -20,11 +18,14 @@ from medvec.reports.tables import load_batch_reports
 from medvec.reports.parse import is_report_file
 from medvec.tables.records import IngestError
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
+from medvec.datasets.adapters import choose_metadata
 from medvec.sources import open_source
-from pipelines.backfill import BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search
+from pipelines.backfill import (BATCH_ASSETS, QUIET, UNEMBEDDED, process_tags, reap_dead_runs, refresh_search,
+                                resolve_model)
+from pipelines.jobs import in_process, ingest_job
 from assets.partitions import batch_partitions
 from resources import home_resources
-from resources.embedders import EmbedderResource, embedder_from_env
+from resources.embedders import EmbedderResource, embedder_resource
 
 
 @dataclass
@@ -38,6 +39,7 @@ class IngestSummary:
     errors: list[IngestError] = field(default_factory=list)
     seconds: float = 0.0
     metadata_csv: str | None = None
+    dataset: str | None = None  # the dataset adapter that read the labels (medvec.datasets.adapters)
     failed_runs: list[str] = field(default_factory=list)
     model: str | None = None  # None when embedding was skipped
     table: str | None = None
@@ -50,7 +52,7 @@ class IngestSummary:
         """The documented `medvec ingest --json` object."""
         return {"source": self.source, "dry_run": self.dry_run, "batches": self.batches, "files": self.files,
                 "ok": self.ok, "errors": len(self.errors), "skipped": self.skipped,
-                "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv,
+                "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv, "dataset": self.dataset,
                 "failed_runs": self.failed_runs, "model": self.model, "table": self.table,
                 "embedded": self.embedded, "indexed": self.indexed, "report_files": self.report_files, "reports": self.reports, "error_records": [e.to_row() for e in self.errors]}
 
@@ -80,13 +82,14 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
            batch_size: int = DEFAULT_BATCH_SIZE, metadata_csv: str | None = None, dry_run: bool = False,
            workers: int = 0, instance: dg.DagsterInstance | None = None,
            normalize_config: dict | None = None, embed: bool = True,
-           embedder: EmbedderResource | None = None) -> IngestSummary:
+           embedder: EmbedderResource | None = None, dataset: str | None = None) -> IngestSummary:
     started = time.perf_counter()
     source = open_source(source_root, settings.s3_endpoint_url)
-    metadata_csv = metadata_csv or source.find_metadata_csv()
-    summary = IngestSummary(source=source.root, dry_run=dry_run, metadata_csv=metadata_csv)
+    dataset, metadata_csv = choose_metadata(source, dataset, metadata_csv)
+    summary = IngestSummary(source=source.root, dry_run=dry_run, metadata_csv=metadata_csv, dataset=dataset)
     if dry_run:
-        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv)
+        planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv,
+                               dataset=dataset)
         summary.batches = [m.batch for m in planned]
         summary.files = sum(len(m.files) for m in planned)
         summary.seconds = time.perf_counter() - started
@@ -96,13 +99,13 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     # A killed earlier ingest leaves its run STARTED, holding a `gpu` pool slot: free it first.
     reap_dead_runs(instance)
     if embed:
-        embedder = embedder or embedder_from_env(settings)
+        embedder = embedder or embedder_resource(settings)
     embedded = embedded_batches(settings, embedder.spec().slug) if embed else None
     with batch_opening_lock(settings.home):
         existing = [load_manifest(settings.home, b) for b in list_batches(settings.home)]
         manifests = pending_batches(settings, existing, source.root, embedded)
         planned = plan_batches(source, settings.home, batch_size=batch_size, limit=limit, metadata_csv=metadata_csv,
-                               existing=existing)
+                               existing=existing, dataset=dataset)
         for manifest in planned:
             write_manifest(settings.home, manifest)
             manifests.append(manifest)
@@ -111,12 +114,10 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     # The CLI prints its own summary of errors; the run log keeps every line for the UI.
     run_config = {"ops": {"normalized_images": {"config": {"workers": workers, **(normalize_config or {})}}},
                   **QUIET}
-    assets = BATCH_ASSETS[:UNEMBEDDED]
     tags = process_tags("medvec ingest")  # lets a later command tell whether this process died
     if embed and manifests:
         resources["embedder"] = embedder
-        model_run = dg.materialize([embedding_model], instance=instance, resources=resources, run_config=QUIET,
-                                   raise_on_error=False, tags=tags)
+        model_run = resolve_model(instance, resources, tags)
         if not model_run.success:
             summary.failed_runs.append("embedding_model")
             embed = False
@@ -124,15 +125,12 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
             artifact = model_run.output_for_node("embedding_model")
             spec = resources["embedder"].spec()
             summary.model, summary.table = artifact.name, image_table_name(spec.slug)
-            assets = [embedding_model, *BATCH_ASSETS]
     report_ids: set[str] = set()
-    selection = BATCH_ASSETS if embed else BATCH_ASSETS[:UNEMBEDDED]
+    selection = [a.key for a in (BATCH_ASSETS if embed else BATCH_ASSETS[:UNEMBEDDED])]
+    job = in_process(ingest_job, resources)
     for manifest in manifests:
-        with warnings.catch_warnings():
-            # One partition per run here, so the mixed backfill policies Dagster warns about do not apply.
-            warnings.filterwarnings("ignore", message=".*varying BackfillPolicies.*")
-            result = dg.materialize(assets, selection=selection, partition_key=manifest.batch, instance=instance,
-                                    resources=resources, run_config=run_config, raise_on_error=False, tags=tags)
+        result = job.execute_in_process(partition_key=manifest.batch, asset_selection=selection, instance=instance,
+                                        run_config=run_config, raise_on_error=False, tags=tags)
         if not result.success:
             summary.failed_runs.append(manifest.batch)
         summary.batches.append(manifest.batch)

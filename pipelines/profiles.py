@@ -3,15 +3,14 @@ resources' defaults change (local machine, one GPU box, a remote NIM, a Kubernet
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
 
-from medvec.settings import Settings
-from resources.embedders import EmbedderResource, LocalEmbedderResource, embedder_from_env
+from medvec.settings import Settings, get_settings
+from resources.embedders import EmbedderResource, embedder_resource
 
 DEFAULT_PROFILE = "local"
 #: The pool the embedding steps declare (`pool="gpu"`): on the cluster these steps get a GPU.
@@ -68,16 +67,7 @@ class Profile:
 
     def embedder(self, settings: Settings | None = None) -> EmbedderResource:
         """The embedder resource: MEDVEC_MODEL etc. as always, with this profile's kind and device."""
-        settings = settings or Settings.from_env()
-        if self.embedder_kind:
-            settings = dataclasses.replace(settings, embedder=self.embedder_kind)
-        resource = embedder_from_env(settings)
-        if isinstance(resource, LocalEmbedderResource) and self.device != resource.device:
-            # Rebuilt rather than model_copy'd: Dagster initialises a resource from its constructor
-            # arguments, so a copied field would be shown in the UI but not used in the run.
-            fields = {name: getattr(resource, name) for name in type(resource).model_fields}
-            resource = LocalEmbedderResource(**{**fields, "device": self.device})
-        return resource
+        return embedder_resource(settings or get_settings(), kind=self.embedder_kind, device=self.device)
 
     def executor(self, gpu_steps: Sequence[str] = (), env: Mapping[str, str] | None = None
                  ) -> dg.ExecutorDefinition:
@@ -87,7 +77,7 @@ class Profile:
 def gpu_steps(assets: Sequence[dg.AssetsDefinition], embedder: EmbedderResource) -> list[str]:
     """The ops in the gpu pool, when a model runs inside them; a remote NIM embeds elsewhere and the
     steps only wait on HTTP, so they ask for no GPU (the pool still bounds the requests in flight)."""
-    if not isinstance(embedder, LocalEmbedderResource):
+    if not embedder.config().runs_in_process:
         return []
     return [a.op.name for a in assets if a.op.pool == GPU_POOL]
 

@@ -13,24 +13,27 @@ import time
 
 import dagster as dg
 
+from assets.checks import CHECKS
 from assets.embeddings import embedding_model, image_embeddings
 from medvec.tables import database
 from medvec.ingest.batches import is_normalized
-from medvec.settings import Settings
+from medvec.settings import Settings, get_settings
 from medvec.sources import open_source
 from medvec.ingest.watch import (WatchCursor, WatchOptions, awaiting_batches, clear_awaiting, refresh_decision,
-                          report_changed, rescan, watch_source)
+                          report_changed, watch_source)
 from pipelines.backfill import BATCH_ASSETS, LAUNCHED_BY_TAG, SEARCH_ASSETS, model_ready
-from pipelines.jobs import search_refresh_job
+from pipelines.jobs import FOLDER_SENSOR, S3_SENSOR, search_refresh_job
 from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource
 
-FOLDER_SENSOR, S3_SENSOR = "incoming_folder_sensor", "s3_prefix_sensor"
 MODEL_RUN_TAG = "medvec/model_run"
 #: Only the tick interval is fixed when the code location loads; the rest is read on every tick.
-_INTERVAL_S = WatchOptions.from_env().interval_s
-_UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+SENSOR_INTERVAL_S = WatchOptions.from_env().interval_s
+#: The checks on the batch assets run in each batch's run, as they do in ingest_job.
+BATCH_CHECK_KEYS = [key for check in CHECKS for key in check.check_keys
+                    if key.asset_key in {a.key for a in BATCH_ASSETS}]
+UNFINISHED_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
@@ -42,7 +45,7 @@ def folder_root(settings: Settings) -> str:
 
 def s3_root(settings: Settings) -> str | None:
     """The prefix s3_prefix_sensor watches: MEDVEC_WATCH_S3, else MEDVEC_SOURCE when it is s3://."""
-    return os.environ.get("MEDVEC_WATCH_S3") or (settings.source if settings.source.startswith("s3://") else None)
+    return settings.watch_s3 or (settings.source if settings.source.startswith("s3://") else None)
 
 
 def _has_run(instance: dg.DagsterInstance, batch: str) -> bool:
@@ -61,9 +64,9 @@ def _pending_launches(instance: dg.DagsterInstance, home, launcher: str | None) 
     return pending
 
 
-def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
+def launch_batches(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
             cursor: WatchCursor, sensor_name: str, saw_new_files: bool,
-            options: WatchOptions) -> tuple[list[dg.RunRequest], list[str]]:
+            options: WatchOptions, opened: int = 0) -> tuple[list[dg.RunRequest], list[str]]:
     """Run requests for the batches awaiting this sensor (and the partitions they still need)."""
     instance = context.instance
     awaiting = _pending_launches(instance, medvec.home_path, sensor_name)
@@ -74,15 +77,16 @@ def _launch(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, emb
     if not model_ready(instance, embedder, medvec.home_path):
         return _model_request(context, embedder.spec(), cursor, options), new_partitions
     requests = [dg.RunRequest(run_key=f"batch:{batch}", partition_key=batch,
-                              asset_selection=[a.key for a in BATCH_ASSETS], tags={"medvec/batch": batch})
-                for batch in awaiting[:options.runs_per_tick]]
+                              asset_selection=[a.key for a in BATCH_ASSETS], asset_check_keys=BATCH_CHECK_KEYS,
+                              tags={"medvec/batch": batch})
+                for batch in awaiting[:options.runs_for(opened)]]
     return requests, new_partitions
 
 
 def _model_request(context, spec, cursor: WatchCursor, options: WatchOptions) -> list[dg.RunRequest]:
     """One embedding_model run at a time; after a failed one, wait model_retry_s before the next."""
     in_flight = context.instance.get_run_records(
-        filters=dg.RunsFilter(statuses=_UNFINISHED, tags={MODEL_RUN_TAG: spec.name}), limit=1)
+        filters=dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES, tags={MODEL_RUN_TAG: spec.name}), limit=1)
     now = time.time()
     if in_flight or (cursor.model_requested_at and now - cursor.model_requested_at < options.model_retry_s):
         return []
@@ -108,8 +112,9 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
         if new:  # paths can hold identifiers: the log gives counts, ingest_errors the files
             context.log.warning(f"{new} file(s) changed after their batch was opened; they are not batched "
                                 "again (see ingest_errors, stage 'changed', or `medvec stats`)")
-    requests, new_partitions = _launch(context, medvec, embedder, tick.cursor, sensor_name,
-                                       saw_new_files=bool(tick.new_settled or tick.unsettled), options=options)
+    requests, new_partitions = launch_batches(context, medvec, embedder, tick.cursor, sensor_name,
+                                       saw_new_files=bool(tick.new_settled or tick.unsettled), options=options,
+                                       opened=len(tick.opened))
     context.log.info(f"{tick.summary()}; {len(requests)} run(s) requested in {tick.seconds['total']:.2f}s")
     partitions = [batch_partitions.build_add_request(new_partitions)] if new_partitions else []
     if not requests:
@@ -120,10 +125,12 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
 
 
 def _source_sensor(name: str, pick_root, description: str) -> dg.SensorDefinition:
-    @dg.sensor(name=name, target=[embedding_model, *BATCH_ASSETS], minimum_interval_seconds=_INTERVAL_S,
+    # The selection includes the checks on these assets, so the batch runs check what they wrote.
+    @dg.sensor(name=name, target=dg.AssetSelection.assets(embedding_model, *BATCH_ASSETS),
+               minimum_interval_seconds=SENSOR_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.STOPPED, description=description)
     def _sensor(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, embedder: EmbedderResource):
-        return watch_tick(context, medvec, embedder, pick_root(Settings.from_env()), name)
+        return watch_tick(context, medvec, embedder, pick_root(get_settings()), name)
 
     return _sensor
 
@@ -139,37 +146,7 @@ s3_prefix_sensor = _source_sensor(
     "a look at a large prefix continues over several ticks.")
 
 
-class RescanConfig(dg.Config):
-    source: str = ""  # a folder or s3://bucket/prefix; default: MEDVEC_SOURCE
-    batch_size: int = 2000
-    min_age_seconds: float = 60.0  # files modified more recently may still be downloading (unless marked .done)
-
-
-@dg.op
-def rescan_source(context: dg.OpExecutionContext, config: RescanConfig, medvec: MedvecHomeResource) -> list[str]:
-    """Open batches for every file on the source that no batch holds; the sensor watching that kind of
-    source (folder or S3) launches them on its next tick."""
-    root = config.source or Settings.from_env().source
-    launcher = S3_SENSOR if root.startswith("s3://") else FOLDER_SENSOR
-    opened, young = rescan(open_source(root, medvec.s3_endpoint_url), medvec.home_path,
-                           batch_size=config.batch_size, min_age_s=config.min_age_seconds, launcher=launcher)
-    batches, files = [m.batch for m in opened], sum(len(m.files) for m in opened)
-    context.instance.add_dynamic_partitions(batch_partitions.name, batches)
-    context.log.info(f"opened {len(batches)} batch(es) of {files} file(s); {young} file(s) modified in the last "
-                     f"{config.min_age_seconds:.0f}s left for later; {launcher} launches the batches on its next "
-                     "tick (turn it on), or backfill them")
-    context.add_output_metadata({"batches": dg.MetadataValue.json(batches), "files": files, "too_young": young,
-                                 "launched_by": launcher})
-    return batches
-
-
-@dg.job(description="Open batches for files on the source that no batch holds (after the sensors were off, "
-                    "or for another source); the source's sensor launches them.")
-def rescan_job():
-    rescan_source()
-
-
-@dg.sensor(job=search_refresh_job, minimum_interval_seconds=_INTERVAL_S,
+@dg.sensor(job=search_refresh_job, minimum_interval_seconds=SENSOR_INTERVAL_S,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource):
     """Refresh image_index, fallback_queries and similar_images once after a wave of batches: when new
@@ -183,7 +160,7 @@ def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHom
         run = instance.get_run_record_by_id(index_event.run_id)
         indexed_from = (run.start_time or run.create_timestamp.timestamp()) if run else index_event.timestamp
     embedding_runs = refresh_runs = 0
-    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
         run = record.dagster_run
         if run.tags.get(LAUNCHED_BY_TAG):  # a medvec command refreshes search itself when it ends
             continue

@@ -1,30 +1,21 @@
-"""Embedder resources: assets ask for `EmbedderResource`; local models or a remote NIM plug in."""
+"""Embedder resources: assets ask for `EmbedderResource`; it holds configuration (shown in the UI, secrets
+as `dg.EnvVar`) and hands it to the domain's one factory (`medvec.embedders.factory`)."""
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
 
 from medvec.embedders.base import Embedder
+from medvec.embedders.factory import (DEFAULT_NIM_MODEL, EmbedderConfig, ModelArtifact, embedder_config, open_embedder,
+                                      resolve_model_artifact)
 from medvec.models.registry import ModelSpec, resolve_model
-from medvec.settings import Settings
+from medvec.settings import DEFAULT_MODEL, Settings
 
-
-@dataclass(frozen=True)
-class ModelArtifact:
-    """What the `embedding_model` asset resolved: enough to load the same model anywhere."""
-
-    name: str
-    model_id: str
-    loader: str
-    dim: int
-    revision: str | None
-    local_dir: str | None  # None for a remote NIM
-    metadata: dict = field(default_factory=dict)
+__all__ = ["EmbedderResource", "LocalEmbedderResource", "ModelArtifact", "NimEmbedderResource", "embedder_resource"]
 
 
 class EmbedderResource(dg.ConfigurableResource, ABC):
@@ -35,24 +26,39 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
     dim: int | None = None
     image_size: int | None = None
 
+    @abstractmethod
+    def _make_config(self) -> EmbedderConfig:
+        """This resource's configuration, as the factory takes it."""
+
+    @cached_property
+    def _config(self) -> EmbedderConfig:
+        # Resolved once per resource instance: the spec is one immutable value for the whole run.
+        return self._make_config()
+
+    def config(self) -> EmbedderConfig:
+        return self._config
+
     def spec(self) -> ModelSpec:
+        return self._config.spec
+
+    def _model_spec(self) -> ModelSpec:
         overrides = {k: v for k, v in (("dim", self.dim), ("image_size", self.image_size)) if v is not None}
         return resolve_model(self.model, **overrides)
 
-    @abstractmethod
     def resolve(self, cache_dir: Path) -> ModelArtifact:
         """Make the model available (download, mirror, build, or probe) and describe it."""
+        return resolve_model_artifact(self.config(), cache_dir)
 
-    @abstractmethod
     def load(self, artifact: ModelArtifact, cache_dir: Path | None = None) -> Embedder:
         """An embedder for the resolved model; close it when done. `cache_dir` is where this machine keeps
         model files, for when the model was resolved on another one."""
+        return open_embedder(self.config(), artifact, cache_dir)
 
 
 class LocalEmbedderResource(EmbedderResource):
     """A model run in this process: transformers (SigLIP, MedSigLIP, CLIP) or open_clip (BiomedCLIP)."""
 
-    model: str = "tiny-siglip"
+    model: str = DEFAULT_MODEL
     model_source: str = "hub"  # hub | s3 | local (tiny models are always built locally)
     model_location: str | None = None  # s3://bucket/prefix or a folder, for s3 and local sources
     revision: str | None = None  # pin a Hub revision; the resolved commit is recorded either way
@@ -62,84 +68,38 @@ class LocalEmbedderResource(EmbedderResource):
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 32
 
-    def resolve(self, cache_dir: Path) -> ModelArtifact:
-        spec = self.spec()
-        resolved = self._files(cache_dir, self.revision)
-        return ModelArtifact(name=spec.name, model_id=spec.model_id, loader=spec.loader, dim=spec.dim,
-                             revision=resolved.revision, local_dir=str(resolved.local_dir),
-                             metadata=resolved.to_metadata())
-
-    def load(self, artifact: ModelArtifact, cache_dir: Path | None = None) -> Embedder:
-        from medvec.embedders.factory import open_local
-
-        local_dir = Path(artifact.local_dir)
-        if not local_dir.is_dir():
-            # Resolved on another machine (a Kubernetes pod, another worker): fetch the same revision here,
-            # and refuse files that differ from those recorded (a mirror changed since embedding_model ran).
-            resolved = self._files(cache_dir or Settings.from_env().model_cache, artifact.revision or self.revision)
-            if artifact.revision and resolved.revision != artifact.revision:
-                from medvec.embedders.base import EmbedderError
-
-                raise EmbedderError(f"{artifact.name}: the model files here are revision {resolved.revision}, "
-                                    f"embedding_model recorded {artifact.revision}; materialise embedding_model again")
-            local_dir = resolved.local_dir
-        return open_local(self.spec(), Path(local_dir), revision=artifact.revision, device=self.device,
-                          dtype=self.dtype, batch_size=self.batch_size)
-
-    def _files(self, cache_dir: Path, revision: str | None):
-        from medvec.embedders.factory import resolve_local_files
-
-        return resolve_local_files(self.spec(), cache_dir, source=self.model_source, location=self.model_location,
-                                   revision=revision, token=self.hf_token, s3_endpoint_url=self.s3_endpoint_url)
+    def _make_config(self) -> EmbedderConfig:
+        return EmbedderConfig(kind="local", spec=self._model_spec(), device=self.device, dtype=self.dtype,
+                              batch_size=self.batch_size, model_source=self.model_source,
+                              model_location=self.model_location, revision=self.revision,
+                              s3_endpoint_url=self.s3_endpoint_url, hf_token=self.hf_token)
 
 
 class NimEmbedderResource(EmbedderResource):
     """A remote NVIDIA NIM (or `medvec embed-server`) speaking `POST /v1/embeddings`."""
 
-    model: str = "nvclip"
+    model: str = DEFAULT_NIM_MODEL
     url: str
     nim_model: str = "nvidia/nvclip"
     api_key: str | None = None  # an EnvVar("NVIDIA_API_KEY") in the definitions: never shown
     concurrency: int = 4
     timeout_s: float = 60.0
 
-    def resolve(self, cache_dir: Path) -> ModelArtifact:
-        from medvec.embedders.base import EmbedderError
-        from medvec.embedders.nim import _without_credentials
-
-        shown_url = _without_credentials(self.url)  # a URL may carry user:password; never show it
-        with self._client(dim=None) as embedder:
-            ready, detail = embedder.ready(timeout=self.timeout_s)
-            if not ready:
-                raise EmbedderError(f"NIM at {shown_url} is not ready ({detail}); start it or fix MEDVEC_NIM_URL")
-            dim = embedder.embed_texts(["chest x-ray"]).shape[1]
-        return ModelArtifact(name=self.model, model_id=self.nim_model, loader="nim", dim=dim, revision=None,
-                             local_dir=None, metadata={"url": shown_url, "ready": detail, "dim": dim})
-
-    def load(self, artifact: ModelArtifact, cache_dir: Path | None = None) -> Embedder:
-        return self._client(dim=artifact.dim)
-
-    def _client(self, dim: int | None):
-        from medvec.embedders.nim import NimEmbedder
-
-        return NimEmbedder(self.url, self.nim_model, api_key=self.api_key, dim=dim, name=self.model,
-                           timeout_s=self.timeout_s, concurrency=self.concurrency)
+    def _make_config(self) -> EmbedderConfig:
+        return EmbedderConfig(kind="nim", spec=self._model_spec(), nim_url=self.url, nim_model=self.nim_model,
+                              nim_concurrency=self.concurrency, nim_timeout_s=self.timeout_s, api_key=self.api_key)
 
 
-def embedder_from_env(settings: Settings | None = None) -> EmbedderResource:
-    """MEDVEC_EMBEDDER picks the kind; MEDVEC_MODEL, MEDVEC_NIM_URL, MEDVEC_NIM_MODEL configure it."""
-    settings = settings or Settings.from_env()
-    if settings.embedder == "nim":
-        if not settings.nim_url:
-            raise ValueError("MEDVEC_EMBEDDER=nim needs MEDVEC_NIM_URL (e.g. http://gpu-box:8000)")
-        api_key = dg.EnvVar("NVIDIA_API_KEY") if os.environ.get("NVIDIA_API_KEY") else None
-        model = settings.model if settings.model != "tiny-siglip" else "nvclip"
-        return NimEmbedderResource(model=model, url=settings.nim_url,
-                                   nim_model=settings.nim_model or "nvidia/nvclip", api_key=api_key)
-    if settings.embedder != "local":
-        raise ValueError(f"MEDVEC_EMBEDDER must be 'local' or 'nim', not {settings.embedder!r}")
-    token = dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None
-    return LocalEmbedderResource(model=settings.model, hf_token=token, s3_endpoint_url=settings.s3_endpoint_url,
-                                 dim=settings.model_dim, image_size=settings.model_image_size,
-                                 model_source=settings.model_source, model_location=settings.model_location,
-                                 revision=settings.model_revision)
+def embedder_resource(settings: Settings, *, kind: str | None = None, device: str = "auto") -> EmbedderResource:
+    """The resource Settings describe (`kind` and `device` as a profile sets them). Values come from the
+    factory's `embedder_config`; secrets go in as `dg.EnvVar`, never their values: Dagster stores resource
+    values in every run's snapshot, where a raw key would sit in plain text."""
+    config = embedder_config(settings, kind=kind, device=device)
+    shared = {"model": config.spec.name, "dim": settings.model_dim, "image_size": settings.model_image_size}
+    if not config.runs_in_process:
+        return NimEmbedderResource(**shared, url=config.nim_url, nim_model=config.nim_model,
+                                   concurrency=config.nim_concurrency, timeout_s=config.nim_timeout_s,
+                                   api_key=dg.EnvVar("NVIDIA_API_KEY") if settings.exported("nvidia_api_key") else None)
+    return LocalEmbedderResource(**shared, model_source=config.model_source, model_location=config.model_location,
+                                 revision=config.revision, s3_endpoint_url=config.s3_endpoint_url,
+                                 device=config.device, hf_token=dg.EnvVar("HF_TOKEN") if settings.exported("hf_token") else None)

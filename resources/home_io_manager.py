@@ -7,12 +7,13 @@ import pickle
 
 import dagster as dg
 
+from medvec.home import dagster_io_dir
 from medvec.storage import HomePath, as_path, write_atomic
 
 
 def stored_value(home: HomePath, asset_key: dg.AssetKey, partition: str | None = None) -> HomePath:
     """Where the IO manager keeps an asset (partition)'s value under the home."""
-    folder = home / "dagster-io" / "/".join(asset_key.path)
+    folder = dagster_io_dir(home) / "/".join(asset_key.path)
     return folder / (f"{partition}.pkl" if partition is not None else "value.pkl")
 
 
@@ -27,7 +28,7 @@ class HomePickleIOManager(dg.ConfigurableIOManager):
         home = as_path(self.home, self.s3_endpoint_url)
         if not context.has_asset_key:  # an op's output (rescan_job): kept per run and step
             output = context.upstream_output if isinstance(context, dg.InputContext) else context
-            return home / "dagster-io" / "runs" / output.run_id / output.step_key / f"{output.name}.pkl"
+            return dagster_io_dir(home) / "runs" / output.run_id / output.step_key / f"{output.name}.pkl"
         if not context.has_asset_partitions:
             return stored_value(home, context.asset_key)
         keys = context.asset_partition_keys

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -24,7 +23,7 @@ class MedvecHomeResource(dg.ConfigurableResource):
     def from_settings(cls, settings: Settings) -> "MedvecHomeResource":
         # The key goes in as an EnvVar, never its value: Dagster stores resource values in every run's
         # snapshot ($DAGSTER_HOME/history), where a raw key would sit in plain text.
-        key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if os.environ.get("MEDVEC_PSEUDONYM_KEY") else None
+        key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if settings.exported("pseudonym_key") else None
         return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                    s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key)
 

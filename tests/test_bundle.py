@@ -53,9 +53,9 @@ def ort_web() -> Path:
 
 @pytest.fixture(scope="module")
 def embedder(search_collection):
-    from medvec.embedders.factory import embedder_from_settings
+    from medvec.embedders.factory import embedder_config, open_embedder
 
-    with embedder_from_settings(search_collection.settings, device="cpu") as embedder:
+    with open_embedder(embedder_config(search_collection.settings, device="cpu")) as embedder:
         yield embedder
 
 
@@ -324,7 +324,7 @@ def test_search_bundle_asset_materialises_into_the_home(search_collection, ort_w
     from assets.embeddings import embedding_model
     from medvec.settings import Settings
     from resources import home_resources
-    from resources.embedders import embedder_from_env
+    from resources.embedders import embedder_resource
 
     home = tmp_path / "home"
     shutil.copytree(search_collection.settings.home, home)
@@ -332,7 +332,7 @@ def test_search_bundle_asset_materialises_into_the_home(search_collection, ort_w
     with dg.instance_for_test() as instance:
         result = dg.materialize([embedding_model, search_bundle], instance=instance,
                                 resources={**home_resources(settings),
-                                           "embedder": embedder_from_env(settings)})
+                                           "embedder": embedder_resource(settings)})
     assert result.success
     [event] = result.asset_materializations_for_node("search_bundle")
     metadata = event.metadata

@@ -80,7 +80,7 @@ def _resource(settings):
     from resources import MedvecHomeResource
 
     return MedvecHomeResource(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
-                              pseudonym_key=settings.pseudonym_key)
+                              pseudonym_key=settings.pseudonym_key.get_secret_value())
 
 
 def test_second_ingest_of_the_same_folder_opens_nothing(tmp_path, settings, dagster_instance):

@@ -75,7 +75,7 @@ def test_file_normalises_or_fails_in_plain_words(path, pseudonymizer):
     assert max(view.size) <= 512 and max(thumb.size) <= 256
     assert max(view.size) == min(512, max(result.record.rows, result.record.columns))
     assert result.record.source_format == "dicom"
-    assert result.record.window_source in {"voi_lut", "header_window", "percentile", "flat", "colour"}
+    assert result.record.window_source in {"voi_lut", "header_window", "percentile", "flat", "colour", "grey-rgb"}
 
 
 def test_multi_frame_uses_the_first_frame_and_says_so(pseudonymizer):

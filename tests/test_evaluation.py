@@ -247,14 +247,14 @@ def test_retrieval_evaluation_asset_attaches_the_table_and_plot(tmp_path, settin
     from medvec.sample.writer import write_sample_data
     from pipelines.ingest import ingest
     from resources import home_resources
-    from resources.embedders import embedder_from_env
+    from resources.embedders import embedder_resource
 
     sample = write_sample_data(tmp_path / "sample", count=12)
     ingest(str(sample.out_dir), settings, instance=dagster_instance)
     result = dg.materialize([embedding_model, retrieval_evaluation], selection=[retrieval_evaluation],
                             instance=dagster_instance, run_config={"ops": {"retrieval_evaluation": {"config": {"split": "all"}}}},
                             resources={**home_resources(settings),
-                                       "embedder": embedder_from_env(settings)})
+                                       "embedder": embedder_resource(settings)})
     assert result.success
     [event] = result.asset_materializations_for_node("retrieval_evaluation")
     metadata = event.metadata

@@ -31,7 +31,8 @@ from medvec.embedders.transformers_local import TransformersEmbedder
 from medvec.tables.images import image_table_name
 from medvec.models.registry import resolve_model
 from medvec.models.tiny import build_tiny_siglip
-from medvec.sample.writer import chest_specs, write_chest
+from medvec.sample.chest_dicom import write_chest
+from medvec.sample.plan import chest_specs
 from medvec.settings import Settings
 from pipelines.backfill import backfill
 from pipelines.ingest import ingest
@@ -348,7 +349,7 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
                                                                      monkeypatch, stand_in_model):
     from dagster._serdes import serialize_value  # run snapshots are stored compressed: read them back
 
-    from resources.embedders import embedder_from_env
+    from resources.embedders import embedder_resource
     from tests.test_phi import SENTINELS, _with_sentinels
 
     key, wrong_key = "nvapi-ZZKEYSENTINELQQ-0123456789", "nvapi-ZZWRONGKEYSENTINELQQ-987"
@@ -364,11 +365,11 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
         monkeypatch.setenv("NVIDIA_API_KEY", key)
         with caplog.at_level(logging.DEBUG):
             summary = ingest(str(folder), Settings.from_env(), instance=dagster_instance, workers=1,
-                             embedder=embedder_from_env(Settings.from_env()))
+                             embedder=embedder_resource(Settings.from_env()))
             assert summary.embedded == 2 and not summary.failed_runs
             monkeypatch.setenv("NVIDIA_API_KEY", wrong_key)  # a rejected key fails the run, and is not shown
             rejected = backfill(settings, summary.batches, instance=dagster_instance,
-                                embedder=embedder_from_env(Settings.from_env()), refresh=False)
+                                embedder=embedder_resource(Settings.from_env()), refresh=False)
             assert rejected.failed_runs == summary.batches
     haystacks = {"log": caplog.text.encode()}
     for root in (settings.home, Path(dagster_instance.root_directory)):

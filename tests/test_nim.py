@@ -40,6 +40,7 @@ class WatchedEmbedder(Embedder):
         self.inner = inner
         self.name, self.model_id, self.revision, self.dim = inner.name, inner.model_id, inner.revision, inner.dim
         self.calls = 0
+        self.sizes: list[int] = []  # inputs per model call
         self.gate = threading.Event()
         if not gated:
             self.gate.set()
@@ -56,6 +57,7 @@ class WatchedEmbedder(Embedder):
     def _call(self, embed, items):
         assert self.gate.wait(10), "the test never opened the gate"
         self.calls += 1
+        self.sizes.append(len(items))
         return embed(items)
 
 
@@ -169,6 +171,31 @@ def test_concurrent_requests_are_batched_into_fewer_model_calls(local_model):
         stats = server.stats
     assert stats["requests"] - stats_before["requests"] == callers
     assert watched.calls - calls_before == stats["model_calls"] - stats_before["model_calls"] < callers
+    for i in range(callers):
+        np.testing.assert_allclose(results[i], local_model.embed_texts([f"text {i}", f"other text {i}"]), atol=1e-5)
+
+
+def test_queued_requests_fill_batches_up_to_max_batch_and_each_gets_its_own_vectors(local_model):
+    watched = WatchedEmbedder(local_model, gated=True)  # the warm-up call holds the model until the gate opens
+    callers = 6
+    with EmbedServer(watched, max_batch=4, batch_window_ms=50).start(wait_ready=False) as server:
+        client = nim(server.url, api_key=None, timeout_s=30, concurrency=callers)
+        results: dict[int, np.ndarray] = {}
+
+        def call(i: int) -> None:
+            results[i] = client.embed_texts([f"text {i}", f"other text {i}"])
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while server.stats["requests"] < callers:  # every request queued behind the warm-up
+            assert time.monotonic() < deadline, "the requests never reached the queue"
+            time.sleep(0.01)
+        watched.gate.set()
+        for thread in threads:
+            thread.join(30)
+    assert watched.sizes == [1, 4, 4, 4]  # the warm-up, then two 2-input requests per call, never more than 4
     for i in range(callers):
         np.testing.assert_allclose(results[i], local_model.embed_texts([f"text {i}", f"other text {i}"]), atol=1e-5)
 

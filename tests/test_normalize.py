@@ -112,13 +112,15 @@ def test_raster_inputs_render_full_range_grey(fmt, array, kind, pseudonymizer):
     assert record.bits_stored == (16 if array.dtype == np.uint16 else 8)
 
 
-def test_colour_raster_becomes_grey_by_luma(pseudonymizer):
+def test_colour_raster_stays_colour(pseudonymizer):
     rgb = np.zeros((64, 64, 3), np.uint8)
     rgb[:, :32] = (255, 0, 0)
     rgb[:, 32:] = (0, 255, 0)
     result = normalize_bytes(_encode(rgb, "PNG"), "c.png", pseudonymizer=pseudonymizer)
-    image = _grey(result.view_webp)
-    assert abs(image[:, :28].mean() - 76) < 4 and abs(image[:, 36:].mean() - 150) < 4
+    image = np.asarray(Image.open(io.BytesIO(result.view_webp)).convert("RGB"), dtype=float)
+    assert np.abs(image[:, :28].mean(axis=(0, 1)) - (255, 0, 0)).max() < 12
+    assert np.abs(image[:, 36:].mean(axis=(0, 1)) - (0, 255, 0)).max() < 12
+    assert (result.record.photometric, result.record.window_source) == ("RGB", "colour")
 
 
 NIH_CSV = """Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,Patient Name,split

@@ -11,17 +11,10 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from medvec.sample import writer as sample_data
-from medvec.sample.writer import (
-    CARDIOMEGALY,
-    NO_FINDING,
-    cardiothoracic_ratio,
-    chest_specs,
-    draw_chest,
-    frontal_layout,
-    stored_values,
-    write_sample_data,
-)
+from medvec.sample import wg04
+from medvec.sample.painter import cardiothoracic_ratio, draw_chest, frontal_layout, stored_values
+from medvec.sample.plan import CARDIOMEGALY, NO_FINDING, PLEURAL_EFFUSION, chest_specs
+from medvec.sample.writer import write_sample_data
 
 COUNT = 12
 
@@ -150,7 +143,7 @@ def test_broken_files_are_written_but_not_labelled(dataset):
 
 def test_without_pydicom_data_the_wg04_files_are_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr("pydicom.data.get_testdata_file", lambda *args, **kwargs: None)
-    with caplog.at_level(logging.WARNING, logger=sample_data.__name__):
+    with caplog.at_level(logging.WARNING, logger=wg04.__name__):
         summary = write_sample_data(tmp_path, count=2, include_broken=False)
     assert "pydicom-data" in caplog.text
     assert [r["path"] for r in _read_labels(summary.labels_csv)] == [
@@ -161,9 +154,9 @@ def test_without_pydicom_data_the_wg04_files_are_skipped_with_a_warning(tmp_path
 def test_default_plan_is_roughly_balanced():
     labels = [tuple(s.labels) for s in chest_specs(36)]
     assert len({s.patient_id for s in chest_specs(36)}) == 12
-    for finding in (NO_FINDING, CARDIOMEGALY, sample_data.PLEURAL_EFFUSION):
+    for finding in (NO_FINDING, CARDIOMEGALY, PLEURAL_EFFUSION):
         assert 8 <= sum(finding in combo for combo in labels) <= 16
-    assert 1 <= labels.count((CARDIOMEGALY, sample_data.PLEURAL_EFFUSION)) <= 6
+    assert 1 <= labels.count((CARDIOMEGALY, PLEURAL_EFFUSION)) <= 6
 
 
 # (d) the anatomy matches the labels ----------------------------------------------------------

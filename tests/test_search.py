@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -12,12 +13,12 @@ import pytest
 from PIL import Image
 
 from medvec.tables import database
-from medvec.embedders.factory import embedder_from_settings
+from medvec.embedders.factory import embedder_config, open_embedder
 from medvec.tables.images import image_table_name, open_image_table, upsert_batch
 from medvec.search.precompute import FALLBACK_QUERIES, compute_similar
 from medvec.tables.records import image_table_schema
 from medvec.search.images import Filters, ImageSearch, NoSuchImage, SearchInputError, normalize_query_text
-from medvec.tables.maintenance import IndexOptions, maintain_table
+from medvec.search.maintenance import IndexOptions, maintain_table
 from medvec.search.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k
 
 
@@ -82,7 +83,7 @@ def test_find_similar_is_a_lookup_and_matches_the_live_index(search):
 def test_a_novel_text_query_loads_the_models_text_tower(search_collection, search):
     result = search.search_text("small left apical pneumothorax with rib fractures", k=3)
     assert result.route == "index" and search.info()["encoder_loaded"]
-    with embedder_from_settings(search_collection.settings) as embedder:
+    with open_embedder(embedder_config(search_collection.settings)) as embedder:
         vector = embedder.embed_texts(["small left apical pneumothorax with rib fractures"])[0]
     assert _ids(search.search_vector(vector, k=3)) == _ids(result)
 
@@ -241,3 +242,43 @@ def test_maintenance_while_another_process_writes_loses_and_duplicates_nothing(t
     assert len(ids) == len(set(ids)) == 2_000 + 30 * 300
     search = ImageSearch(uri, "synthetic", home=tmp_path, refresh_seconds=0)
     assert search.info()["rows"] == len(ids)
+
+
+def test_a_missing_index_builds_in_the_background_while_queries_answer_exactly(tmp_path):
+    db = database.connect(str(tmp_path / "lancedb"))
+    vectors = _clustered(3_000, 32)
+    table = open_image_table(db, image_table_name("synthetic"), 32)
+    upsert_batch(table, "b1", _rows(vectors, "b1"))
+    building, release = threading.Event(), threading.Event()
+
+    def held_build(matrix):
+        building.set()
+        assert release.wait(timeout=120), "the test never released the build"
+        return VectorIndex.build(matrix, exact_below=1_000)
+
+    search = ImageSearch(str(tmp_path / "lancedb"), "synthetic", refresh_seconds=0, exact_below=1_000,
+                         build_index=held_build)
+    assert search.info()["index"]["kind"] == "exact" and building.wait(timeout=120)
+    truth = exact_top_k(vectors, vectors[7:8], 10)[0]
+    while_building = search.search_vector(vectors[7], k=10)
+    assert while_building.route == "index" and _ids(while_building) == [f"img-{r:06d}" for r in truth]
+    assert not search.wait_for_index(timeout=0)
+    release.set()
+    assert search.wait_for_index(timeout=120)
+    assert search.info()["index"]["kind"] == "ivf_pq"
+    assert search.search_vector(vectors[7], k=10).route == "index:ivf_pq"
+
+
+def test_loading_reads_every_row_once_in_table_order_with_its_own_vector(tmp_path):
+    from medvec.search.loading import read_table
+
+    db = database.connect(str(tmp_path / "lancedb"))
+    vectors = _clustered(700, 8)
+    table = open_image_table(db, image_table_name("synthetic"), 8)
+    for start in range(0, 700, 250):  # several fragments, batches smaller than a fragment
+        upsert_batch(table, f"b{start}", _rows(vectors[start:start + 250], f"b{start}", start=start))
+    ids, loaded, meta = read_table(table, batch_rows=64)
+    assert sorted(ids) == [f"img-{i:06d}" for i in range(700)] and meta.num_rows == 700
+    assert meta.column("image_id").to_pylist() == ids
+    rows = [int(i[4:]) for i in ids]
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, vectors[rows])

@@ -117,9 +117,9 @@ def test_search_assets_record_their_numbers_and_rerun_without_duplicates(tmp_pat
     from assets.embeddings import embedding_model
     from assets.search import fallback_queries, image_index, similar_images
     from resources import home_resources
-    from resources.embedders import embedder_from_env
+    from resources.embedders import embedder_resource
 
-    resources = {**home_resources(settings), "embedder": embedder_from_env(settings)}
+    resources = {**home_resources(settings), "embedder": embedder_resource(settings)}
     for _ in range(2):
         result = dg.materialize([embedding_model, image_index, fallback_queries, similar_images],
                                 selection=[image_index, fallback_queries, similar_images],
@@ -134,11 +134,11 @@ def test_search_assets_record_their_numbers_and_rerun_without_duplicates(tmp_pat
 def test_image_index_without_a_table_fails_clearly(settings, dagster_instance):
     from assets.search import image_index
     from resources import home_resources
-    from resources.embedders import embedder_from_env
+    from resources.embedders import embedder_resource
 
     result = dg.materialize([image_index], instance=dagster_instance, raise_on_error=False,
                             resources={**home_resources(settings),
-                                       "embedder": embedder_from_env(settings)})
+                                       "embedder": embedder_resource(settings)})
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure][0]
     assert "materialise image_embeddings first" in str(failure.step_failure_data.error.message)

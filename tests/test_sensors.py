@@ -8,12 +8,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from assets.checks import CHECKS
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
@@ -24,7 +24,8 @@ from medvec.storage import as_path
 from medvec.ingest.watch import (AWAITING_LAUNCH, CHANGED_STAGE, WatchCursor, clear_awaiting, refresh_decision,
                           rescan)
 from pipelines.definitions import defs
-from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sensor, search_refresh_sensor
+from pipelines.jobs import rescan_job
+from pipelines.sensors import incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor
 from resources import MedvecHomeResource, home_resources
 from resources.embedders import LocalEmbedderResource
 from tests.conftest import dicom_testfile
@@ -38,7 +39,8 @@ ONE_WORKER = {"ops": {"normalized_images": {"config": {"workers": 1}}}}
 def watch_env(monkeypatch):
     """Small batches, no clock-skew margin, and a short wait for partial batches."""
     for name, value in {"MEDVEC_WATCH_BATCH_SIZE": "3", "MEDVEC_WATCH_BATCHES_PER_TICK": "2",
-                        "MEDVEC_WATCH_SETTLE_MARGIN_S": "0", "MEDVEC_WATCH_PARTIAL_WAIT_S": "600"}.items():
+                        "MEDVEC_WATCH_SETTLE_MARGIN_S": "0", "MEDVEC_WATCH_PARTIAL_WAIT_S": "600",
+                        "MEDVEC_WATCH_TICK_BUDGET_S": "0"}.items():  # the floor only: a fixed 2 a tick
         monkeypatch.setenv(name, value)
 
 
@@ -69,7 +71,9 @@ class Daemon:
         results = []
         for request in self.last.run_requests:
             normalizes = normalized_images.key in request.asset_selection
-            results.append(dg.materialize(RUNNABLE, selection=request.asset_selection,
+            selection = (dg.AssetSelection.assets(*request.asset_selection)
+                         | dg.AssetSelection.checks(*(request.asset_check_keys or [])))
+            results.append(dg.materialize([*RUNNABLE, *CHECKS], selection=selection,
                                           partition_key=request.partition_key, instance=self.instance,
                                           resources=self.resources, tags=request.tags,
                                           run_config=ONE_WORKER if normalizes else None))
@@ -278,8 +282,8 @@ def test_s3_prefix_sensor_opens_batches_and_reports_a_replaced_object(settings, 
     client.put_object(Bucket=bucket, Key="cxr/p1/.done", Body=b"")
     if home_on == "s3":
         home = f"s3://{bucket}/home"
-        settings = replace(settings, home=as_path(home, s3_endpoint), lancedb_uri=f"{home}/lancedb",
-                           s3_endpoint_url=s3_endpoint)
+        settings = settings.model_copy(update={"home": as_path(home, s3_endpoint), "lancedb_uri": f"{home}/lancedb",
+                                               "s3_endpoint_url": s3_endpoint})
         monkeypatch.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
     resources = {**resources, "medvec": MedvecHomeResource(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                                                            s3_endpoint_url=s3_endpoint)}
@@ -346,7 +350,8 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     from pipelines.backfill import backfill
     from pipelines.ingest import ingest
 
-    monkeypatch.setenv("MEDVEC_REFRESH_QUIET_S", "1")
+    # Long enough to outlast the embed runs' own checks, which run after the last vectors land.
+    monkeypatch.setenv("MEDVEC_REFRESH_QUIET_S", "6")
     folder = tmp_path / "wave"
     folder.mkdir()
     for name in ("CT_small.dcm", "MR_small_RLE.dcm"):
@@ -357,7 +362,7 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     backfill(settings, summary.batches, instance=dagster_instance, embedder=resources["embedder"], refresh=False,
              normalize_config={"workers": 1})
     assert "debouncing" in refresh.tick().skip_message  # the last vectors just landed
-    time.sleep(1.1)
+    time.sleep(6.1)
     [request] = refresh.tick().run_requests  # one refresh for both batches
     job = defs.resolve_job_def("search_refresh_job")
     assert job.execute_in_process(instance=dagster_instance, resources=resources, tags=request.tags).success
@@ -367,7 +372,7 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     [waiting], _ = rescan(LocalFolderSource(tmp_path / "more"), settings.home, launcher="incoming_folder_sensor")
     backfill(settings, summary.batches[:1], instance=dagster_instance, embedder=resources["embedder"], refresh=False,
              normalize_config={"workers": 1})
-    time.sleep(1.1)
+    time.sleep(6.1)
     assert "1 batch(es) awaiting launch" in refresh.tick().skip_message
     clear_awaiting(settings.home, waiting.batch)
     assert len(refresh.tick().run_requests) == 1

@@ -2,6 +2,7 @@
 
     bundle.json                 manifest (schema medvec.bundle/1): model, files, layout, build checks
     index.html app.js worker.js search.js tokenizer.js style.css favicon.svg   the page (medvec/bundle/web)
+    core/                       the CSS and JS it shares with `medvec serve`'s page (medvec/web/core)
     vendor/                     onnxruntime-web's WebAssembly build and its licence
     model/text.onnx             the text tower; model/tokenizer.json its tokenizer (medvec.tokenizer/1)
     data/embeddings.bin         image embeddings, packed (float16, or int8 + scales), little-endian
@@ -31,9 +32,11 @@ from typing import Callable
 import numpy as np
 
 from medvec.bundle.export_onnx import check_text_onnx, cpu_float32_text_tower, export_text_tower
-from medvec.bundle.pack import PRECISIONS, pack_vectors, packing_recall
+from medvec.bundle.pack import PRECISIONS, pack_vectors, packing_costs
+from medvec.bundle.runtime import ORT_FILES, copy_ort, ort_version
 from medvec.bundle.tokenizer_export import WEB_DIR, check_with_node, export_tokenizer, python_token_ids
-from medvec.evaluation.retrieval import EVAL_FILES, FINDING_PROMPTS
+from medvec.evaluation.retrieval import FINDING_PROMPTS
+from medvec.home import EVAL_FILES
 from medvec.search.precompute import FALLBACK_QUERIES
 from medvec.search.images import ImageSearch
 from medvec.storage import HomePath, S3Path, as_path, is_remote, map_paths, remove_tree, upload_tree
@@ -42,10 +45,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "medvec.bundle/1"
 PAGE_FILES = ("index.html", "app.js", "worker.js", "search.js", "tokenizer.js", "style.css", "favicon.svg")
-#: onnxruntime-web's WebAssembly-only build: the ES module with its loader inlined, and the wasm binary.
-#: Both are renamed to plain .js/.wasm names so that any static server sends a JavaScript MIME type.
-ORT_FILES = {"ort.wasm.bundle.min.mjs": "ort.wasm.bundle.min.js",
-             "ort-wasm-simd-threaded.wasm": "ort-wasm-simd-threaded.wasm"}
+#: The CSS and JS the bundle's page shares with `medvec serve`'s page, copied into the bundle's `core/`.
+WEB_CORE_DIR = Path(__file__).resolve().parents[1] / "web" / "core"
 #: Metadata a page needs to show and filter a hit. Subject and study keys, batch and source paths stay
 #: out: a public page has no use for them.
 INDEX_COLUMNS = ("view_position", "modality", "body_part", "labels", "split", "width", "height")
@@ -59,30 +60,6 @@ EXTRA_PROMPTS = (
     "tube\tand\nline", "an opacity that is in no fallback list",
     "heart size is " + "normal and " * 40 + "stable",
 )
-
-
-ORT_LICENCE = """MIT License
-
-Copyright (c) Microsoft Corporation
-
-Permission is hereby granted, free of charge, to any person obtaining a copy
-of this software and associated documentation files (the "Software"), to deal
-in the Software without restriction, including without limitation the rights
-to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
-copies of the Software, and to permit persons to whom the Software is
-furnished to do so, subject to the following conditions:
-
-The above copyright notice and this permission notice shall be included in all
-copies or substantial portions of the Software.
-
-THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
-IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
-FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
-AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
-LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
-OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
-SOFTWARE.
-"""
 
 
 class BundleError(RuntimeError):
@@ -101,7 +78,9 @@ class BundleOptions:
 
 def ort_dist_dir(explicit: Path | None = None) -> Path:
     """Where onnxruntime-web's built files are; raises with the command that installs them."""
-    folder = Path(explicit or os.environ.get("MEDVEC_ORT_WEB_DIST")
+    from medvec.settings import get_settings
+
+    folder = Path(explicit or get_settings().ort_web_dist
                   or WEB_DIR / "node_modules" / "onnxruntime-web" / "dist")
     missing = [name for name in ORT_FILES if not (folder / name).exists()]
     if missing:
@@ -152,83 +131,29 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home
         return _build_and_upload(search, embedder, as_path(out_dir), home=home, eval_report=eval_report,
                                  eval_plot=eval_plot, options=options, progress=progress)
     started = time.perf_counter()
-    if options.precision not in PRECISIONS:
-        raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
-    if not all(hasattr(embedder, part) for part in ("spec", "model", "tokenizer")):
-        raise BundleError(f"{getattr(embedder, 'name', 'this model')} is not a local transformers model (a NIM?): the "
-                          "bundle exports the text tower of a model that runs here")
-    _require_onnx()
-    ort_dist = ort_dist_dir(options.ort_dist)
+    loaded, ort_dist = _checked_inputs(search, embedder, options)
     out_dir = Path(out_dir).absolute()
     _check_target(out_dir)
-    loaded = _loaded_with_answers(search)
     spec = embedder.spec
-    if loaded.index.vectors.shape[1] != embedder.dim:
-        raise BundleError(f"{search.table_name} holds {loaded.index.vectors.shape[1]}-d vectors but {spec.name} embeds "
-                          f"text as {embedder.dim}-d: bundle the table with the model that embedded it")
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for folder in ("vendor", "model", "data", "thumbs"):
         (tmp / folder).mkdir(parents=True)
     try:
-        for name in PAGE_FILES:
-            shutil.copyfile(WEB_DIR / name, tmp / name)
-        _copy_ort(ort_dist, tmp / "vendor")
-
-        # The tokenizer first: it is the cheap step that refuses models the page cannot serve.
-        prompts = check_prompts()
-        token_ids = python_token_ids(embedder.tokenizer, prompts, spec.text_length)
-        tokenizer = export_tokenizer(embedder.tokenizer, spec.text_length)
-        _write_json(tmp / "model" / "tokenizer.json", tokenizer)
-        node_check = check_with_node(tokenizer, prompts, token_ids, node=options.node)
-        node_check.pop("js_ids", None)
-        if node_check.get("checked") and node_check["matching"] != node_check["prompts"]:
-            raise BundleError(f"the page's tokenizer disagrees with {spec.name}'s on "
-                              f"{node_check['prompts'] - node_check['matching']} prompt(s), e.g. "
-                              f"{node_check['mismatches'][:3]}; the bundle would search for other words")
-
-        progress(f"exporting the {spec.name} text tower to ONNX")
-        module = cpu_float32_text_tower(embedder)
-        onnx_info = export_text_tower(module, token_ids, tmp / "model" / "text.onnx")
-        onnx_check = check_text_onnx(module, tmp / "model" / "text.onnx", token_ids, prompts)
-
-        progress(f"packing {len(loaded.ids)} vectors as {options.precision}")
-        vectors = loaded.index.vectors
-        packed = pack_vectors(vectors, options.precision)
-        (tmp / "data" / "embeddings.bin").write_bytes(packed.data)
-        packing = _packing_costs(vectors, np.asarray(list(loaded.fallback_vectors.values()), np.float32),
-                                 options.precision)
-        progress("writing the index, the stored answers and the thumbnails")
-        thumbs = _copy_thumbnails(loaded, as_path(home), tmp / "thumbs") if options.thumbnails else np.zeros(
-            len(loaded.ids), bool)
-        _write_json(tmp / "data" / "index.json", _index(loaded, thumbs))
-        _write_json(tmp / "data" / "fallbacks.json", _fallbacks(loaded, thumbs))
-        similar_k = _write_similar(loaded, tmp / "data" / "similar.bin")
-        metrics = _metrics(eval_report, search.table_name, loaded.version)
-        if metrics is not None:
-            _write_json(tmp / "data" / "metrics.json", metrics)
-            if eval_plot is not None and eval_plot.exists():
-                (tmp / "data" / "recall_at_k.png").write_bytes(eval_plot.read_bytes())
-
+        _copy_page(tmp)
+        copy_ort(ort_dist, tmp / "vendor")
+        text_model, text_checks = _write_text_model(tmp, embedder, options, progress)
+        data = _write_data(tmp, search, loaded, home, eval_report, eval_plot, options, progress)
         manifest = {
             "schema": SCHEMA,
             "model": {"name": spec.name, "model_id": spec.model_id, "revision": getattr(embedder, "revision", None),
-                      "dim": int(vectors.shape[1]),
+                      "dim": int(loaded.index.vectors.shape[1]),
                       "text_length": spec.text_length, "no_retrieval_quality": spec.no_retrieval_quality,
                       "licence": spec.licence},
             "table": search.table_name, "table_version": loaded.version, "images": len(loaded.ids),
-            "text_model": {**onnx_info, "file": "model/text.onnx", "tokenizer": "model/tokenizer.json",
-                           "tokenizer_model": tokenizer["model"]},
-            "vectors": packed.layout("data/embeddings.bin"),
-            "index": "data/index.json", "fallbacks": "data/fallbacks.json",
-            "similar": {"file": "data/similar.bin", "k": similar_k, "rows": len(loaded.ids),
-                        "scores_offset": len(loaded.ids) * similar_k * 4},
-            "metrics": "data/metrics.json" if metrics is not None else None,
-            "metrics_plot": "data/recall_at_k.png" if (tmp / "data" / "recall_at_k.png").exists() else None,
-            "thumbs": {"pattern": "thumbs/{folder}/{row}.webp", "per_folder": THUMBS_PER_FOLDER,
-                       "count": int(thumbs.sum())},
-            "runtime": {"onnxruntime_web": _ort_version(ort_dist), "files": "vendor/"},
-            "checks": {"onnx": onnx_check, "tokenizer": node_check, "packing": packing},
+            "text_model": text_model, **data.pop("manifest"),
+            "runtime": {"onnxruntime_web": ort_version(ort_dist), "files": "vendor/"},
+            "checks": {**text_checks, "packing": data["packing"]},
         }
         manifest["sizes"] = _sizes(tmp)
         _write_json(tmp / "bundle.json", manifest, indent=1)
@@ -243,6 +168,87 @@ def build_bundle(search: ImageSearch, embedder, out_dir: str | HomePath, *, home
     progress(f"bundle for {spec.name} ({len(loaded.ids)} images, {manifest['sizes']['total'] / 1e6:.1f} MB) "
              f"in {out_dir}")
     return summary
+
+
+def _checked_inputs(search: ImageSearch, embedder, options: BundleOptions):
+    """The search's loaded table (with its stored answers) and onnxruntime-web's folder, or a BundleError."""
+    if options.precision not in PRECISIONS:
+        raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
+    if not all(hasattr(embedder, part) for part in ("spec", "model", "tokenizer")):
+        raise BundleError(f"{getattr(embedder, 'name', 'this model')} is not a local transformers model (a NIM?): the "
+                          "bundle exports the text tower of a model that runs here")
+    _require_onnx()
+    ort_dist = ort_dist_dir(options.ort_dist)
+    loaded = _loaded_with_answers(search)
+    spec = embedder.spec
+    if loaded.index.vectors.shape[1] != embedder.dim:
+        raise BundleError(f"{search.table_name} holds {loaded.index.vectors.shape[1]}-d vectors but {spec.name} embeds "
+                          f"text as {embedder.dim}-d: bundle the table with the model that embedded it")
+    return loaded, ort_dist
+
+
+def _copy_page(tmp: Path) -> None:
+    """The bundle's page, and the web core it shares with `medvec serve`'s page (in `core/`)."""
+    for name in PAGE_FILES:
+        shutil.copyfile(WEB_DIR / name, tmp / name)
+    shutil.copytree(WEB_CORE_DIR, tmp / "core", ignore=shutil.ignore_patterns(".*"))
+
+
+def _write_text_model(tmp: Path, embedder, options: BundleOptions, progress) -> tuple[dict, dict]:
+    """The tokenizer and the ONNX text tower, each checked against the model; their manifest entry and checks."""
+    spec = embedder.spec
+    # The tokenizer first: it is the cheap step that refuses models the page cannot serve.
+    prompts = check_prompts()
+    token_ids = python_token_ids(embedder.tokenizer, prompts, spec.text_length)
+    tokenizer = export_tokenizer(embedder.tokenizer, spec.text_length)
+    _write_json(tmp / "model" / "tokenizer.json", tokenizer)
+    node_check = check_with_node(tokenizer, prompts, token_ids, node=options.node)
+    node_check.pop("js_ids", None)
+    if node_check.get("checked") and node_check["matching"] != node_check["prompts"]:
+        raise BundleError(f"the page's tokenizer disagrees with {spec.name}'s on "
+                          f"{node_check['prompts'] - node_check['matching']} prompt(s), e.g. "
+                          f"{node_check['mismatches'][:3]}; the bundle would search for other words")
+
+    progress(f"exporting the {spec.name} text tower to ONNX")
+    module = cpu_float32_text_tower(embedder)
+    onnx_info = export_text_tower(module, token_ids, tmp / "model" / "text.onnx")
+    onnx_check = check_text_onnx(module, tmp / "model" / "text.onnx", token_ids, prompts)
+    entry = {**onnx_info, "file": "model/text.onnx", "tokenizer": "model/tokenizer.json",
+             "tokenizer_model": tokenizer["model"]}
+    return entry, {"onnx": onnx_check, "tokenizer": node_check}
+
+
+def _write_data(tmp: Path, search: ImageSearch, loaded, home, eval_report, eval_plot, options: BundleOptions,
+                progress) -> dict:
+    """Vectors, index, stored answers, thumbnails and metrics under data/ and thumbs/; their manifest entries."""
+    progress(f"packing {len(loaded.ids)} vectors as {options.precision}")
+    vectors = loaded.index.vectors
+    packed = pack_vectors(vectors, options.precision)
+    (tmp / "data" / "embeddings.bin").write_bytes(packed.data)
+    packing = packing_costs(vectors, np.asarray(list(loaded.fallback_vectors.values()), np.float32),
+                             options.precision)
+    progress("writing the index, the stored answers and the thumbnails")
+    thumbs = _copy_thumbnails(loaded, as_path(home), tmp / "thumbs") if options.thumbnails else np.zeros(
+        len(loaded.ids), bool)
+    _write_json(tmp / "data" / "index.json", _index(loaded, thumbs))
+    _write_json(tmp / "data" / "fallbacks.json", _fallbacks(loaded, thumbs))
+    similar_k = _write_similar(loaded, tmp / "data" / "similar.bin")
+    metrics = _metrics(eval_report, search.table_name, loaded.version)
+    if metrics is not None:
+        _write_json(tmp / "data" / "metrics.json", metrics)
+        if eval_plot is not None and eval_plot.exists():
+            (tmp / "data" / "recall_at_k.png").write_bytes(eval_plot.read_bytes())
+    manifest = {
+        "vectors": packed.layout("data/embeddings.bin"),
+        "index": "data/index.json", "fallbacks": "data/fallbacks.json",
+        "similar": {"file": "data/similar.bin", "k": similar_k, "rows": len(loaded.ids),
+                    "scores_offset": len(loaded.ids) * similar_k * 4},
+        "metrics": "data/metrics.json" if metrics is not None else None,
+        "metrics_plot": "data/recall_at_k.png" if (tmp / "data" / "recall_at_k.png").exists() else None,
+        "thumbs": {"pattern": "thumbs/{folder}/{row}.webp", "per_folder": THUMBS_PER_FOLDER,
+                   "count": int(thumbs.sum())},
+    }
+    return {"manifest": manifest, "packing": packing}
 
 
 # --- inputs ------------------------------------------------------------------------------------------
@@ -269,7 +275,7 @@ def _check_target(out_dir: HomePath) -> None:
 
 def _loaded_with_answers(search: ImageSearch):
     search.refresh()
-    loaded = search._current()
+    loaded = search.snapshot()
     if not loaded.ids:
         raise BundleError(f"{search.table_name} is empty: ingest images first")
     if not loaded.fallback_hits:
@@ -286,43 +292,6 @@ def _loaded_with_answers(search: ImageSearch):
 def _write_json(path: Path, data, indent: int | None = None) -> None:
     separators = None if indent else (",", ":")
     path.write_text(json.dumps(data, ensure_ascii=False, indent=indent, separators=separators))
-
-
-def _copy_ort(dist: Path, vendor: Path) -> None:
-    for source, target in ORT_FILES.items():
-        data = (dist / source).read_bytes()
-        if source.endswith(".mjs"):
-            # Drop the source-map comment: the map is not shipped, and dev tools would ask for it.
-            data = b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"//# sourceMappingURL="))
-        (vendor / target).write_bytes(data)
-    # The npm package states its licence in package.json only; redistributing it needs the text.
-    licence = dist.parent / "LICENSE"
-    text = licence.read_text() if licence.exists() else ORT_LICENCE
-    (vendor / "LICENSE.onnxruntime-web.txt").write_text(
-        f"onnxruntime-web {_ort_version(dist) or ''} (https://github.com/microsoft/onnxruntime)\n\n{text}")
-
-
-def _ort_version(dist: Path) -> str | None:
-    try:
-        return json.loads((dist.parent / "package.json").read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _packing_costs(vectors: np.ndarray, text_queries: np.ndarray, chosen: str, *, image_queries: int = 200) -> dict:
-    """Recall@10 of both precisions against float32, for the common queries' text vectors and for
-    stored images as find-similar queries (a fixed sample of at most `image_queries`)."""
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(len(vectors), min(image_queries, len(vectors)), replace=False))
-    costs = {"chosen": chosen}
-    for precision in PRECISIONS:
-        text = packing_recall(vectors, text_queries, precision)
-        # Self-matches are excluded by comparing against the other rows only.
-        image = packing_recall(np.delete(vectors, sample, axis=0), vectors[sample], precision) \
-            if len(vectors) > len(sample) else packing_recall(vectors, vectors, precision, exclude_self=True)
-        costs[precision] = {"bytes_per_vector": vectors.shape[1] * (1 if precision == "int8" else 2)
-                            + (4 if precision == "int8" else 0), "text_queries": text, "image_queries": image}
-    return costs
 
 
 def _copy_thumbnails(loaded, home: HomePath, folder: Path) -> np.ndarray:

@@ -98,3 +98,19 @@ def packing_recall(vectors: np.ndarray, queries: np.ndarray, precision: str, *, 
     error = float(np.abs(exact_scores[finite] - approx_scores[finite]).max())
     return {"queries": len(queries), "k": k, "recall": round(float(np.mean(found)), 4),
             "max_score_error": round(error, 6)}
+
+
+def packing_costs(vectors: np.ndarray, text_queries: np.ndarray, chosen: str, *, image_queries: int = 200) -> dict:
+    """Recall@10 of both precisions against float32, for the common queries' text vectors and for
+    stored images as find-similar queries (a fixed sample of at most `image_queries`)."""
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(len(vectors), min(image_queries, len(vectors)), replace=False))
+    costs = {"chosen": chosen}
+    for precision in PRECISIONS:
+        text = packing_recall(vectors, text_queries, precision)
+        # Self-matches are excluded by comparing against the other rows only.
+        image = packing_recall(np.delete(vectors, sample, axis=0), vectors[sample], precision) \
+            if len(vectors) > len(sample) else packing_recall(vectors, vectors, precision, exclude_self=True)
+        costs[precision] = {"bytes_per_vector": vectors.shape[1] * (1 if precision == "int8" else 2)
+                            + (4 if precision == "int8" else 0), "text_queries": text, "image_queries": image}
+    return costs

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from medvec.datasets.labels import chexpert_columns, chexpert_row, labels_from_findings_text, labels_from_terms
+from medvec.datasets.splits import normalize_split
 from medvec.phi import Pseudonymizer, is_identifying_column
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ class ImageMetadata:
     split: str | None = None
     subject_key: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    study_id: str | None = None  # keyed pseudonym of the dataset's study (dataset adapters)
+    #: Kept filter fields (sex, age_group, fitzpatrick_skin_type, monk_skin_tone_us, ...), never names or ids.
+    demographics: dict[str, str] = field(default_factory=dict)
+    #: Multi-rater labels: label -> share of raters (VinDr) or the dataset's own weight (SCIN).
+    label_weights: dict[str, float] = field(default_factory=dict)
 
 
 def _norm(name: str) -> str:
@@ -102,7 +108,7 @@ class MetadataTable:
             rows[_path_key(path)] = ImageMetadata(
                 labels=labels,
                 view_position=((row.get(view_col) or "").strip().upper() or None) if view_col else None,
-                split=((row.get(split_col) or "").strip().lower() or None) if split_col else None,
+                split=normalize_split(row.get(split_col)) if split_col else None,
                 subject_key=pseudonymizer.subject_key(row.get(patient_col)) if patient_col else None,
                 extra={**extra, **notes},
             )

@@ -78,7 +78,7 @@ class NimEmbedder(Embedder):
         self.timeout_s, self.max_batch, self.concurrency = timeout_s, max_batch, concurrency
         self.max_retries, self.backoff_base_s, self.backoff_max_s = max_retries, backoff_base_s, backoff_max_s
         self._api_key = api_key
-        self._shown_url = _without_credentials(self.url)  # what logs and errors may show
+        self._shown_url = without_credentials(self.url)  # what logs and errors may show
         self._dim_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -291,7 +291,7 @@ def _base_url(url: str) -> str:
     return url
 
 
-def _without_credentials(url: str) -> str:
+def without_credentials(url: str) -> str:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url

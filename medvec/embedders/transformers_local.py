@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from medvec.embedders.base import Embedder, EmbedderError, l2_normalize
+from medvec.imaging.colour import channels_equal
+from medvec.models.quiet import quiet_transformers  # noqa: F401 - re-exported for the benchmarks
 from medvec.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -61,27 +62,14 @@ class PixelPreparer:
             image = image.crop((left, top, left + self.size, top + self.size))
         else:
             image = image.resize((self.size, self.size), resample)
-        pixels = np.asarray(image, dtype=np.float32) * (1 / 255)
+        pixels = np.asarray(image)
+        if channels_equal(pixels):
+            # A grey WebP decodes with channels up to 1 level apart (lossy chroma rounding): replicate one
+            # so a radiograph reaches the model as exact grey; colour photographs keep their channels.
+            pixels = np.repeat(pixels[..., 1:2], 3, axis=2)
+        pixels = pixels.astype(np.float32) * (1 / 255)
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-@contextmanager
-def quiet_transformers():
-    """Config validation warns about default sub-config token ids our checkpoints never use, and
-    per-weight progress bars flood logs; the pipeline reports its own progress."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-    bars = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -113,7 +101,7 @@ def pick_dtype(requested: str, device: str) -> str:
     return requested
 
 
-def _features(output):
+def features_of(output):
     """transformers 5 returns BaseModelOutputWithPooling from get_*_features: the vector is
     `.pooler_output`; indexing [0] would silently return the token states instead."""
     return output if hasattr(output, "shape") else output.pooler_output
@@ -257,7 +245,7 @@ class TransformersEmbedder(Embedder):
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
-        features = self._run(lambda: _features(self.model.get_image_features(pixel_values=tensor)))
+        features = self._run(lambda: features_of(self.model.get_image_features(pixel_values=tensor)))
         return l2_normalize(features.float().cpu().numpy())
 
     def _text_features(self, texts: list[str]) -> np.ndarray:
@@ -268,7 +256,7 @@ class TransformersEmbedder(Embedder):
         inputs = {"input_ids": tokens["input_ids"].to(self.device)}
         if self._text_mask and "attention_mask" in tokens:
             inputs["attention_mask"] = tokens["attention_mask"].to(self.device)
-        features = self._run(lambda: _features(self.model.get_text_features(**inputs)))
+        features = self._run(lambda: features_of(self.model.get_text_features(**inputs)))
         return l2_normalize(features.float().cpu().numpy())
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from medvec.home import EVAL_FILES, reports_table_for
 from medvec.tables.images import vectors_of
 from medvec.datasets.labels import FINDINGS, label_agreement_of
 from medvec.evaluation.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance
@@ -352,7 +353,7 @@ def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test"
                 reason = f"text encoder could not be loaded: {str(exc).splitlines()[0][:200]}"
         try:
             progress(f"evaluating {target.model} ({target.table})")
-            reports = database.open_table_if_exists(db, target.table.replace("images__", "reports__", 1))
+            reports = database.open_table_if_exists(db, reports_table_for(target.table))
             sections.append(evaluate_table(table, model=target.model, embedder=embedder, split=split, ks=ks,
                                            policy=policy, text_unavailable=reason, reports_table=reports))
         finally:
@@ -362,8 +363,6 @@ def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test"
     return report(sections, split=evaluated[0] if evaluated else split, ks=ks, policy=policy)
 
 
-#: Where the latest evaluation lives under the home; the web page, the server and the bundle read it there.
-EVAL_FILES = {"json": "eval/report.json", "png": "eval/recall_at_k.png"}
 
 
 def save_report(home, result: dict, plot_png: bytes | None = None) -> dict:

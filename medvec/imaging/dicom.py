@@ -14,16 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless,
                          JPEGLSNearLossless)
 
+from medvec.imaging.reduced import J2K_SYNTAXES, JPEG_BASELINE, decode_j2k_reduced, decode_jpeg_draft
 from medvec.phi import IDENTIFYING_TAGS, scrub
 
 # pydicom's warnings quote element values ("Invalid value for VR PN: '<a name>'"): they must not
 # reach logs, so they are silenced here and read (never logged) where they explain a failure.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 
 # pydicom's default JPEG-LS decoder here is pylibjpeg-libjpeg (306 ms on RG1); CharLS via pyjpegls
@@ -49,6 +52,7 @@ class DicomFrame:
     transfer_syntax: str
     is_colour: bool
     colour_max: float | None = None  # full-scale value of RGB output (palette LUTs may be 16-bit)
+    reduced: bool = False  # decoded below full size (wavelet level or DCT scale), long side >= the target
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -108,14 +112,24 @@ def identifying_values(ds: Dataset) -> list[str]:
     return values
 
 
-def decode_first_frame(ds: Dataset) -> DicomFrame:
-    """Decode only the first frame; colour (RGB, YBR, palette) arrives as RGB."""
+def decode_first_frame(ds: Dataset, target_size: int | None = None, *,
+                       j2k_reduction: int | None = None) -> DicomFrame:
+    """Decode only the first frame; colour (RGB, YBR, palette) arrives as RGB.
+
+    With `target_size`, grey JPEG 2000 / HTJ2K / baseline JPEG frames and YBR baseline JPEG frames decode at the smallest size whose
+    long side is still >= it (medvec.imaging.reduced), falling back to the full decode when that
+    fails or looks wrong. `j2k_reduction` forces a wavelet reduction (benchmarks, the fallback test).
+    """
     syntax = str(ds.file_meta.TransferSyntaxUID)
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
     except (TypeError, ValueError) as exc:
         raise UnreadableImage("parse", "the header's Number of Frames is not a number", exc) from exc
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    reduced = _decode_reduced(ds, syntax, frames, photometric, target_size, j2k_reduction) if target_size else None
+    if reduced is not None:
+        del ds.PixelData
+        return DicomFrame(ds, reduced, frames, syntax, is_colour=reduced.ndim == 3, reduced=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -149,13 +163,42 @@ def decode_first_frame(ds: Dataset) -> DicomFrame:
 
 
 def _decode(ds: Dataset, syntax: str, index: int | None) -> np.ndarray:
+    # as_rgb: YBR_FULL / YBR_FULL_422 arrive as RGB (pydicom's convert_color_space, or the JPEG decoder's
+    # own transform where it applies one); YBR_ICT/YBR_RCT are undone by the JPEG 2000 decoder itself.
     plugin = PREFERRED_DECODERS.get(syntax)
     if plugin:
         try:
-            return pixel_array(ds, index=index, decoding_plugin=plugin)
+            return pixel_array(ds, index=index, decoding_plugin=plugin, as_rgb=True)
         except Exception:  # noqa: BLE001 - plugin missing or failing: pydicom's own choice decides
             pass
-    return pixel_array(ds, index=index)
+    return pixel_array(ds, index=index, as_rgb=True)
+
+
+def _decode_reduced(ds: Dataset, syntax: str, frames: int, photometric: str, target_size: int,
+                    j2k_reduction: int | None) -> np.ndarray | None:
+    """The first frame at a reduced size, or None when not eligible or not trustworthy."""
+    if syntax not in J2K_SYNTAXES and syntax != JPEG_BASELINE:
+        return None
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    # YBR_FULL(_422) baseline JPEG is JFIF YCbCr, what libjpeg converts to RGB itself; RGB-coded JPEGs
+    # (no colour transform) and J2K colour are left to pydicom, which knows their markers.
+    ybr_jpeg = syntax == JPEG_BASELINE and photometric in ("YBR_FULL", "YBR_FULL_422") and samples == 3
+    if not ybr_jpeg and (photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1):
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits_allocated, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        log.debug("no reduced decode: %s", type(exc).__name__)
+        return None
+    if syntax == JPEG_BASELINE:
+        if bits_stored > 8 or signed:
+            return None
+        return decode_jpeg_draft(frame, target_size, rows=rows, columns=columns, mode="RGB" if ybr_jpeg else "L")
+    return decode_j2k_reduced(frame, target_size, rows=rows, columns=columns, bits_allocated=bits_allocated,
+                              bits_stored=bits_stored, signed=signed, reduction=j2k_reduction)
 
 
 def _syntax_name(uid: str) -> str:

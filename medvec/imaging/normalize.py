@@ -1,5 +1,8 @@
 """One source file → a metadata record and two WebP images (viewing size and thumbnail).
 
+Radiographs are stored grey, photographs (RGB/YBR DICOM, colour PNG/JPEG) in colour; the record's
+`window_source` is "colour" exactly when the stored WebP is colour (medvec.imaging.colour).
+
 `normalize_bytes` is pure (bytes in, record and encoded images out) so the batch runner, the
 `medvec normalize` command and the search path (upload a query image) all share it.
 """
@@ -7,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -14,13 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from medvec.home import image_paths
 from medvec.imaging.dicom import DicomFrame, UnreadableImage, decode_first_frame, read_dataset
 from medvec.datasets.metadata_csv import ImageMetadata
 from medvec.phi import Pseudonymizer
 from medvec.imaging.raster import read_raster, sniff_raster
 from medvec.tables.records import ImageRecord
 from medvec.imaging.webp import encode_webp, fit_long_side, pad_to_square
-from medvec.imaging.windowing import render_grey, rgb_to_grey
+from medvec.imaging.colour import colour_or_grey, to_rgb8
+from medvec.imaging.windowing import render_grey
 
 _SAFE_ID = re.compile(r"[^0-9A-Za-z._-]")
 
@@ -45,12 +51,6 @@ class NormalizedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def image_paths(image_id: str) -> tuple[str, str]:
-    """Where an image's files live under the Medvec home, sharded so no folder grows huge."""
-    shard = hashlib.sha1(image_id.encode()).hexdigest()[:2]
-    return f"images/{shard}/{image_id}.webp", f"thumbs/{shard}/{image_id}.webp"
-
-
 def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: NormalizeOptions = NormalizeOptions(),
                     pseudonymizer: Pseudonymizer, metadata: ImageMetadata | None = None,
                     content_sha256: str | None = None) -> NormalizedImage:
@@ -63,7 +63,7 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
     # A DICOM preamble may itself look like TIFF (WG04 files are dual-format): "DICM" decides first.
     raster_kind = None if data[128:132] == b"DICM" else sniff_raster(data)
     if raster_kind:
-        grey, info = read_raster(data)
+        pixels, info = read_raster(data, options.size)
         record = ImageRecord(
             image_id=sha, batch=batch, source_uri=source_uri, content_sha256=sha, image_uri="", thumb_uri="",
             source_format=raster_kind, rows=info["rows"], columns=info["columns"],
@@ -74,8 +74,8 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = read_dataset(data)
-            frame = decode_first_frame(ds)
-            grey, window_source = _render_dicom(frame, options.window == "header")
+            frame = decode_first_frame(ds, options.size)
+            pixels, window_source = _render_dicom(frame, options.window == "header")
             record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options.allow_tags)
         record.window_source = window_source
     if metadata is not None:
@@ -83,8 +83,8 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
 
     try:
         if options.pad_square:
-            grey = pad_to_square(grey)
-        image = Image.fromarray(np.ascontiguousarray(grey), mode="L")
+            pixels = pad_to_square(pixels)
+        image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB" if pixels.ndim == 3 else "L")
         view = fit_long_side(image, options.size)
         thumb = fit_long_side(view, options.thumb_size)
         view_webp = encode_webp(view, options.quality, options.webp_method)
@@ -98,9 +98,9 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
 
 
 def _render_dicom(frame: DicomFrame, use_header_voi: bool) -> tuple[np.ndarray, str]:
-    if frame.is_colour:
-        rgb = frame.pixels[..., :3]
-        return rgb_to_grey(rgb, frame.colour_max), "colour"
+    if frame.is_colour:  # RGB, YBR_* (converted to RGB by pydicom) or a palette
+        pixels, colour = colour_or_grey(to_rgb8(frame.pixels, frame.colour_max))
+        return pixels, "colour" if colour else "grey-rgb"
     try:
         rendering = render_grey(frame.pixels, frame.dataset, use_header_voi)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -158,6 +158,8 @@ def _apply_metadata(record: ImageRecord, meta: ImageMetadata) -> None:
     record.split = meta.split or record.split
     record.view_position = meta.view_position or record.view_position
     record.subject_key = meta.subject_key or record.subject_key
-    record.extra = {**meta.extra, **record.extra}
+    record.study_id = meta.study_id or record.study_id
+    weights = {"label_weights": json.dumps(meta.label_weights, sort_keys=True)} if meta.label_weights else {}
+    record.extra = {**meta.extra, **meta.demographics, **weights, **record.extra}
 
 

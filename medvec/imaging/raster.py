@@ -1,4 +1,5 @@
-"""PNG, JPEG and TIFF inputs (8 and 16 bit) rendered to the same 8-bit grey as DICOM."""
+"""PNG, JPEG and TIFF inputs (8 and 16 bit): grey files to the same 8-bit grey as DICOM, colour files
+to 8-bit RGB (medvec.imaging.colour: an RGB file whose channels are all equal is stored grey)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medvec.imaging.dicom import UnreadableImage
-from medvec.imaging.windowing import rgb_to_grey
+from medvec.imaging.reduced import draft_jpeg
+from medvec.imaging.colour import colour_or_grey
+
+_ORIENTATION = 0x0112  # EXIF Orientation tag
 
 #: Leading bytes of the raster formats we read; anything else is tried as DICOM.
 RASTER_MAGIC = {
@@ -27,16 +31,27 @@ def sniff_raster(data: bytes) -> str | None:
     return None
 
 
-def read_raster(data: bytes) -> tuple[np.ndarray, dict]:
-    """Decode the first page to uint8 grey. 16-bit data is scaled min→max (it is already a rendered
-    image, so no clinical window applies); colour is converted by BT.601 luma."""
+def read_raster(data: bytes, target_size: int | None = None) -> tuple[np.ndarray, dict]:
+    """Decode the first page to uint8: (rows, cols) grey or (rows, cols, 3) RGB. 16-bit data is scaled
+    min→max (it is already a rendered image, so no clinical window applies); colour stays colour unless
+    its channels are all equal, and the info's `photometric` says which ("RGB" or "MONOCHROME2").
+
+    With `target_size`, a JPEG decodes in the DCT domain at the smallest 1/2^k scale whose long side
+    is still >= it, grey as grey and colour as RGB (libjpeg scales each component before converting).
+    `rows`/`columns` in the info are always the source's own size.
+    """
     try:
         image = Image.open(io.BytesIO(data))
+        rows, columns = image.height, image.width
+        if image.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # stored on its side: upright swaps them
+            rows, columns = columns, rows
+        info = {"rows": rows, "columns": columns, "mode": image.mode}
+        if target_size and image.format == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
+            draft_jpeg(image, target_size, "L" if image.mode == "L" else "RGB")
         image = ImageOps.exif_transpose(image)  # phone/scanner JPEGs store rotation in EXIF
         image.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage("decode", f"image file is corrupt or truncated ({str(exc)[:160]})", exc) from exc
-    info = {"rows": image.height, "columns": image.width, "mode": image.mode}
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(image).astype(np.float64)
@@ -44,8 +59,11 @@ def read_raster(data: bytes) -> tuple[np.ndarray, dict]:
         lo, hi = float(arr.min()), float(arr.max())
         grey = np.zeros(arr.shape, np.uint8) if hi <= lo else np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
         return grey, {**info, "bits_stored": bits, "photometric": "MONOCHROME2", "window_source": "minmax"}
-    if mode in ("L", "1", "P", "LA", "PA") and not (mode == "P" and "transparency" in image.info):
+    if mode in ("L", "1", "LA"):
         grey = np.asarray(image.convert("L"))
         return grey, {**info, "bits_stored": 8, "photometric": "MONOCHROME2", "window_source": "8bit"}
-    rgb = np.asarray(image.convert("RGB"))
-    return rgb_to_grey(rgb, 255.0), {**info, "bits_stored": 8, "photometric": "RGB", "window_source": "colour"}
+    # RGB(A), CMYK, YCbCr and palettes (a palette may hold colours or only greys): decided by the pixels.
+    pixels, colour = colour_or_grey(np.asarray(image.convert("RGB")))
+    if colour:
+        return pixels, {**info, "bits_stored": 8, "photometric": "RGB", "window_source": "colour"}
+    return pixels, {**info, "bits_stored": 8, "photometric": "MONOCHROME2", "window_source": "grey-rgb"}

@@ -8,15 +8,15 @@ import numpy as np
 from PIL import Image
 
 
-def pad_to_square(grey: np.ndarray) -> np.ndarray:
-    """Centre the image on a black square (black is air after rendering, so padding reads as air)."""
-    rows, cols = grey.shape
+def pad_to_square(pixels: np.ndarray) -> np.ndarray:
+    """Centre the image (grey or RGB) on a black square (black is air after rendering, so padding reads as air)."""
+    rows, cols = pixels.shape[:2]
     side = max(rows, cols)
     if rows == cols:
-        return grey
-    out = np.zeros((side, side), dtype=grey.dtype)
+        return pixels
+    out = np.zeros((side, side, *pixels.shape[2:]), dtype=pixels.dtype)
     top, left = (side - rows) // 2, (side - cols) // 2
-    out[top:top + rows, left:left + cols] = grey
+    out[top:top + rows, left:left + cols] = pixels
     return out
 
 
@@ -37,7 +37,8 @@ def fit_long_side(image: Image.Image, size: int) -> Image.Image:
 
 
 def encode_webp(image: Image.Image, quality: int, method: int) -> bytes:
-    """Lossy WebP; no EXIF, XMP or ICC chunk is ever written (the image carries no info dict)."""
+    """Lossy WebP, grey ("L") or colour ("RGB"); no EXIF, XMP or ICC chunk is ever written (the image
+    carries no info dict), so viewers read colour as sRGB (medvec.imaging.colour on ICC profiles)."""
     buffer = io.BytesIO()
     clean = Image.frombytes(image.mode, image.size, image.tobytes())  # drops any .info
     clean.save(buffer, format="WEBP", quality=quality, method=method)
@@ -50,9 +51,9 @@ def contact_sheet(thumbnails: list[bytes], columns: int = 8, cell: int = 96) -> 
         return None
     rows = (len(thumbnails) + columns - 1) // columns
     width = min(columns, len(thumbnails))
-    sheet = Image.new("L", (width * (cell + 4) - 4, rows * (cell + 4) - 4), 32)
+    sheet = Image.new("RGB", (width * (cell + 4) - 4, rows * (cell + 4) - 4), (32, 32, 32))
     for i, data in enumerate(thumbnails):
-        image = Image.open(io.BytesIO(data)).convert("L")
+        image = Image.open(io.BytesIO(data)).convert("RGB")  # photographs keep their colour
         image.thumbnail((cell, cell), Image.Resampling.BILINEAR)
         x, y = (i % columns) * (cell + 4), (i // columns) * (cell + 4)
         sheet.paste(image, (x + (cell - image.width) // 2, y + (cell - image.height) // 2))

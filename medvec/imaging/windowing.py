@@ -169,9 +169,3 @@ def _stretch(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, str, tupl
         return np.zeros_like(x, dtype=np.float64), "flat", None
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0), "percentile", ((lo + hi) / 2, hi - lo)
 
-
-def rgb_to_grey(rgb: np.ndarray, max_value: float | None = None) -> np.ndarray:
-    """ITU-R BT.601 luma of an RGB image, as uint8 (chest models take grey)."""
-    scale = 255.0 / (max_value or (255.0 if rgb.dtype.itemsize == 1 else float(rgb.max() or 1)))
-    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return np.clip(np.rint(luma * scale), 0, 255).astype(np.uint8)

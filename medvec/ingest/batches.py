@@ -1,10 +1,6 @@
 """Batches: fixed lists of source files (manifests), and normalising one batch in worker processes.
 
-Layout under the Medvec home:
-    batches/<batch>/manifest.json   written once when the batch opens, never changed
-    batches/<batch>/records.parquet one row per normalised image (replaced whole on re-run)
-    batches/<batch>/errors.parquet  one row per file that failed
-    images/<shard>/<image_id>.webp, thumbs/<shard>/<image_id>.webp
+Where each batch's files live under the Medvec home: `medvec.home`.
 """
 
 from __future__ import annotations
@@ -21,13 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from medvec.home import batch_dir, batches_dir
 from medvec.imaging.dicom import UnreadableImage
+from medvec.datasets.adapters import is_dataset_metadata_file, load_dataset_metadata
 from medvec.datasets.metadata_csv import MetadataTable
 from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
 from medvec.phi import Pseudonymizer
 from medvec.reports.parse import is_report_file
 from medvec.tables.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
-from medvec.sources import ImageSource, SourceFile, open_source
+from medvec.sources import ImageSource, SourceFile, SourceUnavailable, open_source
 from medvec.storage import (HomePath, as_path, concurrent_writes, create_exclusive, exclusive_lock, is_remote,
                             map_paths, read_parquet, write_parquet)
 
@@ -43,21 +41,18 @@ class BatchManifest:
     created_at: str
     files: list[SourceFile]
     metadata_csv: str | None = None
+    dataset: str | None = None  # a dataset adapter's name (medvec.datasets.adapters); wins over metadata_csv
 
     def to_json(self) -> str:
         return json.dumps({"batch": self.batch, "source": self.source, "created_at": self.created_at,
-                           "metadata_csv": self.metadata_csv, "files": [f.to_dict() for f in self.files]},
+                           "metadata_csv": self.metadata_csv, "dataset": self.dataset, "files": [f.to_dict() for f in self.files]},
                           indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "BatchManifest":
         raw = json.loads(text)
         return cls(batch=raw["batch"], source=raw["source"], created_at=raw["created_at"],
-                   metadata_csv=raw.get("metadata_csv"), files=[SourceFile(**f) for f in raw["files"]])
-
-
-def batch_dir(home: HomePath, batch: str) -> HomePath:
-    return as_path(home) / "batches" / batch
+                   metadata_csv=raw.get("metadata_csv"), dataset=raw.get("dataset"), files=[SourceFile(**f) for f in raw["files"]])
 
 
 def load_manifest(home: HomePath, batch: str) -> BatchManifest:
@@ -71,12 +66,12 @@ def load_manifest(home: HomePath, batch: str) -> BatchManifest:
 
 def list_batches(home: HomePath) -> list[str]:
     # One listing (not a lookup per folder): on S3 each lookup is a request.
-    return sorted(p.parent.name for p in (as_path(home) / "batches").glob("*/manifest.json"))
+    return sorted(p.parent.name for p in batches_dir(home).glob("*/manifest.json"))
 
 
 def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit: int | None = None,
                  metadata_csv: str | None = None, now: datetime | None = None,
-                 existing: list[BatchManifest] | None = None) -> list[BatchManifest]:
+                 existing: list[BatchManifest] | None = None, dataset: str | None = None) -> list[BatchManifest]:
     """Group the source's unclaimed files into batches of at most `batch_size` (nothing written).
     `existing` is every manifest already under `home`, when the caller has read them."""
     if batch_size < 1:
@@ -86,7 +81,7 @@ def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit:
     claimed = {f.uri for m in existing for f in m.files}
     fresh: list[SourceFile] = []
     for entry in source.list_files():
-        if entry.uri not in claimed and entry.uri != metadata_csv:
+        if entry.uri not in claimed and entry.uri != metadata_csv and not is_dataset_metadata_file(entry.uri):
             fresh.append(entry)
             if limit is not None and len(fresh) >= limit:
                 break
@@ -100,7 +95,8 @@ def plan_batches(source: ImageSource, home: HomePath, *, batch_size: int, limit:
             seq += 1
         manifests.append(BatchManifest(batch=f"b{stamp}-{seq:03d}", source=source.root,
                                        created_at=now.isoformat(timespec="seconds"),
-                                       files=fresh[start:start + batch_size], metadata_csv=metadata_csv))
+                                       files=fresh[start:start + batch_size], metadata_csv=metadata_csv,
+                                       dataset=dataset))
     return manifests
 
 
@@ -116,7 +112,7 @@ def write_manifest(home: HomePath, manifest: BatchManifest) -> HomePath:
 def batch_opening_lock(home: HomePath):
     """Serialises planning and writing manifests between processes (two ingests, CLI and sensor), so
     no file is planned into two batches."""
-    with exclusive_lock(as_path(home) / "batches" / ".open.lock"):
+    with exclusive_lock(batches_dir(home) / ".open.lock"):
         yield
 
 
@@ -150,17 +146,22 @@ class _Worker:
         self.pseudonymizer = Pseudonymizer(pseudonym_key, warn=multiprocessing.parent_process() is None)
         self.options = options
         self.batch = batch
-        self.metadata = (MetadataTable.from_csv_text(metadata_csv_text, self.pseudonymizer, allow_columns)
-                         if metadata_csv_text else None)
+        if isinstance(metadata_csv_text, MetadataTable):  # a dataset adapter's table, built once by the parent
+            self.metadata = metadata_csv_text
+        else:
+            self.metadata = (MetadataTable.from_csv_text(metadata_csv_text, self.pseudonymizer, allow_columns)
+                             if metadata_csv_text else None)
 
     def run(self, index: int, entry: SourceFile, known_sha: str | None):
         try:
             data = self.source.read_bytes(entry.uri)
+        except SourceUnavailable:  # the server is down: stop the batch, a later run resumes it
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure to fetch (disk, network) is a per-file error
             return index, IngestError(entry.uri, self.batch, "read", type(exc).__name__,
                                       f"could not read the file ({str(exc)[:200]})"), None
         sha = hashlib.sha256(data).hexdigest()
-        changed = len(data) != entry.size
+        changed = entry.size >= 0 and len(data) != entry.size  # a DICOMweb listing has no size (-1)
         if known_sha == sha:
             return index, "unchanged", changed
         meta = self.metadata.lookup(entry.uri) if self.metadata else None
@@ -218,13 +219,14 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     home = as_path(home)
     started = time.perf_counter()
     metadata_text = None
-    if manifest.metadata_csv:
+    if manifest.dataset:
+        metadata_text = load_dataset_metadata(manifest.dataset, manifest.source, Pseudonymizer(pseudonym_key, warn=False),
+                                              allow_columns=allow_columns, s3_endpoint_url=s3_endpoint_url)
+    elif manifest.metadata_csv:
         csv_source = open_source(manifest.metadata_csv, s3_endpoint_url)
         metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
-    stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
-                       list(previous.values()))
-    known = {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
+    known = _reusable_hashes(home, previous)
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
                  manifest.batch)
     # Report files (medvec.reports.parse) travel in the same batches; the report assets read them.
@@ -251,9 +253,27 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
                 outcomes[index] = outcome.record
                 result.normalized += 1
 
-    # An image belongs to the first batch that held it: a later batch with the same image_id (the same
-    # SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over.
-    owners = image_owners(home, exclude=manifest.batch)
+    _keep_first_holders(home, outcomes, result)
+    directory = batch_dir(home, manifest.batch)
+    write_parquet(directory / "records.parquet", image_records_table(result.records))
+    write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _reusable_hashes(home: HomePath, previous: dict[str, ImageRecord]) -> dict[str, str]:
+    """source uri → content hash, for stored records whose WebP files still exist: an unchanged file is skipped."""
+    stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
+                       list(previous.values()))
+    return {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
+
+
+def _keep_first_holders(home: HomePath, outcomes: dict[int, object], result: BatchResult) -> None:
+    """Sort outcomes into `result`'s records, errors and duplicates, in manifest order.
+
+    An image belongs to the first batch that held it: a later batch with the same image_id (the same
+    SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over."""
+    owners = image_owners(home, exclude=result.batch)
     seen: dict[str, str] = {}
     for index in sorted(outcomes):  # manifest order makes duplicate resolution deterministic
         outcome = outcomes[index]
@@ -266,12 +286,6 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
         else:
             seen[outcome.image_id] = outcome.source_uri
             result.records.append(outcome)
-
-    directory = batch_dir(home, manifest.batch)
-    write_parquet(directory / "records.parquet", image_records_table(result.records))
-    write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _name(uri: str) -> str:
@@ -289,7 +303,6 @@ def image_owners(home: HomePath, exclude: str | None = None) -> dict[str, str]:
         for image_id in read_parquet(path, columns=["image_id"]).column("image_id").to_pylist():
             owners.setdefault(image_id, batch)
     return owners
-
 
 
 def _execute(tasks: list, init_args: tuple, workers: int, progress: Progress | None) -> Iterable[tuple]:

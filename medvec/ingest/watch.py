@@ -12,35 +12,44 @@ database) and a half-written download, whose mtime moves with every write, never
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from medvec.ingest.batches import (BatchManifest, batch_dir, batch_opening_lock, list_batches, plan_batches,
+from medvec.datasets.adapters import choose_metadata
+from medvec.home import INGEST_ERRORS_TABLE, batch_dir, batches_dir
+from medvec.ingest.awaiting import (AWAITING_LAUNCH, awaiting_batches, clear_awaiting,  # noqa: F401 - re-exported
+                                    mark_awaiting)
+from medvec.ingest.batches import (BatchManifest, batch_opening_lock, list_batches, plan_batches,
                             write_manifest)
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
-from medvec.settings import DEFAULT_BATCH_SIZE
+from medvec.settings import DEFAULT_BATCH_SIZE, Settings, get_settings
 from medvec.sources import DONE_MARKER, ImageSource, SourceFile, SourceScan
-from medvec.storage import HomePath, as_path, is_remote, write_atomic
+from medvec.storage import HomePath, is_remote, write_atomic
 
 #: The stage under which a file that changed after its batch was opened is reported in `ingest_errors`.
 CHANGED_STAGE = "changed"
-#: Beside a batch's manifest while the batch waits for its run (the model is not ready yet, more
-#: batches opened than one tick launches, or `rescan_job` opened it); holds the launching sensor's name.
-AWAITING_LAUNCH = "awaiting_launch.json"
 
 
 @dataclass(frozen=True)
 class WatchOptions:
     """How much one tick may do. Environment: MEDVEC_WATCH_BATCH_SIZE, MEDVEC_WATCH_BATCHES_PER_TICK,
-    MEDVEC_WATCH_RUNS_PER_TICK, MEDVEC_WATCH_PARTIAL_WAIT_S, MEDVEC_WATCH_LISTING_BUDGET_S,
-    MEDVEC_WATCH_INTERVAL_S, MEDVEC_WATCH_SETTLE_MARGIN_S, MEDVEC_REFRESH_QUIET_S."""
+    MEDVEC_WATCH_MAX_BATCHES_PER_TICK, MEDVEC_WATCH_TICK_BUDGET_S, MEDVEC_WATCH_RUNS_PER_TICK,
+    MEDVEC_WATCH_PARTIAL_WAIT_S, MEDVEC_WATCH_LISTING_BUDGET_S, MEDVEC_WATCH_INTERVAL_S,
+    MEDVEC_WATCH_SETTLE_MARGIN_S, MEDVEC_REFRESH_QUIET_S.
+
+    Batches per tick adapt to the backlog: a tick always opens up to `batches_per_tick`, then keeps
+    opening while the tick is younger than `tick_budget_s` (listing included), up to
+    `max_batches_per_tick`. A fixed 4 a tick made a 377,000-file backlog take 48 ticks (24 min at
+    30 s); writing a 2,000-file manifest takes tens of milliseconds, so one tick can open hundreds."""
 
     batch_size: int = DEFAULT_BATCH_SIZE
-    batches_per_tick: int = 4  # batches opened per tick at most
-    runs_per_tick: int = 8  # batch runs requested per tick at most
+    batches_per_tick: int = 4  # batches a tick opens whatever its clock says (the floor)
+    max_batches_per_tick: int = 400  # the ceiling: 800,000 files at the default batch size
+    # Dagster stops a sensor tick at 60 s; the launch step (partitions, run requests) comes after this.
+    tick_budget_s: float = 20.0
+    runs_per_tick: int = 8  # batch runs requested per tick at least (more when a tick opened more)
     # A batch smaller than batch_size opens once the source is quiet (nothing unsettled) or after this
     # long: a slow trickle of downloads must not become one tiny partition per tick.
     partial_wait_s: float = 300.0
@@ -51,21 +60,24 @@ class WatchOptions:
     model_retry_s: float = 300.0  # after a failed embedding_model run, wait this long before retrying
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "WatchOptions":
-        env = os.environ if environ is None else environ
-        names = {"batch_size": ("MEDVEC_WATCH_BATCH_SIZE", int),
-                 "batches_per_tick": ("MEDVEC_WATCH_BATCHES_PER_TICK", int),
-                 "runs_per_tick": ("MEDVEC_WATCH_RUNS_PER_TICK", int),
-                 "partial_wait_s": ("MEDVEC_WATCH_PARTIAL_WAIT_S", float),
-                 "listing_budget_s": ("MEDVEC_WATCH_LISTING_BUDGET_S", float),
-                 "settle_margin_s": ("MEDVEC_WATCH_SETTLE_MARGIN_S", float),
-                 "interval_s": ("MEDVEC_WATCH_INTERVAL_S", int),
-                 "refresh_quiet_s": ("MEDVEC_REFRESH_QUIET_S", float)}
-        values = {key: kind(env[var]) for key, (var, kind) in names.items() if env.get(var)}
-        options = cls(**values)
-        if options.batch_size < 1 or options.batches_per_tick < 1 or options.runs_per_tick < 1:
-            raise ValueError("MEDVEC_WATCH_BATCH_SIZE, _BATCHES_PER_TICK and _RUNS_PER_TICK must be at least 1")
-        return options
+    def from_settings(cls, settings: Settings) -> "WatchOptions":
+        """The MEDVEC_WATCH_* variables (and MEDVEC_REFRESH_QUIET_S), checked where Settings are built."""
+        return cls(batch_size=settings.watch_batch_size, batches_per_tick=settings.watch_batches_per_tick,
+                   max_batches_per_tick=settings.watch_max_batches_per_tick,
+                   tick_budget_s=settings.watch_tick_budget_s, runs_per_tick=settings.watch_runs_per_tick, partial_wait_s=settings.watch_partial_wait_s,
+                   listing_budget_s=settings.watch_listing_budget_s,
+                   settle_margin_s=settings.watch_settle_margin_s, interval_s=settings.watch_interval_s,
+                   refresh_quiet_s=settings.refresh_quiet_s)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WatchOptions":
+        """From `environ` (default: this process's Settings)."""
+        return cls.from_settings(get_settings() if environ is None else Settings.from_env(environ))
+
+    def runs_for(self, opened: int) -> int:
+        """Runs to request this tick: never fewer than the tick opened, so awaiting batches do not pile up
+        behind a fixed launch rate (Dagster's run queue, not the sensor, paces them)."""
+        return max(self.runs_per_tick, opened)
 
 
 @dataclass
@@ -198,35 +210,6 @@ def is_settled(entry: SourceFile, markers: set[str], root: str, reference: float
     return reference is not None and entry.mtime is not None and entry.mtime < reference - margin_s
 
 
-# --- batches waiting for their run -------------------------------------------------------------
-
-def mark_awaiting(home: HomePath, batch: str, launcher: str) -> None:
-    # Readers never see half a marker.
-    write_atomic(batch_dir(home, batch) / AWAITING_LAUNCH, json.dumps({"launcher": launcher, "since": time.time()}).encode())
-
-
-def awaiting_batches(home: HomePath, launcher: str | None = None) -> list[str]:
-    """Batches opened but not launched yet, oldest first; only `launcher`'s when given."""
-    found = []
-    # One listing finds the markers (few batches wait at a time); on S3 a read per batch would make
-    # every tick as slow as the number of batches ever opened.
-    for path in sorted((as_path(home) / "batches").glob(f"*/{AWAITING_LAUNCH}"), key=lambda p: p.parent.name):
-        batch = path.parent.name
-        try:
-            owner = json.loads(path.read_text()).get("launcher")
-        except FileNotFoundError:
-            continue
-        except ValueError:  # not ours to judge: nobody's launcher
-            owner = None
-        if launcher is None or owner == launcher:
-            found.append(batch)
-    return found
-
-
-def clear_awaiting(home: HomePath, batch: str) -> None:
-    (batch_dir(home, batch) / AWAITING_LAUNCH).unlink(missing_ok=True)
-
-
 # --- one look --------------------------------------------------------------------------------------
 
 class _Chosen(ImageSource):
@@ -245,33 +228,41 @@ class _Chosen(ImageSource):
         raise NotImplementedError
 
 
-def _open(source: ImageSource, home: HomePath, files: list[SourceFile], batch_size: int, launcher: str,
-          now: float, batches: list[str]) -> list[BatchManifest]:
-    """Write manifests (and awaiting markers) for `files`; the caller holds the opening lock and has
-    listed the `batches` already there."""
+def open_batches(source: ImageSource, home: HomePath, files: list[SourceFile], batch_size: int, launcher: str,
+          now: float, batches: list[str], more: Callable[[int], bool] = lambda opened: True) -> list[BatchManifest]:
+    """Write manifests (and awaiting markers) for `files`, in order, while `more(batches opened so far)`
+    says so; the caller holds the opening lock and has listed the `batches` already there."""
     if not files:
         return []
     taken = [BatchManifest(batch=b, source="", created_at="", files=[]) for b in batches]
+    dataset, metadata_csv = choose_metadata(source)
     manifests = plan_batches(_Chosen(source.root, files), home, batch_size=batch_size, existing=taken,
-                             metadata_csv=source.find_metadata_csv(),
+                             metadata_csv=metadata_csv, dataset=dataset,
                              now=datetime.fromtimestamp(now, timezone.utc))
+    opened = []
     for manifest in manifests:
+        if not more(len(opened)):
+            break
         write_manifest(home, manifest)
         mark_awaiting(home, manifest.batch, launcher)
-    return manifests
+        opened.append(manifest)
+    return opened
 
 
 def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, options: WatchOptions, *,
-                 launcher: str, now: float | None = None) -> WatchTick:
+                 launcher: str, now: float | None = None, clock: Callable[[], float] = time.monotonic) -> WatchTick:
     """Look at the source once (resuming a partial look), open batches of settled new files, and
-    say which claimed files changed. Every opened batch is marked as awaiting `launcher`'s run."""
+    say which claimed files changed. Every opened batch is marked as awaiting `launcher`'s run.
+    `clock` times the tick's budgets (tests pass their own)."""
     now = time.time() if now is None else now
-    started = time.monotonic()
+    started = clock()
     pass_started = cursor.pass_started if cursor.resume_after and cursor.pass_started else now
-    scan: SourceScan = source.scan(start_after=cursor.resume_after, deadline=started + options.listing_budget_s)
+    # The listing deadline is the source's own (monotonic) clock; the tick budget below is `clock`'s.
+    scan: SourceScan = source.scan(start_after=cursor.resume_after,
+                                   deadline=time.monotonic() + options.listing_budget_s)
     if cursor.resume_after:
         scan.markers |= _folder_markers_before(source, cursor.resume_after)
-    listed_at = time.monotonic()
+    listed_at = clock()
     tick = WatchTick(opened=[], cursor=WatchCursor(**asdict(cursor)), listed=len(scan.files), complete=scan.complete)
     with batch_opening_lock(home):
         batches = list_batches(home)
@@ -289,8 +280,13 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
                 tick.unsettled += 1
         tick.new_settled = len(fresh)
         take, capped, held_since = _choose(fresh, tick, cursor, options, now)
+        deadline = started + options.tick_budget_s
+        tick.opened = open_batches(source, home, take, options.batch_size, launcher, now, batches,
+                            more=lambda opened: opened < options.batches_per_tick or clock() < deadline)
+        last = tick.opened[-1].files[-1].uri if tick.opened else None
+        if take and last != take[-1].uri:  # the budget ran out: the rest opens next tick, in order
+            take, capped, held_since = take[:[f.uri for f in take].index(last) + 1], True, None
         tick.held = len(fresh) - len(take) if not capped else 0
-        tick.opened = _open(source, home, take, options.batch_size, launcher, now, batches)
     next_cursor = tick.cursor
     next_cursor.held_since = held_since
     next_cursor.pass_unsettled = (cursor.pass_unsettled if cursor.resume_after else 0) + tick.unsettled
@@ -301,7 +297,7 @@ def watch_source(source: ImageSource, home: HomePath, cursor: WatchCursor, optio
     else:
         next_cursor.previous_pass_started, next_cursor.pass_started, next_cursor.resume_after = pass_started, None, None
         next_cursor.last_pass_quiet, next_cursor.pass_unsettled = next_cursor.pass_unsettled == 0, 0
-    tick.seconds = {"list": round(listed_at - started, 3), "total": round(time.monotonic() - started, 3)}
+    tick.seconds = {"list": round(listed_at - started, 3), "total": round(clock() - started, 3)}
     return tick
 
 
@@ -313,8 +309,8 @@ def _folder_markers_before(source: ImageSource, resume_after: str) -> set[str]:
 
 def _choose(fresh: list[SourceFile], tick: WatchTick, cursor: WatchCursor, options: WatchOptions,
             now: float) -> tuple[list[SourceFile], bool, float | None]:
-    """(files to open now, whether the per-tick cap cut the list, held_since for the cursor)."""
-    size, cap = options.batch_size, options.batches_per_tick
+    """(files to open now, whether the per-tick ceiling cut the list, held_since for the cursor)."""
+    size, cap = options.batch_size, max(options.batches_per_tick, options.max_batches_per_tick)
     if len(fresh) >= size * cap:
         return fresh[:size * cap], len(fresh) > size * cap, None
     full = len(fresh) - len(fresh) % size
@@ -340,7 +336,7 @@ def rescan(source: ImageSource, home: HomePath, *, batch_size: int = DEFAULT_BAT
         claims = claimed_files(home, batches)
         unclaimed = [e for e in scan.files if e.uri not in claims]
         take = [e for e in unclaimed if is_settled(e, scan.markers, source.root, now - min_age_s, 0.0)]
-        return _open(source, home, take, batch_size, launcher, now, batches), len(unclaimed) - len(take)
+        return open_batches(source, home, take, batch_size, launcher, now, batches), len(unclaimed) - len(take)
 
 
 # --- reporting changed files -----------------------------------------------------------------------
@@ -350,7 +346,6 @@ def report_changed(db, changed: list[ChangedFile]) -> int:
     how many rows were new. The file is never put into another batch: its batch keeps it."""
     if not changed:
         return 0
-    from medvec.tables.database import INGEST_ERRORS_TABLE
 
     table = db.create_table(INGEST_ERRORS_TABLE, schema=INGEST_ERROR_SCHEMA, exist_ok=True)
     known = {(r["batch"], r["source_uri"]): r["message"] for r in

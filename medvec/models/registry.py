@@ -7,7 +7,6 @@ Facts from ../shared/reference/models.md. Any other Hugging Face SigLIP/CLIP id 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -193,7 +192,9 @@ def availability(spec: ModelSpec, model_dir: str | Path | None = None,
                  hub_cache_dirs: Iterable[str | Path | None] = (None,)) -> tuple[bool, str]:
     """Can this machine run the model now, and if not, why (in plain words)."""
     if spec.loader == "nim":
-        return (True, "") if os.environ.get("MEDVEC_NIM_URL") else (False, "set MEDVEC_NIM_URL to a NIM endpoint")
+        from medvec.settings import get_settings
+
+        return (True, "") if get_settings().nim_url else (False, "set MEDVEC_NIM_URL to a NIM endpoint")
     if spec.loader == "open_clip":
         try:
             import open_clip  # noqa: F401

@@ -13,6 +13,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from medvec.models.quiet import quiet_transformers
+
 log = logging.getLogger(__name__)
 
 #: Bump when the recipe changes so old builds are rebuilt.
@@ -110,7 +112,6 @@ def build_tiny_siglip(out_dir: str | Path) -> Path:
     # Like google/siglip-*: no attention mask, because SigLIP was trained without one.
     _, vocab = build_word_tokenizer(tmp, pad="</s>", eos="</s>", bos=None, max_length=spec.text_length,
                                 model_input_names=["input_ids"])
-    from medvec.embedders.transformers_local import quiet_transformers
 
     config = SiglipConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": width, "intermediate_size": 2 * width,
@@ -138,7 +139,6 @@ def build_tiny_clip(out_dir: str | Path, image_size: int = 32) -> Path:
     if tmp is None:
         return out_dir
     _, vocab = build_word_tokenizer(tmp, pad="<pad>", eos="</s>", bos="<s>", max_length=77)
-    from medvec.embedders.transformers_local import quiet_transformers
 
     config = CLIPConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -166,7 +166,6 @@ def build_tiny_biomedclip(out_dir: str | Path, image_size: int = 224) -> Path:
     from tokenizers.models import WordPiece
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    from medvec.embedders.transformers_local import quiet_transformers
     from medvec.models.registry import CLIP_MEAN, CLIP_STD
 
     out_dir, tmp = _begin_build(out_dir)

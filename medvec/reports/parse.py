@@ -201,7 +201,7 @@ def parse_indiana(reports_csv: str, projections_csv: str | None, source_uri: str
         for row in csv.DictReader(io.StringIO(projections_csv)):
             uid, filename = (row.get("uid") or "").strip(), (row.get("filename") or "").strip()
             if uid and filename:
-                images.setdefault(uid, []).append(_stem(filename))
+                images.setdefault(uid, []).append(file_stem(filename))
     records = []
     for row in csv.DictReader(io.StringIO(reports_csv)):
         uid = (row.get("uid") or "").strip()
@@ -221,7 +221,7 @@ def parse_report_file(data: bytes, source_uri: str, batch: str) -> ReportRecord:
     return parse_openi(data, source_uri, batch) if source_uri.lower().endswith(".xml") else parse_mimic(data, source_uri, batch)
 
 
-def _stem(path: str) -> str:
+def file_stem(path: str) -> str:
     name = path.replace("\\", "/").rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[0] if "." in name else name
 

@@ -6,27 +6,27 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from medvec.ingest.batches import BatchManifest, batch_dir
+from medvec.home import batch_dir, report_table_name  # noqa: F401 - report_table_name re-exported for callers
 from medvec.tables.images import table_dim, upsert_batch
 from medvec.datasets.labels import label_agreement_of
 from medvec.tables.records import IngestError, ImageRecord
-from medvec.reports.parse import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_SCHEMA, ReportRecord, _stem,
+from medvec.reports.parse import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_RECORD_SCHEMA, ReportRecord, file_stem,
                             is_report_file, parse_indiana, parse_report_file, report_table_schema,
                             reports_table)
 from medvec.sources import open_source
 from medvec.tables.database import open_table_if_exists
 from medvec.storage import HomePath, is_missing_object, read_parquet, write_parquet
 
+if TYPE_CHECKING:  # a type only: reports read a batch's manifest, and ingest (which writes it) reads reports
+    from medvec.ingest.batches import BatchManifest
+
 log = logging.getLogger(__name__)
 REPORT_STAGES = ("report",)
-
-
-def report_table_name(model_slug: str) -> str:
-    return f"reports__{model_slug}"
 
 
 def read_batch_reports(manifest: BatchManifest, s3_endpoint_url: str | None = None
@@ -45,7 +45,7 @@ def read_batch_reports(manifest: BatchManifest, s3_endpoint_url: str | None = No
         except OSError as exc:
             errors.append(IngestError(entry.uri, manifest.batch, "report", type(exc).__name__,
                                       f"report could not be read ({exc.strerror or exc})"))
-    stems = {_stem(f.uri) for f in manifest.files if not is_report_file(f.uri)}
+    stems = {file_stem(f.uri) for f in manifest.files if not is_report_file(f.uri)}
     pair = _read_indiana_pair(source, manifest.source)
     if pair is not None:
         reports_uri, reports_text, projections_text = pair
@@ -120,7 +120,7 @@ def refresh_report_index(table) -> None:
     """Rebuild the full-text index over every report: once per run, after all of its batches."""
     from lancedb.index import FTS
 
-    from medvec.tables.maintenance import retry_on_conflict
+    from medvec.tables.conflicts import retry_on_conflict
 
     if table.count_rows():
         retry_on_conflict(lambda: table.create_index("text", config=FTS(), replace=True), what="report FTS index")
@@ -144,7 +144,7 @@ def image_link_maps(image_ids, source_uris) -> tuple[dict[str, list[str]], dict[
     by_folder: dict[str, list[str]] = {}
     for image_id, uri in zip(image_ids, source_uris):
         parts = (uri or "").replace("\\", "/").split("/")
-        by_stem.setdefault(_stem(parts[-1]), []).append(image_id)
+        by_stem.setdefault(file_stem(parts[-1]), []).append(image_id)
         for folder in parts[:-1]:
             if folder.startswith("s") and folder[1:].isdigit():  # MIMIC-CXR study folders: s<digits>
                 by_folder.setdefault(folder, []).append(image_id)

@@ -1,141 +1,39 @@
 """Search one model's image table: text → image, image → image, find-similar, with filters.
 
 LanceDB is the system of record. `ImageSearch` loads the table's vectors and metadata into
-memory (a `VectorIndex`), answers from there, and reloads when the table's version changes.
+memory (a `VectorIndex`; loading lives in `medvec.search.loading`, the request and answer types in
+`medvec.search.results`), answers from there, and reloads when the table's version changes.
 Precomputed answers (`fallback_queries`, `similar_images`) are used when they were computed
 against the current version and the request fits them; otherwise the live index answers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medvec.tables import database
 from medvec.embedders.base import Embedder, l2_normalize
-from medvec.tables.images import image_table_name, vectors_of
+from medvec.home import fallback_table_name, index_dir, similar_table_name  # noqa: F401 - also re-exported
+from medvec.search.loading import (HIT_COLUMNS, LoadedTable, build_in_background,  # noqa: F401
+                                   ids_fingerprint, load_precomputed, precomputed_versions, read_table, saved_index)
+from medvec.search.results import (MAX_K, Filters, Hit, NoSuchImage, NotIndexed, SearchInputError,  # noqa: F401
+                                   SearchResult, check_k, normalize_query_text)
+from medvec.search.vector_index import EXACT_BELOW, RowFilter, VectorIndex
 from medvec.storage import HomePath, as_path
-from medvec.search.vector_index import IndexInfo, RowFilter, VectorIndex
+from medvec.tables import database
+from medvec.tables.images import image_table_name
 
 log = logging.getLogger(__name__)
-
-#: Columns a hit carries as metadata. `source_uri` is left out on purpose: file paths can hold
-#: identifiers (names, MRNs in folder names) and a search client has no use for them.
-HIT_COLUMNS = ("image_id", "study_id", "series_id", "subject_key", "view_position", "modality", "body_part",
-               "labels", "split", "rows", "columns", "width", "height", "source_format", "photometric",
-               "bits_stored", "window_source", "batch", "image_uri", "thumb_uri", "extra")
-MAX_K = 500
-
-
-class SearchInputError(ValueError):
-    """The request cannot be answered as asked (bad image, unknown id, bad filter): say why."""
-
-
-class NoSuchImage(SearchInputError):
-    pass
-
-
-class NotIndexed(RuntimeError):
-    """The model's table does not exist yet: nothing has been embedded with this model."""
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Metadata constraints; each list is any-of, and the lists are ANDed."""
-
-    view: tuple[str, ...] = ()
-    modality: tuple[str, ...] = ()
-    split: tuple[str, ...] = ()
-    labels: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, view=None, modality=None, split=None, labels=None) -> "Filters":
-        def clean(values):
-            if values is None:
-                return ()
-            if isinstance(values, str):
-                values = [values]
-            return tuple(sorted({str(v).strip() for v in values if str(v).strip()}))
-
-        return cls(view=tuple(v.upper() for v in clean(view)), modality=tuple(m.upper() for m in clean(modality)),
-                   split=clean(split), labels=clean(labels))
-
-    def __bool__(self) -> bool:
-        return bool(self.view or self.modality or self.split or self.labels)
-
-    def to_json(self) -> dict:
-        return {k: list(v) for k, v in self.__dict__.items() if v}
-
-
-@dataclass
-class Hit:
-    image_id: str
-    score: float
-    rank: int
-    metadata: dict
-
-    def to_json(self) -> dict:
-        return {"image_id": self.image_id, "score": round(float(self.score), 6), "rank": self.rank, **self.metadata}
-
-
-@dataclass
-class SearchResult:
-    hits: list[Hit]
-    route: str  # fallback | index | similar_images | exact ...
-    model: str
-    table: str
-    table_version: int
-    took_ms: float
-    query: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"model": self.model, "table": self.table, "table_version": self.table_version,
-                "route": self.route, "took_ms": round(self.took_ms, 3), "query": self.query,
-                "hits": [h.to_json() for h in self.hits]}
-
-
-def normalize_query_text(text: str) -> str:
-    """The key fallback answers are stored under: case, spacing and trailing punctuation ignored."""
-    return re.sub(r"\s+", " ", re.sub(r"[.,;:!?]+$", "", text.strip().lower()))
-
-
-def fallback_table_name(model_slug: str) -> str:
-    return f"fallback_queries__{model_slug}"
-
-
-def similar_table_name(model_slug: str) -> str:
-    return f"similar_images__{model_slug}"
-
-
-def index_dir(home: HomePath, table: str) -> HomePath:
-    return as_path(home) / "indexes" / table
-
-
-class _Loaded:
-    """One table version held in memory: vectors, metadata, the index and the precomputed answers."""
-
-    def __init__(self, version: int, ids: list[str], meta: pa.Table, index: VectorIndex):
-        self.version = version
-        self.ids = ids
-        self.row_of = {image_id: row for row, image_id in enumerate(ids)}
-        self.meta = meta
-        self.index = index
-        self.filters: OrderedDict[Filters, RowFilter] = OrderedDict()
-        self.fallback_vectors: dict[str, np.ndarray] = {}
-        self.fallback_hits: dict[str, list[tuple[str, float]]] = {}
-        self.similar: dict[str, list[tuple[str, float]]] = {}
-        self.precomputed: tuple = ()
 
 
 class ImageSearch:
@@ -147,26 +45,34 @@ class ImageSearch:
 
     def __init__(self, lancedb_uri: str, model_slug: str, *, model_name: str | None = None,
                  home: HomePath | None = None, embedder_factory: Callable[[], Embedder] | None = None,
-                 refresh_seconds: float = 2.0, exact_below: int | None = None):
+                 refresh_seconds: float = 2.0, exact_below: int | None = None,
+                 build_index: Callable[[np.ndarray], VectorIndex] | None = None):
+        """`build_index` makes the index for a version with no saved one, on a background thread
+        (default: `VectorIndex.build` with `exact_below`); tables under `exact_below` rows stay exact."""
         self.lancedb_uri = lancedb_uri
         self.model_slug = model_slug
         self.model_name = model_name or model_slug
         self.table_name = image_table_name(model_slug)
         self.home = as_path(home) if home else None
         self.refresh_seconds = refresh_seconds
-        self.exact_below = exact_below
+        self.exact_below = EXACT_BELOW if exact_below is None else exact_below
+        self._build_index = build_index or functools.partial(VectorIndex.build, exact_below=self.exact_below)
         self._embedder_factory = embedder_factory
         self._embedder: Embedder | None = None
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.RLock()
-        self._loaded: _Loaded | None = None
+        self._loaded: LoadedTable | None = None
         self._checked_at = 0.0
         self._db = database.connect(lancedb_uri)
         self._table = None
 
     # --- loading ---------------------------------------------------------------------------------
 
-    def _current(self) -> _Loaded:
+    def snapshot(self) -> LoadedTable:
+        """The loaded table as of now (vectors, ids, index, version): refreshed when it is due."""
+        return self._current()
+
+    def _current(self) -> LoadedTable:
         now = time.monotonic()
         loaded = self._loaded
         if loaded is not None and now - self._checked_at < self.refresh_seconds:
@@ -183,67 +89,29 @@ class ImageSearch:
             self._checked_at = now
             if self._loaded is None or self._loaded.version != version:
                 self._loaded = self._load(version)
-            elif self._loaded.precomputed != self._precomputed_versions():
-                self._load_precomputed(self._loaded)  # new fallback / neighbour answers, same vectors
+            elif self._loaded.precomputed != precomputed_versions(self._db, self.model_slug):
+                load_precomputed(self._db, self.model_slug, self._loaded)  # new answers, same vectors
             return self._loaded
 
-    def _load(self, version: int) -> _Loaded:
+    def _load(self, version: int) -> LoadedTable:
         started = time.perf_counter()
-        data = self._table.to_arrow()
-        ids = data.column("image_id").to_pylist()
-        vectors = vectors_of(data)
-        meta = data.select([c for c in HIT_COLUMNS if c in data.schema.names]).combine_chunks()
-        index = self._saved_index(version, ids, vectors) or VectorIndex.build(
-            vectors, **({"exact_below": self.exact_below} if self.exact_below is not None else {}))
-        loaded = _Loaded(version, ids, meta, index)
-        self._load_precomputed(loaded)
+        ids, vectors, meta = read_table(self._table)
+        index = saved_index(self.home, self.table_name, version, ids, vectors)
+        loaded = LoadedTable(version, ids, meta, index or VectorIndex(vectors))
+        if index is not None or len(ids) < self.exact_below:
+            loaded.index_ready.set()
+        else:  # queries answer exactly meanwhile; the built index is swapped in when ready
+            build_in_background(loaded, loaded.index.vectors, self._build_index, f"{self.table_name} v{version}")
+        load_precomputed(self._db, self.model_slug, loaded)
         log.info("loaded %s v%s: %d rows, %s index in %.2fs", self.table_name, version, len(ids),
-                 index.info.kind, time.perf_counter() - started)
+                 "saved" if index is not None else ("exact" if loaded.index_ready.is_set() else "building the"),
+                 time.perf_counter() - started)
         return loaded
 
-    def _saved_index(self, version: int, ids: list[str], vectors: np.ndarray) -> VectorIndex | None:
-        """The IVF structure `image_index` saved for this exact table version, if any."""
-        if self.home is None:
-            return None
-        folder = index_dir(self.home, self.table_name)
-        meta_path, ivf_path = folder / f"v{version}.json", folder / f"v{version}.faiss"
-        if not meta_path.exists() or not ivf_path.exists():
-            return None
-        try:
-            saved = json.loads(meta_path.read_text())
-            if saved.get("ids_sha") != ids_fingerprint(ids):
-                return None
-            return VectorIndex.with_saved_ivf(vectors, ivf_path, IndexInfo(**saved["info"]))
-        except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
-            log.warning("ignoring the saved index for %s v%s (%s)", self.table_name, version, exc)
-            return None
-
-    def _precomputed_versions(self) -> tuple:
-        tables = (database.open_table_if_exists(self._db, fallback_table_name(self.model_slug)),
-                  database.open_table_if_exists(self._db, similar_table_name(self.model_slug)))
-        return tuple(t.version if t is not None else None for t in tables)
-
-    def _load_precomputed(self, loaded: _Loaded) -> None:
-        """Read the fallback and neighbour tables, then swap them in at once (readers never see half)."""
-        versions = self._precomputed_versions()
-        vectors, hits, similar_of = {}, {}, {}
-        fallback = database.open_table_if_exists(self._db, fallback_table_name(self.model_slug))
-        if fallback is not None:
-            for row in fallback.to_arrow().to_pylist():
-                key = row["query_key"]
-                vectors[key] = np.asarray(row["vector"], dtype=np.float32)
-                if row["table_version"] == loaded.version:  # answers for exactly these rows
-                    hits[key] = list(zip(row["image_ids"], row["scores"]))
-        similar = database.open_table_if_exists(self._db, similar_table_name(self.model_slug))
-        if similar is not None:
-            data = similar.to_arrow()
-            if data.num_rows and data.column("table_version")[0].as_py() == loaded.version:
-                for image_id, neighbours, scores in zip(data.column("image_id").to_pylist(),
-                                                        data.column("neighbour_ids").to_pylist(),
-                                                        data.column("scores").to_pylist()):
-                    similar_of[image_id] = list(zip(neighbours, scores))
-        loaded.fallback_vectors, loaded.fallback_hits, loaded.similar = vectors, hits, similar_of
-        loaded.precomputed = versions
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Block until the current version's index is final (saved, built or exact); False on timeout.
+        For batch work (precomputing neighbours) that wants the fast index, not for queries."""
+        return self._current().index_ready.wait(timeout)
 
     def refresh(self) -> int:
         """Force a version check now; returns the version held."""
@@ -275,7 +143,7 @@ class ImageSearch:
             raise SearchInputError("the query text is empty")
         if len(text) > 1000:
             raise SearchInputError("the query text is longer than 1,000 characters")
-        k = _check_k(k)
+        k = check_k(k)
         loaded = self._current()
         key = normalize_query_text(text)
         query = {"text": text, "k": k, "filters": filters.to_json()}
@@ -314,7 +182,7 @@ class ImageSearch:
         from medvec.phi import Pseudonymizer
 
         started = time.perf_counter()
-        k = _check_k(k)
+        k = check_k(k)
         if not data:
             raise SearchInputError("the uploaded file is empty")
         try:
@@ -333,12 +201,12 @@ class ImageSearch:
         vector = l2_normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         if vector.shape[0] != loaded.index.vectors.shape[1]:
             raise SearchInputError(f"query vector has {vector.shape[0]} dims, the table {loaded.index.vectors.shape[1]}")
-        return self._vector_search(loaded, vector, _check_k(k), filters, started, {"vector": True, "k": k}, "index")
+        return self._vector_search(loaded, vector, check_k(k), filters, started, {"vector": True, "k": k}, "index")
 
     def similar(self, image_id: str, k: int = 10, filters: Filters = Filters()) -> SearchResult:
         """The k images nearest to a stored one (itself excluded)."""
         started = time.perf_counter()
-        k = _check_k(k)
+        k = check_k(k)
         loaded = self._current()
         row = loaded.row_of.get(image_id)
         if row is None:
@@ -369,46 +237,23 @@ class ImageSearch:
 
     # --- internals -----------------------------------------------------------------------------------
 
-    def _vector_search(self, loaded: _Loaded, vector: np.ndarray, k: int, filters: Filters, started: float,
+    def _vector_search(self, loaded: LoadedTable, vector: np.ndarray, k: int, filters: Filters, started: float,
                        query: dict, route: str, exclude_row: int | None = None) -> SearchResult:
+        index = loaded.index  # read once: the background build may swap it while this query runs
         allowed = self._row_filter(loaded, filters) if filters else None
         want = k + (1 if exclude_row is not None else 0)
-        scores, rows = loaded.index.search(vector, want, allowed)
+        scores, rows = index.search(vector, want, allowed)
         if exclude_row is not None:
             keep = rows != exclude_row
             scores, rows = scores[keep][:k], rows[keep][:k]
-        if loaded.index.info.kind != "exact":
-            route = route.replace("index", f"index:{loaded.index.info.kind}")
+        if index.info.kind != "exact":
+            route = route.replace("index", f"index:{index.info.kind}")
         return self._result(self._hits(loaded, rows.tolist(), scores.tolist()), route, loaded, started, query)
 
-    def _row_filter(self, loaded: _Loaded, filters: Filters) -> RowFilter:
-        cached = loaded.filters.get(filters)
-        if cached is not None:
-            loaded.filters.move_to_end(filters)
-            return cached
-        mask = np.ones(len(loaded.ids), dtype=bool)
-        meta = loaded.meta
-        for column, values in (("view_position", filters.view), ("modality", filters.modality),
-                               ("split", filters.split)):
-            if values:
-                col = pc.utf8_upper(meta.column(column)) if column != "split" else meta.column(column)
-                mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(list(values))), False).to_numpy(zero_copy_only=False)
-        if filters.labels:
-            labels = meta.column("labels").combine_chunks()
-            flat = pc.utf8_lower(pc.list_flatten(labels))  # "pleural effusion" finds "Pleural Effusion"
-            parents = pc.list_parent_indices(labels).to_numpy()
-            wanted = pa.array([label.lower() for label in filters.labels])
-            matches = pc.fill_null(pc.is_in(flat, value_set=wanted), False)
-            has = np.zeros(len(loaded.ids), dtype=bool)
-            has[parents[matches.to_numpy(zero_copy_only=False)]] = True
-            mask &= has
-        row_filter = RowFilter(mask)
-        loaded.filters[filters] = row_filter
-        while len(loaded.filters) > 64:
-            loaded.filters.popitem(last=False)
-        return row_filter
+    def _row_filter(self, loaded: LoadedTable, filters: Filters) -> RowFilter:
+        return loaded.row_filter(filters, lambda: RowFilter(_filter_mask(loaded, filters)))
 
-    def _hits(self, loaded: _Loaded, rows: list[int], scores: list[float]) -> list[Hit]:
+    def _hits(self, loaded: LoadedTable, rows: list[int], scores: list[float]) -> list[Hit]:
         if not rows:
             return []
         records = loaded.meta.take(pa.array(rows, type=pa.int64())).to_pylist()
@@ -424,21 +269,22 @@ class ImageSearch:
                             table_version=loaded.version, took_ms=(time.perf_counter() - started) * 1000, query=query)
 
 
-def _check_k(k) -> int:
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise SearchInputError(f"k must be a whole number, not {k!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise SearchInputError(f"k must be between 1 and {MAX_K}")
-    return k
-
-
-def ids_fingerprint(ids: list[str]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for image_id in ids:
-        digest.update(image_id.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
+def _filter_mask(loaded: LoadedTable, filters: Filters) -> np.ndarray:
+    """The rows whose metadata passes every filter (each list any-of)."""
+    mask = np.ones(len(loaded.ids), dtype=bool)
+    meta = loaded.meta
+    for column, values in (("view_position", filters.view), ("modality", filters.modality),
+                           ("split", filters.split)):
+        if values:
+            col = pc.utf8_upper(meta.column(column)) if column != "split" else meta.column(column)
+            mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(list(values))), False).to_numpy(zero_copy_only=False)
+    if filters.labels:
+        labels = meta.column("labels").combine_chunks()
+        flat = pc.utf8_lower(pc.list_flatten(labels))  # "pleural effusion" finds "Pleural Effusion"
+        parents = pc.list_parent_indices(labels).to_numpy()
+        wanted = pa.array([label.lower() for label in filters.labels])
+        matches = pc.fill_null(pc.is_in(flat, value_set=wanted), False)
+        has = np.zeros(len(loaded.ids), dtype=bool)
+        has[parents[matches.to_numpy(zero_copy_only=False)]] = True
+        mask &= has
+    return mask

@@ -63,7 +63,8 @@ def compute_similar(search: ImageSearch, *, k: int = 20, chunk: int = 4096) -> d
     """k nearest neighbours of every image (itself excluded), replacing the similar-images table."""
     started = time.perf_counter()
     version = search.refresh()
-    loaded = search._current()
+    search.wait_for_index()  # all-pairs over every row wants the IVF index, not the exact stand-in
+    loaded = search.snapshot()
     vectors, ids = loaded.index.vectors, loaded.ids
     rows = []
     for start in range(0, len(ids), chunk):

@@ -19,7 +19,7 @@ import numpy as np
 from medvec.tables import database
 from medvec.tables.images import vectors_of
 from medvec.reports.tables import image_link_maps, linked_image_ids, report_table_name
-from medvec.search.images import Filters, ImageSearch, SearchInputError, _check_k
+from medvec.search.images import Filters, ImageSearch, SearchInputError, check_k
 from medvec.search.vector_index import VectorIndex
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: 1 / (60 + rank)
@@ -134,7 +134,7 @@ class ReportSearch:
         text = (text or "").strip()
         if not text:
             raise SearchInputError("the query text is empty")
-        k = _check_k(k)
+        k = check_k(k)
         state = self._current()
         rankings, info = {}, {"mode": mode}
         if mode in ("hybrid", "bm25"):

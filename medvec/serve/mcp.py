@@ -14,14 +14,16 @@ import inspect
 import json
 import logging
 import sys
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from medvec.search.reports import MODES, NoReports, ReportSearch, mark_text
+from medvec.search.reports import NoReports, ReportSearch, mark_text
 from medvec.search.images import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
+from medvec.serve.schema import (ImageHit, ImageMetadata, ImageReportsOut, ReportImageHit, ReportMode,
+                                 ReportSearchAnswer, SearchAnswer, StudyFields)
 from medvec.settings import Settings
 from medvec.storage import HomePath, as_path
 
@@ -42,87 +44,9 @@ rank results; they are not diagnoses or probabilities. Filters (view, labels, mo
 the candidate images before ranking."""
 
 
-# --- what the tools return ------------------------------------------------------------------------
-
-class ImageFields(BaseModel):
-    """The metadata an assistant needs to talk about an image; never file paths from the source."""
-
-    image_id: str = Field(description="Stable id of the image (its DICOM SOP Instance UID or a hash)")
-    study_id: str | None = Field(None, description="Study the image belongs to (de-identified)")
-    view_position: str | None = Field(None, description="Projection: PA, AP, LATERAL, ...")
-    modality: str | None = Field(None, description="DICOM modality: CR, DX, ...")
-    labels: list[str] | None = Field(None, description="Findings recorded for the image, when known")
-    split: str | None = Field(None, description="Dataset split (train / valid / test), when known")
-
-
-class ImageHit(ImageFields):
-    score: float = Field(description="Cosine similarity to the query; higher is closer")
-    rank: int = Field(description="1 for the best match")
-
-
-class SearchAnswer(BaseModel):
-    hits: list[ImageHit]
-    route: str = Field(description="How it was answered: fallback (precomputed), index, similar_images, ...")
-    model: str = Field(description="Embedding model the collection was searched with")
-    table: str = Field(description="LanceDB table searched")
-    table_version: int
-
-
-class ImageMetadata(ImageFields):
-    """Everything the collection keeps about one image (pseudonymised; no source paths)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class StudyHit(BaseModel):
-    """A report that matched, and the images of its study."""
-
-    rank: int = Field(description="1 for the best match")
-    score: float = Field(description="Fused rank score (hybrid), BM25 score (bm25) or cosine similarity (vector)")
-    report_id: str
-    study_key: str = Field(description="The study: a MIMIC-CXR study folder (s50414267) or an Open-I / Indiana uid")
-    layout: str = Field(description="Where the report came from: mimic, openi or indiana")
-    routes: list[str] = Field(description="The rankings that found it: bm25 (words), vector (meaning)")
-    snippet: str = Field(description="The part of the report with the query's words (… marks a cut)")
-    impression: str
-    findings: str
-    labels: list[str] = Field(description="Findings read from the report text (negations respected) or its MeSH terms")
-    image_ids: list[str] = Field(description="The study's images in the collection")
-
-
-class ReportImageHit(ImageFields):
-    score: float = Field(description="Fused rank score of the direct and report routes; higher is better")
-    rank: int = Field(description="1 for the best match")
-    routes: list[str] = Field(description="image: the text matched the image itself; report: a matching report "
-                                          "belongs to its study")
-    study_key: str | None = Field(None, description="The matching report's study, when found through a report")
-
-
-class ReportSearchAnswer(BaseModel):
-    studies: list[StudyHit]
-    images: list[ReportImageHit]
-    mode: str = Field(description="How reports were ranked: hybrid, bm25 or vector")
-    model: str = Field(description="Embedding model the collection was searched with")
-    table: str = Field(description="LanceDB reports table searched")
-
-
-class ImageReport(BaseModel):
-    report_id: str
-    study_key: str
-    layout: str
-    indication: str
-    findings: str
-    impression: str
-    labels: list[str]
-
-
-class ImageReports(BaseModel):
-    image_id: str
-    reports: list[ImageReport] = Field(description="The reports of the image's study; empty when none links to it")
-
-
+# The tools answer the compact shapes of `schema`, the classes the HTTP API's answers extend.
 HIT_FIELDS = tuple(ImageHit.model_fields)
-STUDY_FIELDS = tuple(f for f in StudyHit.model_fields if f not in ("rank", "image_ids"))
+STUDY_FIELDS = tuple(StudyFields.model_fields)
 REPORT_IMAGE_FIELDS = tuple(f for f in ReportImageHit.model_fields if f != "study_key")
 
 # Tool parameters, described where the assistant reads them (the input schema).
@@ -141,7 +65,6 @@ Labels = Annotated[list[str] | None, Field(description="Only images carrying any
 Modality = Annotated[list[str] | None, Field(description="Only these DICOM modalities, any of: CR, DX, ... "
                                                          "(case-insensitive)")]
 Split = Annotated[list[str] | None, Field(description="Only these dataset splits, any of: train, valid, test")]
-ReportMode = Literal[MODES]  # type: ignore[valid-type]  # report_search.MODES, the one list of modes
 Mode = Annotated[ReportMode, Field(description="How reports are ranked: hybrid (default: words and meaning, "
                                                "rank-fused), bm25 (the words themselves), vector (meaning, by the "
                                                "model's text embedding)")]
@@ -157,9 +80,19 @@ READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotent
 def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
     """An MCP server whose tools answer from `search` and its reports; thumbnails are read from under `home`."""
     home = as_path(home)
-    reports = ReportSearch(search)
     server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS,
                        version=_version(), log_level="WARNING")
+    titles = ("Search chest X-rays by text", "Find similar chest X-rays", "Get one chest X-ray's metadata",
+              "Search radiology reports and their chest X-rays", "Get one chest X-ray's reports")
+    tools = _image_tools(search, home) + _report_tools(search, ReportSearch(search), home)
+    for tool, title in zip(tools, titles, strict=True):
+        # The docstring is what the assistant reads; cleandoc drops the code's indentation.
+        server.add_tool(tool, title=title, description=inspect.cleandoc(tool.__doc__), annotations=READ_ONLY)
+    return server
+
+
+def _image_tools(search: ImageSearch, home: HomePath) -> tuple:
+    """Text → images, image → similar images, one image's metadata."""
 
     def search_medical_images(query: Query, k: K = 10, view: View = None, labels: Labels = None,
                               modality: Modality = None, split: Split = None,
@@ -201,6 +134,12 @@ def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
         return CallToolResult(content=[TextContent(type="text", text=json.dumps(metadata, default=str))],
                               structured_content=metadata)
 
+    return search_medical_images, find_similar_images, get_image_metadata
+
+
+def _report_tools(search: ImageSearch, reports: ReportSearch, home: HomePath) -> tuple:
+    """Text → reports (and images through them), one image's reports."""
+
     def search_reports(query: Query, k: ReportK = 10, mode: Mode = "hybrid", view: View = None, labels: Labels = None,
                        modality: Modality = None, split: Split = None,
                        thumbnails: Thumbnails = 0) -> Annotated[CallToolResult, ReportSearchAnswer]:
@@ -225,7 +164,7 @@ def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
                 content.append(thumbnail)
         return CallToolResult(content=content, structured_content=compact_report_answer(result))
 
-    def get_image_reports(image_id: ImageId) -> Annotated[CallToolResult, ImageReports]:
+    def get_image_reports(image_id: ImageId) -> Annotated[CallToolResult, ImageReportsOut]:
         """The radiology reports of one image's study, by image_id: indication, findings, impression.
 
         Also the report's study_key, where it came from (mimic, openi or indiana) and the findings
@@ -241,14 +180,7 @@ def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
         return CallToolResult(content=[TextContent(type="text", text=summarize_image_reports(answer))],
                               structured_content=answer)
 
-    for tool, title in ((search_medical_images, "Search chest X-rays by text"),
-                        (find_similar_images, "Find similar chest X-rays"),
-                        (get_image_metadata, "Get one chest X-ray's metadata"),
-                        (search_reports, "Search radiology reports and their chest X-rays"),
-                        (get_image_reports, "Get one chest X-ray's reports")):
-        # The docstring is what the assistant reads; cleandoc drops the code's indentation.
-        server.add_tool(tool, title=title, description=inspect.cleandoc(tool.__doc__), annotations=READ_ONLY)
-    return server
+    return search_reports, get_image_reports
 
 
 def _answer(run, what: str, home: HomePath, thumbnails: int) -> CallToolResult:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import lancedb
 
+from medvec.home import INGEST_ERRORS_TABLE
 from medvec.tables.records import INGEST_ERROR_SCHEMA, IngestError, ingest_errors_table
 from medvec.storage import lancedb_storage_options
 
-INGEST_ERRORS_TABLE = "ingest_errors"
 
 
 def connect(uri: str, s3_endpoint_url: str | None = None):
@@ -15,7 +15,7 @@ def connect(uri: str, s3_endpoint_url: str | None = None):
     return lancedb.connect(uri, storage_options=lancedb_storage_options(uri, s3_endpoint_url))
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -39,7 +39,7 @@ def replace_batch_errors(db, batch: str, errors: list[IngestError],
     duplicates an error and a fixed file's old error disappears.
     """
     table = db.create_table(INGEST_ERRORS_TABLE, schema=INGEST_ERROR_SCHEMA, exist_ok=True)
-    scope = f"batch = {_sql_string(batch)} AND stage IN ({', '.join(_sql_string(s) for s in stages)})"
+    scope = f"batch = {sql_string(batch)} AND stage IN ({', '.join(sql_string(s) for s in stages)})"
     rows = ingest_errors_table([e for e in errors if e.stage in stages])
     if rows.num_rows == 0:
         table.delete(scope)
@@ -57,5 +57,5 @@ def list_errors(db, batch: str | None = None) -> list[dict]:
         return []
     query = table.search()
     if batch is not None:
-        query = query.where(f"batch = {_sql_string(batch)}")
+        query = query.where(f"batch = {sql_string(batch)}")
     return query.limit(None).to_arrow().sort_by([("batch", "ascending"), ("source_uri", "ascending")]).to_pylist()

@@ -11,15 +11,12 @@ import numpy as np
 import pyarrow as pa
 
 from medvec.tables.records import ImageRecord, image_table_schema
-from medvec.tables.database import _sql_string, open_table_if_exists
+from medvec.home import image_table_name  # noqa: F401 - named in medvec.home, re-exported for table callers
+from medvec.tables.database import open_table_if_exists, sql_string
 
 
 class TableDimensionMismatch(ValueError):
     """A model's vectors do not fit the existing table: nothing was written."""
-
-
-def image_table_name(model_slug: str) -> str:
-    return f"images__{model_slug}"
 
 
 def table_dim(table) -> int:
@@ -72,9 +69,9 @@ def upsert_batch(table, batch: str, rows: pa.Table, key: str = "image_id"):
     """Make the table hold exactly `rows` for `batch`: update, insert, and drop the batch's
     rows that are no longer in it, in one commit (re-runs change nothing, lose nothing)."""
     if rows.num_rows == 0:
-        return table.delete(f"batch = {_sql_string(batch)}")
+        return table.delete(f"batch = {sql_string(batch)}")
     return (table.merge_insert(key)
             .when_matched_update_all()
             .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(f"batch = {_sql_string(batch)}")
+            .when_not_matched_by_source_delete(f"batch = {sql_string(batch)}")
             .execute(rows))

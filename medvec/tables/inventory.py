@@ -6,12 +6,9 @@ from collections import Counter
 
 import pyarrow.compute as pc
 
+from medvec.home import index_dir, is_image_table, is_medvec_table, model_slug_of
 from medvec.tables import database
-from medvec.search.images import index_dir
 from medvec.storage import HomePath, remove_tree
-
-#: Table-name prefixes Medvec owns in a LanceDB database; `reset` drops only these.
-TABLE_PREFIXES = ("images__", "fallback_queries__", "similar_images__")
 
 
 def medvec_tables(db) -> list[str]:
@@ -22,7 +19,7 @@ def medvec_tables(db) -> list[str]:
         token = page.page_token
         if not token:
             break
-    return sorted(n for n in names if n.startswith(TABLE_PREFIXES) or n == database.INGEST_ERRORS_TABLE)
+    return sorted(n for n in names if is_medvec_table(n))
 
 
 def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
@@ -35,12 +32,12 @@ def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
     models = []
     described = None
     for name in medvec_tables(db):
-        if not name.startswith("images__"):
+        if not is_image_table(name):
             continue
         table = db.open_table(name)
         rows = table.count_rows()
         head = table.search().select(["model_id", "model_revision"]).limit(1).to_arrow().to_pylist()
-        models.append({"table": name, "model": name.removeprefix("images__"), "rows": rows,
+        models.append({"table": name, "model": model_slug_of(name), "rows": rows,
                        "model_id": head[0]["model_id"] if head else None,
                        "model_revision": head[0]["model_revision"] if head else None,
                        "dim": table.schema.field("vector").type.list_size, "version": table.version,

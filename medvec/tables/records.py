@@ -33,7 +33,7 @@ class ImageRecord:
     pixel_spacing: list[float] | None = None
     transfer_syntax: str | None = None
     frames: int = 1  # frames in the source; the first is rendered
-    window_source: str | None = None  # voi_lut | header_window | percentile | flat | colour | 8bit
+    window_source: str | None = None  # voi_lut | header_window | percentile | flat | 8bit | grey-rgb (equal channels) | colour (WebP in colour)
     labels: list[str] = field(default_factory=list)
     split: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # other metadata-CSV columns, allowed tags

@@ -35,8 +35,6 @@ const state = {
   metricsGeneration: 0,
 };
 
-const $ = (selector) => document.querySelector(selector);
-
 // --- talking to the API ---------------------------------------------------------------------------
 
 class ApiError extends Error {
@@ -460,8 +458,6 @@ function showView(name) {
   if (metrics && state.ready) loadMetrics(); // read again on every visit: a new `medvec eval` shows at once
 }
 
-const viewFromAddress = () => window.location.hash.replace("#", "");
-
 // --- the metrics view: the latest retrieval evaluation ----------------------------------------------
 
 const METRIC_NAMES = ["mrr", "map"];
@@ -717,12 +713,6 @@ function head(titles) {
   return thead;
 }
 
-function scroll(table) {
-  const box = element("div", null, "table-scroll");
-  box.append(table);
-  return box;
-}
-
 function warning(text) {
   return element("p", text, "callout warn");
 }
@@ -735,13 +725,6 @@ function notes(items) {
 
 // --- small helpers --------------------------------------------------------------------------------
 
-function element(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== null && text !== undefined) node.textContent = text;
-  if (className) node.className = className;
-  return node;
-}
-
 function row(...children) {
   const box = element("div", null, "row");
   box.append(...children);
@@ -750,11 +733,6 @@ function row(...children) {
 
 function shortId(id) {
   return id.length > 18 ? `…${id.slice(-16)}` : id;
-}
-
-function showError(message) {
-  $("#error").textContent = message;
-  $("#error").hidden = !message;
 }
 
 // --- wiring ---------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 // with the ONNX text tower and ranks the packed image vectors. Two views, chosen by the #hash: search
 // (the default) and metrics (the bundle's retrieval evaluation and build checks).
 
-const $ = (selector) => document.querySelector(selector);
 const NO_NEIGHBOUR = 0xffffffff;
 const MAX_K = 50;
 
@@ -304,7 +303,6 @@ function closeDetail() {
 
 // --- views ---------------------------------------------------------------------------------------
 
-const viewFromAddress = () => window.location.hash.replace("#", "");
 
 function showView(name) {
   state.view = name === "metrics" ? "metrics" : "search";
@@ -457,28 +455,10 @@ function noteRow(title, note) {
   return tr;
 }
 
-function scroll(table) {
-  const box = element("div", null, "scroll");
-  box.append(table);
-  return box;
-}
-
 // --- small helpers -------------------------------------------------------------------------------
-
-function element(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== null && text !== undefined) node.textContent = text;
-  if (className) node.className = className;
-  return node;
-}
 
 const ms = (value) => `${value < 10 ? value.toFixed(1) : Math.round(value)} ms`;
 const shortId = (id) => (id.length > 18 ? `${id.slice(0, 8)}…${id.slice(-6)}` : id);
-
-function showError(message) {
-  $("#error").hidden = !message;
-  $("#error").textContent = message;
-}
 
 $("#search-form").addEventListener("submit", (event) => {
   event.preventDefault();

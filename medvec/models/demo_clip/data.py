@@ -29,7 +29,7 @@ class TrainingImage:
 
 def random_spec(index: int, rng: np.random.Generator):
     """A painter spec with random findings and anatomy; encoding fields are fixed (we render directly)."""
-    from medvec.sample.writer import ChestSpec
+    from medvec.sample.plan import ChestSpec
 
     cardiomegaly = bool(rng.random() < 0.4)
     sides = SIDES[int(rng.choice(4, p=(0.5, 0.17, 0.17, 0.16)))]
@@ -51,7 +51,7 @@ def render_grey(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 def training_images(count: int, seed: int, preparer) -> list[TrainingImage]:
     """`count` prepared images with one caption each; the same seed gives the same list."""
-    from medvec.sample.writer import draw_chest
+    from medvec.sample.painter import draw_chest
 
     rng = np.random.default_rng(seed)
     out = []

@@ -79,7 +79,7 @@ def contrastive_loss(image_vectors, text_vectors, positives, log_scale):
 def train(out_dir: Path, *, images: int = TRAIN_IMAGES, steps: int = STEPS, batch: int = BATCH) -> dict:
     import torch
 
-    from medvec.embedders.transformers_local import PixelPreparer, _features
+    from medvec.embedders.transformers_local import PixelPreparer, features_of
     from medvec.models.demo_clip.data import training_images
 
     torch.manual_seed(TRAIN_SEED)
@@ -102,8 +102,8 @@ def train(out_dir: Path, *, images: int = TRAIN_IMAGES, steps: int = STEPS, batc
     for step in range(steps):
         pick = torch.randint(len(data), (batch,), generator=order)
         positives = torch.from_numpy(match_matrix([data[i] for i in pick.tolist()]))
-        image_vectors = F_normalize(_features(model.get_image_features(pixel_values=pixels[pick])))
-        text_vectors = F_normalize(_features(model.get_text_features(input_ids=tokens[pick])))
+        image_vectors = F_normalize(features_of(model.get_image_features(pixel_values=pixels[pick])))
+        text_vectors = F_normalize(features_of(model.get_text_features(input_ids=tokens[pick])))
         loss = contrastive_loss(image_vectors, text_vectors, positives, log_scale)
         optimizer.zero_grad()
         loss.backward()

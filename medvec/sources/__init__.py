@@ -241,7 +241,15 @@ class S3PrefixSource(ImageSource):
 
 
 def open_source(root: str, s3_endpoint_url: str | None = None) -> ImageSource:
-    """The source for a folder path or an `s3://bucket/prefix` URI."""
+    """The source for a folder path, an `s3://bucket/prefix` URI or a DICOMweb root (`http(s)://…`)."""
+    if root.startswith(("http://", "https://")):
+        from medvec.sources.dicomweb import DicomWebSource
+        return DicomWebSource(root)
     if root.startswith("s3://"):
         return S3PrefixSource(root, endpoint_url=s3_endpoint_url)
     return LocalFolderSource(root)
+
+
+class SourceUnavailable(Exception):
+    """The source as a whole cannot be reached (a server down, credentials refused): the batch stops
+    instead of recording every file as failed, and a later run resumes it."""

@@ -1,4 +1,4 @@
-"""Maintenance of a model's image table: compaction, scalar and vector indexes, old-version cleanup,
+"""A model's image table made ready for search: compaction, scalar and vector indexes, old-version cleanup,
 and the in-memory search index saved for the resulting table version.
 
 Runs in one place at a time (the `image_index` asset): LanceDB does not retry an `optimize()`
@@ -9,27 +9,24 @@ maintenance step goes through `retry_on_conflict`.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, TypeVar
+from typing import Callable
 
 import numpy as np
 
+from medvec.tables.conflicts import retry_on_conflict
 from medvec.tables.images import vectors_of
-from medvec.search.images import ids_fingerprint, index_dir
+from medvec.home import index_dir
+from medvec.search.images import ids_fingerprint
 from medvec.storage import HomePath, write_atomic
 from medvec.search.vector_index import EXACT_BELOW, VectorIndex, exact_top_k, recall_at_k
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Scalar indexes the search filters use. Bitmap suits few distinct values; LabelList lists.
 SCALAR_INDEXES = (("view_position", "bitmap"), ("modality", "bitmap"), ("split", "bitmap"),
                   ("labels", "label_list"), ("image_id", "btree"))
-
 
 @dataclass(frozen=True)
 class IndexOptions:
@@ -38,7 +35,6 @@ class IndexOptions:
     sample_queries: int = 100
     keep_versions_for: timedelta = timedelta(hours=1)
     search_exact_below: int = EXACT_BELOW  # our in-memory index: exact below, IVF above
-
 
 @dataclass
 class IndexReport:
@@ -54,23 +50,6 @@ class IndexReport:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
-
-
-def retry_on_conflict(step: Callable[[], T], *, what: str, attempts: int = 6, first_wait: float = 0.5) -> T:
-    """Run a maintenance step, retrying when a concurrent writer won the commit race."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return step()
-        except Exception as exc:  # lance raises RuntimeError/OSError/ValueError depending on the path
-            text = str(exc).lower()
-            if attempt == attempts or not ("conflict" in text or "retryable" in text or "preempted" in text):
-                raise
-            wait = first_wait * 2 ** (attempt - 1)
-            log.warning("%s: commit conflict with a concurrent writer, retrying in %.1fs (%d/%d)",
-                        what, wait, attempt, attempts)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
-
 
 def maintain_table(table, home: HomePath, options: IndexOptions = IndexOptions(),
                    log_step: Callable[[str], None] = lambda message: None,
@@ -106,7 +85,6 @@ def maintain_table(table, home: HomePath, options: IndexOptions = IndexOptions()
     report.seconds = round(time.perf_counter() - started, 2)
     return report
 
-
 def _scalar_indexes(table, rows: int) -> dict:
     from lancedb.index import BTree, Bitmap, LabelList
 
@@ -122,7 +100,6 @@ def _scalar_indexes(table, rows: int) -> dict:
         except Exception as exc:  # noqa: BLE001 - e.g. an all-null column: filters still work, unindexed
             done[column] = f"not built: {str(exc).splitlines()[0][:160]}"
     return done
-
 
 def _vector_index(table, rows: int, dim: int, options: IndexOptions) -> dict:
     """IVF_RQ: builds 10-40x faster than IVF_PQ at equal recall once refined (reference §3).
@@ -141,12 +118,10 @@ def _vector_index(table, rows: int, dim: int, options: IndexOptions) -> dict:
     tuning = _tune_lancedb(table, options)
     return {"type": kind, "num_partitions": partitions, "distance": "dot", "build_seconds": build_seconds, **tuning}
 
-
 def _drop_vector_index(table) -> None:
     for index in table.list_indices():
         if index.columns == ["vector"]:
             retry_on_conflict(lambda: table.drop_index(index.name), what="drop vector index")
-
 
 def _tune_lancedb(table, options: IndexOptions) -> dict:
     """Smallest (refine_factor, nprobes) whose recall@10 against `bypass_vector_index()` reaches
@@ -181,10 +156,8 @@ def _tune_lancedb(table, options: IndexOptions) -> dict:
     best = max(tried, key=lambda e: e["recall_at_10"])
     return {**best, "tuning": tried, "warning": f"recall target {options.target_recall} not reached"}
 
-
 def _lancedb_ids(query) -> list[str]:
     return query.select(["image_id"]).to_arrow().column("image_id").to_pylist()
-
 
 def save_search_index(table, home: HomePath, options: IndexOptions = IndexOptions(),
                       tuning_queries: np.ndarray | None = None) -> dict:
@@ -205,7 +178,6 @@ def save_search_index(table, home: HomePath, options: IndexOptions = IndexOption
             if old.stem != f"v{version}":
                 old.unlink(missing_ok=True)
     return {**info, **measured}
-
 
 def measure_index(index: VectorIndex, *, sample: int = 100, k: int = 10, seed: int = 7) -> dict:
     """recall@10 against exact search and single-query p50/p99, on noisy copies of stored vectors."""

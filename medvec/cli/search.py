@@ -1,0 +1,136 @@
+"""`medvec search` and `medvec similar`: one query over a model's table, images alone or with reports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medvec.cli.output import print_json, refuse
+from medvec.datasets.splits import split_argument
+from medvec.settings import get_settings
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="text → image or image → image search over a model's table")
+    p.add_argument("text", nargs="*", help="what to look for, e.g. 'left pleural effusion'")
+    p.add_argument("--image", help="a DICOM, PNG or JPEG to search with instead of text")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("similar", help="the images nearest to a stored image")
+    p.add_argument("image_id")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_similar)
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k", type=int, default=10, help="number of hits (default 10)")
+    parser.add_argument("--view", action="append", help="only this view position (PA, AP, LATERAL, ...); repeatable")
+    parser.add_argument("--label", action="append", help="only images with this finding; repeatable (any of)")
+    parser.add_argument("--modality", action="append", help="only this modality (CR, DX, ...)")
+    parser.add_argument("--split", action="append", type=split_argument, help="only this split (train, validate, test)")
+    parser.add_argument("--model", help="which model's table (default: $MEDVEC_MODEL)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--reports", action="store_true",
+                        help="search the reports too: studies with report snippets, images found both ways")
+    parser.add_argument("--mode", choices=("hybrid", "bm25", "vector"), default="hybrid",
+                        help="report ranking with --reports (default hybrid: BM25 and vector, rank-fused)")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.reports:
+        if args.image or not args.text:
+            return refuse("medvec search --reports: give TEXT (image queries: medvec similar IMAGE_ID --reports)")
+        return _run_report_search(args, lambda s: s.search(" ".join(args.text), args.k, _filters(args), args.mode))
+    if bool(args.text) == bool(args.image):
+        return refuse("medvec search: give either TEXT or --image FILE")
+    if args.image:
+        path = Path(args.image)
+        if not path.is_file():
+            return refuse(f"medvec search: no file {path}")
+        return _run_search(args, lambda s: s.search_image(path.read_bytes(), args.k, _filters(args), filename=path.name))
+    return _run_search(args, lambda s: s.search_text(" ".join(args.text), args.k, _filters(args)))
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    if args.reports:
+        return _run_report_search(args, lambda s: s.similar_with_reports(args.image_id, args.k, _filters(args)))
+    return _run_search(args, lambda s: s.similar(args.image_id, args.k, _filters(args)))
+
+
+def _filters(args: argparse.Namespace):
+    from medvec.search.images import Filters
+
+    return Filters.of(view=args.view, modality=args.modality, split=args.split, labels=args.label)
+
+
+def _run_search(args: argparse.Namespace, ask) -> int:
+    """Run one query and print it; bad input is a plain message and exit code 2."""
+    from medvec.search.configured import open_search
+    from medvec.search.images import NotIndexed, SearchInputError
+
+    search = open_search(get_settings(), args.model)
+    try:
+        result = ask(search)
+    except (SearchInputError, NotIndexed) as exc:
+        return refuse(f"medvec: {exc}")
+    finally:
+        search.close()
+    if args.json:
+        print_json(result.to_json())
+        return 0
+    print(f"{len(result.hits)} hit(s) from {result.table} (v{result.table_version}) via {result.route} "
+          f"in {result.took_ms:.1f} ms")
+    print(f"{'#':>3}  {'score':>7}  {'image_id':<40} {'view':<8} {'split':<6} labels")
+    for hit in result.hits:
+        meta = hit.metadata
+        print(f"{hit.rank:>3}  {hit.score:>7.4f}  {hit.image_id[:40]:<40} {meta.get('view_position') or '-':<8} "
+              f"{meta.get('split') or '-':<6} {', '.join(meta.get('labels') or []) or '-'}")
+    return 0
+
+
+def _run_report_search(args: argparse.Namespace, ask) -> int:
+    from medvec.search.configured import open_search
+    from medvec.search.images import NotIndexed, SearchInputError
+    from medvec.search.reports import NoReports, ReportSearch
+
+    search = open_search(get_settings(), args.model)
+    try:
+        result = ask(ReportSearch(search))
+    except (SearchInputError, NotIndexed, NoReports) as exc:
+        return refuse(f"medvec: {exc}")
+    finally:
+        search.close()
+    if args.json:
+        print_json(result)
+    elif "studies" in result:
+        _print_studies(result)
+    else:
+        _print_similar_with_reports(result)
+    return 0
+
+
+def _print_studies(result: dict) -> None:
+    from medvec.search.reports import mark_text
+
+    print(f"{len(result['studies'])} report(s) ({result['query']['mode']}) and {len(result['images'])} image(s) "
+          f"in {result['took_ms']:.1f} ms")
+    for rank, study in enumerate(result["studies"], start=1):
+        print(f"{rank:>3}. {study['score']:.4f}  study {study['study_key']} ({study['layout']}, "
+              f"{'+'.join(study['routes'])})  {', '.join(study['labels']) or '-'}")
+        print(f"       {mark_text(study['snippet'], study['highlights'])}")
+        for image in study["images"]:
+            print(f"       image {image['image_id'][:44]} {image.get('view_position') or '-'}")
+    print("images (direct and through reports):")
+    for image in result["images"]:
+        print(f"{image['rank']:>3}. {image['score']:.4f}  {image['image_id'][:44]:<44} "
+              f"{'+'.join(image['routes']):<13} {', '.join(image.get('labels') or []) or '-'}")
+
+
+def _print_similar_with_reports(result: dict) -> None:
+    print(f"{len(result['hits'])} similar image(s) via {result['route']} in {result['took_ms']:.1f} ms")
+    for hit in result["hits"]:
+        print(f"{hit['rank']:>3}. {hit['score']:.4f}  {hit['image_id'][:44]:<44} "
+              f"{', '.join(hit.get('labels') or []) or '-'}")
+        for report in hit["reports"]:
+            print(f"       study {report['study_key']}: {report['impression'] or report['findings']}")

@@ -1,0 +1,106 @@
+"""The Medvec home's layout and every LanceDB table name Medvec owns: the one place that says where a
+thing lives, so `reset`, `stats`, the servers and the assets all agree.
+
+Under the home (a folder or an `s3://` prefix):
+    batches/<batch>/manifest.json      written once when the batch opens, never changed
+    batches/<batch>/records.parquet    one row per normalised image (replaced whole on re-run)
+    batches/<batch>/errors.parquet     one row per file that failed
+    batches/<batch>/reports.parquet    the batch's parsed reports
+    images/<shard>/<image_id>.webp     viewing size;  thumbs/<shard>/<image_id>.webp  thumbnails
+    indexes/<table>/v<version>.*       the in-memory search index saved per table version
+    eval/report.json, eval/recall_at_k.png   the latest evaluation
+    models/                            model snapshots and built tiny models (a local home only)
+    dagster-io/<asset key>/…           asset values passed between Dagster steps
+    lancedb/, incoming/                the default table database and watched source
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from medvec.storage import HomePath, as_path
+
+BATCHES = "batches"
+IMAGES = "images"
+THUMBS = "thumbs"
+INDEXES = "indexes"
+MODELS = "models"
+DAGSTER_IO = "dagster-io"
+LANCEDB = "lancedb"
+INCOMING = "incoming"
+BUNDLES = "bundles"
+#: Where the latest evaluation lives under the home; the web page, the server and the bundle read it there.
+EVAL_FILES = {"json": "eval/report.json", "png": "eval/recall_at_k.png"}
+
+IMAGES_PREFIX = "images__"
+REPORTS_PREFIX = "reports__"
+FALLBACK_PREFIX = "fallback_queries__"
+SIMILAR_PREFIX = "similar_images__"
+INGEST_ERRORS_TABLE = "ingest_errors"
+#: Table-name prefixes Medvec owns in a LanceDB database; `reset` drops exactly these (and `ingest_errors`).
+TABLE_PREFIXES = (IMAGES_PREFIX, REPORTS_PREFIX, FALLBACK_PREFIX, SIMILAR_PREFIX)
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+def image_table_name(model_slug: str) -> str:
+    return f"{IMAGES_PREFIX}{model_slug}"
+
+
+def report_table_name(model_slug: str) -> str:
+    return f"{REPORTS_PREFIX}{model_slug}"
+
+
+def fallback_table_name(model_slug: str) -> str:
+    return f"{FALLBACK_PREFIX}{model_slug}"
+
+
+def similar_table_name(model_slug: str) -> str:
+    return f"{SIMILAR_PREFIX}{model_slug}"
+
+
+def is_medvec_table(name: str) -> bool:
+    return name.startswith(TABLE_PREFIXES) or name == INGEST_ERRORS_TABLE
+
+
+def is_image_table(name: str) -> bool:
+    return name.startswith(IMAGES_PREFIX)
+
+
+def model_slug_of(image_table: str) -> str:
+    """`images__tiny_siglip` → `tiny_siglip`."""
+    return image_table.removeprefix(IMAGES_PREFIX)
+
+
+def reports_table_for(image_table: str) -> str:
+    """The report table embedded with the same model as `image_table`."""
+    return report_table_name(model_slug_of(image_table))
+
+
+# --- folders ---------------------------------------------------------------------------------------
+
+def batches_dir(home: HomePath) -> HomePath:
+    return as_path(home) / BATCHES
+
+
+def batch_dir(home: HomePath, batch: str) -> HomePath:
+    return batches_dir(home) / batch
+
+
+def index_dir(home: HomePath, table: str) -> HomePath:
+    return as_path(home) / INDEXES / table
+
+
+def eval_file(home: HomePath, kind: str) -> HomePath:
+    """`kind` is "json" (the report) or "png" (the recall plot)."""
+    return as_path(home) / EVAL_FILES[kind]
+
+
+def dagster_io_dir(home: HomePath) -> HomePath:
+    return as_path(home) / DAGSTER_IO
+
+
+def image_paths(image_id: str) -> tuple[str, str]:
+    """Where an image's files live under the Medvec home, sharded so no folder grows huge."""
+    shard = hashlib.sha1(image_id.encode()).hexdigest()[:2]
+    return f"{IMAGES}/{shard}/{image_id}.webp", f"{THUMBS}/{shard}/{image_id}.webp"

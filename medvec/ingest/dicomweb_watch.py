@@ -1,0 +1,113 @@
+"""Watching a DICOMweb archive: each look asks QIDO-RS for instances from the cursor's study date on
+(minus a lookback, for studies that reach the archive late), drops every instance a batch already holds
+(by SOPInstanceUID) and opens bounded batches of the rest. No Dagster here: `pipelines/dicomweb_sensor.py`
+calls `watch_dicomweb` once per tick.
+
+Instances are new when no manifest holds their SOPInstanceUID, so an outage at any point (listing,
+opening, retrieving) loses nothing and fetches nothing twice: the cursor only narrows the query.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+
+from medvec.ingest.batches import BatchManifest, batch_opening_lock, list_batches
+from medvec.ingest.watch import claimed_files, open_batches
+from medvec.sources.dicomweb import DicomWebInstance, DicomWebSource, InstanceQuery, sop_uid_of
+from medvec.storage import HomePath
+
+
+@dataclass
+class DicomWebCursor:
+    """What the sensor remembers: the newest study date of a complete look (the query's floor), the
+    batches it opened that are not normalised yet (to resume them after a failed run), and the folder
+    sensor's cursor fields for the model request."""
+
+    # YYYYMM, not the day: study dates are identifying (PS3.15), the month of the newest study is the
+    # coarsest floor that still keeps each look to about a month of the archive.
+    study_date_floor: str | None = None
+    open_batches: list[str] = field(default_factory=list)
+    resumed: dict[str, int] = field(default_factory=dict)  # batch → runs requested again after a failure
+    watch: dict = field(default_factory=dict)  # medvec.ingest.watch.WatchCursor, for the model request
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "DicomWebCursor":
+        if not text:
+            return cls()
+        raw = json.loads(text)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class DicomWebTick:
+    opened: list[BatchManifest]
+    cursor: DicomWebCursor
+    listed: int = 0
+    new: int = 0
+    left_for_next_tick: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        files = sum(len(m.files) for m in self.opened)
+        return (f"listed {self.listed} instance(s), {self.new} new; opened {len(self.opened)} batch(es) of {files} "
+                f"instance(s); {self.left_for_next_tick} left for the next tick")
+
+
+def claimed_instances(home: HomePath, batches: list[str]) -> set[str]:
+    """SOPInstanceUIDs every manifest holds (whatever the server's address was when it opened)."""
+    return {sop_uid_of(uri) for uri in claimed_files(home, batches)}
+
+
+def holding_batches(home: HomePath, instances: list[DicomWebInstance]) -> list[str]:
+    """The batches that already hold any of `instances`, in name (opening) order."""
+    wanted = {i.sop_uid for i in instances}
+    claims = claimed_files(home, list_batches(home))
+    return sorted({batch for uri, (batch, _) in claims.items() if sop_uid_of(uri) in wanted})
+
+
+def query_floor(cursor: DicomWebCursor, lookback_days: int) -> str | None:
+    if not cursor.study_date_floor:
+        return None
+    floor = date(int(cursor.study_date_floor[:4]), int(cursor.study_date_floor[4:6]), 1)
+    return (floor - timedelta(days=max(0, lookback_days))).strftime("%Y%m%d")
+
+
+def open_instances(source: DicomWebSource, home: HomePath, instances: list[DicomWebInstance], *, limit: int,
+                   batch_size: int, launcher: str, now: float | None = None) -> tuple[list[BatchManifest], int]:
+    """Open batches for the first `limit` instances no batch holds (oldest study first); the count of
+    new instances left over."""
+    with batch_opening_lock(home):
+        batches = list_batches(home)
+        claimed = claimed_instances(home, batches)
+        fresh = sorted((i for i in instances if i.sop_uid not in claimed), key=lambda i: (i.study_date, i.uri))
+        chosen = [i.source_file() for i in fresh[:limit]]
+        opened = open_batches(source, home, chosen, batch_size, launcher, now or time.time(), batches)
+    return opened, len(fresh) - len(chosen)
+
+
+def watch_dicomweb(source: DicomWebSource, home: HomePath, cursor: DicomWebCursor, *, launcher: str,
+                   batch_size: int, now: float | None = None) -> DicomWebTick:
+    """One look: list from the floor, open at most `max_per_tick` new instances, move the floor to the
+    newest study date once a look left nothing behind. Raises SourceUnavailable when the server is down
+    (the cursor is then unchanged)."""
+    started = time.perf_counter()
+    settings = source.settings
+    query = InstanceQuery(modalities=settings.modalities, filters=settings.query,
+                          date_from=query_floor(cursor, settings.lookback_days))
+    instances = list(source.search_instances(query))
+    opened, left = open_instances(source, home, instances, limit=settings.max_per_tick, batch_size=batch_size,
+                                  launcher=launcher, now=now)
+    new = sum(len(m.files) for m in opened) + left
+    if left == 0:
+        dates = [i.study_date for i in instances if len(i.study_date) == 8 and i.study_date.isdigit()]
+        if dates:
+            cursor.study_date_floor = max([*(d[:6] for d in dates), cursor.study_date_floor or ""])
+    cursor.open_batches = [*cursor.open_batches, *(m.batch for m in opened)]
+    return DicomWebTick(opened=opened, cursor=cursor, listed=len(instances), new=new, left_for_next_tick=left,
+                        seconds=time.perf_counter() - started)
