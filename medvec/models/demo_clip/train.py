@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 DATA_SEED = 7
 TRAIN_SEED = 11
 TRAIN_IMAGES = 4000
-STEPS = 900
+STEPS = 1000
 BATCH = 128
 
 
@@ -53,7 +53,7 @@ def build_untrained(tmp: Path):
                      "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": TEXT_LENGTH,
                      "pad_token_id": vocab["</s>"], "bos_token_id": vocab["</s>"], "eos_token_id": vocab["</s>"]},
         vision_config={"hidden_size": DIM, "intermediate_size": 2 * DIM, "num_hidden_layers": 3,
-                       "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": 8},
+                       "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": 16},
     )
     SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3,
                             image_std=[0.5] * 3, resample=3).save_pretrained(tmp)
