@@ -1,4 +1,4 @@
-"""Asset checks: each asks the domain (`medvec.tables.checks`) for one number and reports what it saw.
+"""Asset checks: each asks the domain (`medvec.checks`) for one number and reports what it saw.
 
 Blocking checks stop the assets downstream of theirs in the same run: bad vectors, missing or
 duplicate rows and identifying columns must never reach the index, the precomputed answers or a
@@ -13,7 +13,7 @@ from assets.partitions import batch_partitions
 from assets.search import fallback_queries, image_index
 from medvec.search.images import fallback_table_name
 from medvec.tables import database
-from medvec.tables.checks import (answered_versions, batch_rows, count_bad_vectors, duplicate_image_ids,
+from medvec.checks import (answered_versions, batch_rows, count_bad_vectors, duplicate_image_ids,
                                   identifying_columns)
 from medvec.tables.images import image_table_name
 from resources import MedvecHomeResource

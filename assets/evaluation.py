@@ -8,7 +8,7 @@ from assets.metadata import OWNERS, TAGS
 from assets.search import image_index
 from medvec.tables import database
 from medvec.evaluation.retrieval import evaluate_models, markdown_table, per_finding_table, recall_curve_png, save_report
-from medvec.search.configured import eval_targets
+from medvec.evaluation.targets import eval_targets
 from medvec.settings import get_settings
 from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact

@@ -56,7 +56,7 @@ for path in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(path))
 
 from medvec.bundle import BundleOptions, build_bundle  # noqa: E402 - after the sys.path fix above
-from medvec.bundle.export_onnx import _text_module, export_text_tower  # noqa: E402
+from medvec.bundle.export_onnx import text_module, export_text_tower  # noqa: E402
 from medvec.bundle.pack import pack_vectors, unpack_vectors  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -143,7 +143,7 @@ def siglip_base_shaped_bundle(tiny_bundle: Path, workdir: Path) -> tuple[Path, d
     started = time.perf_counter()
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        module = _text_module(SiglipModel(config).eval())
+        module = text_module(SiglipModel(config).eval())
     ids = json.loads((target / "model" / "tokenizer.json").read_text())
     example = [[ids["suffix_ids"][0]] * 64]
     info = export_text_tower(module, example, target / "model" / "text.onnx")

@@ -64,7 +64,7 @@ def evaluation(search_collection, tmp_path_factory):
     """An evaluation report and plot for the shared collection, kept outside its (read-only) home."""
     from medvec.tables import database
     from medvec.evaluation.retrieval import evaluate_models, recall_curve_png
-    from medvec.search.configured import eval_targets
+    from medvec.evaluation.targets import eval_targets
 
     settings = search_collection.settings
     report = evaluate_models(database.connect(settings.lancedb_uri), eval_targets(settings), split="all")

@@ -12,23 +12,14 @@ DOMAIN = ROOT / "medvec"
 IMPORTERS = ("medvec", "assets", "pipelines", "resources", "benchmarks")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-#: Files other work in flight is reshaping right now (the CLI package, the servers, the bundle, the search
-#: memory); they are held to the same rules once that work is merged, when this set is emptied.
-PENDING = {
-    "medvec/cli.py",
-    "medvec/serve/http_api.py",
-    "medvec/serve/embed_server.py",
-    "medvec/serve/mcp.py",
-    "medvec/bundle/build.py",
-    "medvec/bundle/export_onnx.py",
-    "medvec/search/images.py",
-    "medvec/search/vector_index.py",
-}
-#: Subpackage imports that close a cycle today, each with the work that removes it; emptied at merge too.
-PENDING_EDGES = {
-    # `eval_targets` (in search/configured.py) builds evaluation targets; it moves to medvec/evaluation/
-    # once the one-embedder-factory work, which rewrites its body, has landed.
-    ("search", "evaluation"),
+#: Files allowed to break a rule for now, each with the reason (none today: keep it that way).
+PENDING: set[str] = set()
+#: Subpackage imports allowed to close a cycle, each with the work that removes it (none today).
+PENDING_EDGES: set[tuple[str, str]] = {
+    # Settings types the home with storage's paths, while storage and its S3 client take their defaults
+    # (endpoint, region) from Settings, lazily, inside functions. Passing the endpoint and region down
+    # from every caller's Settings would remove these edges.
+    ("storage", "settings"), ("s3_path", "settings"),
 }
 
 

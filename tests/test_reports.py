@@ -255,7 +255,7 @@ def test_medvec_search_reports_json_gives_studies_with_snippets_and_images(searc
 def test_a_report_only_dataset_is_evaluated_on_labels_read_from_reports(tmp_path, settings, dagster_instance):
     from medvec.evaluation.retrieval import evaluate_models
     from medvec.sample.writer import write_sample_data
-    from medvec.search.configured import eval_targets
+    from medvec.evaluation.targets import eval_targets
     from pipelines.ingest import ingest
 
     sample = write_sample_data(tmp_path / "sample", count=12)

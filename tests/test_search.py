@@ -282,3 +282,25 @@ def test_loading_reads_every_row_once_in_table_order_with_its_own_vector(tmp_pat
     assert meta.column("image_id").to_pylist() == ids
     rows = [int(i[4:]) for i in ids]
     assert loaded.dtype == np.float32 and np.array_equal(loaded, vectors[rows])
+
+
+def test_loading_matches_a_plain_arrow_read_across_fragments_and_deleted_rows(tmp_path):
+    from medvec.search.loading import HIT_COLUMNS, read_table
+
+    db = database.connect(str(tmp_path / "lancedb"))
+    vectors = _clustered(900, 8, seed=3)
+    table = open_image_table(db, image_table_name("synthetic"), 8)
+    for start in range(0, 900, 300):  # three appends: three fragments
+        upsert_batch(table, f"b{start}", _rows(vectors[start:start + 300], f"b{start}", start=start))
+    gone = [f"img-{i:06d}" for i in (*range(0, 900, 7), *range(300, 340))]  # scattered rows and a whole run
+    table.delete("image_id IN (" + ", ".join(f"'{i}'" for i in gone) + ")")
+    # Re-running batch b600 with 50 new vectors: those rows move to a new fragment, the rest of it is deleted.
+    upsert_batch(table, "b600", _rows(_clustered(50, 8, seed=4), "b600", start=600))
+    plain = table.to_arrow()
+    ids, loaded, meta = read_table(table, batch_rows=64)  # pages smaller than, and across, fragments
+    assert ids == plain.column("image_id").to_pylist() and len(set(ids)) == len(ids) == plain.num_rows
+    kept = {f"img-{i:06d}" for i in range(600)} - set(gone) | {f"img-{i:06d}" for i in range(600, 650)}
+    assert set(ids) == kept and len(ids) == 530
+    expected = np.asarray(plain.column("vector").combine_chunks().flatten().to_numpy()).reshape(-1, 8)
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, expected)
+    assert meta.equals(plain.select([c for c in HIT_COLUMNS if c in plain.schema.names]).combine_chunks())

@@ -27,7 +27,7 @@ class ExportError(RuntimeError):
     """The text tower cannot be exported, or the export does not match PyTorch."""
 
 
-def _text_module(model):
+def text_module(model):
     import torch
 
     class TextTower(torch.nn.Module):
@@ -64,7 +64,7 @@ def cpu_float32_text_tower(embedder):
     parameter = next(model.parameters())
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
         model = copy.deepcopy(model).float().cpu()
-    return _text_module(model)
+    return text_module(model)
 
 
 def export_text_tower(module, token_ids: Sequence[Sequence[int]], path: Path, *, opset: int = OPSET) -> dict:

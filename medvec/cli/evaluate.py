@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from medvec.evaluation.retrieval import evaluate_models, markdown_table, save_report
-    from medvec.search.configured import eval_targets
+    from medvec.evaluation.targets import eval_targets
     from medvec.tables import database
 
     settings = get_settings()

@@ -150,9 +150,9 @@ def _local_files(config: EmbedderConfig, cache_dir: Path, revision: str | None) 
 
 
 def _probe_nim(config: EmbedderConfig) -> ModelArtifact:
-    from medvec.embedders.nim import _without_credentials
+    from medvec.embedders.nim import without_credentials
 
-    shown_url = _without_credentials(config.nim_url)  # a URL may carry user:password; never show it
+    shown_url = without_credentials(config.nim_url)  # a URL may carry user:password; never show it
     with _nim_client(config, dim=None) as embedder:
         ready, detail = embedder.ready(timeout=config.nim_timeout_s)
         if not ready:

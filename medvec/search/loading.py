@@ -3,17 +3,20 @@ float32 matrix, hit metadata, the saved IVF structure (memory-mapped where it is
 precomputed answers; a missing index is built on a background thread while the exact scan answers.
 
 Memory: `to_arrow()` + `combine_chunks()` held the Arrow table, its combined copy and the numpy
-matrix at once (~2.7x the vectors at 377k x 1152). Here the only full-size allocation is the final
-matrix; each Arrow batch is copied into its rows and dropped (benchmarks/search.py --load-only).
+matrix at once (~2.7x the vectors at 377k x 1152); a `to_batches` scan still peaked at ~2.5x (Lance
+reads whole vector pages and fragments ahead). Here the only full-size allocation is the final matrix,
+filled by `take_offsets` pages: ~1.2x the vectors over the process baseline (benchmarks/search.py --load-only).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -26,13 +29,20 @@ from medvec.tables import database
 
 log = logging.getLogger(__name__)
 
+try:  # glibc's allocator controls (see _large_blocks_mapped); other C libraries go without
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.mallopt, _LIBC.malloc_trim  # noqa: B018 - both must exist
+except (OSError, AttributeError):
+    _LIBC = None
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
 #: Columns a hit carries as metadata. `source_uri` is left out on purpose: file paths can hold
 #: identifiers (names, MRNs in folder names) and a search client has no use for them.
 HIT_COLUMNS = ("image_id", "study_id", "series_id", "subject_key", "view_position", "modality", "body_part",
                "labels", "split", "rows", "columns", "width", "height", "source_format", "photometric",
                "bits_stored", "window_source", "batch", "image_uri", "thumb_uri", "extra")
-#: Rows per Arrow batch while loading: 8,192 x 1,152 floats is 38 MB in flight on top of the matrix.
-LOAD_BATCH_ROWS = 8_192
+#: Rows per `take_offsets` page while loading: 2,048 x 1,152 floats is 9 MB in flight beside the matrix.
+LOAD_BATCH_ROWS = 2_048
 
 
 def ids_fingerprint(ids: list[str]) -> str:
@@ -74,30 +84,62 @@ class LoadedTable:
 
 
 def read_table(table, batch_rows: int = LOAD_BATCH_ROWS) -> tuple[list[str], np.ndarray, pa.Table]:
-    """(ids, vectors, hit metadata) of the table's checked-out version, read batch by batch."""
+    """(ids, vectors, hit metadata) of the table's checked-out version, in table order.
+
+    The metadata comes from one scan without the vector column (small); the vectors by
+    `take_offsets` in `batch_rows` pages, each copied into its rows of the one final matrix and
+    dropped. A scan of the vector column holds far more than a page: Lance reads a data file's
+    vector page whole (one page per fragment as LanceDB writes them, 230 MB at 50,000 x 1,152) and
+    reads fragments ahead, so `to_batches` peaked at ~2.5x the vectors whatever its batch size."""
     dim = table.schema.field("vector").type.list_size
     columns = [c for c in HIT_COLUMNS if c in table.schema.names]
-    capacity = table.count_rows()
-    vectors = np.empty((capacity, dim), dtype=np.float32)
-    ids: list[str] = []
-    meta_batches = []
-    filled = 0
-    reader = table.search().select([*columns, "vector"]).limit(None).to_batches(batch_rows)
-    for batch in reader:
-        n = batch.num_rows
-        if filled + n > capacity:  # a writer committed between the count and the scan: grow (rare)
-            capacity = max(filled + n, int(capacity * 1.25) + 1)
-            vectors = np.resize(vectors, (capacity, dim))
-        flat = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
-        vectors[filled:filled + n] = flat.reshape(n, dim)
-        ids.extend(batch.column("image_id").to_pylist())
-        meta_batches.append(batch.select(columns))
-        filled += n
-    if filled < capacity:
-        vectors = vectors[:filled].copy() if filled else vectors[:0]
-    schema = meta_batches[0].schema if meta_batches else pa.schema([table.schema.field(c) for c in columns])
-    meta = pa.Table.from_batches(meta_batches, schema=schema).combine_chunks()
-    return ids, vectors, meta
+    with _large_blocks_mapped():
+        meta = table.search().select(columns).limit(None).to_arrow().combine_chunks()
+        ids = meta.column("image_id").combine_chunks()
+        vectors = np.empty((meta.num_rows, dim), dtype=np.float32)
+        for start in range(0, meta.num_rows, batch_rows):
+            _take_vectors(table, ids, vectors, start, min(meta.num_rows, start + batch_rows))
+    return ids.to_pylist(), vectors, meta
+
+
+def _take_vectors(table, ids: pa.Array, vectors: np.ndarray, start: int, stop: int) -> None:
+    """Rows [start, stop) of the vectors, written in place. `take_offsets` returns rows in no
+    promised order, so each lands by its `_rowoffset`; its `image_id` must be the metadata's for
+    that row (a mismatch would pair ids with other rows' vectors under a valid-looking fingerprint)."""
+    page = table.take_offsets(list(range(start, stop))).select(["image_id", "vector", "_rowoffset"]).to_arrow()
+    if page.num_rows != stop - start:
+        raise RuntimeError(f"{table.name}: asked for rows {start}-{stop}, got {page.num_rows}; the table "
+                           "changed while loading")
+    dim = vectors.shape[1]
+    for batch in page.to_batches():
+        rows = batch.column("_rowoffset").to_numpy().astype(np.int64, copy=False)
+        if not ids.take(pa.array(rows)).equals(batch.column("image_id")):
+            raise RuntimeError(f"{table.name}: rows {start}-{stop} changed while loading")
+        # flatten() honours the batch's slice offset; to_numpy() views the float buffer (no copy).
+        values = batch.column("vector").flatten().to_numpy()
+        if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
+            vectors[rows[0]:rows[-1] + 1] = values.reshape(-1, dim)
+        else:
+            vectors[rows] = values.reshape(-1, dim)
+
+
+@contextmanager
+def _large_blocks_mapped():
+    """glibc malloc (Lance's allocator) serves blocks below its mmap threshold from per-thread
+    arenas and keeps them when freed; after the first large free that threshold rises to 32 MB, so
+    every scan and take buffer lands in an arena and stays resident beside the filling matrix
+    (~250 MB at 377k x 1,152). While loading, blocks of 1 MB and up get their own mapping, which
+    `free` returns to the OS; after, the threshold is set to 32 MB, where glibc's own adjustment
+    leaves a long-running process, so queries' larger arrays are not mapped and faulted each time."""
+    if _LIBC is None:
+        yield
+        return
+    _LIBC.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    try:
+        yield
+    finally:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        _LIBC.malloc_trim(0)
 
 
 def saved_index(home: HomePath | None, table_name: str, version: int, ids: list[str],

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medvec.search.exact import exact_top_k, recall_at_k, top_k  # noqa: F401 - recall_at_k re-exported
 from medvec.storage import HomePath, write_atomic
 
 #: Below this many rows an exact scan is both fast (< 2 ms at 1,152 dims) and exact.
@@ -148,17 +149,8 @@ class VectorIndex:
         if self._ivf is None:
             return
         faiss = _faiss()
-        rng = np.random.default_rng(seed + 1)
         n, d = self.vectors.shape
-        m = min(queries, n)
-        near = self.vectors[rng.choice(n, m, replace=False)]
-        near = near + rng.standard_normal(near.shape, dtype=np.float32) * (0.2 / math.sqrt(d))
-        between = self.vectors[rng.choice(n, m)] + self.vectors[rng.choice(n, m)]
-        sets = {"near_rows": near, "between_rows": between}
-        if extra_queries is not None and len(extra_queries):
-            sets["given"] = np.asarray(extra_queries, dtype=np.float32).reshape(-1, d)
-        sets = {name: np.ascontiguousarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
-                for name, q in sets.items()}
+        sets = self._tuning_queries(queries, seed, extra_queries)
         truths = {name: exact_top_k(self.vectors, q, 10) for name, q in sets.items()}
         steps = [s for s in RERANK_STEPS if s < n] + [min(n, max(RERANK_STEPS))] if self.info.rerank else [0]
         steps = sorted(set(steps))
@@ -185,7 +177,7 @@ class VectorIndex:
                     if reranked is None:
                         rows = found[name]
                     else:
-                        rows = _top_k(reranked[name][:, :step], found[name][:, :step], 10)[1]
+                        rows = top_k(reranked[name][:, :step], found[name][:, :step], 10)[1]
                     recalls[name] = round(recall_at_k(rows, truths[name]), 4)
                 recall = min(recalls.values())
                 if fallback is None or recall > fallback[3]:
@@ -201,6 +193,20 @@ class VectorIndex:
             nprobe = following
         chosen = best or fallback
         self.info.nprobe, self.info.rerank, self.info.tuned_recall_at_10 = chosen[1], chosen[2], chosen[3]
+
+    def _tuning_queries(self, queries: int, seed: int, extra_queries: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Unit-length query sets the tuning must satisfy, by name (see `tune`)."""
+        rng = np.random.default_rng(seed + 1)
+        n, d = self.vectors.shape
+        m = min(queries, n)
+        near = self.vectors[rng.choice(n, m, replace=False)]
+        near = near + rng.standard_normal(near.shape, dtype=np.float32) * (0.2 / math.sqrt(d))
+        between = self.vectors[rng.choice(n, m)] + self.vectors[rng.choice(n, m)]
+        sets = {"near_rows": near, "between_rows": between}
+        if extra_queries is not None and len(extra_queries):
+            sets["given"] = np.asarray(extra_queries, dtype=np.float32).reshape(-1, d)
+        return {name: np.ascontiguousarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
+                for name, q in sets.items()}
 
     # --- searching -------------------------------------------------------------------------------
 
@@ -234,7 +240,7 @@ class VectorIndex:
                 scores, rows = self._ivf.search(query[None, :], want,
                                                 params=faiss.SearchParametersIVF(nprobe=self._probes(k)))
             if self.info.rerank:
-                scores, rows = _top_k(self._exact_scores(query[None, :], rows), rows, k)
+                scores, rows = top_k(self._exact_scores(query[None, :], rows), rows, k)
         keep = rows[0] >= 0
         return scores[0][keep], rows[0][keep].astype(np.int64)
 
@@ -250,7 +256,7 @@ class VectorIndex:
         scores, rows = self._ivf.search(queries, self._candidates(k),
                                         params=faiss.SearchParametersIVF(nprobe=self._probes(k)))
         if self.info.rerank:
-            scores, rows = _top_k(self._exact_scores(queries, rows), rows, k)
+            scores, rows = top_k(self._exact_scores(queries, rows), rows, k)
         return scores, rows
 
     def _search_filtered(self, query: np.ndarray, k: int, want: int, allowed: "RowFilter"):
@@ -346,20 +352,6 @@ class VectorIndex:
         return cls(vectors, ivf=ivf, info=info)
 
 
-def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of a (queries, candidates) score matrix, the k best (scores, rows), best first;
-    missing candidates (row -1, score -inf) come last and stay -1."""
-    k = min(k, scores.shape[1])
-    if k < scores.shape[1]:
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        top = np.tile(np.arange(k), (len(scores), 1))
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    order = np.argsort(-top_scores, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    return np.take_along_axis(scores, top, axis=1), np.take_along_axis(rows, top, axis=1)
-
-
 class RowFilter:
     """A set of allowed rows, kept as a mask, the row numbers and (lazily) a FAISS selector."""
 
@@ -376,25 +368,3 @@ class RowFilter:
             self._bits = np.packbits(self.mask, bitorder="little")  # the selector reads this buffer: keep it
             self._selector = faiss.IDSelectorBitmap(len(self.mask), faiss.swig_ptr(self._bits))
         return self._selector
-
-
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
-    """Row numbers of the exact top k per query, best first (the ground truth for recall)."""
-    queries = np.atleast_2d(queries)
-    k = min(k, len(vectors))
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        scores = queries[start:start + chunk] @ vectors.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(k), (len(scores), 1))
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[start:start + chunk] = np.take_along_axis(top, order, axis=1)
-    return out
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each query's true top-k that the search returned."""
-    k = truth.shape[1]
-    if k == 0:
-        return 1.0
-    hits = [len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 1.0
