@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 from medvec.embedders.transformers_local import TransformersEmbedder, quiet_transformers  # noqa: E402
 from medvec.ingest.embed import embed_records  # noqa: E402
 from medvec.models.registry import resolve_model  # noqa: E402
-from medvec.models.tiny import build_tokenizer, build_tiny_siglip  # noqa: E402
+from medvec.models.tiny import build_word_tokenizer, build_tiny_siglip  # noqa: E402
 from medvec.tables.records import ImageRecord  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def build_random_siglip_base(out_dir: Path) -> Path:
     if (out_dir / "config.json").exists():
         return out_dir
     out_dir.mkdir(parents=True)
-    build_tokenizer(out_dir, pad="</s>", eos="</s>", bos=None, max_length=64)
+    build_word_tokenizer(out_dir, pad="</s>", eos="</s>", bos=None, max_length=64)
     torch.manual_seed(0)
     with quiet_transformers():
         SiglipModel(SiglipConfig()).eval().save_pretrained(out_dir)

@@ -9,21 +9,24 @@ from medvec.settings import Settings
 
 
 def choose_demo_model(settings: Settings) -> Settings:
-    """The configured model when this machine has it, else tiny-siglip, said in plain words."""
+    """The model a user chose (MEDVEC_MODEL) when this machine has it, else medvec-demo-clip, the small model
+    shipped with Medvec and trained on synthetic chest images; said in plain words."""
+    from medvec.models.demo_clip import NAME, QUALITY_NOTE
     from medvec.models.registry import model_rows
 
+    chosen = "model" in settings.model_fields_set
     rows = {row["name"]: row for row in model_rows(hub_cache_dirs=[settings.model_cache / "hub", None])}
     row = rows.get(settings.model)
-    if settings.embedder == "nim" or (row and row["available"] and not row.get("no_retrieval_quality")):
-        print(f"embedding with {settings.model}")
+    if chosen and (settings.embedder == "nim" or (row and row["available"])):
+        note = f" ({row['quality_note']})" if row and row.get("quality_note") else ""
+        print(f"embedding with {settings.model}{note}")
         return settings
-    if settings.model != "tiny-siglip":
+    if chosen:
         reason = row["why_not"] if row else "not a registry model"
         print(f"{settings.model} is not available here ({reason}).")
-    print("embedding with tiny-siglip: a small model with RANDOM weights, built offline. It exercises the whole "
-          "pipeline but its search results mean nothing; set MEDVEC_MODEL=siglip-base (or another model from "
-          "`medvec models`) where its files can be downloaded for real retrieval.")
-    return settings.model_copy(update={"model": "tiny-siglip"})
+    print(f"embedding with {NAME}: a small model shipped with Medvec, {QUALITY_NOTE}. Set MEDVEC_MODEL=siglip-base "
+          "(or another model from `medvec models`) where its files can be downloaded.")
+    return settings.model_copy(update={"model": NAME})
 
 
 def show_collection(settings: Settings) -> None:

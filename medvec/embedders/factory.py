@@ -11,7 +11,7 @@ from typing import Literal
 
 from medvec.embedders.base import Embedder, EmbedderError
 from medvec.models.files import ResolvedModel, resolve_model_files
-from medvec.models.registry import REGISTRY, ModelSpec, resolve_model
+from medvec.models.registry import PACKAGED_MODELS, REGISTRY, ModelSpec, resolve_model
 from medvec.settings import DEFAULT_MODEL, Settings, get_settings
 
 #: What a NIM serves when no model is named (MEDVEC_MODEL left at the offline default).
@@ -136,6 +136,9 @@ def local_config(config: EmbedderConfig, **changes) -> EmbedderConfig:
 def _local_files(config: EmbedderConfig, cache_dir: Path, revision: str | None) -> ResolvedModel:
     """The model's files on disk: built here for the tiny offline models, else hub / s3 / local."""
     spec = config.spec
+    if spec.name in PACKAGED_MODELS:
+        return resolve_model_files(spec.model_id, source="local", location=str(PACKAGED_MODELS[spec.name]),
+                                   cache_dir=cache_dir)
     if spec.no_retrieval_quality:
         from medvec.models.tiny import TINY_BUILDERS
 

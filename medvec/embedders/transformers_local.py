@@ -101,7 +101,7 @@ def pick_dtype(requested: str, device: str) -> str:
     return requested
 
 
-def _features(output):
+def features_of(output):
     """transformers 5 returns BaseModelOutputWithPooling from get_*_features: the vector is
     `.pooler_output`; indexing [0] would silently return the token states instead."""
     return output if hasattr(output, "shape") else output.pooler_output
@@ -245,7 +245,7 @@ class TransformersEmbedder(Embedder):
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
-        features = self._run(lambda: _features(self.model.get_image_features(pixel_values=tensor)))
+        features = self._run(lambda: features_of(self.model.get_image_features(pixel_values=tensor)))
         return l2_normalize(features.float().cpu().numpy())
 
     def _text_features(self, texts: list[str]) -> np.ndarray:
@@ -256,7 +256,7 @@ class TransformersEmbedder(Embedder):
         inputs = {"input_ids": tokens["input_ids"].to(self.device)}
         if self._text_mask and "attention_mask" in tokens:
             inputs["attention_mask"] = tokens["attention_mask"].to(self.device)
-        features = self._run(lambda: _features(self.model.get_text_features(**inputs)))
+        features = self._run(lambda: features_of(self.model.get_text_features(**inputs)))
         return l2_normalize(features.float().cpu().numpy())
 
 

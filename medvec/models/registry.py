@@ -12,7 +12,17 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from medvec.models.demo_clip import DIM as DEMO_DIM
+from medvec.models.demo_clip import IMAGE_SIZE as DEMO_IMAGE_SIZE
+from medvec.models.demo_clip import NAME as DEMO_NAME
+from medvec.models.demo_clip import QUALITY_NOTE as DEMO_NOTE
+from medvec.models.demo_clip import TEXT_LENGTH as DEMO_TEXT_LENGTH
+from medvec.models.demo_clip import WEIGHTS_DIR as DEMO_WEIGHTS_DIR
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+RANDOM_NOTE = "random weights: no retrieval quality (offline demo and tests only)"
+#: Models whose files ship inside the package: registry name → folder.
+PACKAGED_MODELS = {DEMO_NAME: DEMO_WEIGHTS_DIR}
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
 
@@ -42,6 +52,8 @@ class ModelSpec:
     revision: str | None = None  # pinned default Hub revision; None = main
     tokenizer_id: str | None = None  # a second repo the text tower needs (BiomedCLIP's BiomedBERT)
     no_retrieval_quality: bool = False  # random weights: offline runs and tests only
+    # What every place that shows this model's results must say about it (random or synthetic-only weights).
+    quality_note: str = ""
     notes: str = ""
 
     def __post_init__(self):
@@ -81,12 +93,16 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("nvclip", "nvidia/nvclip", "nim", 1024, 224, CLIP_MEAN, CLIP_STD, text_length=77,
               text_padding="longest", licence="NVIDIA AI Foundation Models terms",
               notes="remote NIM: server-side preprocessing; self-hosted model id nvidia/nvclip-vit-h-14"),
+    ModelSpec(DEMO_NAME, "medvec/demo-clip", "transformers", DEMO_DIM, DEMO_IMAGE_SIZE, text_length=DEMO_TEXT_LENGTH,
+              licence="Apache-2.0 (trained here, medvec.models.demo_clip.train)", quality_note=DEMO_NOTE,
+              notes="small SigLIP-shaped model shipped with Medvec, trained on synthetic chest images: the offline "
+                    "demo's model"),
     ModelSpec("tiny-siglip", "medvec/tiny-siglip", "transformers", 64, 32, licence="generated locally",
-              no_retrieval_quality=True,
+              no_retrieval_quality=True, quality_note=RANDOM_NOTE,
               notes="random weights: for offline runs and tests only, no retrieval quality"),
     ModelSpec("tiny-biomedclip", "medvec/tiny-biomedclip", "open_clip", 32, 224, CLIP_MEAN, CLIP_STD,
               resize="shortest_edge_crop", text_length=256, text_padding="max_length", licence="generated locally",
-              no_retrieval_quality=True,
+              no_retrieval_quality=True, quality_note=RANDOM_NOTE,
               notes="random weights, BiomedCLIP-shaped: tests the open_clip path offline, no retrieval quality"),
 )}
 
@@ -200,8 +216,8 @@ def availability(spec: ModelSpec, model_dir: str | Path | None = None,
             import open_clip  # noqa: F401
         except ImportError:
             return False, "install the biomedclip extra (pip install -e '.[biomedclip]')"
-    if spec.no_retrieval_quality:
-        return True, ""  # built locally on first use
+    if spec.no_retrieval_quality or spec.name in PACKAGED_MODELS:
+        return True, ""  # built locally on first use, or shipped with Medvec
     needed = _LOADER_FILE[spec.loader]
     if model_dir is not None and (Path(model_dir) / needed).exists():
         return True, ""
@@ -232,6 +248,7 @@ def model_rows(available_dirs: Mapping[str, str | Path] | None = None, *,
         available, why_not = availability(spec, model_dir, hub_cache_dirs)
         rows.append({"name": spec.name, "model_id": spec.model_id, "dim": spec.dim, "image_size": spec.image_size,
                      "loader": spec.loader, "gated": spec.gated, "licence": spec.licence,
-                     "no_retrieval_quality": spec.no_retrieval_quality, "available": available,
+                     "no_retrieval_quality": spec.no_retrieval_quality, "quality_note": spec.quality_note,
+                     "available": available,
                      "why_not": why_not})
     return rows

@@ -32,14 +32,15 @@ this is photo image there blunted costophrenic angle lower lobe upper base apex 
 """.split()))
 
 
-def build_tokenizer(out_dir: Path, *, pad: str, eos: str, bos: str | None, max_length: int,
-                     model_input_names: list[str] | None = None):
+def build_word_tokenizer(out_dir: Path, words: list[str] | None = None, *, pad: str, eos: str, bos: str | None,
+                         max_length: int, model_input_names: list[str] | None = None):
+    """A WordLevel tokenizer over `words` (default: the tiny models' list), saved to `out_dir`."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
     specials = [pad, "<unk>"] + ([bos] if bos else []) + ([eos] if eos != pad else [])
-    vocab = {token: i for i, token in enumerate(specials + _WORDS)}
+    vocab = {token: i for i, token in enumerate(specials + list(words or _WORDS))}
     core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -109,7 +110,7 @@ def build_tiny_siglip(out_dir: str | Path) -> Path:
     if tmp is None:
         return out_dir
     # Like google/siglip-*: no attention mask, because SigLIP was trained without one.
-    _, vocab = build_tokenizer(tmp, pad="</s>", eos="</s>", bos=None, max_length=spec.text_length,
+    _, vocab = build_word_tokenizer(tmp, pad="</s>", eos="</s>", bos=None, max_length=spec.text_length,
                                 model_input_names=["input_ids"])
 
     config = SiglipConfig(
@@ -137,7 +138,7 @@ def build_tiny_clip(out_dir: str | Path, image_size: int = 32) -> Path:
     out_dir, tmp = _begin_build(out_dir)
     if tmp is None:
         return out_dir
-    _, vocab = build_tokenizer(tmp, pad="<pad>", eos="</s>", bos="<s>", max_length=77)
+    _, vocab = build_word_tokenizer(tmp, pad="<pad>", eos="</s>", bos="<s>", max_length=77)
 
     config = CLIPConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
