@@ -4,6 +4,7 @@ to 8-bit RGB (medvec.imaging.colour: an RGB file whose channels are all equal is
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -47,7 +48,9 @@ def read_raster(data: bytes, target_size: int | None = None, *, max_pixels: int 
     """
     use_pillow_limit(max_pixels)
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow warns between 1x and 2x its limit: ours refuses there itself
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         check_raster_budget(image, max_pixels)
         rows, columns = image.height, image.width
         if image.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # stored on its side: upright swaps them
@@ -58,7 +61,9 @@ def read_raster(data: bytes, target_size: int | None = None, *, max_pixels: int 
         image = ImageOps.exif_transpose(image)  # phone/scanner JPEGs store rotation in EXIF
         image.load()
     except Image.DecompressionBombError as exc:  # Pillow's own guard, in open(), at 2x our limit
-        raise UnreadableImage("decode", f"the image header claims too many pixels ({str(exc)[:160]})", exc) from exc
+        raise UnreadableImage("decode", f"the image header claims too many pixels ({str(exc).split(',')[0]}), over "
+                                        f"the {max_pixels / 1e6:,.0f} Mpx limit (MEDVEC_MAX_PIXELS); not decoded",
+                              exc) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage("decode", f"image file is corrupt or truncated ({str(exc)[:160]})", exc) from exc
     mode = image.mode
