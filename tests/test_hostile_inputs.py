@@ -9,10 +9,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +153,25 @@ def _ingest(source: Path, env: dict) -> dict:
     return json.loads(done.stdout)
 
 
+def _finishes(work, limit_s: float = HANG_LIMIT_S):
+    """Run `work()` on a daemon thread; fail (rather than stall the suite) if it is still running at the limit."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's own thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"still running after {limit_s} s: it hung"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def _assert_stored_and_recorded(settings: Settings, errors: list[dict]):
     records = [r for b in list_batches(settings.home) for r in load_batch_records(settings.home, b)]
     assert sorted(_name(r.source_uri) for r in records) == sorted(GOOD)
@@ -191,13 +210,18 @@ def test_the_folder_sensor_takes_the_same_folder(hostile, settings, dagster_inst
 
     monkeypatch.setenv("MEDVEC_WATCH_BATCH_SIZE", "100")
     monkeypatch.setenv("MEDVEC_WATCH_SETTLE_MARGIN_S", "0")
-    shutil.move(str(hostile), str(settings.home / "incoming"))
+    settings.home.mkdir(parents=True)
+    os.rename(hostile, settings.home / "incoming")  # links and the FIFO move as they are
     resources = {**home_resources(settings), "embedder": LocalEmbedderResource(model="tiny-siglip")}
     daemon = Daemon(dagster_instance, resources, incoming_folder_sensor)
-    daemon.tick()  # the model first
-    daemon.launch()
-    daemon.tick()
-    daemon.launch()  # asserts every run succeeded
+
+    def two_ticks_and_their_runs():
+        daemon.tick()  # the model first
+        daemon.launch()
+        daemon.tick()
+        daemon.launch()  # asserts every run succeeded
+
+    _finishes(two_ticks_and_their_runs)
     errors = [e.to_row() for b in list_batches(settings.home) for e in load_batch_errors(settings.home, b)]
     _assert_stored_and_recorded(settings, errors)
     daemon.tick()
@@ -227,7 +251,9 @@ def test_reads_are_bounded_in_size_and_never_block(hostile):
     with pytest.raises(OSError, match="MEDVEC_MAX_FILE_BYTES"):
         source.read_bytes(str(hostile / "a_good.dcm"))  # 39 KB, over the 1000-byte limit
     with pytest.raises(OSError, match="FIFO"):  # returns at once: no writer is ever waited for
-        LocalFolderSource(hostile).read_bytes(str(hostile / "fifo.dcm"))
+        _finishes(lambda: LocalFolderSource(hostile).read_bytes(str(hostile / "fifo.dcm")), 60)
+    with pytest.raises(OSError, match="outside the source folder"):  # /dev/zero is never opened
+        _finishes(lambda: LocalFolderSource(hostile).read_bytes(str(hostile / "devzero.dcm")), 60)
 
 
 @pytest.mark.parametrize("bomb", [png_bomb, jpeg_bomb, j2k_bomb, dicom_j2k_bomb])
