@@ -18,7 +18,6 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from PIL import Image
@@ -298,3 +297,70 @@ def test_uploaded_bombs_are_400_never_500(search_collection, hostile):
     assert all("MEDVEC_MAX_PIXELS" in reasons[name] or "too many pixels" in reasons[name]
                for name in uploads if "bomb" in name), reasons
     assert good.status_code == 200 and good.json()["hits"]
+
+
+def test_hostile_s3_objects_are_one_error_each(s3_endpoint, tmp_path, monkeypatch):
+    """Objects that vanish between listing and reading, zero-byte objects, a key sent with a byte that is
+    not UTF-8 (moto, like S3, stores a decoded key) and control characters in keys, against moto's server."""
+    import boto3
+    import httpx
+
+    from medvec.ingest.batches import normalize_batch, plan_batches, write_manifest
+    from medvec.sources import S3PrefixSource
+    from tests.conftest import free_port
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"hostile-{free_port()}"
+    client.create_bucket(Bucket=bucket)
+    good = dicom_testfile("CT_small.dcm").read_bytes()
+    client.put_object(Bucket=bucket, Key="in/a_good.dcm", Body=good)
+    client.put_object(Bucket=bucket, Key="in/empty.dcm", Body=b"")
+    client.put_object(Bucket=bucket, Key="in/gone.dcm", Body=good)
+    client.put_object(Bucket=bucket, Key="in/odd\x01name €.png", Body=_png((1, 2, 3)))
+    assert httpx.put(f"{s3_endpoint}/{bucket}/in/bad%FFname.png", content=_png((4, 5, 6))).status_code == 200
+    home = tmp_path / "home"
+    source = S3PrefixSource(f"s3://{bucket}/in", endpoint_url=s3_endpoint)
+    [manifest] = plan_batches(source, home, batch_size=100)
+    write_manifest(home, manifest)
+    client.delete_object(Bucket=bucket, Key="in/gone.dcm")  # between the listing and the read
+
+    result = _finishes(lambda: normalize_batch(manifest, home, pseudonym_key="k", s3_endpoint_url=s3_endpoint,
+                                               workers=1))
+    assert sorted(_name(r.source_uri) for r in result.records) == sorted(["a_good.dcm", "odd\x01name €.png",
+                                                                         "bad\ufffdname.png"])
+    assert sorted((_name(e.source_uri), e.stage) for e in result.errors) == [("empty.dcm", "read"), ("gone.dcm", "read")]
+    assert "gone" in next(e.message for e in result.errors if e.source_uri.endswith("gone.dcm"))
+    again = normalize_batch(manifest, home, pseudonym_key="k", s3_endpoint_url=s3_endpoint, workers=1)
+    assert again.normalized == 0 and len(again.errors) == 2  # the same two, once each
+    with pytest.raises(OSError, match="MEDVEC_MAX_FILE_BYTES"):
+        S3PrefixSource(f"s3://{bucket}/in", endpoint_url=s3_endpoint, max_file_bytes=100).read_bytes(
+            f"s3://{bucket}/in/a_good.dcm")
+
+
+def test_another_image_under_a_stored_uid_is_an_error_and_never_overwrites_it(tmp_path):
+    from medvec.ingest.batches import normalize_batch, plan_batches, write_manifest
+
+    pixels = _dicom().pixel_array
+    other = _dicom()
+    other.PixelData = (pixels.max() - pixels).astype(pixels.dtype).tobytes()
+    first, second, home = tmp_path / "first", tmp_path / "second", tmp_path / "home"
+    for folder, files in ((first, {"a.dcm": dicom_testfile("CT_small.dcm").read_bytes(), "b.dcm": _bytes(other)}),
+                          (second, {"c.dcm": _bytes(other)})):
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+    results = []
+    for folder in (first, second):
+        [manifest] = plan_batches(LocalFolderSource(folder), home, batch_size=10)
+        write_manifest(home, manifest)
+        results.append(normalize_batch(manifest, home, pseudonym_key="k", workers=1))
+    [held] = results[0].records
+    expected = normalize_bytes((first / "a.dcm").read_bytes(), "a", pseudonymizer=Pseudonymizer("k", warn=False))
+    assert (home / held.image_uri).read_bytes() == expected.view_webp  # still a.dcm's pixels
+    [in_batch] = results[0].errors
+    [across] = results[1].errors
+    assert in_batch.stage == across.stage == "duplicate" and results[1].records == []
+    assert str(first / "a.dcm") in in_batch.message and str(first / "a.dcm") in across.message

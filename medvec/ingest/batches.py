@@ -15,12 +15,13 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 from medvec.home import batch_dir, batches_dir
 from medvec.imaging.dicom import UnreadableImage
 from medvec.datasets.adapters import is_dataset_metadata_file, load_dataset_metadata
 from medvec.datasets.metadata_csv import MetadataTable
+from medvec.ingest.duplicates import ImageHolder, keep_first_holders
 from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
 from medvec.phi import Pseudonymizer
 from medvec.reports.parse import is_report_file
@@ -232,13 +233,7 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     """
     home = as_path(home)
     started = time.perf_counter()
-    metadata_text = None
-    if manifest.dataset:
-        metadata_text = load_dataset_metadata(manifest.dataset, manifest.source, Pseudonymizer(pseudonym_key, warn=False),
-                                              allow_columns=allow_columns, s3_endpoint_url=s3_endpoint_url)
-    elif manifest.metadata_csv:
-        csv_source = open_source(manifest.metadata_csv, s3_endpoint_url, max_file_bytes)
-        metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
+    metadata_text = _batch_metadata(manifest, pseudonym_key, allow_columns, s3_endpoint_url, max_file_bytes)
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
     known = _reusable_hashes(home, previous)
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
@@ -277,7 +272,7 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
                 outcomes[index] = outcome.record
                 result.normalized += 1
 
-    _keep_first_holders(home, outcomes, view_shas, owners, result)
+    keep_first_holders(home, outcomes, view_shas, owners, result)
     directory = batch_dir(home, manifest.batch)
     write_parquet(directory / "records.parquet", image_records_table(result.records))
     write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
@@ -285,61 +280,23 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     return result
 
 
+def _batch_metadata(manifest: BatchManifest, pseudonym_key: str | None, allow_columns: tuple[str, ...],
+                    s3_endpoint_url: str | None, max_file_bytes: int):
+    """A dataset adapter's table, the metadata CSV's text, or None."""
+    if manifest.dataset:
+        return load_dataset_metadata(manifest.dataset, manifest.source, Pseudonymizer(pseudonym_key, warn=False),
+                                     allow_columns=allow_columns, s3_endpoint_url=s3_endpoint_url)
+    if manifest.metadata_csv:
+        csv_source = open_source(manifest.metadata_csv, s3_endpoint_url, max_file_bytes)
+        return csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
+    return None
+
+
 def _reusable_hashes(home: HomePath, previous: dict[str, ImageRecord]) -> dict[str, str]:
     """source uri → content hash, for stored records whose WebP files still exist: an unchanged file is skipped."""
     stored = map_paths(lambda r: (home / r.image_uri).exists() and (home / r.thumb_uri).exists(),
                        list(previous.values()))
     return {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
-
-
-class ImageHolder(NamedTuple):
-    """The record that holds an image id: where it came from and what its bytes were."""
-
-    batch: str
-    source_uri: str
-    content_sha256: str
-    image_uri: str
-
-
-def _keep_first_holders(home: HomePath, outcomes: dict[int, object], view_shas: dict[int, str],
-                        owners: dict[str, ImageHolder], result: BatchResult) -> None:
-    """Sort outcomes into `result`'s records, errors and duplicates, in manifest order.
-
-    An image belongs to the first batch that held it: a later file with the same image_id (the same
-    SOPInstanceUID or the same bytes) is a duplicate when it is the same image (the same bytes, or the
-    same rendered pixels: a re-encoded copy), and an error naming both files when it is another image
-    under a reused UID: skipping that silently would lose an image without a word."""
-    seen: dict[str, ImageHolder] = {}
-    for index in sorted(outcomes):  # manifest order makes duplicate resolution deterministic
-        outcome = outcomes[index]
-        if isinstance(outcome, IngestError):
-            result.errors.append(outcome)
-            continue
-        holder = seen.get(outcome.image_id) or owners.get(outcome.image_id)
-        if holder is None:
-            seen[outcome.image_id] = ImageHolder(result.batch, outcome.source_uri, outcome.content_sha256,
-                                                 outcome.image_uri)
-            result.records.append(outcome)
-            continue
-        where = _name(holder.source_uri) if holder.batch == result.batch else f"batch {holder.batch}"
-        if _same_image(home, outcome, view_shas.get(index), holder):
-            result.duplicates.append(outcome.source_uri)
-            result.notes.append(f"{_name(outcome.source_uri)}: same image as {where}; kept once")
-        else:
-            result.errors.append(IngestError(
-                outcome.source_uri, result.batch, "duplicate", "DuplicateInstance",
-                f"another image already holds this SOP Instance UID: {holder.source_uri} ({where}) has "
-                "different content; this file was not stored"))
-
-
-def _same_image(home: HomePath, outcome: ImageRecord, view_sha: str | None, holder: ImageHolder) -> bool:
-    if outcome.content_sha256 == holder.content_sha256:
-        return True
-    stored = home / holder.image_uri
-    try:
-        return view_sha is not None and hashlib.sha256(stored.read_bytes()).hexdigest() == view_sha
-    except OSError:
-        return False
 
 
 def _name(uri: str) -> str:
