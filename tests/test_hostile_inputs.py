@@ -245,6 +245,17 @@ def test_forgetting_one_entry_drops_it_from_the_batch(hostile, tmp_path):
         forget_entry(home, manifest.batch, str(hostile / "fifo.dcm"))
 
 
+def test_backfill_forget_on_the_command_line(hostile, settings, capsys):
+    from medvec.cli import main
+    from medvec.ingest.batches import plan_batches, write_manifest
+
+    [manifest] = plan_batches(LocalFolderSource(hostile), settings.home, batch_size=100)
+    write_manifest(settings.home, manifest)
+    assert main(["backfill", "--forget", str(hostile / "loop.dcm"), manifest.batch, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"batch": manifest.batch, "forgotten": [str(hostile / "loop.dcm")]}
+    assert main(["backfill", "--forget", str(hostile / "loop.dcm"), manifest.batch]) == 2  # gone: said, not raised
+
+
 def test_reads_are_bounded_in_size_and_never_block(hostile):
     source = LocalFolderSource(hostile, max_file_bytes=1000)
     with pytest.raises(OSError, match="MEDVEC_MAX_FILE_BYTES"):
