@@ -49,8 +49,8 @@ def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig
     """Each file decoded, rendered to 8-bit grey and written as WebP (viewing size and thumbnail),
     with an allow-listed metadata record; failures go to the `ingest_errors` table."""
     options = NormalizeOptions(size=config.size, thumb_size=config.thumb_size, pad_square=config.pad_square,
-                               window=config.window, allow_tags=tuple(config.allow_tags))
-    result = normalize_batch(source_manifest, medvec.home_path, options=options,
+                               window=config.window, allow_tags=tuple(config.allow_tags), max_pixels=medvec.max_pixels)
+    result = normalize_batch(source_manifest, medvec.home_path, options=options, max_file_bytes=medvec.max_file_bytes,
                              pseudonym_key=medvec.pseudonym_key, s3_endpoint_url=medvec.s3_endpoint_url,
                              workers=config.workers or None, allow_columns=tuple(config.allow_columns),
                              progress=_progress_logger(context, source_manifest.batch))

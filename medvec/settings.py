@@ -21,6 +21,9 @@ DEFAULT_HOME = "./medvec_home"
 DEFAULT_BATCH_SIZE = 2000
 #: Offline default: a random-weights model built locally (no retrieval quality, said wherever it shows).
 DEFAULT_MODEL = "tiny-siglip"
+DEFAULT_MAX_FILE_BYTES = 2 * 1024 ** 3
+#: 50 Mpx: a 7000 x 7000 mammogram fits; a 12000 x 12000 16-bit "PNG bomb" (1.8 GB decoded) does not.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class SettingsError(ValueError):
@@ -96,6 +99,13 @@ class Settings(BaseSettings):
                                      "`medvec bundle` (default: web/node_modules)")
     dagster_home: Path | None = _var("DAGSTER_HOME", None, "Dagster's instance folder (default: "
                                      "$MEDVEC_HOME/dagster)")
+    # --- hostile inputs: what one file or one upload may cost ---
+    max_file_bytes: int = _var("MEDVEC_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, "largest source file read, bytes "
+                               "(larger ones become an ingest error)", gt=0)
+    max_pixels: int = _var("MEDVEC_MAX_PIXELS", DEFAULT_MAX_PIXELS, "largest frame decoded: rows x columns x "
+                           "samples, checked in the header before any decoder runs", gt=0)
+    upload_concurrency: int = _var("MEDVEC_UPLOAD_CONCURRENCY", 2, "image uploads `medvec serve` decodes at once",
+                                   ge=1)
     # --- watching sources (sensors) ---
     watch_s3: str | None = _var("MEDVEC_WATCH_S3", None, "s3:// prefix the S3 sensor watches "
                                 "(default: MEDVEC_SOURCE when it is s3://)")

@@ -44,6 +44,8 @@ def register(sub) -> None:
     which.add_argument("--batches", nargs="+", metavar="BATCH", help="these batches (`medvec backfill --all --dry-run` lists them)")
     which.add_argument("--all", action="store_true", help="every batch")
     which.add_argument("--failed", action="store_true", help="batches whose last run failed or never finished")
+    which.add_argument("--forget", nargs=2, metavar=("PATH", "BATCH"),
+                       help="drop one file (its path or stored uri) from BATCH's manifest; re-run BATCH afterwards")
     p.add_argument("--per-run", type=int, default=8, help="batches per embedding run (default 8; the model loads once)")
     p.add_argument("--no-embed", action="store_true", help="normalise only")
     p.add_argument("--no-refresh", action="store_true", help="do not refresh the search assets afterwards")
@@ -138,6 +140,8 @@ def _print_ingest(summary, settings: Settings) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     """Re-run chosen batches from their manifests, in process: named ones, all, or the failed ones."""
+    if args.forget:
+        return _forget(args, get_settings())
     if missing := dagster_missing("backfill"):
         return refuse(missing)
     settings = get_settings()
@@ -170,6 +174,21 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print_json(summary.to_json())
         return 0 if not summary.failed_runs else 1
     return _print_backfill(summary, chosen, reaped)
+
+
+def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    from medvec.ingest.forget import forget_entry
+
+    path, batch = args.forget
+    try:
+        gone = forget_entry(settings.home, batch, path)
+    except (KeyError, FileNotFoundError) as exc:
+        return refuse(f"medvec backfill --forget: {exc.args[0]}")
+    if args.json:
+        print_json({"batch": batch, "forgotten": gone})
+    else:
+        print(f"batch {batch}: forgot {len(gone)} file(s); re-run it with `medvec backfill --batches {batch}`")
+    return 0
 
 
 def _print_backfill_plan(args: argparse.Namespace, chosen: list, known: list, status: dict | None,

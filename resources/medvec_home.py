@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from medvec.settings import Settings, model_cache
+from medvec.settings import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, Settings, model_cache
 from medvec.storage import HomePath, as_path
 
 
@@ -18,6 +18,8 @@ class MedvecHomeResource(dg.ConfigurableResource):
     s3_endpoint_url: str | None = None
     # Secret: an EnvVar in the definitions, so the UI shows the variable's name, never its value.
     pseudonym_key: str | None = None
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # MEDVEC_MAX_FILE_BYTES: largest source file read
+    max_pixels: int = DEFAULT_MAX_PIXELS  # MEDVEC_MAX_PIXELS: largest frame decoded
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MedvecHomeResource":
@@ -25,7 +27,8 @@ class MedvecHomeResource(dg.ConfigurableResource):
         # snapshot ($DAGSTER_HOME/history), where a raw key would sit in plain text.
         key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if settings.exported("pseudonym_key") else None
         return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
-                   s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key)
+                   s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key,
+                   max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
 
     @property
     def home_path(self) -> HomePath:

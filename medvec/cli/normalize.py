@@ -36,14 +36,15 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer,
                                             tuple(args.allow_column)) if args.metadata else None)
     options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square,
-                               window=args.window, allow_tags=tuple(args.allow_tag))
-    files = [entry.uri for path in args.inputs for entry in LocalFolderSource(path).list_files()]
+                               window=args.window, allow_tags=tuple(args.allow_tag), max_pixels=settings.max_pixels)
+    sources = [LocalFolderSource(path, max_file_bytes=settings.max_file_bytes) for path in args.inputs]
+    files = [(source, entry.uri) for source in sources for entry in source.list_files()]
     records, errors = [], []
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     with bar(len(files), "normalising", not args.json) as progress:
-        for uri in files:
-            record, error = _normalize_one(uri, out, options, pseudonymizer, metadata)
+        for source, uri in files:
+            record, error = _normalize_one(source, uri, out, options, pseudonymizer, metadata)
             if record is not None:
                 records.append(record)
             else:
@@ -61,19 +62,19 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     return 0 if records or not files else 1
 
 
-def _normalize_one(uri: str, out: Path, options, pseudonymizer, metadata):
+def _normalize_one(source, uri: str, out: Path, options, pseudonymizer, metadata):
     """One file to its WebP pair and record, or to one error record (the other files go on)."""
     from medvec.imaging.dicom import UnreadableImage
     from medvec.imaging.normalize import normalize_bytes
     from medvec.tables.records import IngestError
 
     try:
-        result = normalize_bytes(Path(uri).read_bytes(), uri, options=options, pseudonymizer=pseudonymizer,
+        result = normalize_bytes(source.read_bytes(uri), uri, options=options, pseudonymizer=pseudonymizer,
                                  metadata=metadata.lookup(uri) if metadata else None)
     except UnreadableImage as exc:
         return None, IngestError(uri, "", exc.stage, exc.error, exc.reason)
     except OSError as exc:
-        return None, IngestError(uri, "", "read", type(exc).__name__, f"could not read the file ({exc})")
+        return None, IngestError(uri, "", "read", type(exc).__name__, f"could not read the file ({exc.strerror or exc})")
     except Exception as exc:  # noqa: BLE001 - one decoder bug must not stop the other files
         log.exception("unexpected failure normalising one file")
         return None, IngestError(uri, "", "decode", type(exc).__name__,

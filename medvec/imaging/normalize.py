@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from medvec.home import image_paths
+from medvec.imaging.budget import check_dicom_budget
+from medvec.settings import DEFAULT_MAX_PIXELS
 from medvec.imaging.dicom import DicomFrame, UnreadableImage, decode_first_frame, read_dataset
 from medvec.datasets.metadata_csv import ImageMetadata
 from medvec.phi import Pseudonymizer
@@ -29,6 +31,9 @@ from medvec.imaging.colour import colour_or_grey, to_rgb8
 from medvec.imaging.windowing import render_grey
 
 _SAFE_ID = re.compile(r"[^0-9A-Za-z._-]")
+#: Longest image id kept as written: a DICOM UID is at most 64 characters; a longer one (malformed,
+#: hundreds of characters) is hashed so file names stay far below the filesystem's 255 bytes.
+MAX_ID_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class NormalizeOptions:
     thumb_quality: int = 80
     webp_method: int = 0  # libwebp effort 0-6: 0 took 4.3 ms vs 6.6 ms for 2 at 44.9 vs 45.1 dB PSNR
     allow_tags: tuple[str, ...] = ()  # extra DICOM keywords the user explicitly allows into `extra`
+    max_pixels: int = DEFAULT_MAX_PIXELS  # one frame's rows x columns x samples, checked before decoding
 
 
 @dataclass
@@ -63,7 +69,7 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
     # A DICOM preamble may itself look like TIFF (WG04 files are dual-format): "DICM" decides first.
     raster_kind = None if data[128:132] == b"DICM" else sniff_raster(data)
     if raster_kind:
-        pixels, info = read_raster(data, options.size)
+        pixels, info = read_raster(data, options.size, max_pixels=options.max_pixels)
         record = ImageRecord(
             image_id=sha, batch=batch, source_uri=source_uri, content_sha256=sha, image_uri="", thumb_uri="",
             source_format=raster_kind, rows=info["rows"], columns=info["columns"],
@@ -74,6 +80,7 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = read_dataset(data)
+            check_dicom_budget(ds, options.max_pixels)
             frame = decode_first_frame(ds, options.size)
             pixels, window_source = _render_dicom(frame, options.window == "header")
             record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options.allow_tags)
@@ -95,6 +102,17 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
     record.width, record.height = view.size
     notes = [f"multi-frame ({record.frames} frames): first frame used"] if record.frames > 1 else []
     return NormalizedImage(record, view_webp, thumb_webp, notes)
+
+
+def image_id_for(sop_uid: str | None, sha: str) -> str:
+    """A filesystem-safe, bounded id: the UID with unsafe characters replaced, hashed when over
+    MAX_ID_LENGTH; the content hash when there is no UID."""
+    if not sop_uid:
+        return sha
+    safe = _SAFE_ID.sub("_", sop_uid)
+    if len(safe) > MAX_ID_LENGTH or safe.strip(".") == "":
+        return "uid-" + hashlib.sha256(sop_uid.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return safe
 
 
 def _render_dicom(frame: DicomFrame, use_header_voi: bool) -> tuple[np.ndarray, str]:
@@ -127,8 +145,7 @@ def _dicom_record(frame: DicomFrame, sha: str, batch: str, source_uri: str, pseu
                   allow_tags: tuple[str, ...]) -> ImageRecord:
     """Copy the allow-listed attributes only (medvec.phi.RECORD_TAGS) plus tags the user allowed."""
     ds = frame.dataset
-    sop_uid = _text(ds, "SOPInstanceUID")
-    image_id = _SAFE_ID.sub("_", sop_uid) if sop_uid else sha
+    image_id = image_id_for(_text(ds, "SOPInstanceUID"), sha)
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     try:
         pixel_spacing = [float(v) for v in spacing] if spacing is not None else None

@@ -4,13 +4,16 @@ to 8-bit RGB (medvec.imaging.colour: an RGB file whose channels are all equal is
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medvec.imaging.budget import check_raster_budget, use_pillow_limit
 from medvec.imaging.dicom import UnreadableImage
 from medvec.imaging.reduced import draft_jpeg
 from medvec.imaging.colour import colour_or_grey
+from medvec.settings import DEFAULT_MAX_PIXELS
 
 _ORIENTATION = 0x0112  # EXIF Orientation tag
 
@@ -21,6 +24,8 @@ RASTER_MAGIC = {
     b"II*\x00": "tiff",
     b"MM\x00*": "tiff",
     b"BM": "bmp",
+    b"\xff\x4f\xff\x51": "jpeg2000",  # a raw J2K codestream (SOC then SIZ)
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n": "jpeg2000",  # a JP2 file
 }
 
 
@@ -31,17 +36,22 @@ def sniff_raster(data: bytes) -> str | None:
     return None
 
 
-def read_raster(data: bytes, target_size: int | None = None) -> tuple[np.ndarray, dict]:
+def read_raster(data: bytes, target_size: int | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
     """Decode the first page to uint8: (rows, cols) grey or (rows, cols, 3) RGB. 16-bit data is scaled
     min→max (it is already a rendered image, so no clinical window applies); colour stays colour unless
     its channels are all equal, and the info's `photometric` says which ("RGB" or "MONOCHROME2").
 
     With `target_size`, a JPEG decodes in the DCT domain at the smallest 1/2^k scale whose long side
     is still >= it, grey as grey and colour as RGB (libjpeg scales each component before converting).
-    `rows`/`columns` in the info are always the source's own size.
+    `rows`/`columns` in the info are always the source's own size. A header claiming more than
+    `max_pixels` raises before anything is decoded (medvec.imaging.budget).
     """
+    use_pillow_limit(max_pixels)
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow warns between 1x and 2x its limit: ours refuses there itself
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        check_raster_budget(image, max_pixels)
         rows, columns = image.height, image.width
         if image.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # stored on its side: upright swaps them
             rows, columns = columns, rows
@@ -50,6 +60,10 @@ def read_raster(data: bytes, target_size: int | None = None) -> tuple[np.ndarray
             draft_jpeg(image, target_size, "L" if image.mode == "L" else "RGB")
         image = ImageOps.exif_transpose(image)  # phone/scanner JPEGs store rotation in EXIF
         image.load()
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, in open(), at 2x our limit
+        raise UnreadableImage("decode", f"the image header claims too many pixels ({str(exc).split(',')[0]}), over "
+                                        f"the {max_pixels / 1e6:,.0f} Mpx limit (MEDVEC_MAX_PIXELS); not decoded",
+                              exc) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage("decode", f"image file is corrupt or truncated ({str(exc)[:160]})", exc) from exc
     mode = image.mode

@@ -21,11 +21,14 @@ from medvec.home import batch_dir, batches_dir
 from medvec.imaging.dicom import UnreadableImage
 from medvec.datasets.adapters import is_dataset_metadata_file, load_dataset_metadata
 from medvec.datasets.metadata_csv import MetadataTable
+from medvec.ingest.duplicates import ImageHolder, keep_first_holders
 from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
 from medvec.phi import Pseudonymizer
 from medvec.reports.parse import is_report_file
 from medvec.tables.records import ImageRecord, IngestError, image_records_table, ingest_errors_table
-from medvec.sources import ImageSource, SourceFile, SourceUnavailable, open_source
+from medvec.settings import DEFAULT_MAX_FILE_BYTES
+from medvec.sources import ImageSource, SourceFile, SourceUnavailable, UnsafeSourceFile, open_source
+from medvec.sources.local_files import uri_for_path
 from medvec.storage import (HomePath, as_path, concurrent_writes, create_exclusive, exclusive_lock, is_remote,
                             map_paths, read_parquet, write_parquet)
 
@@ -52,7 +55,15 @@ class BatchManifest:
     def from_json(cls, text: str) -> "BatchManifest":
         raw = json.loads(text)
         return cls(batch=raw["batch"], source=raw["source"], created_at=raw["created_at"],
-                   metadata_csv=raw.get("metadata_csv"), dataset=raw.get("dataset"), files=[SourceFile(**f) for f in raw["files"]])
+                   metadata_csv=raw.get("metadata_csv"), dataset=raw.get("dataset"),
+                   files=[_stored_form(SourceFile(**f)) for f in raw["files"]])
+
+
+def _stored_form(entry: SourceFile) -> SourceFile:
+    """A manifest written before local paths were escaped may hold a non-UTF-8 name (lone surrogates):
+    read back as its `file://` form, which pyarrow can store and the source still reads."""
+    uri = uri_for_path(entry.uri)
+    return entry if uri == entry.uri else SourceFile(uri, entry.size, entry.mtime, entry.etag)
 
 
 def load_manifest(home: HomePath, batch: str) -> BatchManifest:
@@ -140,8 +151,8 @@ class _Worker:
 
     def __init__(self, source_root: str, s3_endpoint_url: str | None, pseudonym_key: str | None,
                  options: NormalizeOptions, metadata_csv_text: str | None, allow_columns: tuple[str, ...],
-                 batch: str):
-        self.source = open_source(source_root, s3_endpoint_url)
+                 batch: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+        self.source = open_source(source_root, s3_endpoint_url, max_file_bytes)
         # The parent process already warned about a missing key; workers stay quiet.
         self.pseudonymizer = Pseudonymizer(pseudonym_key, warn=multiprocessing.parent_process() is None)
         self.options = options
@@ -157,6 +168,9 @@ class _Worker:
             data = self.source.read_bytes(entry.uri)
         except SourceUnavailable:  # the server is down: stop the batch, a later run resumes it
             raise
+        except (UnsafeSourceFile, FileNotFoundError) as exc:  # a FIFO, a loop, too large, gone: said plainly
+            return index, IngestError(entry.uri, self.batch, "read", type(exc).__name__,
+                                      exc.strerror or "the file is gone"), None
         except Exception as exc:  # noqa: BLE001 - any failure to fetch (disk, network) is a per-file error
             return index, IngestError(entry.uri, self.batch, "read", type(exc).__name__,
                                       f"could not read the file ({str(exc)[:200]})"), None
@@ -210,31 +224,32 @@ def load_batch_errors(home: HomePath, batch: str) -> list[IngestError]:
 def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: NormalizeOptions = NormalizeOptions(),
                     pseudonym_key: str | None = None, s3_endpoint_url: str | None = None,
                     workers: int | None = None, allow_columns: tuple[str, ...] = (),
-                    progress: Progress | None = None) -> BatchResult:
+                    progress: Progress | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BatchResult:
     """Normalise every file of a batch; re-running gives the same records and files.
 
     Files whose content hash matches the stored record (and whose WebP files exist) are skipped.
-    Failures become `IngestError` records; the rest of the batch goes on.
+    Failures become `IngestError` records; the rest of the batch goes on. An image id's WebP files are
+    written only by its holder (the earliest file in manifest order, or the batch that held it first).
     """
     home = as_path(home)
     started = time.perf_counter()
-    metadata_text = None
-    if manifest.dataset:
-        metadata_text = load_dataset_metadata(manifest.dataset, manifest.source, Pseudonymizer(pseudonym_key, warn=False),
-                                              allow_columns=allow_columns, s3_endpoint_url=s3_endpoint_url)
-    elif manifest.metadata_csv:
-        csv_source = open_source(manifest.metadata_csv, s3_endpoint_url)
-        metadata_text = csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
+    metadata_text = _batch_metadata(manifest, pseudonym_key, allow_columns, s3_endpoint_url, max_file_bytes)
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
     known = _reusable_hashes(home, previous)
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
-                 manifest.batch)
+                 manifest.batch, max_file_bytes)
     # Report files (medvec.reports.parse) travel in the same batches; the report assets read them.
     tasks = [(i, entry, known.get(entry.uri)) for i, entry in enumerate(manifest.files) if not is_report_file(entry.uri)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
 
     outcomes: dict[int, object] = {}
+    view_shas: dict[int, str] = {}
     result = BatchResult(batch=manifest.batch, records=[], errors=[])
+    owners = image_owners(home, exclude=manifest.batch)
+    index_of = {entry.uri: i for i, entry in enumerate(manifest.files)}
+    # image id -> manifest index whose WebP files are on disk: the holder kept from the last run, then
+    # whichever earlier file arrives; a later file with the same id never overwrites them.
+    writers = {r.image_id: index_of[uri] for uri, r in previous.items() if uri in known and uri in index_of}
     with concurrent_writes(is_remote(home)) as write:
         for index, outcome, changed in _execute(tasks, init_args, workers, progress):
             entry = manifest.files[index]
@@ -247,18 +262,34 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
                 outcomes[index] = outcome
             else:
                 # Written as results arrive so memory stays flat in batch size.
-                write(home / outcome.record.image_uri, outcome.view_webp)
-                write(home / outcome.record.thumb_uri, outcome.thumb_webp)
+                image_id = outcome.record.image_id
+                view_shas[index] = hashlib.sha256(outcome.view_webp).hexdigest()
+                if image_id not in owners and index <= writers.get(image_id, index):
+                    writers[image_id] = index
+                    write(home / outcome.record.image_uri, outcome.view_webp)
+                    write(home / outcome.record.thumb_uri, outcome.thumb_webp)
                 result.notes.extend(f"{_name(entry.uri)}: {note}" for note in outcome.notes)
                 outcomes[index] = outcome.record
                 result.normalized += 1
 
-    _keep_first_holders(home, outcomes, result)
+    keep_first_holders(home, outcomes, view_shas, owners, result)
     directory = batch_dir(home, manifest.batch)
     write_parquet(directory / "records.parquet", image_records_table(result.records))
     write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _batch_metadata(manifest: BatchManifest, pseudonym_key: str | None, allow_columns: tuple[str, ...],
+                    s3_endpoint_url: str | None, max_file_bytes: int):
+    """A dataset adapter's table, the metadata CSV's text, or None."""
+    if manifest.dataset:
+        return load_dataset_metadata(manifest.dataset, manifest.source, Pseudonymizer(pseudonym_key, warn=False),
+                                     allow_columns=allow_columns, s3_endpoint_url=s3_endpoint_url)
+    if manifest.metadata_csv:
+        csv_source = open_source(manifest.metadata_csv, s3_endpoint_url, max_file_bytes)
+        return csv_source.read_bytes(manifest.metadata_csv).decode("utf-8-sig")
+    return None
 
 
 def _reusable_hashes(home: HomePath, previous: dict[str, ImageRecord]) -> dict[str, str]:
@@ -268,40 +299,22 @@ def _reusable_hashes(home: HomePath, previous: dict[str, ImageRecord]) -> dict[s
     return {uri: r.content_sha256 for (uri, r), present in zip(previous.items(), stored) if present}
 
 
-def _keep_first_holders(home: HomePath, outcomes: dict[int, object], result: BatchResult) -> None:
-    """Sort outcomes into `result`'s records, errors and duplicates, in manifest order.
-
-    An image belongs to the first batch that held it: a later batch with the same image_id (the same
-    SOPInstanceUID or the same bytes) records a duplicate instead of taking the row over."""
-    owners = image_owners(home, exclude=result.batch)
-    seen: dict[str, str] = {}
-    for index in sorted(outcomes):  # manifest order makes duplicate resolution deterministic
-        outcome = outcomes[index]
-        if isinstance(outcome, IngestError):
-            result.errors.append(outcome)
-        elif outcome.image_id in seen or outcome.image_id in owners:
-            holder = _name(seen[outcome.image_id]) if outcome.image_id in seen else f"batch {owners[outcome.image_id]}"
-            result.duplicates.append(outcome.source_uri)
-            result.notes.append(f"{_name(outcome.source_uri)}: same image as {holder}; kept once")
-        else:
-            seen[outcome.image_id] = outcome.source_uri
-            result.records.append(outcome)
-
-
 def _name(uri: str) -> str:
     return uri.rsplit("/", 1)[-1]
 
 
-def image_owners(home: HomePath, exclude: str | None = None) -> dict[str, str]:
-    """image_id → the batch holding it, over every normalised batch but `exclude`; batches are read in
+def image_owners(home: HomePath, exclude: str | None = None) -> dict[str, ImageHolder]:
+    """image_id → the record holding it, over every normalised batch but `exclude`; batches are read in
     name (creation) order so the earliest holder wins."""
-    owners: dict[str, str] = {}
+    owners: dict[str, ImageHolder] = {}
+    columns = ["image_id", "source_uri", "content_sha256", "image_uri"]
     for batch in list_batches(home):
         path = batch_dir(home, batch) / "records.parquet"
         if batch == exclude or not path.exists():
             continue
-        for image_id in read_parquet(path, columns=["image_id"]).column("image_id").to_pylist():
-            owners.setdefault(image_id, batch)
+        for row in read_parquet(path, columns=columns).to_pylist():
+            owners.setdefault(row["image_id"], ImageHolder(batch, row["source_uri"], row["content_sha256"],
+                                                           row["image_uri"]))
     return owners
 
 

@@ -16,4 +16,5 @@ def open_search(settings: Settings, model: str | None = None, *, refresh_seconds
     """An `ImageSearch` over the model's table; the text/image encoder loads on first novel query."""
     config = embedder_config(settings, model)
     return ImageSearch(settings.lancedb_uri, config.spec.slug, model_name=config.spec.name, home=settings.home,
-                       embedder_factory=lambda: open_embedder(config), refresh_seconds=refresh_seconds)
+                       embedder_factory=lambda: open_embedder(config), refresh_seconds=refresh_seconds,
+                       max_pixels=settings.max_pixels, upload_concurrency=settings.upload_concurrency)

@@ -29,6 +29,7 @@ from medvec.search.loading import (HIT_COLUMNS, LoadedTable, build_in_background
 from medvec.search.results import (MAX_K, Filters, Hit, NoSuchImage, NotIndexed, SearchInputError,  # noqa: F401
                                    SearchResult, check_k, normalize_query_text)
 from medvec.search.vector_index import EXACT_BELOW, RowFilter, VectorIndex
+from medvec.settings import DEFAULT_MAX_PIXELS
 from medvec.storage import HomePath, as_path
 from medvec.tables import database
 from medvec.tables.images import image_table_name
@@ -46,7 +47,8 @@ class ImageSearch:
     def __init__(self, lancedb_uri: str, model_slug: str, *, model_name: str | None = None,
                  home: HomePath | None = None, embedder_factory: Callable[[], Embedder] | None = None,
                  refresh_seconds: float = 2.0, exact_below: int | None = None,
-                 build_index: Callable[[np.ndarray], VectorIndex] | None = None):
+                 build_index: Callable[[np.ndarray], VectorIndex] | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, upload_concurrency: int = 2):
         """`build_index` makes the index for a version with no saved one, on a background thread
         (default: `VectorIndex.build` with `exact_below`); tables under `exact_below` rows stay exact."""
         self.lancedb_uri = lancedb_uri
@@ -55,6 +57,8 @@ class ImageSearch:
         self.table_name = image_table_name(model_slug)
         self.home = as_path(home) if home else None
         self.refresh_seconds = refresh_seconds
+        self.max_pixels = max_pixels  # MEDVEC_MAX_PIXELS, for uploaded query images as for ingest
+        self.upload_concurrency = upload_concurrency  # MEDVEC_UPLOAD_CONCURRENCY: decodes at once (the server)
         self.exact_below = EXACT_BELOW if exact_below is None else exact_below
         self._build_index = build_index or functools.partial(VectorIndex.build, exact_below=self.exact_below)
         self._embedder_factory = embedder_factory
@@ -178,7 +182,7 @@ class ImageSearch:
                      filename: str = "query") -> SearchResult:
         """Embed an uploaded DICOM/PNG/JPEG exactly as ingest would, then search with it."""
         from medvec.imaging.dicom import UnreadableImage
-        from medvec.imaging.normalize import normalize_bytes
+        from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
         from medvec.phi import Pseudonymizer
 
         started = time.perf_counter()
@@ -187,9 +191,13 @@ class ImageSearch:
             raise SearchInputError("the uploaded file is empty")
         try:
             # A query's subject key is never stored or shown: a throwaway key keeps it meaningless.
-            normalized = normalize_bytes(data, filename, pseudonymizer=Pseudonymizer(secrets.token_hex(16)))
+            normalized = normalize_bytes(data, filename, pseudonymizer=Pseudonymizer(secrets.token_hex(16)),
+                                         options=NormalizeOptions(max_pixels=self.max_pixels))
         except UnreadableImage as exc:
             raise SearchInputError(f"the uploaded file could not be read as an image: {exc.reason}") from None
+        except Exception as exc:  # noqa: BLE001 - a decoder's bug on a crafted file is still bad input
+            log.warning("an uploaded file failed to decode unexpectedly (%s)", type(exc).__name__)
+            raise SearchInputError(f"the uploaded file could not be decoded ({type(exc).__name__})") from None
         loaded = self._current()
         vector = self._encoder().embed_images([normalized.view_webp])[0]
         query = {"image": "upload", "format": normalized.record.source_format, "k": k, "filters": filters.to_json()}

@@ -27,7 +27,8 @@ def open_table_if_exists(db, name: str):
 
 
 #: The stages each asset owns in the errors table; an asset replaces only its own rows.
-NORMALIZE_STAGES = ("read", "parse", "decode", "render")
+#: "duplicate": another image under a SOP Instance UID a stored image already holds (medvec.ingest.batches).
+NORMALIZE_STAGES = ("read", "parse", "decode", "render", "duplicate")
 EMBED_STAGES = ("embed",)
 
 

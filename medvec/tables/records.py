@@ -60,7 +60,7 @@ class IngestError:
 
     source_uri: str
     batch: str
-    stage: str  # read | parse | decode | render | write
+    stage: str  # read | parse | decode | render | duplicate | write
     error: str  # exception type
     message: str  # plain-words reason, scrubbed of identifying values
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))

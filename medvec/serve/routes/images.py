@@ -4,6 +4,7 @@ path the client sends."""
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
@@ -17,23 +18,34 @@ from medvec.serve.schema import ErrorOut, ImageOut, ImageReportsOut, SearchOut, 
 from medvec.storage import HomePath, S3Path
 
 IMAGE_CACHE = "private, max-age=3600"
+#: How long an upload waits for a decoding slot before the server answers 503 (busy, retry).
+UPLOAD_WAIT_S = 30.0
 
 
 def upload_router(search: ImageSearch, max_upload_bytes: int) -> APIRouter:
     router = APIRouter(tags=["search"], responses=ERRORS)
     limit_text = mib(max_upload_bytes)
+    # Each upload may decode up to MEDVEC_MAX_PIXELS: bounding how many decode at once bounds the memory
+    # parallel uploads (bombs or not) can take, whatever the server's thread pool allows.
+    decoding = threading.BoundedSemaphore(getattr(search, "upload_concurrency", 2))
 
     @router.post("/search/image", response_model=SearchOut, summary="Image → image search",
                  description=f"Upload a DICOM, PNG or JPEG (form field `file`, at most {limit_text}); it is "
                              "normalised and embedded as ingest would, then searched. Nothing is stored.",
-                 responses={413: {"model": ErrorOut, "description": f"the upload is over {limit_text}"}})
+                 responses={413: {"model": ErrorOut, "description": f"the upload is over {limit_text}"},
+                            503: {"model": ErrorOut, "description": "too many uploads decoding at once; retry"}})
     def search_image(file: Annotated[UploadFile, File(description="DICOM, PNG or JPEG")],
                      k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
                      filters: Filters = Depends(filters_query)) -> dict:
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"the upload is larger than the {limit_text} limit")
-        return search_json(search.search_image(data, k, filters, filename=file.filename or "upload"))
+        if not decoding.acquire(timeout=UPLOAD_WAIT_S):
+            raise HTTPException(503, "too many uploads are being decoded; retry shortly")
+        try:
+            return search_json(search.search_image(data, k, filters, filename=file.filename or "upload"))
+        finally:
+            decoding.release()
 
     return router
 
