@@ -14,10 +14,10 @@ from assets.search import fallback_queries, image_index
 from medvec.search.images import fallback_table_name
 from medvec.tables import database
 from medvec.checks import (answered_versions, batch_rows, count_bad_vectors, duplicate_image_ids,
-                                  identifying_columns)
+                           identifying_columns)
 from medvec.tables.images import image_table_name
 from resources import MedvecHomeResource
-from resources.embedders import EmbedderResource
+from resources.embedders import EmbedderResource, ModelArtifact
 
 #: The recall@10 (against exact search) the search index must reach; image_index measures it.
 MIN_RECALL_AT_10 = 0.98
@@ -57,11 +57,13 @@ def check_embedded_rows_match_normalized(context: dg.AssetCheckExecutionContext,
     return dg.AssetCheckResult(passed=not wrong, metadata=metadata)
 
 
-@dg.asset_check(asset=image_embeddings, blocking=True)
-def check_vectors_finite(medvec: MedvecHomeResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
-    """No vector in the model's table holds NaN/inf or has zero length, and its width is the model's."""
+@dg.asset_check(asset=image_embeddings, blocking=True, additional_ins={"model": dg.AssetIn("embedding_model")})
+def check_vectors_finite(model: ModelArtifact, medvec: MedvecHomeResource,
+                         embedder: EmbedderResource) -> dg.AssetCheckResult:
+    """No vector in the model's table holds NaN/inf or has zero length, and its width is the model's (as
+    `embedding_model` resolved it: a NIM's width is what it answers, not the registry's guess)."""
     table = _image_table(medvec, embedder)
-    expected = embedder.spec().dim
+    expected = model.dim
     if table is None:
         return dg.AssetCheckResult(passed=True, metadata={"rows": 0, "expected_dim": expected})
     seen = count_bad_vectors(table, expected)
