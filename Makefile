@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export MEDVEC_HOME ?= $(CURDIR)/medvec_home
 export DAGSTER_HOME ?= $(MEDVEC_HOME)/dagster
 
-.PHONY: install web-deps docs demo test test-fast test-biomedclip validate dagster benchmark clean
+.PHONY: install web-deps docs docs-screenshots demo test test-fast test-biomedclip validate dagster benchmark clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ $(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package-lock.json
 # docs/gen_pages.py generates the configuration, CLI and HTTP API pages from the code during the build.
 docs: install
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict --quiet
+
+# The screenshots the README and docs show (docs/images/) are taken by the browser tests, not by hand.
+docs-screenshots: install
+	MEDVEC_DOCS_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web_page.py -k test_search_shows_thumbnails_scores_detail_and_similar
 
 test: install web-deps docs
 	$(PY) -m pytest -q -ra
