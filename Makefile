@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export MEDVEC_HOME ?= $(CURDIR)/medvec_home
 export DAGSTER_HOME ?= $(MEDVEC_HOME)/dagster
 
-.PHONY: install web-deps demo test test-fast test-biomedclip validate dagster benchmark clean
+.PHONY: install web-deps docs docs-screenshots demo test test-fast test-biomedclip validate dagster benchmark clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "CPU-only Linux: installing $(TORCH_SPEC) first"; \
 		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
 	elif [ "$(TORCH_SPEC)" != "torch==2.13.0" ]; then $(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	touch $@
 
 demo: install
@@ -34,7 +34,16 @@ $(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package-lock.json
 	else cd $(WEB_DIR) && npm ci --ignore-scripts --no-audit --no-fund \
 		|| echo "npm ci failed (offline?): medvec bundle and its tests need onnxruntime-web"; fi
 
-test: install web-deps
+# The docs site from docs/ (mkdocs.yml): --strict fails on a broken internal link or anchor; builds offline.
+# docs/gen_pages.py generates the configuration, CLI and HTTP API pages from the code during the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict --quiet
+
+# The screenshots the README and docs show (docs/images/) are taken by the browser tests, not by hand.
+docs-screenshots: install
+	MEDVEC_DOCS_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web_page.py -k test_search_shows_thumbnails_scores_detail_and_similar
+
+test: install web-deps docs
 	$(PY) -m pytest -q -ra
 
 test-fast: install web-deps

@@ -5,7 +5,9 @@ kept as text), the metrics view over a real `medvec eval` report, and no request
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -27,6 +29,9 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(),
                        reason="needs Debian's Chromium at /usr/bin/chromium (apt install chromium)"),
 ]
+
+
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +142,22 @@ def test_search_shows_thumbnails_scores_detail_and_similar(page, site):
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_search.png"), full_page=True)
+    save_docs_screenshot(page, "search-page.png")
     assert off_origin(page.requests, site) == []
     assert page.errors == []
+
+
+def save_docs_screenshot(page, name: str) -> None:
+    """With MEDVEC_DOCS_SCREENSHOTS=1 (`make docs-screenshots`), keep the page as the README and docs show
+    it: docs/images/NAME, the viewport only, in 64 colours so the committed PNG stays small."""
+    if os.environ.get("MEDVEC_DOCS_SCREENSHOTS") != "1":
+        return
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    shot = shot.resize((shot.width * 3 // 4, shot.height * 3 // 4), Image.Resampling.LANCZOS)
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    shot.quantize(colors=64).save(DOCS_IMAGES / name, optimize=True)
 
 
 def test_view_filter_and_k_narrow_the_results(page, site):
