@@ -7,7 +7,7 @@ import dagster as dg
 
 from assets.bundle import search_bundle
 from assets.embeddings import embedding_model, image_embeddings
-from assets.evaluation import retrieval_evaluation
+from assets.evaluation import finding_probes, retrieval_evaluation
 from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
 from assets.search import fallback_queries, image_index, similar_images
@@ -19,7 +19,7 @@ from pipelines.sensors import incoming_folder_sensor, rescan_job, s3_prefix_sens
 from resources import home_resources
 
 ASSETS = [source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
-          image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle]
+          image_index, fallback_queries, similar_images, retrieval_evaluation, finding_probes, search_bundle]
 
 settings = Settings.from_env()
 profile = profile_from_env()

@@ -145,3 +145,144 @@ def test_auc_table_and_a_model_compared_with_itself():
 def test_every_finding_has_positive_and_negative_prompts():
     for finding, (positive, negative) in ZERO_SHOT_PROMPTS.items():
         assert positive and negative and not set(positive) & set(negative), finding
+
+
+# --- probes on a planted signal ---------------------------------------------------------------------
+
+def test_probes_find_a_planted_signal_on_the_test_split(tmp_path):
+    """Pleural effusion shifts one direction of otherwise random vectors; the probe fitted on train finds it,
+    scores the held-out patients near AUC 1, and re-scores saved vectors the same after a round trip."""
+    from medvec.evaluation.probes import fit_probes, load_probes, probe_logits, save_probes
+
+    from .test_evaluation import _table
+
+    rng = np.random.default_rng(4)
+    n = 200
+    sick = rng.random(n) < 0.4
+    vectors = rng.normal(size=(n, 16))
+    vectors[:, 3] += 5.0 * sick
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = [["Pleural Effusion"] if s else ["No Finding"] for s in sick]
+    table = _table(tmp_path, labels, vectors.astype(np.float32), ["train" if i < 140 else "test" for i in range(n)])
+    fitted = fit_probes(table, replicates=200)
+    effusion = fitted["per_finding"]["Pleural Effusion"]
+    assert effusion["auc"] > 0.95 and effusion["ci_low"] > 0.85 and fitted["test_images"] == 60
+    assert effusion["positives"] + effusion["negatives"] == 60 and fitted["test_patients"] == 60
+    save_probes(tmp_path / "home", fitted)
+    probe = load_probes(tmp_path / "home", table.name)["probes"]["Pleural Effusion"]
+    test_scores = probe_logits(probe, vectors[140:])
+    assert roc_auc(sick[140:], test_scores) == pytest.approx(effusion["auc"], abs=1e-4)
+
+
+def test_probes_refuse_a_table_without_splits(tmp_path):
+    from medvec.evaluation.probes import fit_probes
+
+    from .test_evaluation import _table
+
+    table = _table(tmp_path, [["Edema"], ["No Finding"]] * 3, np.eye(6, dtype=np.float32), [None] * 6)
+    with pytest.raises(ValueError, match="no row carries a split"):
+        fit_probes(table)
+
+
+# --- the CLI, HTTP and MCP surfaces on the shared sample collection ---------------------------------
+
+@pytest.fixture(scope="module")
+def zero_shot_home(search_collection, tmp_path_factory):
+    """A copy of the shared collection with `medvec eval --zero-shot --probes --json` run over it."""
+    home = tmp_path_factory.mktemp("zero_shot") / "home"
+    shutil.copytree(search_collection.settings.home, home, symlinks=True)
+    env = {**os.environ, **search_collection.env, "MEDVEC_HOME": str(home)}
+    result = subprocess.run([MEDVEC, "eval", "--split", "all", "--zero-shot", "--probes", "--bootstrap", "50",
+                             "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return type("Evaluated", (), {"home": home, "env": env, "report": json.loads(result.stdout)})
+
+
+def test_eval_zero_shot_json_carries_auc_with_intervals_and_probes(zero_shot_home):
+    zero_shot = zero_shot_home.report["zero_shot"]
+    assert zero_shot["replicates"] == 50 and zero_shot["seed"] == 0 and "Pleural Effusion" in zero_shot["prompts"]
+    section = next(s for s in zero_shot["models"] if s["model"] == "tiny-siglip")
+    assert section["per_finding"] and section["macro"]["findings"] == len(section["per_finding"])
+    for entry in [*section["per_finding"].values(), section["macro"]]:
+        assert 0 <= entry["auc"] <= 1
+        if entry["ci_low"] is not None:
+            assert entry["ci_low"] <= entry["ci_high"]
+    assert zero_shot["comparisons"] == []  # one model: nothing to pair
+    assert (zero_shot_home.home / "eval" / "zero_shot_auc.png").read_bytes()[:4] == b"\x89PNG"
+    probes = next(p for p in zero_shot_home.report["probes"] if p["model"] == "tiny-siglip")
+    if "error" not in probes:
+        assert Path(probes["saved"]).is_file() and "probes" not in probes  # weights stay in the home's file
+    human = subprocess.run([MEDVEC, "eval", "--split", "all", "--zero-shot", "--bootstrap", "20"],
+                           env=zero_shot_home.env, capture_output=True, text=True, timeout=600)
+    assert human.returncode == 0 and "AUC [95% CI]" in human.stdout, human.stderr
+
+
+def _probed_home(zero_shot_home):
+    """The probes of the sample's table (its splits are small: skip when none could be fitted)."""
+    from medvec.evaluation.probes import load_probes
+
+    probes = load_probes(zero_shot_home.home, "images__tiny_siglip")
+    if not probes or "Pleural Effusion" not in probes["probes"]:
+        pytest.skip("the sample collection's train split had too few effusions for a probe")
+    return probes
+
+
+def test_http_search_reranks_a_finding_query_by_its_probe(zero_shot_home):
+    import httpx
+
+    from medvec.search.configured import open_search
+    from medvec.serve.http_api import create_app
+    from medvec.settings import Settings
+
+    from .test_http_api import running
+
+    probes = _probed_home(zero_shot_home)
+    settings = Settings.from_env({k: v for k, v in zero_shot_home.env.items() if k.startswith("MEDVEC")})
+    search = open_search(settings)
+    try:
+        with running(create_app(search, settings.home)) as base_url, httpx.Client(base_url=base_url) as client:
+            answer = client.get("/api/search", params={"q": "pleural effusion", "k": 5, "rerank": "probe"}).json()
+            assert answer["route"].endswith("+probe") and answer["query"]["finding"] == "Pleural Effusion"
+            assert [h["rank"] for h in answer["hits"]] == list(range(1, len(answer["hits"]) + 1))
+            scores = [h["probe_score"] for h in answer["hits"]]
+            assert scores == sorted(scores, reverse=True) and len(scores) == 5
+            loaded = search.snapshot()
+            expected = probe_scores_of(probes, loaded, [h["image_id"] for h in answer["hits"]])
+            assert scores == pytest.approx(expected, abs=1e-5)
+            refused = client.get("/api/search", params={"q": "a cat on a sofa", "rerank": "probe"})
+            assert refused.status_code == 400 and "names a finding" in refused.json()["error"]
+            assert client.get("/api/search", params={"q": "edema", "rerank": "bogus"}).status_code == 400
+            plot = client.get("/api/eval/zero_shot.png")
+            assert plot.status_code == 200 and plot.content[:4] == b"\x89PNG"
+            assert "zero_shot" in client.get("/api/eval").json()
+    finally:
+        search.close()
+
+
+def probe_scores_of(probes, loaded, image_ids):
+    from medvec.evaluation.probes import probe_logits
+
+    logits = probe_logits(probes["probes"]["Pleural Effusion"], loaded.index.vectors[[loaded.row_of[i] for i in image_ids]])
+    return (1 / (1 + np.exp(-logits))).tolist()
+
+
+def test_mcp_search_tool_takes_rerank_probe(zero_shot_home):
+    import anyio
+
+    from medvec.search.configured import open_search
+    from medvec.serve.mcp import build_server
+    from medvec.settings import Settings
+
+    _probed_home(zero_shot_home)
+    settings = Settings.from_env({k: v for k, v in zero_shot_home.env.items() if k.startswith("MEDVEC")})
+    search = open_search(settings)
+    try:
+        server = build_server(search, settings.home)
+        result = anyio.run(server.call_tool, "search_medical_images",
+                           {"query": "Pleural effusion", "k": 3, "rerank": "probe"})
+        assert not result.is_error, result.content
+        hits = result.structured_content["hits"]
+        assert len(hits) == 3 and all("probe_score" in h for h in hits)
+        assert result.structured_content["route"].endswith("+probe")
+    finally:
+        search.close()
