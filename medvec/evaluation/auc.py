@@ -15,6 +15,8 @@ what makes the paired differences paired.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 DEFAULT_REPLICATES = 1000
@@ -76,6 +78,13 @@ class ClusterBootstrap:
         keep = np.ones(len(labels), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
         labels, scores = np.asarray(labels, dtype=bool)[keep], np.asarray(scores)[keep]
         return np.concatenate([weighted_auc(labels, scores, w[:, keep]) for w in self.weight_chunks()])
+
+
+def mean_over_findings(replicates: list[np.ndarray]) -> np.ndarray:
+    """Each replicate's macro AUC: the mean over the findings it could score (NaN when none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate that scored no finding stays NaN
+        return np.nanmean(np.vstack(replicates), axis=0)
 
 
 def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float | None, float | None]:

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, roc_auc, summary
+from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, mean_over_findings, roc_auc, summary
 from medvec.evaluation.retrieval import FINDING_PROMPTS, _judgements, load_eval_data
 from medvec.evaluation.zero_shot import labelled_subset
 from medvec.home import probes_file
@@ -71,9 +71,7 @@ def fit_probes(table, *, policy: str = "exclude", train_split: str = "train", te
         reps_all.append(reps)
     macro = {}
     if per_finding:
-        with np.errstate(all="ignore"):
-            macro = {**summary(float(np.mean(points)), np.nanmean(np.vstack(reps_all), axis=0)),
-                     "findings": len(per_finding)}
+        macro = {**summary(float(np.mean(points)), mean_over_findings(reps_all)), "findings": len(per_finding)}
     return {"schema": SCHEMA, "table": table.name, "table_version": table.version, "policy": policy,
             "train_split": train_split, "test_split": test_split, "train_images": len(train.ids),
             "test_images": len(test.ids), "test_patients": boot.clusters, "replicates": replicates, "seed": seed,

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, roc_auc, summary
+from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, mean_over_findings, roc_auc, summary
 from medvec.evaluation.retrieval import FINDING_PROMPTS, EvalData, _judgements, load_eval_data
 
 SCHEMA_NOTE = ("score = cos(image, mean positive prompt) - cos(image, mean negative prompt); AUC with a 95% "
@@ -81,9 +81,8 @@ def auc_table(data: EvalData, scores: dict[str, np.ndarray], *, policy: str = "e
         macro_reps.append(reps)
     macro = {}
     if per_finding:
-        with np.errstate(all="ignore"):
-            reps = np.nanmean(np.vstack(macro_reps), axis=0)
-        macro = {**summary(float(np.mean(macro_points)), reps), "findings": len(per_finding)}
+        macro = {**summary(float(np.mean(macro_points)), mean_over_findings(macro_reps)),
+                 "findings": len(per_finding)}
     return {"per_finding": per_finding, "macro": macro, "images": len(data.ids),
             "patients": boot.clusters, "replicates": replicates, "seed": seed}
 
@@ -118,9 +117,7 @@ def paired_difference(a: tuple[EvalData, dict], b: tuple[EvalData, dict], *, pol
         reps_all.append(reps)
     macro = {}
     if per_finding:
-        with np.errstate(all="ignore"):
-            macro = {**_difference(float(np.mean(points)), np.nanmean(np.vstack(reps_all), axis=0)),
-                     "findings": len(per_finding)}
+        macro = {**_difference(float(np.mean(points)), mean_over_findings(reps_all)), "findings": len(per_finding)}
     return {"images": len(common), "patients": boot.clusters, "per_finding": per_finding, "macro": macro}
 
 
