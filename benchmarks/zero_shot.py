@@ -101,7 +101,7 @@ def ingest(args, env: dict, home: Path) -> None:
 
 def comparison_table(section: dict, model: str) -> tuple[str, list[dict]]:
     """Markdown rows: finding, positives/negatives, Medvec AUC [CI], the published figure (or n/a + link)."""
-    from medvec.evaluation.zero_shot import _cell
+    from medvec.evaluation.zero_shot import auc_cell
 
     title, published, link = PUBLISHED.get(model, (f"{model} card", {}, "no published chest X-ray figures"))
     rows = []
@@ -111,7 +111,7 @@ def comparison_table(section: dict, model: str) -> tuple[str, list[dict]]:
         figure = published.get(finding)
         shown = f"{figure:.3f}" if figure is not None else f"n/a ({link})"
         counts = "" if finding == "macro" else f"{entry['positives']}/{entry['negatives']}"
-        lines.append(f"| {finding} | {counts} | {_cell(entry)} | {shown} |")
+        lines.append(f"| {finding} | {counts} | {auc_cell(entry)} | {shown} |")
         rows.append({"finding": finding, **entry, "published_auc": figure, "published_source": link})
     return "\n".join(lines), rows
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, mean_over_findings, roc_auc, summary
-from medvec.evaluation.retrieval import FINDING_PROMPTS, _judgements, load_eval_data
+from medvec.evaluation.retrieval import FINDING_PROMPTS, judgements, load_eval_data
 from medvec.evaluation.zero_shot import labelled_subset
 from medvec.home import probes_file
 from medvec.storage import HomePath
@@ -49,7 +49,7 @@ def fit_probes(table, *, policy: str = "exclude", train_split: str = "train", te
     boot = ClusterBootstrap(test.subjects, replicates, seed)
     probes, per_finding, skipped, points, reps_all = {}, {}, {}, [], []
     for finding in FINDING_PROMPTS:
-        y_train, keep_train = _judgements(train, finding, policy)
+        y_train, keep_train = judgements(train, finding, policy)
         y_fit = y_train[keep_train]
         if min(int(y_fit.sum()), int((~y_fit).sum())) < MIN_PER_CLASS:
             skipped[finding] = f"fewer than {MIN_PER_CLASS} positives or negatives in {train_split}"
@@ -57,7 +57,7 @@ def fit_probes(table, *, policy: str = "exclude", train_split: str = "train", te
         w, b = _fit_one(train.vectors[keep_train].astype(np.float64), y_fit, seed)
         probes[finding] = {"w": [round(float(v), 7) for v in w], "b": b, "train_positives": int(y_fit.sum()),
                            "train_negatives": int((~y_fit).sum())}
-        y_test, keep_test = _judgements(test, finding, policy)
+        y_test, keep_test = judgements(test, finding, policy)
         if not (y_test & keep_test).any() or not (~y_test & keep_test).any():
             skipped[finding] = f"fitted, but {test_split} lacks positives or negatives to score it"
             continue
@@ -107,11 +107,11 @@ def probe_logits(probe: dict, vectors: np.ndarray) -> np.ndarray:
 
 
 def probes_markdown(result: dict) -> str:
-    from medvec.evaluation.zero_shot import _cell
+    from medvec.evaluation.zero_shot import auc_cell
 
     lines = [f"| finding | test AUC [95% CI] | test +/- | train +/- |", "|---|---|---|---|"]
     for finding, m in result["per_finding"].items():
-        lines.append(f"| {finding} | {_cell(m)} | {m['positives']}/{m['negatives']} | "
+        lines.append(f"| {finding} | {auc_cell(m)} | {m['positives']}/{m['negatives']} | "
                      f"{m['train_positives']}/{m['train_negatives']} |")
-    lines.append(f"| **macro** | {_cell(result['macro'])} | | |")
+    lines.append(f"| **macro** | {auc_cell(result['macro'])} | | |")
     return "\n".join(lines)

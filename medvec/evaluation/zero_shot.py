@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, mean_over_findings, roc_auc, summary
-from medvec.evaluation.retrieval import FINDING_PROMPTS, EvalData, _judgements, load_eval_data
+from medvec.evaluation.retrieval import FINDING_PROMPTS, EvalData, judgements, load_eval_data
 
 SCHEMA_NOTE = ("score = cos(image, mean positive prompt) - cos(image, mean negative prompt); AUC with a 95% "
                "percentile interval from a bootstrap over patients (subject_key)")
@@ -70,7 +70,7 @@ def auc_table(data: EvalData, scores: dict[str, np.ndarray], *, policy: str = "e
     boot = ClusterBootstrap(data.subjects, replicates, seed)
     per_finding, macro_points, macro_reps = {}, [], []
     for finding, score in scores.items():
-        positive, candidates = _judgements(data, finding, policy)
+        positive, candidates = judgements(data, finding, policy)
         n_pos, n_neg = int((positive & candidates).sum()), int((~positive & candidates).sum())
         if not n_pos or not n_neg:
             continue
@@ -106,7 +106,7 @@ def paired_difference(a: tuple[EvalData, dict], b: tuple[EvalData, dict], *, pol
     for finding in scores_a:
         if finding not in scores_b:
             continue
-        positive, candidates = _judgements(shared, finding, policy)
+        positive, candidates = judgements(shared, finding, policy)
         if not (positive & candidates).any() or not (~positive & candidates).any():
             continue
         sa, sb = scores_a[finding][common], scores_b[finding][take_b]
@@ -167,7 +167,7 @@ def evaluate_zero_shot(db, targets, *, split: str | None = "test", policy: str =
 
 # --- presentation ---------------------------------------------------------------------------------
 
-def _cell(entry: dict | None, key: str = "auc") -> str:
+def auc_cell(entry: dict | None, key: str = "auc") -> str:
     if not entry or entry.get(key) is None:
         return "-"
     if entry.get("ci_low") is None:
@@ -185,13 +185,13 @@ def auc_markdown(zero_shot: dict) -> str:
     lines = ["| finding | " + " | ".join(f"{s['model']} AUC [95% CI]" for s in models) + " |",
              "|---|" + "---|" * len(models)]
     for finding in findings:
-        lines.append(f"| {finding} | " + " | ".join(_cell(s["per_finding"].get(finding)) for s in models) + " |")
-    lines.append("| **macro** | " + " | ".join(_cell(s["macro"]) for s in models) + " |")
+        lines.append(f"| {finding} | " + " | ".join(auc_cell(s["per_finding"].get(finding)) for s in models) + " |")
+    lines.append("| **macro** | " + " | ".join(auc_cell(s["macro"]) for s in models) + " |")
     for c in zero_shot.get("comparisons", []):
         lines += ["", f"paired difference {c['a']} - {c['b']} ({c['images']} images, {c['patients']} patients):",
                   "| finding | AUC difference [95% CI] |", "|---|---|"]
-        lines += [f"| {f} | {_cell(d, 'difference')} |" for f, d in c["per_finding"].items()]
-        lines.append(f"| **macro** | {_cell(c['macro'], 'difference')} |")
+        lines += [f"| {f} | {auc_cell(d, 'difference')} |" for f, d in c["per_finding"].items()]
+        lines.append(f"| **macro** | {auc_cell(c['macro'], 'difference')} |")
     return "\n".join(lines)
 
 
