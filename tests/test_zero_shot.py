@@ -286,3 +286,30 @@ def test_mcp_search_tool_takes_rerank_probe(zero_shot_home):
         assert result.structured_content["route"].endswith("+probe")
     finally:
         search.close()
+
+
+def test_metrics_tab_shows_zero_shot_auc_with_intervals_and_the_probes(zero_shot_home, browser):
+    from medvec.evaluation.zero_shot import auc_cell
+    from medvec.settings import Settings
+
+    from .test_web_page import serving
+
+    report = zero_shot_home.report
+    section = next(s for s in report["zero_shot"]["models"] if s["model"] == "tiny-siglip")
+    settings = Settings.from_env({k: v for k, v in zero_shot_home.env.items() if k.startswith("MEDVEC")})
+    with serving(settings) as base_url:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base_url + "/#metrics")
+        page.wait_for_selector("#zero-shot-auc tbody tr")
+        rows = page.eval_on_selector_all("#zero-shot-auc tbody tr",
+                                         "rows => rows.map(r => [r.dataset.finding, r.querySelector('td').textContent])")
+        expected = [[f, auc_cell(e)] for f, e in section["per_finding"].items()] + [["macro", auc_cell(section["macro"])]]
+        assert rows == expected
+        page.wait_for_function("() => document.querySelector('#zero-shot-plot').naturalWidth > 0")
+        probes = next(p for p in report["probes"] if p["model"] == "tiny-siglip")
+        assert ("probes not fitted" in page.inner_text("#metrics-probes")) == ("error" in probes)
+        context.close()
+    assert errors == []
