@@ -313,3 +313,26 @@ def test_metrics_tab_shows_zero_shot_auc_with_intervals_and_the_probes(zero_shot
         assert ("probes not fitted" in page.inner_text("#metrics-probes")) == ("error" in probes)
         context.close()
     assert errors == []
+
+
+def test_finding_probes_asset_saves_the_probes_and_reports_their_auc(zero_shot_home, dagster_instance):
+    import dagster as dg
+
+    from assets.evaluation import finding_probes
+    from medvec.home import probes_file
+    from medvec.settings import Settings
+    from resources import home_resources
+
+    settings = Settings.from_env({k: v for k, v in zero_shot_home.env.items() if k.startswith("MEDVEC")})
+    saved = probes_file(settings.home, "images__tiny_siglip")
+    saved.unlink(missing_ok=True)
+    result = dg.materialize([finding_probes], instance=dagster_instance, resources=home_resources(settings),
+                            run_config={"ops": {"finding_probes": {"config": {"bootstrap": 20}}}})
+    assert result.success
+    [event] = result.asset_materializations_for_node("finding_probes")
+    metadata = event.metadata
+    if "tiny-siglip_error" in metadata:
+        assert not saved.exists()
+        return
+    assert "| **macro** |" in metadata["tiny-siglip_probe_auc"].value and saved.is_file()
+    assert 0 <= metadata["tiny-siglip_macro_auc"].value <= 1

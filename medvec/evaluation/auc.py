@@ -69,9 +69,9 @@ class ClusterBootstrap:
         """(replicates × images) weights, a chunk at a time: how often each image's patient was drawn."""
         for start in range(0, self.replicates, _CHUNK):
             draws = self.draws[start:start + _CHUNK]
-            counts = np.zeros((len(draws), self.clusters))
-            np.add.at(counts, (np.arange(len(draws))[:, None], draws), 1)
-            yield counts[:, self.cluster]
+            flat = (draws + np.arange(len(draws))[:, None] * self.clusters).ravel()  # one bincount per chunk
+            counts = np.bincount(flat, minlength=len(draws) * self.clusters).reshape(len(draws), self.clusters)
+            yield counts[:, self.cluster].astype(np.float64)
 
     def aucs(self, labels: np.ndarray, scores: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
         """Each replicate's AUC over the images in `keep` (default all)."""
