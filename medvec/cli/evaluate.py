@@ -54,6 +54,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+FEW_PATIENTS = 10  # below this many patients a bootstrap interval is mostly noise: say so
+
+
 def _add_extras(args, result: dict, db, targets, home, progress) -> None:
     from medvec.evaluation.extras import add_zero_shot, fit_and_save_probes
 
@@ -72,14 +75,17 @@ def _print_extras(result: dict) -> None:
         boot = result["zero_shot"]
         print(f"\nzero-shot ROC AUC, 95% CI from {boot['replicates']} bootstrap replicates over patients "
               f"(seed {boot['seed']}):\n{auc_markdown(boot)}")
+        for section in boot["models"]:
+            if section.get("patients", FEW_PATIENTS) < FEW_PATIENTS:
+                print(f"({section['model']}: only {section['patients']} patient(s): the intervals are unreliable)")
     for section in result.get("probes") or []:
         if "error" in section:
             print(f"\n{section['model']}: probes not fitted: {section['error']}")
         elif not section["per_finding"]:
             print(f"\n{section['model']}: no probe could be scored on {section['test_split']}")
         else:
-            print(f"\n{section['model']}, linear probes ({section['train_split']} → {section['test_split']}), "
-                  f"saved to {section['saved']}:\n{probes_markdown(section)}")
+            print(f"\n{section['model']}, linear probes ({section['train_split']} → {section['test_split']}, "
+                  f"{section['test_patients']} test patients), saved to {section['saved']}:\n{probes_markdown(section)}")
 
 
 def _print_model_notes(section: dict) -> None:
