@@ -46,7 +46,7 @@ the candidate images before ranking."""
 
 
 # The tools answer the compact shapes of `schema`, the classes the HTTP API's answers extend.
-HIT_FIELDS = tuple(ImageHit.model_fields)
+HIT_FIELDS = (*ImageHit.model_fields, "probe_score")  # probe_score: only on rerank="probe" answers
 STUDY_FIELDS = tuple(StudyFields.model_fields)
 REPORT_IMAGE_FIELDS = tuple(f for f in ReportImageHit.model_fields if f != "study_key")
 

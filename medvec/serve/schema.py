@@ -55,8 +55,6 @@ class ImageFields(BaseModel):
 class ImageHit(ImageFields):
     score: float = Field(description="Cosine similarity to the query; higher is closer")
     rank: int = Field(description="1 for the best match")
-    probe_score: float | None = Field(None, description="with rerank=probe: the finding probe's probability, which "
-                                                        "ordered the hits (a linear probe, not a diagnosis)")
 
 
 class SearchAnswer(BaseModel):
