@@ -9,6 +9,8 @@ Under the home (a folder or an `s3://` prefix):
     images/<shard>/<image_id>.webp     viewing size;  thumbs/<shard>/<image_id>.webp  thumbnails
     indexes/<table>/v<version>.*       the in-memory search index saved per table version
     eval/report.json, eval/recall_at_k.png   the latest evaluation
+    eval/zero_shot_auc.png             its zero-shot AUC plot (when it ran with zero-shot)
+    probes/<table>.json                the finding probes fitted on a table's train split
     models/                            model snapshots and built tiny models (a local home only)
     dagster-io/<asset key>/…           asset values passed between Dagster steps
     lancedb/, incoming/                the default table database and watched source
@@ -29,8 +31,10 @@ DAGSTER_IO = "dagster-io"
 LANCEDB = "lancedb"
 INCOMING = "incoming"
 BUNDLES = "bundles"
+PROBES = "probes"
 #: Where the latest evaluation lives under the home; the web page, the server and the bundle read it there.
 EVAL_FILES = {"json": "eval/report.json", "png": "eval/recall_at_k.png"}
+ZERO_SHOT_PLOT = "eval/zero_shot_auc.png"  # beside them when the evaluation ran zero-shot
 
 IMAGES_PREFIX = "images__"
 REPORTS_PREFIX = "reports__"
@@ -94,6 +98,11 @@ def index_dir(home: HomePath, table: str) -> HomePath:
 def eval_file(home: HomePath, kind: str) -> HomePath:
     """`kind` is "json" (the report) or "png" (the recall plot)."""
     return as_path(home) / EVAL_FILES[kind]
+
+
+def probes_file(home: HomePath, table: str) -> HomePath:
+    """The finding probes fitted on `table` (`medvec eval --probes`, the finding_probes asset)."""
+    return as_path(home) / PROBES / f"{table}.json"
 
 
 def dagster_io_dir(home: HomePath) -> HomePath:

@@ -8,7 +8,7 @@ import dagster as dg
 from assets.bundle import search_bundle
 from assets.checks import CHECKS
 from assets.embeddings import embedding_model, image_embeddings
-from assets.evaluation import retrieval_evaluation
+from assets.evaluation import finding_probes, retrieval_evaluation
 from assets.ingest import normalized_images, source_manifest
 from assets.partitions import batch_partitions
 from assets.reports import report_embeddings, report_records
@@ -19,7 +19,7 @@ from medvec.sources import open_source
 from resources import MedvecHomeResource
 
 ASSETS = [source_manifest, normalized_images, report_records, embedding_model, image_embeddings, report_embeddings,
-          image_index, fallback_queries, similar_images, retrieval_evaluation, search_bundle]
+          image_index, fallback_queries, similar_images, retrieval_evaluation, finding_probes, search_bundle]
 #: The sensors that launch batches: rescan_job hands the batches it opens to the one for its source.
 FOLDER_SENSOR, S3_SENSOR = "incoming_folder_sensor", "s3_prefix_sensor"
 

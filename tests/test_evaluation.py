@@ -262,6 +262,8 @@ def test_retrieval_evaluation_asset_attaches_the_table_and_plot(tmp_path, settin
     assert metadata["recall_at_k_plot"].value.startswith("![Recall@K](data:image/png;base64,")
     assert 0 <= metadata["tiny-siglip_text_map"].value <= 1
     assert "| Cardiomegaly |" in metadata["tiny-siglip_per_finding"].value
+    assert "tiny-siglip AUC [95% CI]" in metadata["zero_shot_auc"].value
+    assert metadata["zero_shot_auc_plot"].value.startswith("![zero-shot AUC](data:image/png;base64,")
 
 
 @pytest.mark.slow

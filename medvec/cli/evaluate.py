@@ -1,4 +1,6 @@
-"""`medvec eval`: Recall@K, MRR and mAP per model and finding, saved as a report and a plot in the home."""
+"""`medvec eval`: Recall@K, MRR and mAP per model and finding, saved as a report and a plot in the home;
+with `--zero-shot`, zero-shot ROC AUC per finding with patient-bootstrap intervals; with `--probes`,
+linear probes fitted on the train split and their test AUC."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", type=eval_split_argument, help="split to evaluate, or 'all' (default test; all when no splits)")
     p.add_argument("--uncertain", choices=("exclude", "positive", "negative"), default="exclude",
                    help="what CheXpert's uncertain (-1) labels mean (default: exclude from that finding)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="also score each finding zero-shot (positive vs negative prompts): ROC AUC with 95%% CIs")
+    p.add_argument("--probes", action="store_true",
+                   help="also fit a logistic-regression probe per finding on the train split; test AUC with CIs")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates over patients (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the report (schema medvec.eval/1)")
     p.set_defaults(func=cmd_eval)
 
@@ -28,8 +36,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     targets = eval_targets(settings, args.model)
     if not targets:
         return refuse("medvec eval: no model tables yet: run `medvec ingest SOURCE` (or `make demo`) first")
-    result = evaluate_models(database.connect(settings.lancedb_uri), targets, split=args.split,
-                             policy=args.uncertain, progress=stderr_messages(args.json))
+    if args.bootstrap < 1:
+        return refuse("medvec eval: --bootstrap must be at least 1")
+    db, progress = database.connect(settings.lancedb_uri), stderr_messages(args.json)
+    result = evaluate_models(db, targets, split=args.split, policy=args.uncertain, progress=progress)
+    _add_extras(args, result, db, targets, settings.home, progress)
     paths = save_report(settings.home, result)
     if args.json:
         print_json(result)
@@ -38,8 +49,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(markdown_table(result))
     for section in result["models"]:
         _print_model_notes(section)
+    _print_extras(result)
     print(f"\nreport: {paths['json']}\nplot:   {paths['png']}")
     return 0
+
+
+FEW_PATIENTS = 10  # below this many patients a bootstrap interval is mostly noise: say so
+
+
+def _add_extras(args, result: dict, db, targets, home, progress) -> None:
+    from medvec.evaluation.extras import add_zero_shot, fit_and_save_probes
+
+    if args.zero_shot:
+        add_zero_shot(result, db, targets, home, replicates=args.bootstrap, seed=args.seed, progress=progress)
+    if args.probes:
+        result["probes"] = fit_and_save_probes(db, targets, home, policy=args.uncertain, replicates=args.bootstrap,
+                                               seed=args.seed, progress=progress)
+
+
+def _print_extras(result: dict) -> None:
+    from medvec.evaluation.probes import probes_markdown
+    from medvec.evaluation.zero_shot import auc_markdown
+
+    if result.get("zero_shot"):
+        boot = result["zero_shot"]
+        print(f"\nzero-shot ROC AUC, 95% CI from {boot['replicates']} bootstrap replicates over patients "
+              f"(seed {boot['seed']}):\n{auc_markdown(boot)}")
+        for section in boot["models"]:
+            if section.get("patients", FEW_PATIENTS) < FEW_PATIENTS:
+                print(f"({section['model']}: only {section['patients']} patient(s): the intervals are unreliable)")
+    for section in result.get("probes") or []:
+        if "error" in section:
+            print(f"\n{section['model']}: probes not fitted: {section['error']}")
+        elif not section["per_finding"]:
+            print(f"\n{section['model']}: no probe could be scored on {section['test_split']}")
+        else:
+            print(f"\n{section['model']}, linear probes ({section['train_split']} → {section['test_split']}, "
+                  f"{section['test_patients']} test patients), saved to {section['saved']}:\n{probes_markdown(section)}")
 
 
 def _print_model_notes(section: dict) -> None:

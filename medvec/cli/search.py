@@ -14,6 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("search", help="text → image or image → image search over a model's table")
     p.add_argument("text", nargs="*", help="what to look for, e.g. 'left pleural effusion'")
     p.add_argument("--image", help="a DICOM, PNG or JPEG to search with instead of text")
+    p.add_argument("--rerank-probe", action="store_true",
+                   help="re-rank a finding query's hits with its probe (fit them with `medvec eval --probes`)")
     _add_search_options(p)
     p.set_defaults(func=cmd_search)
 
@@ -38,6 +40,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.rerank_probe and (args.reports or args.image):
+        return refuse("medvec search --rerank-probe: re-ranks a text query's images; drop --reports and --image")
     if args.reports:
         if args.image or not args.text:
             return refuse("medvec search --reports: give TEXT (image queries: medvec similar IMAGE_ID --reports)")
@@ -49,6 +53,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not path.is_file():
             return refuse(f"medvec search: no file {path}")
         return _run_search(args, lambda s: s.search_image(path.read_bytes(), args.k, _filters(args), filename=path.name))
+    if args.rerank_probe:
+        from medvec.search.probe_rerank import search_text_reranked
+
+        return _run_search(args, lambda s: search_text_reranked(s, " ".join(args.text), args.k, _filters(args)))
     return _run_search(args, lambda s: s.search_text(" ".join(args.text), args.k, _filters(args)))
 
 

@@ -102,7 +102,7 @@ def load_eval_data(table, split: str | None = "test", reports_table=None) -> Eva
         thumbs=rows.column("thumb_uri").to_pylist(), split=split)
 
 
-def _judgements(data: EvalData, finding: str, policy: str) -> tuple[np.ndarray, np.ndarray]:
+def judgements(data: EvalData, finding: str, policy: str) -> tuple[np.ndarray, np.ndarray]:
     """(relevant, candidate) masks for one finding under the uncertain-label policy."""
     has = np.array([finding in l for l in data.labels])
     unsure = np.array([finding in u for u in data.uncertain])
@@ -119,7 +119,7 @@ def text_to_image(data: EvalData, prompt_vectors: dict[str, np.ndarray], *, ks=D
     look at each prompt's top `hard_k` (default: the largest of `ks`)."""
     per_finding, confusion, worst = {}, {}, {}
     for finding, vectors in prompt_vectors.items():
-        relevant, candidates = _judgements(data, finding, policy)
+        relevant, candidates = judgements(data, finding, policy)
         if not relevant.any():
             continue
         scores = vectors @ data.vectors.T  # (prompts, images)
@@ -191,7 +191,7 @@ def chance(data: EvalData, *, ks=DEFAULT_KS, policy: str = "exclude", repeats: i
     rng = np.random.default_rng(seed)
     values = []
     for finding in FINDING_PROMPTS:
-        relevant, candidates = _judgements(data, finding, policy)
+        relevant, candidates = judgements(data, finding, policy)
         if not relevant.any():
             continue
         scores = rng.random((repeats, len(relevant)))

@@ -14,13 +14,14 @@ import inspect
 import json
 import logging
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
 from medvec.search.reports import NoReports, ReportSearch, mark_text
+from medvec.search.probe_rerank import search_text_reranked
 from medvec.search.images import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
 from medvec.serve.schema import (ImageHit, ImageMetadata, ImageReportsOut, ReportImageHit, ReportMode,
                                  ReportSearchAnswer, SearchAnswer, StudyFields)
@@ -45,7 +46,7 @@ the candidate images before ranking."""
 
 
 # The tools answer the compact shapes of `schema`, the classes the HTTP API's answers extend.
-HIT_FIELDS = tuple(ImageHit.model_fields)
+HIT_FIELDS = (*ImageHit.model_fields, "probe_score")  # probe_score: only on rerank="probe" answers
 STUDY_FIELDS = tuple(StudyFields.model_fields)
 REPORT_IMAGE_FIELDS = tuple(f for f in ReportImageHit.model_fields if f != "study_key")
 
@@ -68,6 +69,8 @@ Split = Annotated[list[str] | None, Field(description="Only these dataset splits
 Mode = Annotated[ReportMode, Field(description="How reports are ranked: hybrid (default: words and meaning, "
                                                "rank-fused), bm25 (the words themselves), vector (meaning, by the "
                                                "model's text embedding)")]
+Rerank = Annotated[Literal["probe"] | None, Field(description="probe: re-order a finding query's hits by "
+                                                                 "that finding's linear probe (when fitted)")]
 Thumbnails = Annotated[int, Field(ge=0, le=MAX_THUMBNAILS,
                                   description="Also attach WebP thumbnails of the top N hits as images "
                                               f"(0-{MAX_THUMBNAILS}; 0 = text only)")]
@@ -95,18 +98,22 @@ def _image_tools(search: ImageSearch, home: HomePath) -> tuple:
     """Text → images, image → similar images, one image's metadata."""
 
     def search_medical_images(query: Query, k: K = 10, view: View = None, labels: Labels = None,
-                              modality: Modality = None, split: Split = None,
-                              thumbnails: Thumbnails = 0) -> Annotated[CallToolResult, SearchAnswer]:
+                              modality: Modality = None, split: Split = None, thumbnails: Thumbnails = 0,
+                              rerank: Rerank = None) -> Annotated[CallToolResult, SearchAnswer]:
         """Find chest X-rays in the collection that match a text description, best match first.
 
         Returns up to k hits, each with image_id, score (cosine similarity, for ranking only: not a
         probability or a diagnosis), rank, view_position, modality, labels, split and study_id.
         Combine with filters to narrow the candidates first, e.g. view=["PA"], labels=["Cardiomegaly"];
         each filter is any-of and filters are combined with AND. Pass an image_id from the hits to
-        find_similar_images or get_image_metadata.
+        find_similar_images or get_image_metadata. rerank="probe" re-orders the hits of a query that
+        names a finding ("pleural effusion") by that finding's linear probe, and adds probe_score.
         """
-        return _answer(lambda: search.search_text(query, k, Filters.of(view, modality, split, labels)),
-                       f"for {query!r}", home, thumbnails)
+        filters = Filters.of(view, modality, split, labels)
+        if rerank == "probe":
+            return _answer(lambda: search_text_reranked(search, query, k, filters), f"for {query!r}", home,
+                           thumbnails)
+        return _answer(lambda: search.search_text(query, k, filters), f"for {query!r}", home, thumbnails)
 
     def find_similar_images(image_id: ImageId, k: K = 10, view: View = None, labels: Labels = None,
                             modality: Modality = None, split: Split = None,

@@ -299,4 +299,12 @@ class EvalReportOut(BaseModel):
     uncertain_policy: str = Field(examples=["exclude"])
     findings: list[str]
     models: list[EvalModelOut]
+    zero_shot: dict[str, Any] | None = Field(
+        None, description="with `medvec eval --zero-shot`: `models` (per model `per_finding` and `macro`: auc, "
+                          "ci_low, ci_high, replicates_scored, positives, negatives), `comparisons` (each later model "
+                          "minus the first on the same images and patients: difference, ci_low, ci_high), `prompts`, "
+                          "`replicates`, `seed`")
+    probes: list[dict[str, Any]] | None = Field(
+        None, description="with `medvec eval --probes`: per model, test-split AUC of each finding's linear probe "
+                          "(per_finding, macro as in zero_shot), the splits and where the probes were saved")
 

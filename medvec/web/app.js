@@ -502,6 +502,90 @@ function renderMetrics(report, written) {
   if (randomWeights.length) body.append(warning(randomWeightsText(randomWeights)));
   body.append(element("h3", "Models side by side"), scroll(modelsTable(models, ks)), plotFigure(models));
   for (const section of models) body.append(modelSection(section, ks));
+  if (report.zero_shot) body.append(zeroShotSection(report.zero_shot));
+  if (report.probes) body.append(probesSection(report.probes));
+}
+
+// --- zero-shot AUC and probes: point estimates with their 95% patient-bootstrap intervals ----------
+
+function aucCell(entry, key = "auc") {
+  const value = entry ? entry[key] : null;
+  if (value === null || value === undefined) return element("td", "—", "num");
+  const interval = entry.ci_low === null || entry.ci_low === undefined ? "" : ` [${fixed3(entry.ci_low)}, ${fixed3(entry.ci_high)}]`;
+  return element("td", `${fixed3(value)}${interval}`, "num auc");
+}
+
+function findingAucTable(id, columns, findings, cellsOf) {
+  const table = element("table", null, "numbers per-finding");
+  table.id = id;
+  table.append(head(["Finding", ...columns]));
+  const tbody = document.createElement("tbody");
+  for (const finding of [...findings, "macro"]) {
+    const tr = document.createElement("tr");
+    tr.dataset.finding = finding;
+    const name = element("th", finding === "macro" ? "Macro (mean over findings)" : finding);
+    name.scope = "row";
+    tr.append(name, ...cellsOf(finding));
+    tbody.append(tr);
+  }
+  table.append(tbody);
+  return table;
+}
+
+function zeroShotSection(zeroShot) {
+  const box = element("section", null, "eval-zero-shot");
+  box.id = "metrics-zero-shot";
+  box.append(element("h3", "Zero-shot ROC AUC per finding"), element("p",
+    "Score = cos(image, positive prompts) − cos(image, negative prompts), as CheXzero and MedSigLIP evaluate; " +
+    `AUC [95% CI] from ${zeroShot.replicates} bootstrap replicates over patients (seed ${zeroShot.seed}). ` +
+    "0.5 is chance.", "hint"));
+  const models = (zeroShot.models || []).filter((m) => !m.error);
+  const said = (zeroShot.models || []).filter((m) => m.error).map((m) => ["note", `${m.model}: ${m.error}`]);
+  if (said.length) box.append(notes(said));
+  if (!models.length) return box;
+  const findings = [...new Set(models.flatMap((m) => Object.keys(m.per_finding)))];
+  box.append(scroll(findingAucTable("zero-shot-auc", models.map((m) => `${m.model} AUC [95% CI]`), findings,
+    (f) => models.map((m) => aucCell(f === "macro" ? m.macro : m.per_finding[f])))));
+  for (const c of zeroShot.comparisons || []) {
+    box.append(element("h4", `Paired difference: ${c.a} − ${c.b}`), element("p",
+      `${c.images} images, ${c.patients} patients; each replicate draws the same patients for both models.`, "hint"));
+    box.append(scroll(findingAucTable("", ["AUC difference [95% CI]"], Object.keys(c.per_finding),
+      (f) => [aucCell(f === "macro" ? c.macro : c.per_finding[f], "difference")])));
+  }
+  const figure = element("figure", null, "plot");
+  const img = element("img");
+  img.id = "zero-shot-plot";
+  img.alt = "Zero-shot ROC AUC per finding and model, with 95% intervals";
+  const caption = element("figcaption", "Dots: AUC; bars: 95% patient-bootstrap interval; dotted line: chance.");
+  figure.append(img, caption);
+  blobUrl("/api/eval/zero_shot.png").then((url) => {
+    state.metricsBlobs.push(url);
+    img.src = url;
+  }).catch((err) => caption.replaceChildren(`The plot could not be loaded: ${err.message}`));
+  box.append(figure);
+  return box;
+}
+
+function probesSection(probes) {
+  const box = element("section", null, "eval-probes");
+  box.id = "metrics-probes";
+  box.append(element("h3", "Linear probes per finding"), element("p",
+    "A logistic regression per finding on the stored embeddings of the train split, scored on the test split; " +
+    "search re-ranks a finding query with it (rerank=probe).", "hint"));
+  for (const section of probes) {
+    if (section.error) {
+      box.append(notes([["note", `${section.model}: probes not fitted: ${section.error}`]]));
+      continue;
+    }
+    box.append(element("h4", `${section.model}: ${section.train_split} → ${section.test_split}`));
+    box.append(scroll(findingAucTable("", ["Test AUC [95% CI]", "Test +/−", "Train +/−"], Object.keys(section.per_finding),
+      (f) => {
+        const m = f === "macro" ? section.macro : section.per_finding[f];
+        return [aucCell(m), element("td", f === "macro" ? "" : `${m.positives}/${m.negatives}`, "num"),
+          element("td", f === "macro" ? "" : `${m.train_positives}/${m.train_negatives}`, "num")];
+      })));
+  }
+  return box;
 }
 
 function modelsTable(models, ks) {

@@ -3,15 +3,19 @@ every search takes."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
+from medvec.search.probe_rerank import RERANK_MODES, search_text_reranked
 from medvec.search.images import MAX_K, Filters, ImageSearch, SearchInputError, SearchResult
 from medvec.search.reports import MODES, ReportSearch
 from medvec.serve.http_middleware import ERRORS
 from medvec.serve.schema import ReportMode, ReportSearchOut, SearchOut, SimilarReportsOut, with_urls
 
+RERANK_HELP = ("`probe`: a query naming a finding (\"pleural effusion\") has its candidates re-ordered by that "
+               "finding's linear probe (fitted by `medvec eval --probes`); each hit gains `probe_score`. 400 for "
+               "a query that names no finding or a table without probes")
 REPORTS_FLAG = "also search the radiology reports (see the description for the answer's shape)"
 
 
@@ -34,7 +38,12 @@ def search_router(search: ImageSearch, reports: ReportSearch) -> APIRouter:
                     with_reports: Annotated[bool, Query(alias="reports", description=REPORTS_FLAG)] = False,
                     mode: Annotated[ReportMode | None,
                                     Query(description="with reports=true: how reports are ranked (default hybrid)")]
-                    = None) -> dict:
+                    = None,
+                    rerank: Annotated[Literal[RERANK_MODES] | None, Query(description=RERANK_HELP)] = None) -> dict:
+        if rerank is not None:
+            if with_reports:
+                raise SearchInputError("rerank re-ranks images: drop reports=true")
+            return search_json(search_text_reranked(search, q, k, filters))
         if not with_reports:
             if mode is not None:
                 raise SearchInputError("mode ranks reports: add reports=true")

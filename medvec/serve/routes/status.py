@@ -7,6 +7,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from medvec.evaluation.retrieval import EVAL_FILES
+from medvec.home import ZERO_SHOT_PLOT
 from medvec.search.images import ImageSearch, NotIndexed
 from medvec.search.reports import ReportSearch
 from medvec.serve.routes.images import file_response
@@ -71,11 +72,19 @@ def eval_router(home: HomePath) -> APIRouter:
     def eval_plot() -> FileResponse:
         return file_response(_eval_file(home, "png"), media_type="image/png", headers={"Cache-Control": EVAL_CACHE})
 
+    @router.get("/eval/zero_shot.png", response_class=FileResponse, summary="The latest zero-shot AUC plot (PNG)",
+                responses={200: {"content": {"image/png": {}},
+                                 "description": "ROC AUC per finding and model with 95% CIs (`medvec eval --zero-shot`)"}})
+    def zero_shot_plot() -> FileResponse:
+        return file_response(_eval_file(home, ZERO_SHOT_PLOT), media_type="image/png",
+                             headers={"Cache-Control": EVAL_CACHE})
+
     return router
 
 
 def _eval_file(home: HomePath, name: str) -> HomePath:
-    path = (home / EVAL_FILES[name]).resolve()
+    """`name` is a key of EVAL_FILES or a path under the home (ZERO_SHOT_PLOT)."""
+    path = (home / EVAL_FILES.get(name, name)).resolve()
     if not path.is_relative_to(home) or not path.is_file():
         raise HTTPException(404, NO_EVAL)
     return path
