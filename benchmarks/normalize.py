@@ -13,6 +13,9 @@ Prints a markdown report to stdout (progress goes to stderr) covering:
 3. Peak RSS (parent and worker processes) of a 200- and a 2,000-image batch, each batch in its
    own subprocess so its peak is isolated.
 4. Decode cost and fast-path throughput of other transfer syntaxes (JPEG 2000, JPEG-LS, RLE).
+5. Decoding at the output size (issue 20): the old path (full decode, then resize) against the new
+   (JPEG 2000 / HTJ2K wavelet reduction, JPEG DCT scaling) per file, one core, with the grey difference.
+   `--sections single,reduced` runs only sections 1 and 5.
 
 Nothing under the project is written: sources, Medvec homes and outputs live in a temporary
 folder that is removed at the end.
@@ -500,6 +503,186 @@ def section_codecs(rg1_path: Path, workdir: Path, max_iterations: int, budget_s:
     return rows
 
 
+# --- section 5: decoding at the output size (issue 20) --------------------------------------------
+
+REDUCED_TARGETS = {"J2K": 4.0, "HTJ2K": 4.0, "JPEG": 2.0}  # issue 20: speed-up of the new path over the old
+
+
+def make_reduced_cases(workdir: Path) -> list[dict]:
+    """The files of section 5: found (shared DX chest, RG1_J2KR) or made here (HTJ2K, JPEG files)."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from medvec.imaging.windowing import render_grey
+
+    made = workdir / "reduced"
+    made.mkdir(parents=True, exist_ok=True)
+    cases = []
+    if SHARED_DX.exists():
+        cases.append({"label": "DX chest PA, JPEG 2000 lossless", "kind": "J2K", "path": str(SHARED_DX),
+                      "origin": "../shared/data/dicom"})
+    cases.append({"label": "RG1_J2KR.dcm, JPEG 2000 lossless", "kind": "J2K",
+                  "path": get_testdata_file("RG1_J2KR.dcm"), "origin": "pydicom-data"})
+    source = pydicom.dcmread(SHARED_DX if SHARED_DX.exists() else get_testdata_file("RG1_UNCR.dcm"))
+    htj2k = _htj2k_dicom(source)
+    if htj2k is not None:
+        path = made / "htj2k-lossless.dcm"
+        path.write_bytes(htj2k)
+        cases.append({"label": f"{Path(source.filename).name} pixels → HTJ2K lossless", "kind": "HTJ2K",
+                      "path": str(path), "origin": "made here: itkwasm-htj2k (OpenJPH), 5 levels, one tile"})
+    rg1 = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    grey = Image.fromarray(render_grey(rg1.pixel_array, rg1).pixels).resize((2500, 3000), Image.Resampling.BILINEAR)
+    for mode, label in (("L", "grey"), ("RGB", "colour (YCbCr, 3 components)")):
+        image = grey.convert(mode)
+        if mode == "RGB":  # a faint tint so the channels differ and the colour path (not grey-rgb) runs
+            arr = np.asarray(image).astype(np.int16)
+            arr[..., 0] += 12
+            arr[..., 2] -= 12
+            image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        path = made / f"mimic-sized-{mode}.jpg"
+        image.save(path, format="JPEG", quality=95)
+        cases.append({"label": f"JPEG 2500x3000 q95, {label}", "kind": "JPEG", "path": str(path),
+                      "origin": "made here: RG1 rendered, BILINEAR to 2500x3000, Pillow q95"})
+    return cases
+
+
+def _htj2k_dicom(source) -> bytes | None:
+    """`source`'s pixels re-encoded as HTJ2K lossless (transfer syntax .201) in a DICOM file, or None."""
+    try:
+        import itkwasm_htj2k
+        from itkwasm import Image as ItkImage, ImageType
+    except ImportError:
+        log("itkwasm-htj2k is not installed (dev extra): no HTJ2K row")
+        return None
+    import numpy as np
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, generate_uid
+
+    pixels = np.ascontiguousarray(source.pixel_array.astype(np.uint16))
+    rows, cols = pixels.shape
+    image = ItkImage(imageType=ImageType(dimension=2, componentType="uint16", pixelType="Scalar", components=1),
+                     size=[cols, rows], data=pixels)
+    stream = bytes(itkwasm_htj2k.encode(image, decompositions=5, not_reversible=False, tile_size=[cols, rows],
+                                        tile_offset=[0, 0], block_dimensions=[64, 64]))
+    ds = source.copy()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15  # OpenJPH writes 16-bit precision for uint16
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.201")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def pipeline_at(data: bytes, target: int | None, options: NormalizeOptions) -> tuple:
+    """`normalize_bytes`'s decode → render → resize → encode, with the decode's target size chosen:
+    None is the old path (full decode), `options.size` what `normalize_bytes` does now."""
+    import numpy as np
+    from PIL import Image
+
+    from medvec.imaging.dicom import decode_first_frame, read_dataset
+    from medvec.imaging.colour import colour_or_grey, to_rgb8
+    from medvec.imaging.raster import read_raster, sniff_raster
+    from medvec.imaging.webp import encode_webp, fit_long_side
+    from medvec.imaging.windowing import render_grey
+
+    if sniff_raster(data) and data[128:132] != b"DICM":
+        pixels, _ = read_raster(data, target)
+    else:
+        frame = decode_first_frame(read_dataset(data), target)
+        pixels = (colour_or_grey(to_rgb8(frame.pixels, frame.colour_max))[0] if frame.is_colour
+                  else render_grey(frame.pixels, frame.dataset, True).pixels)  # as normalize_bytes renders
+    decoded_shape = pixels.shape
+    image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB" if pixels.ndim == 3 else "L")
+    view = fit_long_side(image, options.size)
+    thumb = fit_long_side(view, options.thumb_size)
+    return (encode_webp(view, options.quality, options.webp_method),
+            encode_webp(thumb, options.thumb_quality, options.webp_method), decoded_shape, view)
+
+
+def reduced_child(spec_path: str) -> None:
+    """Runs in a fresh interpreter pinned to one CPU: old and new path interleaved, repeat by repeat."""
+    import numpy as np
+    from PIL import Image
+
+    spec = json.loads(Path(spec_path).read_text())
+    cpu = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    options = NormalizeOptions()
+    rows = []
+    for case in spec["cases"]:
+        data = Path(case["path"]).read_bytes()
+        old_view, _, old_shape, old_image = pipeline_at(data, None, options)  # also the warm-up
+        new_view, _, new_shape, new_image = pipeline_at(data, options.size, options)
+        pre_a = np.asarray(old_image.convert("L"), dtype=np.int16)
+        pre_b = np.asarray(new_image.convert("L"), dtype=np.int16)
+        old, new = [], []
+        for _ in range(spec["repeats"]):
+            for target, times in ((None, old), (options.size, new)):
+                t0 = time.perf_counter()
+                pipeline_at(data, target, options)
+                times.append(time.perf_counter() - t0)
+        a = np.asarray(Image.open(io.BytesIO(old_view)).convert("L"), dtype=np.int16)
+        b = np.asarray(Image.open(io.BytesIO(new_view)).convert("L"), dtype=np.int16)
+        old_ms, new_ms = 1000 * statistics.median(old), 1000 * statistics.median(new)
+        rows.append({**case, "file_mb": len(data) / 1e6, "repeats": len(old),
+                     "old_ms": old_ms, "new_ms": new_ms, "speedup": old_ms / new_ms,
+                     "old_min_ms": 1000 * min(old), "new_min_ms": 1000 * min(new),
+                     "speedup_of_min": min(old) / min(new),
+                     "old_ms_all": [round(1000 * t, 1) for t in old], "new_ms_all": [round(1000 * t, 1) for t in new],
+                     "old_decoded": list(old_shape), "new_decoded": list(new_shape),
+                     "view": [b.shape[1], b.shape[0]],
+                     "mean_abs_grey_diff": float(np.abs(a - b).mean()) if a.shape == b.shape else None,
+                     "max_abs_grey_diff": int(np.abs(a - b).max()) if a.shape == b.shape else None,
+                     "mean_abs_grey_diff_before_webp": float(np.abs(pre_a - pre_b).mean())
+                     if pre_a.shape == pre_b.shape else None})
+        log(f"reduced: {case['label']}: {old_ms:.0f} → {new_ms:.0f} ms ({old_ms / new_ms:.2f}x)")
+    print(json.dumps({"cpu": cpu, "rows": rows}))
+
+
+def section_reduced(workdir: Path, repeats: int) -> dict:
+    cases = make_reduced_cases(workdir)
+    spec_path = workdir / "spec-reduced.json"
+    spec_path.write_text(json.dumps({"cases": cases, "repeats": repeats}))
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--reduced-child", str(spec_path)],
+                          capture_output=True, text=True, cwd=str(ROOT))
+    if proc.returncode != 0:
+        raise RuntimeError(f"reduced-decode subprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    sys.stderr.write(proc.stderr)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["loadavg"] = [load_before, [round(x, 2) for x in os.getloadavg()]]
+    return out
+
+
+def render_reduced(sec: dict) -> list[str]:
+    lines = ["## 5. Decoding at the output size (issue 20): old path against new, one core", "",
+             f"A fresh interpreter pinned to CPU {sec['cpu']} runs, per file, `normalize_bytes`'s decode → render → "
+             "resize to 512 and 256 → WebP (q90/q80, method 0) with the decode's target size None (old: full "
+             "decode, then resize) and 512 (new: the largest JPEG 2000 reduction whose long side is ≥ 1.5 x 512, "
+             "or libjpeg's smallest DCT scale ≥ 512), alternating old and new each repeat; medians of the repeats. "
+             "Grey difference: the two 512 px WebP views decoded to grey, mean (and max) absolute difference in "
+             "levels of 255, and the mean for the two 512 px views before WebP encoding (what "
+             "tests/test_reduced_decode.py bounds at 1.5). "
+             f"Load average before/after: {sec['loadavg'][0]} / {sec['loadavg'][1]}.", "",
+             "| file | decoded (columns x rows) old → new | repeats | old ms (median) | new ms (median) | "
+             "speed-up (target) | speed-up of the fastest repeats | grey diff of the WebP views, mean (max) | "
+             "before WebP, mean |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sec["rows"]:
+        shape = lambda s: "x".join(str(v) for v in (s[1], s[0]))  # noqa: E731 - columns x rows
+        lines.append(f"| {r['label']} | {shape(r['old_decoded'])} → {shape(r['new_decoded'])} | {r['repeats']} | "
+                     f"{r['old_ms']:.1f} | {r['new_ms']:.1f} | **{r['speedup']:.2f}x** (≥ {REDUCED_TARGETS[r['kind']]:g}x) | "
+                     f"{r['speedup_of_min']:.2f}x ({r['old_min_ms']:.0f} / {r['new_min_ms']:.0f} ms) | "
+                     f"{fmt(r['mean_abs_grey_diff'], 2)} ({r['max_abs_grey_diff']}) | "
+                     f"{fmt(r['mean_abs_grey_diff_before_webp'], 2)} |")
+    lines += ["", "Every repeat (ms, old / new): " + "; ".join(
+        f"{r['label']}: {r['old_ms_all']} / {r['new_ms_all']}" for r in sec["rows"]), ""]
+    return lines
+
 # --- report ------------------------------------------------------------------------------------
 
 def fmt(x, digits=1):
@@ -507,7 +690,7 @@ def fmt(x, digits=1):
 
 
 def render_report(res: dict) -> str:
-    m, s1 = res["machine"], res["single_core"]
+    m = res["machine"]
     lines = ["# Medvec normalisation benchmark", "",
              f"- command: `{res['command']}`",
              f"- date: {res['date']}",
@@ -516,8 +699,21 @@ def render_report(res: dict) -> str:
              "- libraries: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()),
              f"- mode: {'quick' if res['quick'] else 'full'}", ""]
 
+    if "single_core" in res:
+        lines += render_single_core(res["single_core"])
+    if "scaling" in res:
+        lines += render_batches(res["scaling"], res["memory"])
+    if "codecs" in res:
+        lines += render_codecs(res["codecs"])
+    if "reduced" in res:
+        lines += render_reduced(res["reduced"])
+    lines += ["", f"Total benchmark time: {res['total_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def render_single_core(s1: dict) -> list[str]:
     f, fr, n = s1["fast"], s1["fast_with_read"], s1["naive"]
-    lines += ["## 1. One core, RG1_UNCR.dcm (1955x1841, 15-bit, MONOCHROME1, 7.2 MB)", "",
+    lines = ["## 1. One core, RG1_UNCR.dcm (1955x1841, 15-bit, MONOCHROME1, 7.2 MB)", "",
               f"Process pinned to CPU {s1['pinned_cpu']}; each row is the better of "
               f"{len(f['rounds_images_per_s'])} rounds (every round's images/s in brackets).", "",
               "| pipeline | iterations | images/s | ms/image (mean) | ms/image (median) | rounds |",
@@ -549,8 +745,11 @@ def render_report(res: dict) -> str:
               "call overhead; negative when timing the stages one by one costs more than that). "
               "Rounds' stage sums: " + str(b["rounds_sum_ms"]) + " ms.", ""]
 
-    sc = res["scaling"]
-    lines += [f"## 2. Scaling across processes: `normalize_batch`, {sc['images']} distinct RG1 copies", "",
+    return lines
+
+
+def render_batches(sc: dict, mem: dict) -> list[str]:
+    lines = [f"## 2. Scaling across processes: `normalize_batch`, {sc['images']} distinct RG1 copies", "",
               "Each run in a fresh interpreter with a fresh Medvec home; better of "
               f"{sc['rounds']} rounds. \"Steady\" is the completion rate after the first 10% of results "
               "(excludes spawning workers and importing medvec in them).", "",
@@ -563,7 +762,6 @@ def render_report(res: dict) -> str:
     lines += ["", f"Scaling 1 → 2 workers: **{sc['scaling']:.2f}x** overall, {fmt(sc['scaling_steady'], 2)}x steady "
               "(2 cores: 2.0x is the ceiling; the parent also writes the WebP files and does the bookkeeping).", ""]
 
-    mem = res["memory"]
     lines += [f"## 3. Memory against batch size (workers=2, {mem['source_encoding']} sources)", "",
               mem["source_note"], "",
               "| images | seconds | images/s | parent peak MB (VmHWM) | max worker peak MB (VmHWM) | "
@@ -585,16 +783,20 @@ def render_report(res: dict) -> str:
               "(The parent's own `ru_maxrss`, "
               f"{big['ru_maxrss_self_mb']:.0f} MB, is not used: Linux carries the launcher's RSS across exec into it.)", ""]
 
-    lines += ["## 4. Other transfer syntaxes (one core)", "",
+    return lines
+
+
+def render_codecs(codecs: list[dict]) -> list[str]:
+    lines = ["## 4. Other transfer syntaxes (one core)", "",
               "Median over the iterations shown; parse = `read_dataset`, decode = `decode_first_frame`, "
               "full = `normalize_bytes` end to end.", "",
               "| file | transfer syntax | size, bits, photometric | MB | parse ms | decode ms | full ms | full images/s | n |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in res["codecs"]:
+    for r in codecs:
         lines.append(f"| {r['file']} | {r['transfer_syntax']} | {r['size']}, {r['bits_stored']}-bit, {r['photometric']} | "
                      f"{r['file_mb']:.2f} | {r['parse_ms']:.1f} | {r['decode_ms']:.1f} | {r['full_ms']:.1f} | "
                      f"{r['full_images_per_s']:.1f} | {r['iterations']} |")
-    plugin_rows = [r for r in res["codecs"] if r.get("decode_ms_by_plugin")]
+    plugin_rows = [r for r in codecs if r.get("decode_ms_by_plugin")]
     if plugin_rows:
         lines += ["", "Decode time by pydicom decoding plugin (`pixel_array(ds, decoding_plugin=...)`, parse included; "
                   "the `decode ms` column above is whichever plugin pydicom picks by default):", "",
@@ -604,8 +806,7 @@ def render_report(res: dict) -> str:
         for r in plugin_rows:
             cells = [fmt(r["decode_ms_by_plugin"].get(k)) + " ms" if k in r["decode_ms_by_plugin"] else "—" for k in names]
             lines.append(f"| {r['file']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Total benchmark time: {res['total_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -616,11 +817,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write every number as JSON here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the temporary DICOM copies go (default: the system temp folder)")
+    parser.add_argument("--sections", default="single,batches,codecs,reduced",
+                        help="comma-separated subset of single (1), batches (2 and 3), codecs (4), reduced (5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="repeats per path in section 5 (default 7, --quick 3); the median is reported")
     parser.add_argument("--batch-child", help=argparse.SUPPRESS)
+    parser.add_argument("--reduced-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch_child:
         batch_child(args.batch_child)
         return 0
+    if args.reduced_child:
+        reduced_child(args.reduced_child)
+        return 0
+    sections = set(args.sections.split(","))
+    unknown = sections - {"single", "batches", "codecs", "reduced"}
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
     import logging
 
@@ -651,49 +864,14 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="medvec-bench-", dir=args.workdir))
     try:
-        res["single_core"] = section_single_core(rg1, iterations, naive_iterations, rounds)
-
-        # Sources for sections 2 and 3: distinct copies (image_id comes from SOPInstanceUID).
-        count = max(max(memory_sizes), scaling_images)
-        need = count * rg1.stat().st_size
-        margin = 20 * 2**30
-        if free_bytes(workdir) > need + margin:
-            syntax, encoding = None, "uncompressed (explicit VR little endian)"
-            note = (f"{count:,} distinct copies of RG1_UNCR.dcm with fresh SOPInstanceUIDs "
-                    f"({need / 2**30:.1f} GiB on disk, {free_bytes(workdir) / 2**30:.0f} GiB were free); "
-                    "files are freshly written, so reads come from the page cache.")
-        else:
-            from pydicom.uid import JPEGLSLossless
-
-            syntax, encoding = JPEGLSLossless, "JPEG-LS lossless"
-            note = (f"Not enough free disk for {count:,} uncompressed copies ({need / 2**30:.1f} GiB): RG1 was "
-                    "re-encoded once as JPEG-LS lossless and copied with fresh SOPInstanceUIDs.")
-        log(f"writing {count} copies of RG1 ({encoding}) to {workdir}")
-        t0 = time.perf_counter()
-        copies = write_copies(rg1, workdir / "sources", count, syntax)
-        log(f"wrote them in {time.perf_counter() - t0:.0f} s")
-
-        runs: dict[str, list[dict]] = {"1": [], "2": []}
-        for r in range(scaling_rounds):
-            for workers in (1, 2):
-                log(f"scaling: {scaling_images} images, workers={workers}, round {r + 1}/{scaling_rounds}")
-                runs[str(workers)].append(run_batch(copies[:scaling_images], workdir, workers, f"s{workers}-{r}"))
-        best = {w: max(v, key=lambda x: x["images_per_s"]) for w, v in runs.items()}
-        for w, v in runs.items():
-            best[w]["rounds_images_per_s"] = [round(x["images_per_s"], 2) for x in v]
-        steady = (best["2"]["steady_images_per_s"] / best["1"]["steady_images_per_s"]
-                  if best["1"]["steady_images_per_s"] and best["2"]["steady_images_per_s"] else None)
-        res["scaling"] = {"images": scaling_images, "rounds": scaling_rounds, "runs": best,
-                          "scaling": best["2"]["images_per_s"] / best["1"]["images_per_s"], "scaling_steady": steady}
-
-        mem_runs = []
-        for size in memory_sizes:
-            log(f"memory: batch of {size} images, workers=2")
-            mem_runs.append(run_batch(copies[:size], workdir, 2, f"m{size}"))
-        res["memory"] = {"source_encoding": encoding, "source_note": note, "runs": mem_runs}
-        shutil.rmtree(workdir / "sources", ignore_errors=True)
-
-        res["codecs"] = section_codecs(rg1, workdir, codec_iterations, codec_budget)
+        if "single" in sections:
+            res["single_core"] = section_single_core(rg1, iterations, naive_iterations, rounds)
+        if "reduced" in sections:
+            res["reduced"] = section_reduced(workdir, args.repeats or (3 if quick else 7))
+        if "batches" in sections:
+            run_batch_sections(res, rg1, workdir, scaling_images, scaling_rounds, memory_sizes)
+        if "codecs" in sections:
+            res["codecs"] = section_codecs(rg1, workdir, codec_iterations, codec_budget)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -704,6 +882,50 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(res, indent=1, default=str))
         log(f"wrote {args.out}")
     return 0
+
+
+def run_batch_sections(res: dict, rg1: Path, workdir: Path, scaling_images: int, scaling_rounds: int,
+                       memory_sizes: tuple[int, ...]) -> None:
+    """Sections 2 and 3: distinct copies of RG1 normalised in batches, each in a fresh interpreter."""
+    # Sources for sections 2 and 3: distinct copies (image_id comes from SOPInstanceUID).
+    count = max(max(memory_sizes), scaling_images)
+    need = count * rg1.stat().st_size
+    margin = 20 * 2**30
+    if free_bytes(workdir) > need + margin:
+        syntax, encoding = None, "uncompressed (explicit VR little endian)"
+        note = (f"{count:,} distinct copies of RG1_UNCR.dcm with fresh SOPInstanceUIDs "
+                f"({need / 2**30:.1f} GiB on disk, {free_bytes(workdir) / 2**30:.0f} GiB were free); "
+                "files are freshly written, so reads come from the page cache.")
+    else:
+        from pydicom.uid import JPEGLSLossless
+
+        syntax, encoding = JPEGLSLossless, "JPEG-LS lossless"
+        note = (f"Not enough free disk for {count:,} uncompressed copies ({need / 2**30:.1f} GiB): RG1 was "
+                "re-encoded once as JPEG-LS lossless and copied with fresh SOPInstanceUIDs.")
+    log(f"writing {count} copies of RG1 ({encoding}) to {workdir}")
+    t0 = time.perf_counter()
+    copies = write_copies(rg1, workdir / "sources", count, syntax)
+    log(f"wrote them in {time.perf_counter() - t0:.0f} s")
+
+    runs: dict[str, list[dict]] = {"1": [], "2": []}
+    for r in range(scaling_rounds):
+        for workers in (1, 2):
+            log(f"scaling: {scaling_images} images, workers={workers}, round {r + 1}/{scaling_rounds}")
+            runs[str(workers)].append(run_batch(copies[:scaling_images], workdir, workers, f"s{workers}-{r}"))
+    best = {w: max(v, key=lambda x: x["images_per_s"]) for w, v in runs.items()}
+    for w, v in runs.items():
+        best[w]["rounds_images_per_s"] = [round(x["images_per_s"], 2) for x in v]
+    steady = (best["2"]["steady_images_per_s"] / best["1"]["steady_images_per_s"]
+              if best["1"]["steady_images_per_s"] and best["2"]["steady_images_per_s"] else None)
+    res["scaling"] = {"images": scaling_images, "rounds": scaling_rounds, "runs": best,
+                      "scaling": best["2"]["images_per_s"] / best["1"]["images_per_s"], "scaling_steady": steady}
+
+    mem_runs = []
+    for size in memory_sizes:
+        log(f"memory: batch of {size} images, workers=2")
+        mem_runs.append(run_batch(copies[:size], workdir, 2, f"m{size}"))
+    res["memory"] = {"source_encoding": encoding, "source_note": note, "runs": mem_runs}
+    shutil.rmtree(workdir / "sources", ignore_errors=True)
 
 
 if __name__ == "__main__":
