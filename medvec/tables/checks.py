@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from medvec.ingest.batches import load_batch_records
 from medvec.phi import IDENTIFYING_TAGS, is_identifying_column
 from medvec.storage import HomePath
-from medvec.tables.database import EMBED_STAGES, _sql_string, list_errors
+from medvec.tables.database import EMBED_STAGES, list_errors, sql_string
 from medvec.tables.images import table_dim, vectors_of
 
 #: Below this L2 norm a vector points nowhere: cosine search would rank it arbitrarily.
@@ -41,7 +41,7 @@ def batch_rows(db, table, home: HomePath, batches: list[str]) -> list[BatchRows]
     counts = []
     for batch in batches:
         errors = [e for e in list_errors(db, batch) if e["stage"] in EMBED_STAGES]
-        embedded = table.count_rows(f"batch = {_sql_string(batch)}") if table is not None else 0
+        embedded = table.count_rows(f"batch = {sql_string(batch)}") if table is not None else 0
         counts.append(BatchRows(batch, len(load_batch_records(home, batch)), len(errors), embedded))
     return counts
 
