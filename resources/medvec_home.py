@@ -18,6 +18,11 @@ class MedvecHomeResource(dg.ConfigurableResource):
     s3_endpoint_url: str | None = None
     # Secret: an EnvVar in the definitions, so the UI shows the variable's name, never its value.
     pseudonym_key: str | None = None
+    # De-identification policy (docs/privacy.md); without a key, ingest refuses unless allow_dev_key.
+    allow_dev_key: bool = False
+    date_policy: str = "remove"
+    allow_burned_in: bool = False
+    burned_in_modalities: list[str] = ["US", "SC", "XA"]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MedvecHomeResource":
@@ -25,7 +30,10 @@ class MedvecHomeResource(dg.ConfigurableResource):
         # snapshot ($DAGSTER_HOME/history), where a raw key would sit in plain text.
         key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if settings.exported("pseudonym_key") else None
         return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
-                   s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key)
+                   s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key,
+                   allow_dev_key=settings.allow_dev_key, date_policy=settings.date_policy,
+                   allow_burned_in=settings.allow_burned_in,
+                   burned_in_modalities=list(settings.burned_in_modality_list))
 
     @property
     def home_path(self) -> HomePath:

@@ -89,7 +89,9 @@ def search_collection(tmp_path_factory):
     from pipelines.ingest import ingest
 
     root = tmp_path_factory.mktemp("search_collection")
-    env = {"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_MODEL": "tiny-siglip"}
+    # A Settings from a dict: its key is not in os.environ, so in-process runs use the development key.
+    env = {"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_ALLOW_DEV_KEY": "1",
+           "MEDVEC_MODEL": "tiny-siglip"}
     settings = Settings.from_env(env)
     sample = write_sample_data(root / "sample", count=36)
     with dg.instance_for_test() as instance:

@@ -54,6 +54,7 @@ def s3_collection(aws_env, search_collection):
     _upload_folder(client, bucket, search_collection.sample_dir, "incoming")
     env = {"MEDVEC_HOME": f"s3://{bucket}/home", "MEDVEC_LANCEDB_URI": f"s3://{bucket}/lancedb",
            "MEDVEC_S3_ENDPOINT_URL": aws_env[0].meta.endpoint_url, "MEDVEC_PSEUDONYM_KEY": "test-key",
+           "MEDVEC_ALLOW_DEV_KEY": "1",
            "MEDVEC_MODEL": "tiny-siglip"}
     settings = Settings.from_env(env)
     with dg.instance_for_test() as instance:

@@ -178,7 +178,7 @@ class ImageSearch:
                      filename: str = "query") -> SearchResult:
         """Embed an uploaded DICOM/PNG/JPEG exactly as ingest would, then search with it."""
         from medvec.imaging.dicom import UnreadableImage
-        from medvec.imaging.normalize import normalize_bytes
+        from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
         from medvec.phi import Pseudonymizer
 
         started = time.perf_counter()
@@ -186,8 +186,10 @@ class ImageSearch:
         if not data:
             raise SearchInputError("the uploaded file is empty")
         try:
-            # A query's subject key is never stored or shown: a throwaway key keeps it meaningless.
-            normalized = normalize_bytes(data, filename, pseudonymizer=Pseudonymizer(secrets.token_hex(16)))
+            # A query's subject key is never stored or shown: a throwaway key keeps it meaningless. Nor are
+            # its pixels, so burned-in text (an ultrasound) is no reason to refuse it.
+            normalized = normalize_bytes(data, filename, pseudonymizer=Pseudonymizer(secrets.token_hex(16)),
+                                         options=NormalizeOptions(allow_burned_in=True))
         except UnreadableImage as exc:
             raise SearchInputError(f"the uploaded file could not be read as an image: {exc.reason}") from None
         loaded = self._current()
