@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -109,3 +110,23 @@ def search(search_collection):
     search = open_search(search_collection.settings)
     yield search
     search.close()
+
+
+# --- CI: a real component that could not be installed fails the run instead of skipping it ---------
+
+#: Words in a skip reason that mean a real component (browser, database, bundle toolchain) was missing.
+REAL_COMPONENTS = ("chromium", "playwright", "postgresql", "npm", "node.js", "onnxruntime-web")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With MEDVEC_REQUIRE_REAL_COMPONENTS=1 (set by .ci/run), a test skipped for want of a real component
+    fails: a green CI then means the browser, database and bundle tests really ran."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and os.environ.get("MEDVEC_REQUIRE_REAL_COMPONENTS") == "1"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if any(word in reason.lower() for word in REAL_COMPONENTS):
+        report.outcome = "failed"
+        report.longrepr = f"MEDVEC_REQUIRE_REAL_COMPONENTS=1 but a real component is missing: {reason}"
