@@ -104,6 +104,11 @@ def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagst
     expected = Pseudonymizer(secret).subject_key(SENTINELS["PatientID"])
     assert {r.subject_key for r in records if not r.source_uri.endswith("plain.dcm")} == {expected}
 
+    # The HTTP API answers (search, metadata, similar, stats) carry none of them either.
+    haystack = _api_answers(settings, records)
+    for keyword, value in originals.items():
+        assert value not in haystack, f"{keyword} leaked into the HTTP API"
+
     # Another machine sharing the key (another home, another Dagster instance) gives the same replaced ids.
     monkeypatch.setenv("MEDVEC_HOME", str(tmp_path / "other_home"))
     with dg.instance_for_test() as other_instance:
@@ -112,6 +117,27 @@ def test_identifying_tags_leave_no_trace_in_any_output(tmp_path, settings, dagst
     assert replaced == sorted((r.image_id, r.study_id, r.series_id)
                               for r in load_batch_records(tmp_path / "other_home", again.batches[0]))
     assert all(image_id.startswith("2.25.") for image_id, _, _ in replaced if image_id)
+
+
+def _api_answers(settings: Settings, records) -> str:
+    import httpx
+
+    from medvec.search.configured import open_search
+    from medvec.serve.http_api import create_app
+    from tests.test_http_api import running
+
+    search = open_search(settings)
+    answers = []
+    try:
+        with running(create_app(search, settings.home)) as base_url, httpx.Client(base_url=base_url) as api:
+            for route in ["/api/stats", "/api/search?q=chest&k=10",
+                          *(f"/api/images/{r.image_id}" for r in records), f"/api/similar/{records[0].image_id}"]:
+                answer = api.get(route)
+                assert answer.status_code == 200, (route, answer.text)
+                answers.append(answer.text)
+    finally:
+        search.close()
+    return "\n".join(answers)
 
 
 def test_allowed_tag_is_kept_only_when_asked(tmp_path, pseudonymizer):

@@ -187,11 +187,15 @@ def test_s3_paths_read_write_list_and_lock(aws_env, tmp_path):
 
     # A lock left by a killed process: of two waiters exactly one takes it over, the other waits its turn.
     lock.write_bytes(b'{"token": "killed"}')
-    time.sleep(3.0)  # older than stale_after_s by the server's clock (S3 times have one-second resolution)
     held: list[tuple[float, float]] = []
 
+    def age_s(held_object) -> float:
+        # The lock's clock, injected: the killed holder's lock is an hour old, a live holder's never ages,
+        # so however slow the machine, only the killed lock is stale (no sleep, no heartbeat window).
+        return 3600.0 if b'"killed"' in held_object["Body"].read() else 0.0
+
     def hold() -> None:
-        with exclusive_lock(lock, stale_after_s=2.0, poll_s=0.05):
+        with exclusive_lock(lock, stale_after_s=2.0, poll_s=0.05, age_s=age_s):
             start = time.monotonic()
             time.sleep(0.3)
             held.append((start, time.monotonic()))
