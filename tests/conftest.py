@@ -26,6 +26,15 @@ def dicom_testfile(name: str) -> Path:
     return Path(path)
 
 
+def collection_image_id(dicom_path) -> str:
+    """The image_id `search_collection` stores for a DICOM file: its SOPInstanceUID replaced by the keyed
+    `2.25.` UID (PS3.15). The collection's Settings come from a dict, so its runs use the development key."""
+    import pydicom
+
+    uid = str(pydicom.dcmread(dicom_path, stop_before_pixels=True).SOPInstanceUID)
+    return Pseudonymizer(None, warn=False, allow_dev_key=True).uid(uid)
+
+
 @pytest.fixture
 def pseudonymizer() -> Pseudonymizer:
     return Pseudonymizer("test-key", warn=False)

@@ -28,7 +28,7 @@ from medvec.search.reports import ReportSearch
 from medvec.search.images import Filters
 from medvec.search.configured import open_search
 from medvec.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import collection_image_id, free_port
 
 REPORTS_TABLE = "reports__tiny_siglip"
 UPLOAD_LIMIT = 4 * 2**20  # above the largest sample DICOM (1.8 MB), small enough to exceed cheaply
@@ -226,7 +226,7 @@ def test_uploaded_dicom_finds_itself_first(api, search_collection):
     response = api.post("/api/search/image", params={"k": 3}, files={"file": (path.name, path.read_bytes())})
     assert response.status_code == 200, response.text
     top = response.json()["hits"][0]
-    assert top["image_id"] == pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    assert top["image_id"] == collection_image_id(path)
     assert top["score"] == pytest.approx(1.0, abs=1e-3)
     assert response.json()["query"]["format"] == "dicom"
 

@@ -20,6 +20,7 @@ from medvec.tables.records import image_table_schema
 from medvec.search.images import Filters, ImageSearch, NoSuchImage, SearchInputError, normalize_query_text
 from medvec.search.maintenance import IndexOptions, maintain_table
 from medvec.search.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k
+from tests.conftest import collection_image_id
 
 
 def _ids(result):
@@ -92,9 +93,7 @@ def test_an_uploaded_dicom_or_png_finds_its_own_stored_image_first(search_collec
     dicom = sorted((search_collection.sample_dir / "synthetic").rglob("*.dcm"))[3]
     result = search.search_image(dicom.read_bytes(), k=3, filename=dicom.name)
     top = result.hits[0]
-    import pydicom
-
-    assert top.image_id == pydicom.dcmread(dicom, stop_before_pixels=True).SOPInstanceUID
+    assert top.image_id == collection_image_id(dicom)
     assert top.score == pytest.approx(1.0, abs=1e-3)
     # The same picture as PNG (from the stored WebP) lands on the same image.
     webp = search_collection.settings.home / top.metadata["image_uri"]
