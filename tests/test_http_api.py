@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pydicom
 import pytest
 import uvicorn
 from PIL import Image
