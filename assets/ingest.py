@@ -49,9 +49,14 @@ def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig
     """Each file decoded, rendered to 8-bit grey and written as WebP (viewing size and thumbnail),
     with an allow-listed metadata record; failures go to the `ingest_errors` table."""
     options = NormalizeOptions(size=config.size, thumb_size=config.thumb_size, pad_square=config.pad_square,
-                               window=config.window, allow_tags=tuple(config.allow_tags), max_pixels=medvec.max_pixels)
+                               window=config.window, allow_tags=tuple(config.allow_tags), max_pixels=medvec.max_pixels,
+                               date_policy=medvec.date_policy, allow_burned_in=medvec.allow_burned_in,
+                               burned_in_modalities=tuple(medvec.burned_in_modalities))
+    if not medvec.pseudonym_key and medvec.allow_dev_key:  # said here: worker processes stay quiet
+        context.log.warning("MEDVEC_PSEUDONYM_KEY is not set: the development key is in use (demo/test only)")
     result = normalize_batch(source_manifest, medvec.home_path, options=options, max_file_bytes=medvec.max_file_bytes,
-                             pseudonym_key=medvec.pseudonym_key, s3_endpoint_url=medvec.s3_endpoint_url,
+                             pseudonym_key=medvec.pseudonym_key, allow_dev_key=medvec.allow_dev_key,
+                             s3_endpoint_url=medvec.s3_endpoint_url,
                              workers=config.workers or None, allow_columns=tuple(config.allow_columns),
                              progress=_progress_logger(context, source_manifest.batch))
     database.replace_batch_errors(database.connect(medvec.lancedb_uri), result.batch, result.errors)

@@ -54,8 +54,9 @@ class S3Lock:
     """A lock object: created exclusively, kept fresh by a heartbeat while held, taken over only through a
     conditional PUT on the stale version (so two waiters never both take it), deleted only if still ours."""
 
-    def __init__(self, path: S3Path, stale_after_s: float, poll_s: float):
+    def __init__(self, path: S3Path, stale_after_s: float, poll_s: float, age_s=None):
         self.path, self.stale_after_s, self.poll_s = path, stale_after_s, poll_s
+        self.age_s = age_s or _age_s  # the lock's clock: a test gives locks their ages instead of sleeping
         self.token = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{time.time_ns()}"
         self.etag: str | None = None
         self._stop = threading.Event()
@@ -75,7 +76,7 @@ class S3Lock:
                 if is_missing_object(error):
                     continue  # released between our attempt and the read
                 raise
-            if _age_s(held) > self.stale_after_s:
+            if self.age_s(held) > self.stale_after_s:
                 # Its holder stopped beating (killed): replace exactly the version we judged stale.
                 self.etag = conditional_put(self.path, self._body(), IfMatch=held["ETag"])
                 if self.etag is not None:

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
                             description="AWS region for S3 clients (AWS_DEFAULT_REGION, else AWS_REGION)")
     pseudonym_key: SecretStr | None = _var(
         "MEDVEC_PSEUDONYM_KEY", None, "secret key for patient pseudonyms (required on shared data)")
+    allow_dev_key: bool = _var("MEDVEC_ALLOW_DEV_KEY", False, "let ingest use the public development pseudonym "
+                               "key when MEDVEC_PSEUDONYM_KEY is unset (`medvec demo` and the tests only)")
+    date_policy: Literal["remove", "shift"] = _var(
+        "MEDVEC_DATE_POLICY", "remove", "dates in allowed tags: remove, or shift per subject by a keyed offset")
+    allow_burned_in: bool = _var("MEDVEC_ALLOW_BURNED_IN", False, "ingest images flagged BurnedInAnnotation=YES "
+                                 "or of a burned-in-text modality (checked by a person first)")
+    burned_in_modalities: str = _var("MEDVEC_BURNED_IN_MODALITIES", "US,SC,XA", "modalities refused unless "
+                                     "BurnedInAnnotation=NO, comma-separated")
     # --- the model and where it runs ---
     model: str = _var("MEDVEC_MODEL", DEFAULT_MODEL, "registry name (`medvec models`) or a Hugging Face id")
     embedder: Literal["local", "nim"] = _var("MEDVEC_EMBEDDER", "local", "where the model runs: local or nim")
@@ -95,6 +103,8 @@ class Settings(BaseSettings):
     embed_server_key: SecretStr | None = _var("MEDVEC_EMBED_SERVER_KEY", None,
                                               "bearer key `medvec embed-server` requires")
     api_token: SecretStr | None = _var("MEDVEC_API_TOKEN", None, "bearer token `medvec serve` requires")
+    allowed_hosts: str = _var("MEDVEC_ALLOWED_HOSTS", "", "extra Host/Origin names `medvec serve` answers, "
+                              "comma-separated (loopback names always)")
     ort_web_dist: Path | None = _var("MEDVEC_ORT_WEB_DIST", None, "onnxruntime-web's dist folder for "
                                      "`medvec bundle` (default: web/node_modules)")
     dagster_home: Path | None = _var("DAGSTER_HOME", None, "Dagster's instance folder (default: "
@@ -168,7 +178,7 @@ class Settings(BaseSettings):
     def _lower(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("hf_hub_offline", mode="before")
+    @field_validator("hf_hub_offline", "allow_dev_key", "allow_burned_in", mode="before")
     @classmethod
     def _hub_flag(cls, value):
         # huggingface_hub's own reading of the variable: anything but these words is "not offline".
@@ -183,6 +193,14 @@ class Settings(BaseSettings):
         if is_remote(text):  # not as_path: its fallback endpoint is these very settings
             return S3Path(text.rstrip("/"), info.data.get("s3_endpoint_url"))
         return Path(text).expanduser().absolute()
+
+    @property
+    def burned_in_modality_list(self) -> tuple[str, ...]:
+        return tuple(m.strip().upper() for m in self.burned_in_modalities.split(",") if m.strip())
+
+    @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @model_validator(mode="after")
     def _defaults_under_home(self):

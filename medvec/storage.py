@@ -71,8 +71,9 @@ def create_exclusive(path: HomePath, data: bytes) -> bool:
 
 
 @contextmanager
-def exclusive_lock(path: HomePath, *, stale_after_s: float = LOCK_STALE_S, poll_s: float = 0.2):
-    """Hold `path` as a lock between processes (and machines, on S3)."""
+def exclusive_lock(path: HomePath, *, stale_after_s: float = LOCK_STALE_S, poll_s: float = 0.2, age_s=None):
+    """Hold `path` as a lock between processes (and machines, on S3). `age_s(held object)` judges an S3
+    lock's age (default: by the server's clock)."""
     if not isinstance(path, S3Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as handle:
@@ -82,7 +83,7 @@ def exclusive_lock(path: HomePath, *, stale_after_s: float = LOCK_STALE_S, poll_
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
-    lock = S3Lock(path, stale_after_s, poll_s)
+    lock = S3Lock(path, stale_after_s, poll_s, age_s)
     lock.acquire()
     try:
         yield

@@ -89,6 +89,13 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings | None = None) -> in
         return refuse(missing)
     settings = settings or get_settings()
     if not args.dry_run:
+        from medvec.phi import MissingPseudonymKey, require_pseudonym_key
+
+        try:  # refused here, before any batch opens, not inside a run's worker processes
+            require_pseudonym_key(settings.pseudonym_key and settings.pseudonym_key.get_secret_value(),
+                                  settings.allow_dev_key)
+        except MissingPseudonymKey as exc:
+            return refuse(str(exc))
         ensure_dagster_home(settings)
     from pipelines.ingest import ingest
 
@@ -233,7 +240,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sample_dir = local_state_dir(settings) / "sample_data"
     if not (sample_dir / "labels.csv").exists():
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
-    settings = choose_demo_model(settings)
+    # The demo's sample data is synthetic: the public development key is allowed here, and only here.
+    settings = choose_demo_model(settings).model_copy(update={"allow_dev_key": True})
     ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size, no_embed=False,
                                      metadata=None, dry_run=False, json=False, workers=0, size=512,
                                      thumb_size=256, pad_square=False, window="header", allow_tag=[],

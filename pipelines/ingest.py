@@ -17,6 +17,7 @@ from medvec.tables.images import image_table_name
 from medvec.reports.tables import load_batch_reports
 from medvec.reports.parse import is_report_file
 from medvec.tables.records import IngestError
+from medvec.phi import require_pseudonym_key
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings
 from medvec.datasets.adapters import choose_metadata
 from medvec.sources import open_source
@@ -95,6 +96,10 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         summary.seconds = time.perf_counter() - started
         return summary
 
+    # Real data never goes in under the public development key (MissingPseudonymKey says how to make one).
+    # Runs receive the key as an EnvVar only: a key that is not in this process's environment (Settings
+    # built from a dict) does not reach them, so it counts as missing here, not silently replaced.
+    require_pseudonym_key("set" if settings.exported("pseudonym_key") else None, settings.allow_dev_key)
     instance = instance or dg.DagsterInstance.get()
     # A killed earlier ingest leaves its run STARTED, holding a `gpu` pool slot: free it first.
     reap_dead_runs(instance)

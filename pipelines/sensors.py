@@ -36,6 +36,9 @@ BATCH_CHECK_KEYS = [key for check in CHECKS for key in check.check_keys
 UNFINISHED_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
+#: The sensors' clock (seconds since the epoch). Tests advance it instead of sleeping through a quiet period.
+clock = time.time
+
 
 def folder_root(settings: Settings) -> str:
     """The folder incoming_folder_sensor watches: MEDVEC_SOURCE when it is a folder, else
@@ -87,7 +90,7 @@ def _model_request(context, spec, cursor: WatchCursor, options: WatchOptions) ->
     """One embedding_model run at a time; after a failed one, wait model_retry_s before the next."""
     in_flight = context.instance.get_run_records(
         filters=dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES, tags={MODEL_RUN_TAG: spec.name}), limit=1)
-    now = time.time()
+    now = clock()
     if in_flight or (cursor.model_requested_at and now - cursor.model_requested_at < options.model_retry_s):
         return []
     cursor.model_attempt += 1
@@ -170,7 +173,7 @@ def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHom
     due, reason = refresh_decision(
         last_embedded_at=latest[0].timestamp if latest else None, indexed_from=indexed_from,
         embedding_in_flight=embedding_runs, refresh_in_flight=bool(refresh_runs),
-        awaiting=lambda: len(_pending_launches(instance, medvec.home_path, None)), now=time.time(),
+        awaiting=lambda: len(_pending_launches(instance, medvec.home_path, None)), now=clock(),
         quiet_s=WatchOptions.from_env().refresh_quiet_s)
     if not due:
         return dg.SkipReason(reason)

@@ -20,6 +20,11 @@ class MedvecHomeResource(dg.ConfigurableResource):
     pseudonym_key: str | None = None
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # MEDVEC_MAX_FILE_BYTES: largest source file read
     max_pixels: int = DEFAULT_MAX_PIXELS  # MEDVEC_MAX_PIXELS: largest frame decoded
+    # De-identification policy (docs/privacy.md); without a key, ingest refuses unless allow_dev_key.
+    allow_dev_key: bool = False
+    date_policy: str = "remove"
+    allow_burned_in: bool = False
+    burned_in_modalities: list[str] = ["US", "SC", "XA"]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MedvecHomeResource":
@@ -28,7 +33,10 @@ class MedvecHomeResource(dg.ConfigurableResource):
         key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if settings.exported("pseudonym_key") else None
         return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                    s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key,
-                   max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
+                   max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels,
+                   allow_dev_key=settings.allow_dev_key, date_policy=settings.date_policy,
+                   allow_burned_in=settings.allow_burned_in,
+                   burned_in_modalities=list(settings.burned_in_modality_list))
 
     @property
     def home_path(self) -> HomePath:

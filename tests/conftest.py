@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -23,6 +24,15 @@ def dicom_testfile(name: str) -> Path:
     if path is None:
         pytest.skip(f"{name} is not installed (pip install pydicom-data)")
     return Path(path)
+
+
+def collection_image_id(dicom_path) -> str:
+    """The image_id `search_collection` stores for a DICOM file: its SOPInstanceUID replaced by the keyed
+    `2.25.` UID (PS3.15). The collection's Settings come from a dict, so its runs use the development key."""
+    import pydicom
+
+    uid = str(pydicom.dcmread(dicom_path, stop_before_pixels=True).SOPInstanceUID)
+    return Pseudonymizer(None, warn=False, allow_dev_key=True).uid(uid)
 
 
 @pytest.fixture
@@ -89,7 +99,9 @@ def search_collection(tmp_path_factory):
     from pipelines.ingest import ingest
 
     root = tmp_path_factory.mktemp("search_collection")
-    env = {"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_MODEL": "tiny-siglip"}
+    # A Settings from a dict: its key is not in os.environ, so in-process runs use the development key.
+    env = {"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_ALLOW_DEV_KEY": "1",
+           "MEDVEC_MODEL": "tiny-siglip"}
     settings = Settings.from_env(env)
     sample = write_sample_data(root / "sample", count=36)
     with dg.instance_for_test() as instance:
@@ -107,3 +119,23 @@ def search(search_collection):
     search = open_search(search_collection.settings)
     yield search
     search.close()
+
+
+# --- CI: a real component that could not be installed fails the run instead of skipping it ---------
+
+#: Words in a skip reason that mean a real component (browser, database, bundle toolchain) was missing.
+REAL_COMPONENTS = ("chromium", "playwright", "postgresql", "npm", "node.js", "onnxruntime-web")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With MEDVEC_REQUIRE_REAL_COMPONENTS=1 (set by .ci/run), a test skipped for want of a real component
+    fails: a green CI then means the browser, database and bundle tests really ran."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and os.environ.get("MEDVEC_REQUIRE_REAL_COMPONENTS") == "1"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if any(word in reason.lower() for word in REAL_COMPONENTS):
+        report.outcome = "failed"
+        report.longrepr = f"MEDVEC_REQUIRE_REAL_COMPONENTS=1 but a real component is missing: {reason}"

@@ -23,6 +23,8 @@ class Fault:
 
     status: answer this status (with Retry-After when `retry_after` is set) without forwarding.
     sleep_s: wait this long before forwarding (longer than the client's timeout: a timeout).
+    stall: answer nothing until the client sends its next request (it gave up: a timeout whatever the
+        machine's load, with no sleep to outlast the client's timeout), then forward.
     truncate: cut the real answer's body in half (malformed JSON).
     dim: keep only the first `dim` numbers of each embedding.
     drop: drop this many items from `data` (wrong count).
@@ -32,6 +34,7 @@ class Fault:
     status: int | None = None
     retry_after: str | None = None
     sleep_s: float = 0.0
+    stall: bool = False
     truncate: bool = False
     dim: int | None = None
     drop: int = 0
@@ -55,6 +58,7 @@ class FaultProxy:
         self.seen: list[SeenRequest] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._posted = threading.Condition(self._lock)  # notified on every embeddings request
         self._httpd = _Server(("127.0.0.1", 0), _handler(self))
         threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="fault-proxy", daemon=True).start()
 
@@ -68,7 +72,15 @@ class FaultProxy:
 
     def posts(self) -> list[SeenRequest]:
         with self._lock:
-            return [seen for seen in self.seen if seen.method == "POST" and seen.path == "/v1/embeddings"]
+            return self._embedding_posts()
+
+    def _embedding_posts(self) -> list[SeenRequest]:
+        return [seen for seen in self.seen if seen.method == "POST" and seen.path == "/v1/embeddings"]
+
+    def wait_for_posts(self, count: int, timeout_s: float = 120) -> None:
+        """A barrier: return once `count` embeddings requests have arrived (the deadline only ends a hang)."""
+        with self._posted:
+            self._posted.wait_for(lambda: len(self._embedding_posts()) >= count, timeout_s)
 
     def stop(self) -> None:
         self._httpd.shutdown()
@@ -77,6 +89,7 @@ class FaultProxy:
     def _record(self, seen: SeenRequest) -> Fault:
         with self._lock:
             self.seen.append(seen)
+            self._posted.notify_all()
             if seen.method == "POST" and seen.path == "/v1/embeddings" and self._faults:
                 return self._faults.pop(0)
         return Fault()
@@ -127,6 +140,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return self._send(fault.status, json.dumps({"detail": "injected fault"}).encode(), headers)
             if fault.sleep_s:
                 time.sleep(fault.sleep_s)
+            if fault.stall:
+                proxy.wait_for_posts(len(proxy.posts()) + 1)
             self._forward(raw, fault)
 
         def _forward(self, raw: bytes | None, fault: Fault):

@@ -40,7 +40,7 @@ def ingested(tmp_path_factory):
     folder.mkdir()
     for name in ("CT_small.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
         shutil.copy(dicom_testfile(name), folder / name)
-    settings = Settings.from_env({"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key",
+    settings = Settings.from_env({"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_ALLOW_DEV_KEY": "1",
                                   "MEDVEC_MODEL": MODEL})
     with dg.instance_for_test() as instance:
         summary = ingest(str(folder), settings, instance=instance, workers=1)
@@ -54,7 +54,7 @@ def ingested(tmp_path_factory):
 def home(ingested, tmp_path):
     """A copy of the ingested home to corrupt: (settings, resources, the model's table)."""
     shutil.copytree(ingested.root / "home", tmp_path / "home")
-    settings = Settings.from_env({"MEDVEC_HOME": str(tmp_path / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key",
+    settings = Settings.from_env({"MEDVEC_HOME": str(tmp_path / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_ALLOW_DEV_KEY": "1",
                                   "MEDVEC_MODEL": MODEL})
     resources = {**home_resources(settings), "embedder": LocalEmbedderResource(model=MODEL)}
     return settings, resources, database.connect(settings.lancedb_uri).open_table(TABLE)

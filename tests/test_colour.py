@@ -107,7 +107,7 @@ def ingested(tmp_path_factory):
     (folder / "red.png").write_bytes(_encoded(_patch(SAME_LUMA_RED), "PNG"))
     (folder / "green.png").write_bytes(_encoded(_patch(SAME_LUMA_GREEN), "PNG"))
     (folder / "xray_rgb.png").write_bytes(_encoded(_grey_chest(), "PNG"))
-    env = {"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_MODEL": "tiny-siglip"}
+    env = {"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "test-key", "MEDVEC_ALLOW_DEV_KEY": "1", "MEDVEC_MODEL": "tiny-siglip"}
     settings = Settings.from_env(env)
     with dg.instance_for_test() as instance:
         summary = ingest(str(folder), settings, batch_size=16, instance=instance)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pydicom
 import pytest
 import uvicorn
 from PIL import Image
@@ -28,7 +27,7 @@ from medvec.search.reports import ReportSearch
 from medvec.search.images import Filters
 from medvec.search.configured import open_search
 from medvec.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import collection_image_id, free_port
 
 REPORTS_TABLE = "reports__tiny_siglip"
 UPLOAD_LIMIT = 4 * 2**20  # above the largest sample DICOM (1.8 MB), small enough to exceed cheaply
@@ -226,7 +225,7 @@ def test_uploaded_dicom_finds_itself_first(api, search_collection):
     response = api.post("/api/search/image", params={"k": 3}, files={"file": (path.name, path.read_bytes())})
     assert response.status_code == 200, response.text
     top = response.json()["hits"][0]
-    assert top["image_id"] == pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    assert top["image_id"] == collection_image_id(path)
     assert top["score"] == pytest.approx(1.0, abs=1e-3)
     assert response.json()["query"]["format"] == "dicom"
 
@@ -634,3 +633,51 @@ def _non_loopback_address() -> str | None:
         address = probe.getsockname()[0]
         return None if address.startswith("127.") else address
     return None
+
+
+# --- strangers: foreign Host (DNS rebinding), foreign Origin (cross-site POST), binding beyond loopback ---
+
+def test_foreign_host_is_refused_and_loopback_names_are_answered(api):
+    for host in ("evil.example", "evil.example:8080", "127.0.0.1.nip.io"):
+        refused = api.get("/api/stats", headers={"Host": host})
+        assert refused.status_code == 400 and "MEDVEC_ALLOWED_HOSTS" in refused.json()["error"]
+        assert "rows" not in refused.text
+    assert api.get("/", headers={"Host": "evil.example"}).status_code == 400  # the page too
+    for host in ("127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]:8080"):
+        assert api.get("/api/stats", headers={"Host": host}).status_code == 200, host
+
+
+def test_cross_site_upload_is_refused_and_same_site_goes_through(api, search_collection):
+    upload = _synthetic_dicom(search_collection)
+    files = {"file": (upload.name, upload.read_bytes())}
+    same = api.base_url.host + f":{api.base_url.port}"
+    for origin in ("https://evil.example", "null", f"http://evil.example:{api.base_url.port}"):
+        refused = api.post("/api/search/image", files=files, headers={"Origin": origin})
+        assert refused.status_code == 403 and "other web sites" in refused.json()["error"], origin
+    refused = api.post("/api/search/image", files=files, headers={"Sec-Fetch-Site": "cross-site"})
+    assert refused.status_code == 403
+    assert api.get("/api/stats", headers={"Origin": "https://evil.example"}).status_code == 403
+    allowed = api.post("/api/search/image", params={"k": 1}, files=files, headers={"Origin": f"http://{same}"})
+    assert allowed.status_code == 200 and allowed.json()["hits"]
+
+
+def test_configured_host_names_are_answered(search_collection):
+    settings = search_collection.settings
+    search = open_search(settings)
+    try:
+        with running(create_app(search, settings.home, allowed_hosts=("search.example",))) as base_url:
+            with httpx.Client(base_url=base_url, timeout=60) as client:
+                assert client.get("/api/stats", headers={"Host": "search.example:443"}).status_code == 200
+                assert client.get("/api/stats", headers={"Origin": "https://search.example"}).status_code == 200
+                assert client.get("/api/stats", headers={"Host": "evil.example"}).status_code == 400
+    finally:
+        search.close()
+
+
+def test_serve_refuses_to_bind_beyond_loopback_without_a_token(search_collection):
+    env = {**os.environ, **search_collection.env}
+    env.pop("MEDVEC_API_TOKEN", None)
+    result = subprocess.run([sys.executable, "-m", "medvec.cli", "serve", "--host", "0.0.0.0", "--port",
+                             str(free_port())], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "MEDVEC_API_TOKEN" in result.stderr and "refusing" in result.stderr

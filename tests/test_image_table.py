@@ -90,3 +90,37 @@ def test_vector_checks_catch_nan_zero_and_wrong_shape():
     problems = check_vectors(bad, 8)
     assert any("NaN" in p for p in problems) and any("zeros" in p for p in problems)
     assert "expected (n, 16)" in check_vectors(good, 16)[0]
+
+
+def test_losing_the_table_creation_race_opens_the_winners_table(tmp_path):
+    """The race, made deterministic: another writer creates the table and sets its primary key between this
+    writer's "is it there?" and its create_table (LanceDB then says "Schema Error")."""
+    from medvec.tables.images import _create_image_table
+
+    uri = str(tmp_path / "db")
+    _write(uri, "winner", ["w"])  # the winner: table, primary key, one row
+    table = _create_image_table(database.connect(uri), image_table_name("tiny"), 8)
+    upsert_batch(table, "loser", image_rows(_records("loser", ["l"]), _vectors(1), dim=8, model_id="m",
+                                            revision="r"))
+    assert _ids(uri) == ["l", "w"]
+
+
+def _write_after(barrier, db_uri: str, batch: str, ids: list[str]) -> None:
+    barrier.wait(60)  # every writer reaches open_image_table together, with no table yet
+    _write(db_uri, batch, ids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", range(5))
+def test_writers_racing_to_create_the_table_all_land(tmp_path, round_):
+    uri = str(tmp_path / "db")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    writers = [context.Process(target=_write_after, args=(barrier, uri, f"b{w}", [f"w{w}-{i}" for i in range(20)]))
+               for w in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    assert len(_ids(uri)) == 3 * 20

@@ -20,6 +20,7 @@ from medvec.tables.records import image_table_schema
 from medvec.search.images import Filters, ImageSearch, NoSuchImage, SearchInputError, normalize_query_text
 from medvec.search.maintenance import IndexOptions, maintain_table
 from medvec.search.vector_index import RowFilter, VectorIndex, exact_top_k, recall_at_k
+from tests.conftest import collection_image_id
 
 
 def _ids(result):
@@ -92,9 +93,7 @@ def test_an_uploaded_dicom_or_png_finds_its_own_stored_image_first(search_collec
     dicom = sorted((search_collection.sample_dir / "synthetic").rglob("*.dcm"))[3]
     result = search.search_image(dicom.read_bytes(), k=3, filename=dicom.name)
     top = result.hits[0]
-    import pydicom
-
-    assert top.image_id == pydicom.dcmread(dicom, stop_before_pixels=True).SOPInstanceUID
+    assert top.image_id == collection_image_id(dicom)
     assert top.score == pytest.approx(1.0, abs=1e-3)
     # The same picture as PNG (from the stored WebP) lands on the same image.
     webp = search_collection.settings.home / top.metadata["image_uri"]
@@ -210,12 +209,15 @@ def test_search_sees_new_rows_and_drops_stale_precomputed_answers(tmp_path):
     assert _ids(result) == [f"img-{r:06d}" for r in truth if r != 150][:5]
 
 
-def _write_batches(uri: str, batches: list[int]) -> None:
+def _write_batches(uri: str, batches: list[int], halfway=None, resume=None) -> None:
     db = database.connect(uri)
     table = db.open_table(image_table_name("synthetic"))
     vectors = _clustered(len(batches) * 300, 64, seed=3)
     for i, b in enumerate(batches):
         upsert_batch(table, f"b{b}", _rows(vectors[i * 300:(i + 1) * 300], f"b{b}", start=b * 1_000))
+        if halfway is not None and i == len(batches) // 2:  # a barrier: maintenance runs while we are mid-way
+            halfway.set()
+            assert resume.wait(300), "maintenance never let the writer go on"
 
 
 def test_maintenance_while_another_process_writes_loses_and_duplicates_nothing(tmp_path):
@@ -224,19 +226,26 @@ def test_maintenance_while_another_process_writes_loses_and_duplicates_nothing(t
     uri = str(tmp_path / "lancedb")
     table = open_image_table(database.connect(uri), image_table_name("synthetic"), 64)
     upsert_batch(table, "b0", _rows(_clustered(2_000, 64), "b0"))
-    writer = mp.get_context("spawn").Process(target=_write_batches, args=(uri, list(range(10, 40))))
+    context = mp.get_context("spawn")
+    halfway, resume = context.Event(), context.Event()
+    writer = context.Process(target=_write_batches, args=(uri, list(range(10, 40)), halfway, resume))
     writer.start()
+    options = IndexOptions(min_rows_for_ann=1_000, search_exact_below=1_000, sample_queries=10)
     rounds = 0
     try:
-        # Compaction, scalar and vector indexes and cleanup, again and again while the writer commits.
-        while writer.is_alive() or rounds == 0:
-            maintain_table(table, tmp_path, IndexOptions(min_rows_for_ann=1_000, search_exact_below=1_000,
-                                                          sample_queries=10))
+        # Barriers, not timing: one round with the writer paused mid-way, then rounds while it commits the
+        # rest, and one after it ended; however slow the machine, maintenance meets a half-written table.
+        assert halfway.wait(300), "the writer never got half-way"
+        maintain_table(table, tmp_path, options)
+        rounds += 1
+        resume.set()
+        while writer.is_alive() or rounds < 3:
+            maintain_table(table, tmp_path, options)
             rounds += 1
     finally:
+        resume.set()
         writer.join(timeout=300)
     assert writer.exitcode == 0
-    assert rounds >= 2, "the writer finished before maintenance could race it"
     table.checkout_latest()
     ids = table.to_arrow().column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == 2_000 + 30 * 300

@@ -23,6 +23,7 @@ from medvec.sources import LocalFolderSource
 from medvec.storage import as_path
 from medvec.ingest.watch import (AWAITING_LAUNCH, CHANGED_STAGE, WatchCursor, clear_awaiting, refresh_decision,
                           rescan)
+import pipelines.sensors
 from pipelines.definitions import defs
 from pipelines.jobs import rescan_job
 from pipelines.sensors import incoming_folder_sensor, s3_prefix_sensor, search_refresh_sensor
@@ -227,14 +228,24 @@ WATCHER = """
 import sys, time
 from pathlib import Path
 from medvec.sources import LocalFolderSource
+from medvec.ingest.batches import list_batches, load_manifest
 from medvec.ingest.watch import WatchCursor, WatchOptions, watch_source
 
-folder, home, until = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+folder, home, total = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 options = WatchOptions(batch_size=7, batches_per_tick=2, settle_margin_s=0)
 cursor = WatchCursor(previous_pass_started=time.time())
-while time.time() < until:
+print("ready", flush=True)
+sys.stdin.readline()  # a barrier: the sensor has opened its first batch; now both race
+# Until every file is claimed, by either watcher: no wall-clock window.
+while sum(len(load_manifest(home, b).files) for b in list_batches(home)) < total:
     cursor = watch_source(LocalFolderSource(folder), home, cursor, options, launcher="other").cursor
 """
+
+
+def _launchers(home: Path) -> list[str]:
+    """Who opened each batch (a batch the other process is opening right now may not say yet)."""
+    markers = [home / "batches" / b / AWAITING_LAUNCH for b in list_batches(home)]
+    return [json.loads(m.read_text())["launcher"] for m in markers if m.exists()]
 
 
 def test_two_watchers_of_one_folder_never_claim_a_file_twice(settings, resources, dagster_instance, watch_env,
@@ -244,16 +255,24 @@ def test_two_watchers_of_one_folder_never_claim_a_file_twice(settings, resources
     incoming = settings.home / "incoming"
     files = _files(incoming, [f"d{i // 50}/f{i:03d}.dcm" for i in range(300)])
     monkeypatch.setenv("MEDVEC_WATCH_BATCH_SIZE", "7")
-    until = time.time() + 6
-    other = subprocess.Popen([sys.executable, "-c", WATCHER, str(incoming), str(settings.home), str(until)],
-                             stderr=subprocess.PIPE, text=True)
+    other = subprocess.Popen([sys.executable, "-c", WATCHER, str(incoming), str(settings.home), str(len(files))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "ready", other.stderr.read()
     daemon = Daemon(dagster_instance, resources, incoming_folder_sensor)
     daemon.cursor = WatchCursor(previous_pass_started=time.time()).to_json()
-    while time.time() < until:
+    while "incoming_folder_sensor" not in _launchers(settings.home):
         daemon.tick()
-    assert other.wait(30) == 0, other.stderr.read()
-    while len(_claimed(settings.home)) < len(files):  # whatever is left, one watcher takes
+    other.stdin.write("go\n")
+    other.stdin.flush()
+    # Then the sensor waits (a barrier, not a window) until the other watcher has opened a batch too, so
+    # both really race whatever the machine's load; the deadline only turns a hang into a failure.
+    deadline = time.monotonic() + 300
+    while "other" not in _launchers(settings.home) and len(_claimed(settings.home)) < len(files):
+        assert time.monotonic() < deadline and other.poll() is None, other.stderr.read()
+        time.sleep(0.01)
+    while len(_claimed(settings.home)) < len(files):
         daemon.tick()
+    assert other.wait(120) == 0, other.stderr.read()
     owners = {}
     for batch in list_batches(settings.home):
         for entry in load_manifest(settings.home, batch).files:
@@ -350,8 +369,11 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     from pipelines.backfill import backfill
     from pipelines.ingest import ingest
 
-    # Long enough to outlast the embed runs' own checks, which run after the last vectors land.
-    monkeypatch.setenv("MEDVEC_REFRESH_QUIET_S", "6")
+    # The sensors' clock is advanced past the quiet period instead of slept through: no timing window on a
+    # loaded machine. 600 s outlasts the embed runs' own checks (after the last vectors land) however slow.
+    monkeypatch.setenv("MEDVEC_REFRESH_QUIET_S", "600")
+    advanced = {"s": 0.0}
+    monkeypatch.setattr(pipelines.sensors, "clock", lambda: time.time() + advanced["s"])
     folder = tmp_path / "wave"
     folder.mkdir()
     for name in ("CT_small.dcm", "MR_small_RLE.dcm"):
@@ -362,7 +384,7 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     backfill(settings, summary.batches, instance=dagster_instance, embedder=resources["embedder"], refresh=False,
              normalize_config={"workers": 1})
     assert "debouncing" in refresh.tick().skip_message  # the last vectors just landed
-    time.sleep(6.1)
+    advanced["s"] += 601
     [request] = refresh.tick().run_requests  # one refresh for both batches
     job = defs.resolve_job_def("search_refresh_job")
     assert job.execute_in_process(instance=dagster_instance, resources=resources, tags=request.tags).success
@@ -372,7 +394,7 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     [waiting], _ = rescan(LocalFolderSource(tmp_path / "more"), settings.home, launcher="incoming_folder_sensor")
     backfill(settings, summary.batches[:1], instance=dagster_instance, embedder=resources["embedder"], refresh=False,
              normalize_config={"workers": 1})
-    time.sleep(6.1)
+    advanced["s"] += 601
     assert "1 batch(es) awaiting launch" in refresh.tick().skip_message
     clear_awaiting(settings.home, waiting.batch)
     assert len(refresh.tick().run_requests) == 1

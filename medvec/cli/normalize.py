@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from medvec.cli.options import add_render_options
-from medvec.cli.output import bar, print_errors, print_json
+from medvec.cli.output import bar, print_errors, print_json, refuse
 from medvec.settings import get_settings
 
 log = logging.getLogger("medvec")
@@ -27,16 +27,22 @@ def register(sub) -> None:
 def cmd_normalize(args: argparse.Namespace) -> int:
     from medvec.datasets.metadata_csv import MetadataTable
     from medvec.imaging.normalize import NormalizeOptions
-    from medvec.phi import Pseudonymizer
+    from medvec.phi import MissingPseudonymKey, Pseudonymizer
     from medvec.sources import LocalFolderSource
 
     settings = get_settings()
     out = Path(args.out)
-    pseudonymizer = Pseudonymizer(settings.pseudonym_key and settings.pseudonym_key.get_secret_value())
+    try:
+        pseudonymizer = Pseudonymizer(settings.pseudonym_key and settings.pseudonym_key.get_secret_value(),
+                                      allow_dev_key=settings.allow_dev_key)
+    except MissingPseudonymKey as exc:
+        return refuse(str(exc))
     metadata = (MetadataTable.from_csv_text(Path(args.metadata).read_text(encoding="utf-8-sig"), pseudonymizer,
                                             tuple(args.allow_column)) if args.metadata else None)
     options = NormalizeOptions(size=args.size, thumb_size=args.thumb_size, pad_square=args.pad_square,
-                               window=args.window, allow_tags=tuple(args.allow_tag), max_pixels=settings.max_pixels)
+                               window=args.window, allow_tags=tuple(args.allow_tag), max_pixels=settings.max_pixels,
+                               date_policy=settings.date_policy, allow_burned_in=settings.allow_burned_in,
+                               burned_in_modalities=settings.burned_in_modality_list)
     sources = [LocalFolderSource(path, max_file_bytes=settings.max_file_bytes) for path in args.inputs]
     files = [(source, entry.uri) for source in sources for entry in source.list_files()]
     records, errors = [], []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -30,9 +29,8 @@ from medvec.imaging.webp import encode_webp, fit_long_side, pad_to_square
 from medvec.imaging.colour import colour_or_grey, to_rgb8
 from medvec.imaging.windowing import render_grey
 
-_SAFE_ID = re.compile(r"[^0-9A-Za-z._-]")
-#: Longest image id kept as written: a DICOM UID is at most 64 characters; a longer one (malformed,
-#: hundreds of characters) is hashed so file names stay far below the filesystem's 255 bytes.
+#: Longest image id: ids are keyed `2.25.` UIDs (at most 44 characters, digits and dots) or content
+#: hashes (64 hex digits), whatever the source's UID was, so file names stay far below 255 bytes.
 MAX_ID_LENGTH = 64
 
 
@@ -47,6 +45,10 @@ class NormalizeOptions:
     webp_method: int = 0  # libwebp effort 0-6: 0 took 4.3 ms vs 6.6 ms for 2 at 44.9 vs 45.1 dB PSNR
     allow_tags: tuple[str, ...] = ()  # extra DICOM keywords the user explicitly allows into `extra`
     max_pixels: int = DEFAULT_MAX_PIXELS  # one frame's rows x columns x samples, checked before decoding
+    date_policy: str = "remove"  # dates among allowed tags: "remove", or "shift" by a keyed per-subject offset
+    # PS3.15 E.1: pixels may carry burned-in text (names, dates). Refused unless allowed.
+    allow_burned_in: bool = False
+    burned_in_modalities: tuple[str, ...] = ("US", "SC", "XA")
 
 
 @dataclass
@@ -63,6 +65,8 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
     """Decode, render and encode one file. Raises `UnreadableImage` for expected failures."""
     if options.window not in ("header", "percentile"):
         raise ValueError(f"window must be 'header' or 'percentile', not {options.window!r}")
+    if options.date_policy not in ("remove", "shift"):
+        raise ValueError(f"date_policy must be 'remove' or 'shift', not {options.date_policy!r}")
     if not data:
         raise UnreadableImage("read", "empty file (0 bytes)")
     sha = content_sha256 or hashlib.sha256(data).hexdigest()
@@ -81,9 +85,10 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
             warnings.simplefilter("ignore")
             ds = read_dataset(data)
             check_dicom_budget(ds, options.max_pixels)
+            _refuse_burned_in_text(ds, options)
             frame = decode_first_frame(ds, options.size)
             pixels, window_source = _render_dicom(frame, options.window == "header")
-            record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options.allow_tags)
+            record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options)
         record.window_source = window_source
     if metadata is not None:
         _apply_metadata(record, metadata)
@@ -104,15 +109,17 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
     return NormalizedImage(record, view_webp, thumb_webp, notes)
 
 
-def image_id_for(sop_uid: str | None, sha: str) -> str:
-    """A filesystem-safe, bounded id: the UID with unsafe characters replaced, hashed when over
-    MAX_ID_LENGTH; the content hash when there is no UID."""
-    if not sop_uid:
-        return sha
-    safe = _SAFE_ID.sub("_", sop_uid)
-    if len(safe) > MAX_ID_LENGTH or safe.strip(".") == "":
-        return "uid-" + hashlib.sha256(sop_uid.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-    return safe
+def _refuse_burned_in_text(ds, options: NormalizeOptions) -> None:
+    if options.allow_burned_in:
+        return
+    burned = (_text(ds, "BurnedInAnnotation") or "").upper()
+    modality = (_text(ds, "Modality") or "").upper()
+    if burned == "YES":
+        raise UnreadableImage("deidentify", "BurnedInAnnotation is YES: the pixels may show names or dates; "
+                              "excluded (allow burned-in images with MEDVEC_ALLOW_BURNED_IN=1 once checked)")
+    if burned != "NO" and modality in options.burned_in_modalities:
+        raise UnreadableImage("deidentify", f"modality {modality} often has names or dates burned into the pixels; "
+                              "excluded (set MEDVEC_BURNED_IN_MODALITIES or MEDVEC_ALLOW_BURNED_IN=1 once checked)")
 
 
 def _render_dicom(frame: DicomFrame, use_header_voi: bool) -> tuple[np.ndarray, str]:
@@ -142,24 +149,24 @@ def _int(ds, keyword: str) -> int | None:
 
 
 def _dicom_record(frame: DicomFrame, sha: str, batch: str, source_uri: str, pseudonymizer: Pseudonymizer,
-                  allow_tags: tuple[str, ...]) -> ImageRecord:
-    """Copy the allow-listed attributes only (medvec.phi.RECORD_TAGS) plus tags the user allowed."""
+                  options: NormalizeOptions) -> ImageRecord:
+    """Copy the allow-listed attributes only (medvec.phi.RECORD_TAGS) plus tags the user allowed; UIDs
+    replaced by keyed `2.25.` UIDs and dates removed or shifted (PS3.15 basic profile, docs/privacy.md)."""
     ds = frame.dataset
-    image_id = image_id_for(_text(ds, "SOPInstanceUID"), sha)
+    # The keyed UID is digits and dots, at most 44 characters: a safe file name by construction; a file
+    # without a UID falls back to the content hash.
+    image_id = pseudonymizer.uid(_text(ds, "SOPInstanceUID")) or sha
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     try:
         pixel_spacing = [float(v) for v in spacing] if spacing is not None else None
     except (TypeError, ValueError):
         pixel_spacing = None
-    extra = {}
-    for keyword in allow_tags:
-        value = _text(ds, keyword)
-        if value is not None:
-            extra[keyword] = value
+    extra = _allowed_tags(ds, pseudonymizer, options)
     return ImageRecord(
         image_id=image_id, batch=batch, source_uri=source_uri, content_sha256=sha, image_uri="", thumb_uri="",
         source_format="dicom",
-        study_id=_text(ds, "StudyInstanceUID"), series_id=_text(ds, "SeriesInstanceUID"),
+        study_id=pseudonymizer.uid(_text(ds, "StudyInstanceUID")),
+        series_id=pseudonymizer.uid(_text(ds, "SeriesInstanceUID")),
         subject_key=pseudonymizer.subject_key(_text(ds, "PatientID")),
         view_position=(_text(ds, "ViewPosition") or "").upper() or None,
         modality=_text(ds, "Modality"), body_part=(_text(ds, "BodyPartExamined") or "").upper() or None,
@@ -167,6 +174,25 @@ def _dicom_record(frame: DicomFrame, sha: str, batch: str, source_uri: str, pseu
         photometric=_text(ds, "PhotometricInterpretation"), bits_stored=_int(ds, "BitsStored"),
         pixel_spacing=pixel_spacing, transfer_syntax=frame.transfer_syntax, frames=frame.frames, extra=extra,
     )
+
+
+def _allowed_tags(ds, pseudonymizer: Pseudonymizer, options: NormalizeOptions) -> dict[str, str]:
+    """Tags the user allowed, with UIDs replaced and dates removed or shifted like the record's own."""
+    subject = _text(ds, "PatientID") or _text(ds, "StudyInstanceUID") or ""
+    extra = {}
+    for keyword in options.allow_tags:
+        value = _text(ds, keyword)
+        element = ds.data_element(keyword) if value is not None else None
+        vr = getattr(element, "VR", "")
+        if value is None:
+            continue
+        if vr == "UI":
+            value = pseudonymizer.uid(value)
+        elif vr in ("DA", "DT"):
+            value = pseudonymizer.shift_date(value, subject) if options.date_policy == "shift" else None
+        if value is not None:
+            extra[keyword] = value
+    return extra
 
 
 def _apply_metadata(record: ImageRecord, meta: ImageMetadata) -> None:

@@ -151,10 +151,10 @@ class _Worker:
 
     def __init__(self, source_root: str, s3_endpoint_url: str | None, pseudonym_key: str | None,
                  options: NormalizeOptions, metadata_csv_text: str | None, allow_columns: tuple[str, ...],
-                 batch: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+                 batch: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, allow_dev_key: bool = False):
         self.source = open_source(source_root, s3_endpoint_url, max_file_bytes)
-        # The parent process already warned about a missing key; workers stay quiet.
-        self.pseudonymizer = Pseudonymizer(pseudonym_key, warn=multiprocessing.parent_process() is None)
+        # normalize_batch already refused or warned in the parent; workers stay quiet.
+        self.pseudonymizer = Pseudonymizer(pseudonym_key, warn=False, allow_dev_key=allow_dev_key)
         self.options = options
         self.batch = batch
         if isinstance(metadata_csv_text, MetadataTable):  # a dataset adapter's table, built once by the parent
@@ -222,7 +222,7 @@ def load_batch_errors(home: HomePath, batch: str) -> list[IngestError]:
 
 
 def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: NormalizeOptions = NormalizeOptions(),
-                    pseudonym_key: str | None = None, s3_endpoint_url: str | None = None,
+                    pseudonym_key: str | None = None, allow_dev_key: bool = False, s3_endpoint_url: str | None = None,
                     workers: int | None = None, allow_columns: tuple[str, ...] = (),
                     progress: Progress | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BatchResult:
     """Normalise every file of a batch; re-running gives the same records and files.
@@ -230,14 +230,18 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     Files whose content hash matches the stored record (and whose WebP files exist) are skipped.
     Failures become `IngestError` records; the rest of the batch goes on. An image id's WebP files are
     written only by its holder (the earliest file in manifest order, or the batch that held it first).
+    Without `pseudonym_key` it raises `MissingPseudonymKey` before reading anything, unless `allow_dev_key`
+    (demo, tests).
     """
+    # Refused or warned here, in the parent process, where the caller sees it (workers stay quiet).
+    parent_pseudonymizer = Pseudonymizer(pseudonym_key, allow_dev_key=allow_dev_key)
     home = as_path(home)
     started = time.perf_counter()
-    metadata_text = _batch_metadata(manifest, pseudonym_key, allow_columns, s3_endpoint_url, max_file_bytes)
+    metadata_text = _batch_metadata(manifest, parent_pseudonymizer, allow_columns, s3_endpoint_url, max_file_bytes)
     previous = {r.source_uri: r for r in load_batch_records(home, manifest.batch)}
     known = _reusable_hashes(home, previous)
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
-                 manifest.batch, max_file_bytes)
+                 manifest.batch, max_file_bytes, allow_dev_key)
     # Report files (medvec.reports.parse) travel in the same batches; the report assets read them.
     tasks = [(i, entry, known.get(entry.uri)) for i, entry in enumerate(manifest.files) if not is_report_file(entry.uri)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
@@ -280,11 +284,11 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     return result
 
 
-def _batch_metadata(manifest: BatchManifest, pseudonym_key: str | None, allow_columns: tuple[str, ...],
+def _batch_metadata(manifest: BatchManifest, pseudonymizer: Pseudonymizer, allow_columns: tuple[str, ...],
                     s3_endpoint_url: str | None, max_file_bytes: int):
     """A dataset adapter's table, the metadata CSV's text, or None."""
     if manifest.dataset:
-        return load_dataset_metadata(manifest.dataset, manifest.source, Pseudonymizer(pseudonym_key, warn=False),
+        return load_dataset_metadata(manifest.dataset, manifest.source, pseudonymizer,
                                      allow_columns=allow_columns, s3_endpoint_url=s3_endpoint_url)
     if manifest.metadata_csv:
         csv_source = open_source(manifest.metadata_csv, s3_endpoint_url, max_file_bytes)

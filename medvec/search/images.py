@@ -190,9 +190,10 @@ class ImageSearch:
         if not data:
             raise SearchInputError("the uploaded file is empty")
         try:
-            # A query's subject key is never stored or shown: a throwaway key keeps it meaningless.
+            # A query's subject key is never stored or shown: a throwaway key keeps it meaningless. Nor are
+            # its pixels, so burned-in text (an ultrasound) is no reason to refuse it.
             normalized = normalize_bytes(data, filename, pseudonymizer=Pseudonymizer(secrets.token_hex(16)),
-                                         options=NormalizeOptions(max_pixels=self.max_pixels))
+                                         options=NormalizeOptions(max_pixels=self.max_pixels, allow_burned_in=True))
         except UnreadableImage as exc:
             raise SearchInputError(f"the uploaded file could not be read as an image: {exc.reason}") from None
         except Exception as exc:  # noqa: BLE001 - a decoder's bug on a crafted file is still bad input

@@ -18,7 +18,8 @@ from fastapi.staticfiles import StaticFiles
 
 from medvec.search.images import ImageSearch, NotIndexed
 from medvec.search.reports import ReportSearch
-from medvec.serve.http_middleware import AUTH_ERRORS, MAX_UPLOAD_BYTES, BodyLimit, add_error_handlers, bearer_guard
+from medvec.serve.http_middleware import (AUTH_ERRORS, LOOPBACK_HOSTS, MAX_UPLOAD_BYTES, BodyLimit, HostGuard,
+                                          add_error_handlers, bearer_guard)
 from medvec.serve.routes.images import image_router, upload_router
 from medvec.serve.routes.search import search_router
 from medvec.serve.routes.status import NO_EVAL, eval_router, health_router, stats_router
@@ -38,14 +39,16 @@ PAGE_HEADERS = {
 
 
 def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The API and page over `search` (and its reports); with `token`, every /api/* route but health needs it."""
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+    """The API and page over `search` (and its reports); with `token`, every /api/* route but health needs it.
+    Only loopback names and `allowed_hosts` are answered; other sites' requests are refused (HostGuard)."""
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
                   "search over embedded chest X-rays, and their radiology reports.")
     reports = ReportSearch(search)  # one per app, like `search`: it keeps the reports and their links loaded
     home = as_path(home).resolve()
     add_error_handlers(app)
     app.add_middleware(BodyLimit, max_upload_bytes=max_upload_bytes)
+    app.add_middleware(HostGuard, allowed=tuple(allowed_hosts))  # added last: runs first
     app.include_router(health_router(search, reports, token))
     guarded = {"prefix": "/api", "dependencies": [Depends(bearer_guard(token))] if token else [],
                "responses": AUTH_ERRORS if token else None}
@@ -88,6 +91,11 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
 
     from medvec.search.configured import open_search
 
+    if host not in LOOPBACK_HOSTS and not token:
+        print(f"medvec serve: refusing to listen on {host} without a token: anyone who can reach the port could "
+              "search and see images. Set MEDVEC_API_TOKEN (e.g. python -c \"import secrets; "
+              "print(secrets.token_urlsafe(32))\"), or bind 127.0.0.1", file=sys.stderr)
+        return 2
     try:
         listener = _listen(host, port)
     except OSError as exc:
@@ -101,11 +109,14 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
     print(f"medvec serve: open {url}  (API docs at {url}docs)" +
           ("; a bearer token is required (MEDVEC_API_TOKEN): paste it into the page or open "
            f"{url}?token=<token> once" if token else ""), flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        print(f"medvec serve: listening on {host} without a token: anyone who can reach this port can search "
-              "and see images; set MEDVEC_API_TOKEN to require one", flush=True)
+    # A specific bind address is a name clients use; 0.0.0.0 is not: those need MEDVEC_ALLOWED_HOSTS.
+    allowed = (*settings.allowed_host_list, *([host] if host not in ("0.0.0.0", "::", "") else []))
+    if host in ("0.0.0.0", "::", "") and not settings.allowed_host_list:
+        print("medvec serve: only loopback names are answered; set MEDVEC_ALLOWED_HOSTS to the host names "
+              "clients use for this machine", flush=True)
     # No access log: request lines carry image ids and query text, and `/?token=` would put the token there.
-    config = uvicorn.Config(create_app(search, settings.home, token=token), access_log=False, log_level="warning")
+    app = create_app(search, settings.home, token=token, allowed_hosts=allowed)
+    config = uvicorn.Config(app, access_log=False, log_level="warning")
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:

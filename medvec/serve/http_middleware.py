@@ -99,3 +99,64 @@ class BodyLimit:
             if name == b"content-length":
                 return int(value) if value.isdigit() else 0
         return 0
+
+
+# --- strangers: DNS rebinding and cross-site requests ----------------------------------------------
+
+#: Names a loopback server answers to; anything else in Host is a browser talking to another site's name.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _hostname(value: str) -> str:
+    """`example.org:8080` → `example.org`; `[::1]:8080` → `::1`; lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostGuard:
+    """Answer only requests addressed to an allowed name, and refuse other sites' requests.
+
+    A web page elsewhere can point its own DNS name at 127.0.0.1 (DNS rebinding) and then read this server
+    as same-origin: the Host header still carries the page's name, so a foreign Host gets 400. A page
+    elsewhere can also POST an upload here (a "simple" cross-site request needs no CORS preflight): a
+    foreign Origin gets 403, as does a state-changing request the browser marks cross-site.
+    `"*"` in `allowed` turns the Host check off (behind a proxy that checks it).
+    """
+
+    def __init__(self, app, allowed: tuple[str, ...] = ()):
+        self.app = app
+        self.any_host = "*" in allowed
+        self.allowed = {h.lower() for h in (*LOOPBACK_HOSTS, *allowed) if h != "*"}
+
+    async def __call__(self, scope, receive, send):
+        refusal = self._refusal(scope) if scope["type"] == "http" else None
+        if refusal:
+            status, message = refusal
+            await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope) -> tuple[int, str] | None:
+        headers = {name: value.decode("latin-1") for name, value in scope.get("headers", ())}
+        host = headers.get(b"host")
+        if host is not None and not self.any_host and _hostname(host) not in self.allowed:
+            return 400, ("this server does not answer to that host name; add it to MEDVEC_ALLOWED_HOSTS "
+                         "if it is really this server's")
+        origin = headers.get(b"origin")
+        if origin is not None and not self._same_site_origin(origin, host):
+            return 403, "requests from other web sites are refused"
+        if scope.get("method") in _UNSAFE_METHODS and headers.get(b"sec-fetch-site") == "cross-site":
+            return 403, "requests from other web sites are refused"
+        return None
+
+    def _same_site_origin(self, origin: str, host: str | None) -> bool:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest:  # "null" (sandboxed frames, file://) included
+            return False
+        origin_host = rest.split("/", 1)[0]
+        if host is not None and origin_host.lower() == host.strip().lower():
+            return self.any_host or _hostname(host) in self.allowed
+        return _hostname(origin_host) in self.allowed

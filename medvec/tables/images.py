@@ -28,19 +28,44 @@ def open_image_table(db, name: str, dim: int):
 
     An existing table whose vectors have another dimension is an error, and stays untouched.
     """
-    table = open_table_if_exists(db, name)
-    if table is None:
-        table = db.create_table(name, schema=image_table_schema(dim), exist_ok=True)
-        try:
-            table.set_unenforced_primary_key("image_id")
-        except ValueError as exc:  # another writer created the table and set the key first
-            if "already set" not in str(exc):
-                raise
+    table = open_table_if_exists(db, name) or _create_image_table(db, name, dim)
     existing = table_dim(table)
     if existing != dim:
         raise TableDimensionMismatch(
             f"table {name} holds {existing}-d vectors but this model gives {dim}-d vectors; "
             "use the model the table was built with, or give this model its own name")
+    return table
+
+
+def _create_image_table(db, name: str, dim: int):
+    """Create the table and set its key, or open the one another writer created meanwhile.
+
+    `create_table(exist_ok=True)` compares the schema given with the stored one, and the stored one
+    carries the primary key's field metadata once the other writer has set it: "Schema Error". That
+    error, with the table now there, means we lost the race; the caller then checks the dimension."""
+    try:
+        table = db.create_table(name, schema=image_table_schema(dim), exist_ok=True)
+    except ValueError as exc:
+        table = open_table_if_exists(db, name)
+        if table is None or "schema" not in str(exc).lower():
+            raise
+        missing = set(image_table_schema(dim).names) - set(table.schema.names)
+        if missing:
+            raise ValueError(f"table {name} exists without the column(s) {sorted(missing)}; "
+                             "it was not made by this version of Medvec") from exc
+        return table
+    for attempt in range(5):
+        try:
+            table.set_unenforced_primary_key("image_id")
+            return table
+        except ValueError as exc:  # another writer created the table and set the key first
+            if "already set" not in str(exc):
+                raise
+            return table
+        except RuntimeError as exc:  # another writer's key commit won the version: look again
+            if "incompatible transaction" not in str(exc).lower() or attempt == 4:
+                raise
+            table = open_table_if_exists(db, name)
     return table
 
 
