@@ -230,8 +230,7 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     Files whose content hash matches the stored record (and whose WebP files exist) are skipped.
     Failures become `IngestError` records; the rest of the batch goes on. An image id's WebP files are
     written only by its holder (the earliest file in manifest order, or the batch that held it first).
-    Without `pseudonym_key` it raises `MissingPseudonymKey` before reading anything, unless `allow_dev_key`
-    (demo, tests).
+    Without `pseudonym_key`: `MissingPseudonymKey` before anything is read, unless `allow_dev_key`.
     """
     # Refused or warned here, in the parent process, where the caller sees it (workers stay quiet).
     parent_pseudonymizer = Pseudonymizer(pseudonym_key, allow_dev_key=allow_dev_key)
