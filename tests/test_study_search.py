@@ -6,14 +6,17 @@ matters, and otherwise check grouping, limits and the shapes every interface ans
 
 from __future__ import annotations
 
+import anyio
 import numpy as np
 import pytest
+from mcp import ClientSession
 
 from medvec.search.configured import open_search
 from medvec.search.feedback import ROCCHIO, Refinement, combine, query_vector, rocchio, stored_vectors
 from medvec.search.images import Filters, NoSuchImage, SearchInputError
 from medvec.search.reports import ReportSearch
 from medvec.search.studies import refined_search, search_images, search_studies
+from tests.test_http_api import api  # noqa: F401 - the served API fixture
 
 
 def _meta(search):
@@ -135,3 +138,73 @@ def test_bad_refinements_are_plain_input_errors(search):
         refined_search(search, text="edema", refinement=Refinement.of(relevant=["no-such-image"]))
     with pytest.raises(SearchInputError, match="give a text"):
         refined_search(search)
+
+
+# --- the HTTP API and the MCP tool ------------------------------------------------------------------
+
+def test_http_answers_studies_and_refined_images(api, search):
+    studies = api.post("/api/search/refine", params={"q": "edema", "by_study": "true", "per_patient": 1, "k": 5})
+    assert studies.status_code == 200, studies.text
+    body = studies.json()
+    assert body["route"] == "studies+per_patient" and len(body["studies"]) == 5
+    assert len({s["subject_key"] for s in body["studies"]}) == 5
+    view = body["studies"][0]["views"][0]
+    assert view["thumbnail_url"].endswith("/thumbnail") and "source_uri" not in view
+    vector, _ = search.text_vector("edema")
+    expected = search_studies(search, vector, k=5, per_patient=1)["studies"]
+    assert [s["study_id"] for s in body["studies"]] == [s["study_id"] for s in expected]
+
+    base = api.get("/api/search", params={"q": "edema", "k": 20}).json()["hits"]
+    liked = base[-1]["image_id"]
+    refined = api.post("/api/search/refine", params={"q": "edema", "k": 20, "relevant": [liked]}).json()
+    assert [h["image_id"] for h in refined["hits"]].index(liked) < len(base) - 1
+    assert refined["query"]["relevant"] == [liked]
+
+
+def test_http_combines_an_upload_with_text_and_refuses_bad_input(api, search_collection):
+    dicom = sorted((search_collection.sample_dir / "synthetic").rglob("*.dcm"))[3]
+    answer = api.post("/api/search/refine", params={"q": "cardiomegaly", "text_weight": 0.2, "k": 3},
+                      files={"file": (dicom.name, dicom.read_bytes(), "application/dicom")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["query"]["image"] == "upload" and len(answer.json()["hits"]) == 3
+    nothing = api.post("/api/search/refine", params={"k": 3})
+    assert nothing.status_code == 400 and "give a text" in nothing.json()["error"]
+    unknown = api.post("/api/search/refine", params={"relevant": ["no-such-image"]})
+    assert unknown.status_code == 404
+    bad_score = api.post("/api/search/refine", params={"q": "edema", "study_score": "median"})
+    assert bad_score.status_code == 400 and "study_score" in bad_score.json()["error"]
+
+
+async def _ask_studies(env: dict, errlog, image_id: str) -> dict:
+    from tests.test_mcp import _session
+
+    out = {}
+    with anyio.fail_after(120):
+        async with _session(env, errlog) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                out["tools"] = {t.name: t for t in (await session.list_tools()).tools}
+                out["studies"] = await session.call_tool(
+                    "search_studies", {"query": "edema", "image_id": image_id, "k": 4, "per_patient": 1,
+                                       "relevant": [image_id]})
+                out["nothing"] = await session.call_tool("search_studies", {})
+    return out
+
+
+def test_mcp_search_studies_answers_what_the_domain_answers(search_collection, search, tmp_path):
+    image_id = search.snapshot().ids[2]
+    with open(tmp_path / "stderr.txt", "w") as errlog:
+        out = anyio.run(_ask_studies, dict(search_collection.env), errlog, image_id)
+    tool = out["tools"]["search_studies"]
+    assert {"query", "image_id", "text_weight", "relevant", "not_relevant", "per_patient", "study_score"} <= set(
+        tool.input_schema["properties"])
+    assert "studies" in tool.output_schema["properties"]
+    result = out["studies"]
+    assert not result.is_error, result.content
+    expected = refined_search(search, k=4, text="edema", image_id=image_id, per_patient=1, by_study=True,
+                              refinement=Refinement.of(relevant=[image_id]), reports=ReportSearch(search))
+    studies = result.structured_content["studies"]
+    assert [s["study_id"] for s in studies] == [s["study_id"] for s in expected["studies"]]
+    assert set(studies[0]["views"][0]) <= {"image_id", "score", "rank", "view_position", "labels", "split",
+                                           "study_id", "modality"}
+    assert out["nothing"].is_error and "give a text" in out["nothing"].content[0].text
