@@ -6,6 +6,8 @@ matters, and otherwise check grouping, limits and the shapes every interface ans
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import numpy as np
 import pytest
@@ -208,3 +210,21 @@ def test_mcp_search_studies_answers_what_the_domain_answers(search_collection, s
     assert set(studies[0]["views"][0]) <= {"image_id", "score", "rank", "view_position", "labels", "split",
                                            "study_id", "modality"}
     assert out["nothing"].is_error and "give a text" in out["nothing"].content[0].text
+
+
+def test_cli_searches_by_study_per_patient_and_with_an_image_and_text(search_collection, search):
+    from tests.test_search_cli import _run
+
+    env = search_collection.env
+    out = json.loads(_run(["search", "edema", "--by-study", "--per-patient", "1", "--k", "4", "--json"], env).stdout)
+    vector, _ = search.text_vector("edema")
+    expected = search_studies(search, vector, k=4, per_patient=1)["studies"]
+    assert [s["study_id"] for s in out["studies"]] == [s["study_id"] for s in expected]
+    assert len({s["subject_key"] for s in out["studies"]}) == 4
+    dicom = sorted((search_collection.sample_dir / "synthetic").rglob("*.dcm"))[3]
+    combined = json.loads(_run(["search", "--image", str(dicom), "cardiomegaly", "--text-weight", "0.3", "--k", "3",
+                                "--json"], env).stdout)
+    assert combined["query"]["image"] == "upload" and combined["query"]["text"] == "cardiomegaly"
+    assert combined["query"]["text_weight"] == 0.3 and len(combined["hits"]) == 3
+    human = _run(["search", "edema", "--by-study", "--k", "2"], env).stdout
+    assert "study hit(s)" in human and "study " in human
