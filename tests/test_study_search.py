@@ -18,7 +18,9 @@ from medvec.search.feedback import ROCCHIO, Refinement, combine, query_vector, r
 from medvec.search.images import Filters, NoSuchImage, SearchInputError
 from medvec.search.reports import ReportSearch
 from medvec.search.studies import refined_search, search_images, search_studies
+from tests.conftest import CHROMIUM
 from tests.test_http_api import api  # noqa: F401 - the served API fixture
+from tests.test_web_page import card_ids, page, search_for, site  # noqa: F401 - the page fixtures
 
 
 def _meta(search):
@@ -228,3 +230,38 @@ def test_cli_searches_by_study_per_patient_and_with_an_image_and_text(search_col
     assert combined["query"]["text_weight"] == 0.3 and len(combined["hits"]) == 3
     human = _run(["search", "edema", "--by-study", "--k", "2"], env).stdout
     assert "study hit(s)" in human and "study " in human
+
+
+# --- the web page ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
+def test_the_page_groups_by_study_and_re_searches_with_marked_hits(page, site, search):
+    page.goto(site + "/")
+    page.wait_for_selector("#filter-view .chip")
+    first = search_for(page, "edema")
+    page.check("#by-study")
+    page.wait_for_selector(".study-group")
+    vector, _ = search.text_vector("edema")
+    expected = search_studies(search, vector, k=12)["studies"]
+    shown = page.eval_on_selector_all(".study-group", "s => s.map(n => n.dataset.studyId)")
+    assert shown == [s["study_id"] for s in expected]
+    views = page.eval_on_selector_all(".study-group:first-child .study-image", "f => f.map(n => n.dataset.imageId)")
+    assert views == [v["image_id"] for v in expected[0]["views"]]
+    assert "route studies" in page.inner_text("#summary") and page.is_hidden("#images-heading")
+
+    page.uncheck("#by-study")
+    page.wait_for_selector(".card")
+    assert card_ids(page) == first
+    liked = first[-1]
+    page.click(f".card[data-image-id='{liked}'] .mark-relevant")
+    assert page.is_visible("#feedback") and "1 more like these" in page.inner_text("#feedback-count")
+    page.click("#feedback-apply")
+    page.wait_for_function(f"() => document.querySelector('.card').dataset.imageId !== {first[0]!r} || "
+                           f"[...document.querySelectorAll('.card')].map(c => c.dataset.imageId).indexOf({liked!r}) "
+                           f"< {len(first) - 1}")
+    refined = refined_search(search, k=12, text="edema", refinement=Refinement.of(relevant=[liked]))
+    page.wait_for_function("() => document.querySelector('#summary').textContent.includes('route index')")
+    assert card_ids(page) == [h["image_id"] for h in refined["hits"]] != first
+    assert page.get_attribute(f".card[data-image-id='{liked}']", "class").count("marked-relevant") == 1
+    assert page.errors == []
