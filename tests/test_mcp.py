@@ -21,7 +21,8 @@ from medvec.search.images import Filters, NoSuchImage
 from tests.test_http_api import home_without_reports
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = {"search_medical_images", "find_similar_images", "get_image_metadata", "search_reports", "get_image_reports"}
+TOOLS = {"search_medical_images", "find_similar_images", "get_image_metadata", "search_reports", "get_image_reports",
+         "search_studies"}
 UNKNOWN_ID = "1.2.3.not-in-the-collection"
 #: Identifiers the sample writes into its reports for the ingest scrub to remove (tests/test_reports.py).
 REPORT_SENTINELS = ("Sentinelle", "Quentin", "03/14/2021", "10:45")

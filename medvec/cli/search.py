@@ -13,10 +13,11 @@ from medvec.settings import get_settings
 def register(sub) -> None:
     p = sub.add_parser("search", help="text → image or image → image search over a model's table")
     p.add_argument("text", nargs="*", help="what to look for, e.g. 'left pleural effusion'")
-    p.add_argument("--image", help="a DICOM, PNG or JPEG to search with instead of text")
+    p.add_argument("--image", help="a DICOM, PNG or JPEG to search with; with TEXT too, the two are combined")
     p.add_argument("--rerank-probe", action="store_true",
                    help="re-rank a finding query's hits with its probe (fit them with `medvec eval --probes`)")
     _add_search_options(p)
+    _add_refine_options(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("similar", help="the images nearest to a stored image")
@@ -39,9 +40,31 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="report ranking with --reports (default hybrid: BM25 and vector, rank-fused)")
 
 
+def _add_refine_options(parser: argparse.ArgumentParser) -> None:
+    from medvec.search.feedback import TEXT_WEIGHT
+
+    parser.add_argument("--by-study", action="store_true", help="one hit per study: its views and its reports")
+    parser.add_argument("--per-patient", type=int, metavar="N", help="at most N hits per patient (subject_key)")
+    parser.add_argument("--study-score", choices=("best", "mean"), default="best",
+                        help="with --by-study: a study scores as its best view (default) or the mean of its views")
+    parser.add_argument("--text-weight", type=float, default=TEXT_WEIGHT,
+                        help=f"with --image and TEXT: the text's share of the combined query (default {TEXT_WEIGHT})")
+    parser.add_argument("--relevant", action="append", metavar="IMAGE_ID",
+                        help="relevance feedback: move the query toward this hit; repeatable")
+    parser.add_argument("--not-relevant", action="append", metavar="IMAGE_ID",
+                        help="relevance feedback: move the query away from this hit; repeatable")
+
+
+def _refined(args: argparse.Namespace) -> bool:
+    return bool(args.by_study or args.per_patient or args.relevant or args.not_relevant
+                or (args.image and args.text))
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     if args.rerank_probe and (args.reports or args.image):
         return refuse("medvec search --rerank-probe: re-ranks a text query's images; drop --reports and --image")
+    if not args.reports and _refined(args):
+        return _run_refined_search(args)
     if args.reports:
         if args.image or not args.text:
             return refuse("medvec search --reports: give TEXT (image queries: medvec similar IMAGE_ID --reports)")
@@ -142,3 +165,42 @@ def _print_similar_with_reports(result: dict) -> None:
               f"{', '.join(hit.get('labels') or []) or '-'}")
         for report in hit["reports"]:
             print(f"       study {report['study_key']}: {report['impression'] or report['findings']}")
+
+
+def _run_refined_search(args: argparse.Namespace) -> int:
+    """Study-level, per-patient, image + text or feedback search: `medvec.search.studies.refined_search`."""
+    from medvec.search.configured import open_search
+    from medvec.search.feedback import Refinement
+    from medvec.search.images import NotIndexed, SearchInputError
+    from medvec.search.reports import ReportSearch
+    from medvec.search.studies import refined_search
+
+    path = Path(args.image) if args.image else None
+    if path is not None and not path.is_file():
+        return refuse(f"medvec search: no file {path}")
+    search = open_search(get_settings(), args.model)
+    try:
+        result = refined_search(search, k=args.k, filters=_filters(args), text=" ".join(args.text) or None,
+                                image=path.read_bytes() if path else None, filename=path.name if path else "query",
+                                refinement=Refinement.of(args.text_weight, args.relevant, args.not_relevant),
+                                by_study=args.by_study, per_patient=args.per_patient, study_score=args.study_score,
+                                reports=ReportSearch(search))
+    except (SearchInputError, NotIndexed) as exc:
+        return refuse(f"medvec: {exc}")
+    finally:
+        search.close()
+    if args.json:
+        print_json(result)
+        return 0
+    rows = result["studies"] if args.by_study else result["hits"]
+    print(f"{len(rows)} {'study hit(s)' if args.by_study else 'hit(s)'} from {result['table']} "
+          f"(v{result['table_version']}) via {result['route']} in {result['took_ms']:.1f} ms")
+    for row in rows:
+        views = row["views"] if args.by_study else [row]
+        print(f"{row['rank']:>3}  {row['score']:>7.4f}  " + (f"study {row['study_id']}" if args.by_study else ""))
+        for view in views:
+            print(f"       {view['image_id'][:44]:<44} {view.get('view_position') or '-':<8} "
+                  f"{', '.join(view.get('labels') or []) or '-'}")
+        for report in row.get("reports") or []:
+            print(f"       report: {report['impression'] or report['findings']}")
+    return 0

@@ -181,12 +181,21 @@ class ImageSearch:
     def search_image(self, data: bytes, k: int = 10, filters: Filters = Filters(), *,
                      filename: str = "query") -> SearchResult:
         """Embed an uploaded DICOM/PNG/JPEG exactly as ingest would, then search with it."""
+        started = time.perf_counter()
+        k = check_k(k)
+        vector, source_format = self._upload_vector(data, filename)
+        query = {"image": "upload", "format": source_format, "k": k, "filters": filters.to_json()}
+        return self._vector_search(self._current(), vector, k, filters, started, query, "index")
+
+    def image_vector(self, data: bytes, filename: str = "query") -> np.ndarray:
+        """The model's embedding of an uploaded image, normalised exactly as ingest would."""
+        return self._upload_vector(data, filename)[0]
+
+    def _upload_vector(self, data: bytes, filename: str) -> tuple[np.ndarray, str]:
         from medvec.imaging.dicom import UnreadableImage
         from medvec.imaging.normalize import NormalizeOptions, normalize_bytes
         from medvec.phi import Pseudonymizer
 
-        started = time.perf_counter()
-        k = check_k(k)
         if not data:
             raise SearchInputError("the uploaded file is empty")
         try:
@@ -199,10 +208,8 @@ class ImageSearch:
         except Exception as exc:  # noqa: BLE001 - a decoder's bug on a crafted file is still bad input
             log.warning("an uploaded file failed to decode unexpectedly (%s)", type(exc).__name__)
             raise SearchInputError(f"the uploaded file could not be decoded ({type(exc).__name__})") from None
-        loaded = self._current()
-        vector = self._encoder().embed_images([normalized.view_webp])[0]
-        query = {"image": "upload", "format": normalized.record.source_format, "k": k, "filters": filters.to_json()}
-        return self._vector_search(loaded, vector, k, filters, started, query, "index")
+        self._current()  # a missing table is said before the encoder loads
+        return self._encoder().embed_images([normalized.view_webp])[0], normalized.record.source_format
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filters: Filters = Filters()) -> SearchResult:
         started = time.perf_counter()
@@ -258,6 +265,19 @@ class ImageSearch:
         if index.info.kind != "exact":
             route = route.replace("index", f"index:{index.info.kind}")
         return self._result(self._hits(loaded, rows.tolist(), scores.tolist()), route, loaded, started, query)
+
+    def candidates(self, vector: np.ndarray, n: int, filters: Filters = Filters()):
+        """(loaded table, scores, rows) of the n rows nearest to a unit `vector` that pass `filters`,
+        best first, and the allowed-rows mask (None = all): for searches that regroup the rows."""
+        loaded = self._current()
+        allowed = self._row_filter(loaded, filters) if filters else None
+        scores, rows = loaded.index.search(vector, n, allowed)
+        return loaded, scores, rows, (allowed.mask if allowed is not None else None)
+
+    def result_of(self, loaded: LoadedTable, rows: list[int], scores: list[float], route: str, started: float,
+                  query: dict) -> SearchResult:
+        """A `SearchResult` of these rows of `loaded` (from `candidates`), in this order."""
+        return self._result(self._hits(loaded, rows, scores), route, loaded, started, query)
 
     def _row_filter(self, loaded: LoadedTable, filters: Filters) -> RowFilter:
         return loaded.row_filter(filters, lambda: RowFilter(_filter_mask(loaded, filters)))

@@ -21,7 +21,7 @@ from medvec.search.reports import ReportSearch
 from medvec.serve.http_middleware import (AUTH_ERRORS, LOOPBACK_HOSTS, MAX_UPLOAD_BYTES, BodyLimit, HostGuard,
                                           add_error_handlers, bearer_guard)
 from medvec.serve.routes.images import image_router, upload_router
-from medvec.serve.routes.search import search_router
+from medvec.serve.routes.search import refine_router, search_router
 from medvec.serve.routes.status import NO_EVAL, eval_router, health_router, stats_router
 from medvec.settings import Settings
 from medvec.storage import HomePath, as_path
@@ -53,7 +53,8 @@ def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
     guarded = {"prefix": "/api", "dependencies": [Depends(bearer_guard(token))] if token else [],
                "responses": AUTH_ERRORS if token else None}
     for router in (search_router(search, reports), upload_router(search, max_upload_bytes), stats_router(search),
-                   image_router(search, reports, home), eval_router(home)):
+                   image_router(search, reports, home), eval_router(home),
+                   refine_router(search, reports, max_upload_bytes)):
         app.include_router(router, **guarded)
     app.include_router(_page_router())
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

@@ -1,6 +1,6 @@
 """`medvec mcp`: the image search as MCP tools an assistant can call, served over stdio.
 
-Five read-only tools on one `ImageSearch` and the `ReportSearch` beside it: text → images, image →
+Six read-only tools on one `ImageSearch` and the `ReportSearch` beside it: text → images, image →
 similar images, one image's metadata, text → radiology reports (studies, and images found directly or
 through their reports), and one image's reports. stdout carries the protocol and nothing else; logs
 go to stderr.
@@ -20,11 +20,13 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
+from medvec.search.feedback import TEXT_WEIGHT, Refinement
 from medvec.search.reports import NoReports, ReportSearch, mark_text
 from medvec.search.probe_rerank import search_text_reranked
+from medvec.search.studies import refined_search
 from medvec.search.images import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
 from medvec.serve.schema import (ImageHit, ImageMetadata, ImageReportsOut, ReportImageHit, ReportMode,
-                                 ReportSearchAnswer, SearchAnswer, StudyFields)
+                                 ReportSearchAnswer, SearchAnswer, StudyFields, StudySearchAnswer)
 from medvec.settings import Settings
 from medvec.storage import HomePath, as_path
 
@@ -40,7 +42,9 @@ similarity. Use search_medical_images to find images matching a text description
 to find images that look like one you already have (by image_id), and get_image_metadata for one
 image's details. Where the collection has radiology reports, search_reports finds the studies whose
 reports match a text (with the matching passage) and the images found directly or through those
-reports, and get_image_reports gives an image's report (indication, findings, impression). Scores
+reports, and get_image_reports gives an image's report (indication, findings, impression).
+search_studies answers whole studies (views and reports together) for a text, an image_id or both,
+and takes relevant / not_relevant image_ids from earlier hits to refine a search. Scores
 rank results; they are not diagnoses or probabilities. Filters (view, labels, modality, split) narrow
 the candidate images before ranking."""
 
@@ -75,6 +79,15 @@ Thumbnails = Annotated[int, Field(ge=0, le=MAX_THUMBNAILS,
                                   description="Also attach WebP thumbnails of the top N hits as images "
                                               f"(0-{MAX_THUMBNAILS}; 0 = text only)")]
 
+OptionalQuery = Annotated[str | None, Field(max_length=1000, description="Text to look for; with image_id, "
+                                                                         "combined with the image")]
+OptionalImageId = Annotated[str | None, Field(description="A stored image (an image_id from a result) to start from")]
+TextWeight = Annotated[float, Field(ge=0, le=1, description="With both query and image_id: the text's share")]
+Marked = Annotated[list[str] | None, Field(description="image_ids from earlier hits (relevance feedback)")]
+PerPatient = Annotated[int | None, Field(ge=1, le=MAX_K, description="At most this many studies per patient")]
+StudyScore = Annotated[Literal["best", "mean"], Field(description="best: a study scores as its best view; "
+                                                                  "mean: the mean over its views")]
+
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 
 
@@ -86,8 +99,10 @@ def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
     server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS,
                        version=_version(), log_level="WARNING")
     titles = ("Search chest X-rays by text", "Find similar chest X-rays", "Get one chest X-ray's metadata",
-              "Search radiology reports and their chest X-rays", "Get one chest X-ray's reports")
-    tools = _image_tools(search, home) + _report_tools(search, ReportSearch(search), home)
+              "Search radiology reports and their chest X-rays", "Get one chest X-ray's reports",
+              "Search chest X-ray studies, refined by feedback")
+    reports = ReportSearch(search)
+    tools = _image_tools(search, home) + _report_tools(search, reports, home) + (_study_tool(search, reports),)
     for tool, title in zip(tools, titles, strict=True):
         # The docstring is what the assistant reads; cleandoc drops the code's indentation.
         server.add_tool(tool, title=title, description=inspect.cleandoc(tool.__doc__), annotations=READ_ONLY)
@@ -188,6 +203,39 @@ def _report_tools(search: ImageSearch, reports: ReportSearch, home: HomePath) ->
                               structured_content=answer)
 
     return search_reports, get_image_reports
+
+
+def _study_tool(search: ImageSearch, reports: ReportSearch):
+    """Studies (views and reports together) for a text, a stored image, both, refined by feedback."""
+
+    def search_studies(query: OptionalQuery = None, image_id: OptionalImageId = None,
+                       text_weight: TextWeight = TEXT_WEIGHT, relevant: Marked = None, not_relevant: Marked = None, per_patient: PerPatient = None,
+                       study_score: StudyScore = "best", k: K = 10, view: View = None, labels: Labels = None,
+                       modality: Modality = None, split: Split = None) -> Annotated[CallToolResult, StudySearchAnswer]:
+        """Find chest X-ray studies: each hit is one study with its views (best first) and reports.
+
+        Ask with a text (query), a stored image (image_id, itself excluded), or both: "this image, with
+        effusion" combines them, text_weight the text's share (0-1). Refine by marking image_ids from
+        earlier hits as relevant or not_relevant and asking again (Rocchio feedback; relevant alone is
+        a query). per_patient caps studies per patient; study_score ranks by the best view or the mean
+        over views. Scores rank; they are not diagnoses or probabilities.
+        """
+        try:
+            answer = refined_search(search, k=k, filters=Filters.of(view, modality, split, labels), text=query,
+                                    image_id=image_id, refinement=Refinement.of(text_weight, relevant, not_relevant),
+                                    by_study=True, per_patient=per_patient, study_score=study_score, reports=reports)
+        except (SearchInputError, NotIndexed) as exc:
+            return _error(exc)
+        studies = [{**{n: s[n] for n in ("study_id", "subject_key", "score", "rank", "reports")},
+                    "views": [{n: v[n] for n in HIT_FIELDS if n in v} for v in s["views"]]} for s in answer["studies"]]
+        lines = [f"{len(studies)} stud(ies) via {answer['route']} (model {answer['model']}):"]
+        lines += [f"{s['rank']}. study {s['study_id']} score {s['score']:.3f} views "
+                  + ", ".join(f"{v['image_id']} {v.get('view_position') or '?'}" for v in s["views"])
+                  + (f"; impression: {s['reports'][0]['impression']}" if s["reports"] else "") for s in studies]
+        structured = {"studies": studies, **{n: answer[n] for n in ("route", "model", "table", "table_version")}}
+        return CallToolResult(content=[TextContent(type="text", text="\n".join(lines))], structured_content=structured)
+
+    return search_studies
 
 
 def _answer(run, what: str, home: HomePath, thumbnails: int) -> CallToolResult:

@@ -248,6 +248,42 @@ class ImageReportsOut(BaseModel):
                                                       "to it")
 
 
+# --- study-level and refined search -------------------------------------------------------------
+
+class StudyGroup(BaseModel):
+    """A study as one hit (MCP): its views that pass the filters, best first, and its reports."""
+
+    study_id: str | None = Field(description="The study (de-identified); null for an image with no study")
+    subject_key: str | None = Field(None, description="keyed pseudonym of the patient id, never the id")
+    score: float = Field(description="`best`: the best view's cosine similarity; `mean`: the mean over its views")
+    rank: int = Field(description="1 for the best study")
+    views: list[ImageHit]
+    reports: list[ImageReportOut] = Field(description="the reports linked to its views; empty when none")
+
+
+class StudySearchAnswer(BaseModel):
+    """Studies nearest to a query (text, image, both, refined by feedback), compact (MCP)."""
+
+    studies: list[StudyGroup]
+    route: str = Field(description="studies, or studies+per_patient when a per-patient limit applied")
+    model: str
+    table: str
+    table_version: int
+
+
+class StudyGroupOut(StudyGroup):
+    views: list[HitOut]
+
+
+class StudySearchOut(StudySearchAnswer):
+    """`by_study=true`: each hit a study with every view (and URLs) and its reports."""
+
+    studies: list[StudyGroupOut]
+    took_ms: float
+    query: dict[str, Any] = Field(description="what was asked: text, image, image_id, text_weight, relevant, "
+                                              "not_relevant, by_study, per_patient, study_score, k, filters")
+
+
 class StatsOut(BaseModel):
     images: int
     subjects: int

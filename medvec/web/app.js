@@ -33,6 +33,8 @@ const state = {
   ready: false,        // health answered and, where one is needed, a token is at hand
   metricsBlobs: [],    // blob: URLs of the plot and hard-case thumbnails, revoked when the report is redrawn
   metricsGeneration: 0,
+  relevant: new Set(),    // image ids marked "more like these" (relevance feedback), cleared by a new query
+  notRelevant: new Set(), // image ids marked "not these"
 };
 
 // --- talking to the API ---------------------------------------------------------------------------
@@ -120,6 +122,8 @@ function setReportsAvailable(available) {
 }
 
 const withReports = () => state.reportsAvailable && $("#reports").checked;
+const byStudy = () => $("#by-study").checked;
+const marked = () => state.relevant.size + state.notRelevant.size > 0;
 
 async function loadFilters() {
   try {
@@ -161,7 +165,8 @@ function queryParams() {
 
 // --- searching ------------------------------------------------------------------------------------
 
-async function run(query) {
+async function run(query, keepMarks = false) {
+  if (!keepMarks) clearMarks();
   if (state.view !== "search") { // answers show in the search view
     window.location.hash = "search";
     showView("search");
@@ -183,6 +188,7 @@ async function run(query) {
 }
 
 function ask(query, params) {
+  if (!withReports() && (byStudy() || marked())) return askRefined(query, params);
   if (query.kind === "text") {
     params.set("q", query.text);
     if (withReports()) {
@@ -200,8 +206,71 @@ function ask(query, params) {
   return getJson(`/api/similar/${encodeURIComponent(query.imageId)}?${params}`);
 }
 
+// Study-level hits and relevance feedback: POST /api/search/refine with the same query and filters.
+function askRefined(query, params) {
+  if (byStudy()) params.set("by_study", "true");
+  state.relevant.forEach((id) => params.append("relevant", id));
+  state.notRelevant.forEach((id) => params.append("not_relevant", id));
+  const options = { method: "POST" };
+  if (query.kind === "text") params.set("q", query.text);
+  else if (query.kind === "similar") params.set("image_id", query.imageId);
+  else if (query.kind === "image") {
+    options.body = new FormData();
+    options.body.append("file", query.file);
+  }
+  return getJson(`/api/search/refine?${params}`, options);
+}
+
 function rerun() {
-  if (state.last) run(state.last);
+  if (state.last) run(state.last, true);
+}
+
+function clearMarks() {
+  state.relevant.clear();
+  state.notRelevant.clear();
+  showMarks();
+}
+
+function showMarks() {
+  $("#feedback").hidden = !marked();
+  $("#feedback-count").textContent = `${state.relevant.size} more like these · ${state.notRelevant.size} not these`;
+  document.querySelectorAll("[data-image-id]").forEach((node) => {
+    node.classList.toggle("marked-relevant", state.relevant.has(node.dataset.imageId));
+    node.classList.toggle("marked-not-relevant", state.notRelevant.has(node.dataset.imageId));
+  });
+}
+
+// "More like these" / "not these" on a hit (or on every view of a study): a second click unmarks.
+function markButtons(imageIds) {
+  const box = element("div", null, "feedback-marks");
+  for (const [label, mine, other, title] of [["＋ like", state.relevant, state.notRelevant, "more like these"],
+    ["－ not", state.notRelevant, state.relevant, "not these"]]) {
+    const button = element("button", label, mine === state.relevant ? "mark-relevant" : "mark-not-relevant");
+    button.type = "button";
+    button.title = title;
+    button.addEventListener("click", (event) => {
+      event.stopPropagation();
+      const on = imageIds.every((id) => mine.has(id));
+      imageIds.forEach((id) => { other.delete(id); if (on) mine.delete(id); else mine.add(id); });
+      showMarks();
+    });
+    box.append(button);
+  }
+  return box;
+}
+
+// A study as one hit (by_study): its views, best first, and its report's impression.
+function studyGroupCard(study) {
+  const article = element("article", null, "study study-group");
+  article.dataset.studyId = study.study_id || "";
+  const head = element("header", null, "study-head");
+  head.append(element("span", `#${study.rank}`, "rank"), element("strong", `Study ${study.study_id || "—"}`,
+    "study-key"), element("span", `${study.views.length} view(s)`, "tag"), element("span", study.score.toFixed(4),
+    "score"));
+  const strip = element("div", null, "study-images");
+  for (const view of study.views) strip.append(studyImage(view));
+  article.append(head, strip, reportLine(study.reports), markButtons(study.views.map((v) => v.image_id)));
+  return article;
 }
 
 function describe(query) {
@@ -215,6 +284,8 @@ function describe(query) {
 function renderResults(result, roundTripMs, query) {
   state.resultBlobs.forEach((url) => URL.revokeObjectURL(url));
   state.resultBlobs = [];
+  if (result.studies && !result.images) return renderStudyGroups(result, roundTripMs, query);
+  $("#studies-heading span").textContent = "reports that match, with their images";
   const studies = result.studies || null; // a report search: studies, then the merged images
   const hits = studies ? result.images : result.hits;
   $("#study-list").replaceChildren(...(studies || []).map(studyCard));
@@ -237,6 +308,22 @@ function renderResults(result, roundTripMs, query) {
   summary.push(` · search ${result.took_ms.toFixed(1)} ms · round trip `,
     element("span", `${Math.round(roundTripMs)} ms`, "latency"));
   $("#summary").replaceChildren(...summary);
+  showMarks();
+}
+
+function renderStudyGroups(result, roundTripMs, query) {
+  $("#studies-heading span").textContent = "each study's views, best first, and its report";
+  $("#study-list").replaceChildren(...result.studies.map(studyGroupCard));
+  $("#studies").hidden = false;
+  $("#images-heading").hidden = true;
+  $("#results").replaceChildren();
+  $("#empty").hidden = result.studies.length > 0;
+  $("#empty").textContent = "No study matches these filters.";
+  $("#summary").replaceChildren(element("strong", plural(result.studies.length, "study", "studies")),
+    ` ${query.kind === "similar" ? "similar to" : "for"} ${describe(query)} · route `,
+    element("code", result.route, "route"), ` · search ${result.took_ms.toFixed(1)} ms · round trip `,
+    element("span", `${Math.round(roundTripMs)} ms`, "latency"));
+  showMarks();
 }
 
 function plural(count, one, many = `${one}s`) {
@@ -330,7 +417,7 @@ function card(hit) {
     }
   }
   if (hit.reports) body.append(reportLine(hit.reports)); // find-similar with reports
-  body.append(similar);
+  body.append(similar, markButtons([hit.image_id]));
   article.append(img, body);
   article.addEventListener("click", () => openDetail(hit));
   article.addEventListener("keydown", (event) => { if (event.key === "Enter") openDetail(hit); });
@@ -833,6 +920,11 @@ function wire() {
     if (file) run({ kind: "image", file });
   });
   $("#k").addEventListener("change", rerun);
+  $("#by-study").addEventListener("change", rerun);
+  $("#feedback-apply").addEventListener("click", () => {
+    if (state.last) run(state.last, true);
+  });
+  $("#feedback-clear").addEventListener("click", () => { clearMarks(); rerun(); });
   $("#reports").addEventListener("change", () => {
     $("#mode").disabled = !$("#reports").checked;
     if (state.last && state.last.kind !== "image") rerun(); // image uploads are searched without reports

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
 
 from medvec.search.probe_rerank import RERANK_MODES, search_text_reranked
 from medvec.search.images import MAX_K, Filters, ImageSearch, SearchInputError, SearchResult
+from medvec.search.feedback import TEXT_WEIGHT, Refinement
 from medvec.search.reports import MODES, ReportSearch
+from medvec.search.studies import STUDY_SCORES, refined_search
 from medvec.serve.http_middleware import ERRORS
-from medvec.serve.schema import ReportMode, ReportSearchOut, SearchOut, SimilarReportsOut, with_urls
+from medvec.serve.schema import (ReportMode, ReportSearchOut, SearchOut, SimilarReportsOut, StudySearchOut,
+                                 with_urls)
 
 RERANK_HELP = ("`probe`: a query naming a finding (\"pleural effusion\") has its candidates re-ordered by that "
                "finding's linear probe (fitted by `medvec eval --probes`); each hit gains `probe_score`. 400 for "
@@ -62,6 +65,50 @@ def search_router(search: ImageSearch, reports: ReportSearch) -> APIRouter:
             out["hits"] = [with_urls(hit) for hit in out["hits"]]
             return out
         return search_json(search.similar(image_id, k, filters))
+
+    return router
+
+
+def refine_router(search: ImageSearch, reports: ReportSearch, max_upload_bytes: int) -> APIRouter:
+    """`POST /search/refine`: study-level hits, per-patient limits, image + text, relevance feedback."""
+    router = APIRouter(tags=["search"], responses=ERRORS)
+
+    @router.post("/search/refine", response_model=SearchOut | StudySearchOut, summary="Refined and study-level search",
+                 description="One query from any of: `q` (text), an uploaded `file` (multipart, DICOM/PNG/JPEG), "
+                             "`image_id` (a stored image, itself excluded); an image and a text together are "
+                             f"combined as (1 - w)·image + w·text on unit vectors (`text_weight` w, default "
+                             f"{TEXT_WEIGHT}). `relevant` / `not_relevant` image ids move the query by Rocchio "
+                             "(q' = q + 0.75·mean(relevant) − 0.15·mean(not relevant), normalised); relevant ids "
+                             "alone are a query too. `by_study=true` answers studies (`StudySearchOut`: views, best "
+                             "first, and reports; `study_score` best view or mean over views), else images "
+                             "(`SearchOut`). `per_patient` caps hits per patient (`subject_key`).")
+    def refine(q: Annotated[str | None, Query(max_length=1000, description="query text")] = None,
+               file: Annotated[UploadFile | None, File(description="DICOM, PNG or JPEG")] = None,
+               image_id: Annotated[str | None, Query(description="a stored image to start from")] = None,
+               text_weight: Annotated[float, Query(ge=0, le=1)] = TEXT_WEIGHT,
+               relevant: Annotated[list[str], Query(description="image ids marked relevant")] = [],
+               not_relevant: Annotated[list[str], Query(description="image ids marked not relevant")] = [],
+               by_study: Annotated[bool, Query(description="one hit per study")] = False,
+               per_patient: Annotated[int | None, Query(ge=1, le=MAX_K, description="at most this many hits "
+                                                                                    "per patient")] = None,
+               study_score: Annotated[Literal[STUDY_SCORES], Query(description="best view, or mean over "  # type: ignore
+                                                                                "the views")] = STUDY_SCORES[0],
+               k: Annotated[int, Query(ge=1, le=MAX_K)] = 10, filters: Filters = Depends(filters_query)) -> dict:
+        data = None
+        if file is not None:
+            data = file.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, "the upload is larger than the upload limit")
+        answer = refined_search(search, k=k, filters=filters, text=q, image=data,
+                                filename=(file.filename if file else None) or "upload", image_id=image_id,
+                                refinement=Refinement.of(text_weight, relevant, not_relevant), by_study=by_study,
+                                per_patient=per_patient, study_score=study_score, reports=reports)
+        if by_study:
+            for study in answer["studies"]:
+                study["views"] = [with_urls(view) for view in study["views"]]
+        else:
+            answer["hits"] = [with_urls(hit) for hit in answer["hits"]]
+        return answer
 
     return router
 
