@@ -216,7 +216,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cmd_sample_data(argparse.Namespace(dir=str(sample_dir), count=args.count))
     settings = choose_demo_model(settings)
     ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size, no_embed=False,
-                                     metadata=None, dry_run=False, json=False, workers=0, size=512,
+                                     metadata=None, dataset=None, dry_run=False, json=False, workers=0, size=512,
                                      thumb_size=256, pad_square=False, window="header", allow_tag=[],
                                      allow_column=[])
     started = time.perf_counter()
