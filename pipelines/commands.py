@@ -53,8 +53,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("demo", help="sample data → WebP → embeddings → search, offline")
-    p.add_argument("--count", type=int, default=36)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--count", type=int, default=36, help="synthetic chest images in the sample (default 36)")
+    p.add_argument("--batch-size", type=int, default=16, help="files per batch, one Dagster run each (default 16)")
     p.set_defaults(func=cmd_demo)
 
 

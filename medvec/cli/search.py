@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("similar", help="the images nearest to a stored image")
-    p.add_argument("image_id")
+    p.add_argument("image_id", help="a stored image id (the first column of `medvec search` output)")
     _add_search_options(p)
     p.set_defaults(func=cmd_similar)
 
