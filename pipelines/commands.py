@@ -206,7 +206,7 @@ def _print_backfill(summary, chosen: list, reaped: list) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Sample data → batches → WebP → embeddings → indexes, offline, then a few searches."""
     from medvec.cli.sample import cmd_sample_data
-    from medvec.cli.tour import choose_demo_model, show_collection, show_next_steps, show_searches
+    from medvec.cli.tour import choose_demo_model, run_evaluation, show_collection, show_next_steps, show_searches
 
     if missing := dagster_missing("demo"):
         return refuse(missing)
@@ -224,6 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("(the sample holds one truncated DICOM and one text file on purpose: 2 errors are expected)")
     show_collection(settings)
     searched = show_searches(settings, sample_dir)
+    run_evaluation(settings)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
     show_next_steps(str(ensure_dagster_home(settings)))
     return code or searched

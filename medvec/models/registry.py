@@ -22,6 +22,16 @@ RESAMPLES = ("bicubic", "bilinear")
 TEXT_PADDINGS = ("max_length", "longest")
 
 
+RANDOM_WEIGHTS_NOTE = "random weights: no retrieval quality (offline demo and tests only)"
+SYNTHETIC_NOTE = "trained on synthetic images: shows the pipeline, not clinical accuracy"
+
+
+def quality_note(model_name: str) -> str:
+    """What to say beside a model's results when they carry no clinical meaning; "" for real models."""
+    spec = REGISTRY.get(model_name)
+    return spec.quality_note if spec else ""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # registry key, or the Hugging Face id for models outside the registry
@@ -43,6 +53,8 @@ class ModelSpec:
     tokenizer_id: str | None = None  # a second repo the text tower needs (BiomedCLIP's BiomedBERT)
     no_retrieval_quality: bool = False  # random weights: offline runs and tests only
     notes: str = ""
+    # Shown beside every result this model gives (page, CLI, MCP, HTTP) when its answers are not clinical.
+    quality_note: str = ""
 
     def __post_init__(self):
         problems = [f"{field}={value!r} is not one of {allowed}" for field, value, allowed in (
@@ -82,11 +94,11 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
               text_padding="longest", licence="NVIDIA AI Foundation Models terms",
               notes="remote NIM: server-side preprocessing; self-hosted model id nvidia/nvclip-vit-h-14"),
     ModelSpec("tiny-siglip", "medvec/tiny-siglip", "transformers", 64, 32, licence="generated locally",
-              no_retrieval_quality=True,
+              no_retrieval_quality=True, quality_note=RANDOM_WEIGHTS_NOTE,
               notes="random weights: for offline runs and tests only, no retrieval quality"),
     ModelSpec("tiny-biomedclip", "medvec/tiny-biomedclip", "open_clip", 32, 224, CLIP_MEAN, CLIP_STD,
               resize="shortest_edge_crop", text_length=256, text_padding="max_length", licence="generated locally",
-              no_retrieval_quality=True,
+              no_retrieval_quality=True, quality_note=RANDOM_WEIGHTS_NOTE,
               notes="random weights, BiomedCLIP-shaped: tests the open_clip path offline, no retrieval quality"),
 )}
 
