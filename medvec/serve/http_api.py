@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from medvec.search.images import ImageSearch, NotIndexed
 from medvec.search.reports import ReportSearch
+from medvec.serve.api_docs import add_offline_docs
 from medvec.serve.http_middleware import AUTH_ERRORS, MAX_UPLOAD_BYTES, BodyLimit, add_error_handlers, bearer_guard
 from medvec.serve.routes.images import image_router, upload_router
 from medvec.serve.routes.search import search_router
@@ -41,7 +42,8 @@ def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
     """The API and page over `search` (and its reports); with `token`, every /api/* route but health needs it."""
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
-                  "search over embedded chest X-rays, and their radiology reports.")
+                  "search over embedded chest X-rays, and their radiology reports.", docs_url=None)
+    add_offline_docs(app)  # /docs from local Swagger UI files: FastAPI's default loads them from a CDN
     reports = ReportSearch(search)  # one per app, like `search`: it keeps the reports and their links loaded
     home = as_path(home).resolve()
     add_error_handlers(app)
