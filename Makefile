@@ -8,10 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 export MEDVEC_HOME ?= $(CURDIR)/medvec_home
 export DAGSTER_HOME ?= $(MEDVEC_HOME)/dagster
 
-.PHONY: install web-deps docs docs-screenshots demo test test-fast test-biomedclip validate dagster benchmark clean
+.PHONY: install install-dev image web-deps docs docs-screenshots demo test test-fast test-biomedclip validate dagster benchmark clean
 
 install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
+# What running needs (`pip install -e .`): `make demo` installs only this.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -19,6 +21,12 @@ $(VENV)/.installed: pyproject.toml
 		echo "CPU-only Linux: installing $(TORCH_SPEC) first"; \
 		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
 	elif [ "$(TORCH_SPEC)" != "torch==2.13.0" ]; then $(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# The test and docs toolchains on top (moto, playwright, torchmetrics, onnx, the cluster extra, mkdocs): its own stamp, so
+# `make test` after `make demo` still installs it.
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	touch $@
 
@@ -36,17 +44,17 @@ $(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package-lock.json
 
 # The docs site from docs/ (mkdocs.yml): --strict fails on a broken internal link or anchor; builds offline.
 # docs/gen_pages.py generates the configuration, CLI and HTTP API pages from the code during the build.
-docs: install
+docs: install-dev
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict --quiet
 
 # The screenshots the README and docs show (docs/images/) are taken by the browser tests, not by hand.
-docs-screenshots: install
+docs-screenshots: install-dev
 	MEDVEC_DOCS_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web_page.py -k test_search_shows_thumbnails_scores_detail_and_similar
 
-test: install web-deps docs
+test: install-dev web-deps docs
 	$(PY) -m pytest -q -ra
 
-test-fast: install web-deps
+test-fast: install-dev web-deps
 	$(PY) -m pytest -q -m "not slow"
 
 # BiomedCLIP needs open_clip + torchvision, and torchvision pairs only with its own torch build
@@ -67,7 +75,7 @@ test-biomedclip: $(BIOMEDCLIP_VENV)/.installed
 # Every profile's definitions (MEDVEC_PROFILE, pipelines/profiles.py) must load, on any machine: the
 # placeholder URLs only satisfy the profiles' checks, since loading definitions reaches no server or bucket.
 VALIDATE := env -u MEDVEC_EMBEDDER $(VENV)/bin/dagster definitions validate -w workspace.yaml
-validate: install
+validate: install-dev
 	mkdir -p $(DAGSTER_HOME)
 	MEDVEC_PROFILE=local $(VALIDATE)
 	MEDVEC_PROFILE=gpu-box $(VALIDATE)
@@ -83,11 +91,22 @@ dagster: install
 		cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml; fi
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
-benchmark: install web-deps
+benchmark: install-dev web-deps
 	$(PY) benchmarks/normalize.py
 	$(PY) benchmarks/search.py
 	$(PY) benchmarks/http_search.py
 	$(PY) benchmarks/bundle.py
+
+# The cluster image (Dockerfile; deploy/cluster/values.yaml names it). IMAGE_ARGS="--build-arg VARIANT=cuda"
+# builds the CUDA variant.
+IMAGE ?= registry.example.com/medvec
+IMAGE_TAG ?= 2026.11.29
+IMAGE_ARGS ?=
+image:
+	@tool=$$(for t in docker podman buildah; do command -v $$t >/dev/null 2>&1 && echo $$t && break; done); \
+	if [ -z "$$tool" ]; then echo "make image needs docker, podman or buildah; none is installed here"; exit 1; fi; \
+	if [ "$$tool" = buildah ]; then buildah bud $(IMAGE_ARGS) -t $(IMAGE):$(IMAGE_TAG) .; \
+	else $$tool build $(IMAGE_ARGS) -t $(IMAGE):$(IMAGE_TAG) .; fi
 
 clean:
 	rm -rf $(MEDVEC_HOME) .pytest_cache

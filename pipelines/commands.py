@@ -55,8 +55,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("demo", help="sample data → WebP → embeddings → search, offline")
-    p.add_argument("--count", type=int, default=36)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--count", type=int, default=36, help="synthetic chest images in the sample (default 36)")
+    p.add_argument("--batch-size", type=int, default=16, help="files per batch, one Dagster run each (default 16)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -232,7 +232,7 @@ def _print_backfill(summary, chosen: list, reaped: list) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Sample data → batches → WebP → embeddings → indexes, offline, then a few searches."""
     from medvec.cli.sample import cmd_sample_data
-    from medvec.cli.tour import choose_demo_model, show_collection, show_next_steps, show_searches
+    from medvec.cli.tour import choose_demo_model, run_evaluation, show_collection, show_next_steps, show_searches
 
     if missing := dagster_missing("demo"):
         return refuse(missing)
@@ -243,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo's sample data is synthetic: the public development key is allowed here, and only here.
     settings = choose_demo_model(settings).model_copy(update={"allow_dev_key": True})
     ingest_args = argparse.Namespace(source=str(sample_dir), limit=None, batch_size=args.batch_size, no_embed=False,
-                                     metadata=None, dry_run=False, json=False, workers=0, size=512,
+                                     metadata=None, dataset=None, dry_run=False, json=False, workers=0, size=512,
                                      thumb_size=256, pad_square=False, window="header", allow_tag=[],
                                      allow_column=[])
     started = time.perf_counter()
@@ -251,6 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("(the sample holds one truncated DICOM and one text file on purpose: 2 errors are expected)")
     show_collection(settings)
     searched = show_searches(settings, sample_dir)
+    run_evaluation(settings)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f}s. Next steps:")
     show_next_steps(str(ensure_dagster_home(settings)))
     return code or searched

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from medvec import progress
 from medvec.ingest.batches import (BatchManifest, batch_opening_lock, is_normalized, list_batches, load_batch_errors,
                             load_batch_records, load_manifest, plan_batches, write_manifest)
 from medvec.tables.images import image_table_name
@@ -133,7 +134,10 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
     report_ids: set[str] = set()
     selection = [a.key for a in (BATCH_ASSETS if embed else BATCH_ASSETS[:UNEMBEDDED])]
     job = in_process(ingest_job, resources)
-    for manifest in manifests:
+    # One Dagster run per batch: the outer bar (or log line) the CLI shows while the runs go by.
+    if manifests:
+        progress.report("ingest runs", 0, len(manifests))
+    for number, manifest in enumerate(manifests, 1):
         result = job.execute_in_process(partition_key=manifest.batch, asset_selection=selection, instance=instance,
                                         run_config=run_config, raise_on_error=False, tags=tags)
         if not result.success:
@@ -147,8 +151,11 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         if embed and result.success:
             [materialization] = result.asset_materializations_for_node("image_embeddings")
             summary.embedded += materialization.metadata["rows_written"].value
+        progress.report("ingest runs", number, len(manifests))
     if embed and summary.embedded:
+        progress.report("refreshing the search index", 0, 1)
         summary.indexed = refresh_search(instance, resources, tags)
+        progress.report("refreshing the search index", 1, 1)
         if not summary.indexed:
             summary.failed_runs.append("search_refresh")
     # An Indiana report whose images sit in two batches is read by both; the table holds it once.

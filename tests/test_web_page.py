@@ -418,3 +418,35 @@ def test_metrics_view_says_how_to_get_a_report_when_there_is_none(page, site):
     page.wait_for_selector("#search-form", state="visible")
     assert page.is_visible(".filters") and not page.is_visible("#view-metrics")
     assert off_origin(page.requests, site) == [] and page.errors == []
+
+
+def test_api_docs_render_with_the_network_cut(browser, site):
+    """/docs (Swagger UI) loads its script and stylesheet from the server itself, so it renders offline."""
+    context = browser.new_context()
+    blocked = []
+
+    def only_local(route):
+        url = route.request.url
+        if url.startswith(site + "/"):
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    page.goto(site + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent.trim())")
+    assert "/api/search" in "".join(paths)
+    assert page.title().startswith("Medvec search")
+    assert blocked == []
+    context.close()
+
+
+def test_the_page_names_a_random_weights_model(page, site):
+    from medvec.models.registry import RANDOM_WEIGHTS_NOTE
+
+    page.goto(site)
+    page.wait_for_selector("#model-note:not([hidden])")
+    assert RANDOM_WEIGHTS_NOTE in page.text_content("#model-note")

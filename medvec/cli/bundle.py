@@ -23,7 +23,12 @@ def register(sub) -> None:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
+    from importlib.util import find_spec
 
+    missing = [name for name in ("onnx", "onnxruntime") if find_spec(name) is None]
+    if missing:  # the bundle extra is not part of the default install
+        return refuse(f"medvec bundle exports the text tower with {' and '.join(missing)}, not installed here: "
+                      "pip install 'medvec[bundle]' (in a checkout: pip install -e '.[bundle]')")
     from medvec.bundle import BundleError, BundleOptions, build_bundle
     from medvec.bundle.build import latest_evaluation
     from medvec.bundle.export_onnx import ExportError

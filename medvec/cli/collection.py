@@ -10,11 +10,11 @@ from medvec.settings import get_settings
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list known embedding models and whether this machine can run them")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("stats", help="images by view and modality, subjects, studies, errors, models and tables")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("reset", help="drop Medvec's LanceDB tables (only with --yes)")

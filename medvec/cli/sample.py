@@ -9,7 +9,7 @@ from medvec.cli.output import bar
 
 def register(sub) -> None:
     p = sub.add_parser("sample-data", help="write the offline sample dataset (real WG04 + synthetic chest DICOM)")
-    p.add_argument("dir")
+    p.add_argument("dir", help="folder to write the sample files and labels.csv into")
     p.add_argument("--count", type=int, default=36, help="synthetic chest images (default 36)")
     p.set_defaults(func=cmd_sample_data)
 

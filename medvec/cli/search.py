@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("similar", help="the images nearest to a stored image")
-    p.add_argument("image_id")
+    p.add_argument("image_id", help="a stored image id (the first column of `medvec search` output)")
     _add_search_options(p)
     p.set_defaults(func=cmd_similar)
 
@@ -110,6 +110,7 @@ def _run_search(args: argparse.Namespace, ask) -> int:
     if args.json:
         print_json(result.to_json())
         return 0
+    _print_model_note(result.model)
     print(f"{len(result.hits)} hit(s) from {result.table} (v{result.table_version}) via {result.route} "
           f"in {result.took_ms:.1f} ms")
     print(f"{'#':>3}  {'score':>7}  {'image_id':<40} {'view':<8} {'split':<6} labels")
@@ -134,11 +135,20 @@ def _run_report_search(args: argparse.Namespace, ask) -> int:
         search.close()
     if args.json:
         print_json(result)
-    elif "studies" in result:
+        return 0
+    _print_model_note(result["model"])
+    if "studies" in result:
         _print_studies(result)
     else:
         _print_similar_with_reports(result)
     return 0
+
+
+def _print_model_note(model: str) -> None:
+    from medvec.models.registry import quality_note
+
+    if note := quality_note(model):
+        print(f"model {model}: {note}")
 
 
 def _print_studies(result: dict) -> None:
@@ -152,7 +162,7 @@ def _print_studies(result: dict) -> None:
         print(f"       {mark_text(study['snippet'], study['highlights'])}")
         for image in study["images"]:
             print(f"       image {image['image_id'][:44]} {image.get('view_position') or '-'}")
-    print("images (direct and through reports):")
+    print("images (direct and through reports; scores are rank-fusion sums, about 0.016-0.033, not cosines):")
     for image in result["images"]:
         print(f"{image['rank']:>3}. {image['score']:.4f}  {image['image_id'][:44]:<44} "
               f"{'+'.join(image['routes']):<13} {', '.join(image.get('labels') or []) or '-'}")

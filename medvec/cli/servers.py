@@ -12,14 +12,14 @@ def register(sub) -> None:
     p = sub.add_parser("embed-server", help="serve a local model over the NIM embeddings protocol")
     p.add_argument("--model", help="registry name or Hugging Face id (default: $MEDVEC_MODEL)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to serve others)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--max-batch", type=int, default=64, help="most inputs embedded in one forward pass (default 64)")
     p.set_defaults(func=cmd_embed_server)
 
     p = sub.add_parser("serve", help="HTTP API and web page for search")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     p.add_argument("--model", help="registry name (default: $MEDVEC_MODEL)")
     p.set_defaults(func=cmd_serve)
 

@@ -118,3 +118,17 @@ def _syntax_name(uid: str) -> str:
     import pydicom.uid
 
     return pydicom.uid.UID(uid).name
+
+
+def run_evaluation(settings: Settings) -> None:
+    """`medvec eval --split all` for the demo's model, so the page's Metrics tab has a report to show."""
+    from medvec.evaluation.retrieval import evaluate_models, save_report
+    from medvec.evaluation.targets import eval_targets
+    from medvec.tables import database
+
+    targets = eval_targets(settings, [settings.model])
+    if not targets:
+        return
+    result = evaluate_models(database.connect(settings.lancedb_uri), targets, split="all", policy="exclude")
+    paths = save_report(settings.home, result)
+    print(f"\nretrieval evaluation of {settings.model} saved (the page's Metrics tab shows it): {paths['json']}")

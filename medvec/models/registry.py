@@ -20,7 +20,6 @@ from medvec.models.demo_clip import TEXT_LENGTH as DEMO_TEXT_LENGTH
 from medvec.models.demo_clip import WEIGHTS_DIR as DEMO_WEIGHTS_DIR
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-RANDOM_NOTE = "random weights: no retrieval quality (offline demo and tests only)"
 #: Models whose files ship inside the package: registry name → folder.
 PACKAGED_MODELS = {DEMO_NAME: DEMO_WEIGHTS_DIR}
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -30,6 +29,16 @@ LOADERS = ("transformers", "open_clip", "nim")
 RESIZES = ("squash", "pad_square", "shortest_edge_crop")
 RESAMPLES = ("bicubic", "bilinear")
 TEXT_PADDINGS = ("max_length", "longest")
+
+
+RANDOM_WEIGHTS_NOTE = "random weights: no retrieval quality (offline demo and tests only)"
+SYNTHETIC_NOTE = DEMO_NOTE  # medvec-demo-clip's: trained on synthetic images
+
+
+def quality_note(model_name: str) -> str:
+    """What to say beside a model's results when they carry no clinical meaning; "" for real models."""
+    spec = REGISTRY.get(model_name)
+    return spec.quality_note if spec else ""
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,8 @@ class ModelSpec:
     revision: str | None = None  # pinned default Hub revision; None = main
     tokenizer_id: str | None = None  # a second repo the text tower needs (BiomedCLIP's BiomedBERT)
     no_retrieval_quality: bool = False  # random weights: offline runs and tests only
-    # What every place that shows this model's results must say about it (random or synthetic-only weights).
+    # Shown beside every result this model gives (page, CLI, MCP, HTTP) when its answers are not clinical:
+    # random weights, or weights trained on synthetic images only.
     quality_note: str = ""
     notes: str = ""
 
@@ -98,11 +108,11 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
               notes="small SigLIP-shaped model shipped with Medvec, trained on synthetic chest images: the offline "
                     "demo's model"),
     ModelSpec("tiny-siglip", "medvec/tiny-siglip", "transformers", 64, 32, licence="generated locally",
-              no_retrieval_quality=True, quality_note=RANDOM_NOTE,
+              no_retrieval_quality=True, quality_note=RANDOM_WEIGHTS_NOTE,
               notes="random weights: for offline runs and tests only, no retrieval quality"),
     ModelSpec("tiny-biomedclip", "medvec/tiny-biomedclip", "open_clip", 32, 224, CLIP_MEAN, CLIP_STD,
               resize="shortest_edge_crop", text_length=256, text_padding="max_length", licence="generated locally",
-              no_retrieval_quality=True, quality_note=RANDOM_NOTE,
+              no_retrieval_quality=True, quality_note=RANDOM_WEIGHTS_NOTE,
               notes="random weights, BiomedCLIP-shaped: tests the open_clip path offline, no retrieval quality"),
 )}
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medvec.models.registry import quality_note
 from medvec.tables import database
 from medvec.tables.images import vectors_of
 from medvec.reports.tables import image_link_maps, linked_image_ids, report_table_name
@@ -182,8 +183,8 @@ class ReportSearch:
                            "report": {"report_id": report.report_id, "study_key": report.study_key,
                                       "snippet": report.snippet, "highlights": [list(h) for h in report.highlights]}
                            if report else None})
-        return {"model": self.images.model_name, "table": self.table_name,
-                "query": {"text": text, "k": k, "mode": mode, "filters": filters.to_json()}, **info,
+        return {"model": self.images.model_name, "model_note": quality_note(self.images.model_name),
+                "table": self.table_name, "query": {"text": text, "k": k, "mode": mode, "filters": filters.to_json()}, **info,
                 "direct_route": direct.route, "took_ms": round((time.perf_counter() - started) * 1000, 3),
                 "studies": [h.to_json(self._image_summaries(h.image_ids)) for h in reports], "images": images}
 
@@ -198,7 +199,8 @@ class ReportSearch:
             hits.append({**hit.to_json(), "reports": [{"report_id": r["report_id"], "study_key": r["study_key"],
                                                        "impression": r["impression"], "findings": r["findings"],
                                                        "labels": list(r["labels"] or [])} for r in linked]})
-        return {"model": self.images.model_name, "query": {"image_id": image_id, "k": k, "filters": filters.to_json()},
+        return {"model": self.images.model_name, "model_note": quality_note(self.images.model_name),
+                "query": {"image_id": image_id, "k": k, "filters": filters.to_json()},
                 "route": similar.route, "took_ms": round((time.perf_counter() - started) * 1000, 3), "hits": hits}
 
     def reports_for_image(self, image_id: str) -> list[dict]:
@@ -265,8 +267,23 @@ def make_snippet(record: dict, words: list[str], width: int = 240) -> tuple[str,
         snippet = "…" + snippet
     if start + width < len(best):
         snippet += "…"
-    highlights = [(m.start(), m.end()) for m in pattern.finditer(snippet)] if pattern else []
+    highlights = [(m.start(), m.end()) for m in pattern.finditer(snippet)
+                  if not is_negated(snippet, m.start())] if pattern else []
     return snippet, highlights
+
+
+# A finding named after one of these in the same clause is reported absent ("No pleural effusion").
+_NEGATION = re.compile(r"\b(no|not|without|negative for|free of|absence of|resolved|clear of)\b", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"[.;:\n]|\b(but|however|although)\b", re.IGNORECASE)
+
+
+def is_negated(text: str, at: int) -> bool:
+    """Whether the word at `at` sits in a clause a negation cue opened: not a hit to highlight."""
+    clause = text[:at]
+    ends = list(_CLAUSE_END.finditer(clause))
+    if ends:
+        clause = clause[ends[-1].end():]
+    return _NEGATION.search(clause) is not None
 
 
 def mark_text(text: str, spans, left: str = "«", right: str = "»") -> str:

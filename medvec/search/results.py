@@ -70,7 +70,10 @@ class SearchResult:
     query: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"model": self.model, "table": self.table, "table_version": self.table_version,
+        from medvec.models.registry import quality_note
+
+        return {"model": self.model, "model_note": quality_note(self.model), "table": self.table,
+                "table_version": self.table_version,
                 "route": self.route, "took_ms": round(self.took_ms, 3), "query": self.query,
                 "hits": [h.to_json() for h in self.hits]}
 

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from medvec.search.images import ImageSearch, NotIndexed
 from medvec.search.reports import ReportSearch
+from medvec.serve.api_docs import add_offline_docs
 from medvec.serve.http_middleware import (AUTH_ERRORS, LOOPBACK_HOSTS, MAX_UPLOAD_BYTES, BodyLimit, HostGuard,
                                           add_error_handlers, bearer_guard)
 from medvec.serve.routes.images import image_router, upload_router
@@ -43,7 +44,8 @@ def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
     """The API and page over `search` (and its reports); with `token`, every /api/* route but health needs it.
     Only loopback names and `allowed_hosts` are answered; other sites' requests are refused (HostGuard)."""
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
-                  "search over embedded chest X-rays, and their radiology reports.")
+                  "search over embedded chest X-rays, and their radiology reports.", docs_url=None)
+    add_offline_docs(app)  # /docs from local Swagger UI files: FastAPI's default loads them from a CDN
     reports = ReportSearch(search)  # one per app, like `search`: it keeps the reports and their links loaded
     home = as_path(home).resolve()
     add_error_handlers(app)

@@ -20,11 +20,13 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
+from medvec.models.registry import quality_note
 from medvec.search.feedback import TEXT_WEIGHT, Refinement
 from medvec.search.reports import NoReports, ReportSearch, mark_text
 from medvec.search.probe_rerank import search_text_reranked
 from medvec.search.studies import refined_search
 from medvec.search.images import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
+from medvec.serve.schema import FUSED_SCALE
 from medvec.serve.schema import (ImageHit, ImageMetadata, ImageReportsOut, ReportImageHit, ReportMode,
                                  ReportSearchAnswer, SearchAnswer, StudyFields, StudySearchAnswer)
 from medvec.settings import Settings
@@ -256,8 +258,8 @@ def compact_answer(result: SearchResult) -> dict[str, Any]:
     """The structured answer: the hit fields an assistant uses, not every column."""
     return {"hits": [{name: hit[name] for name in HIT_FIELDS if name in hit} for hit in
                      (h.to_json() for h in result.hits)],
-            "route": result.route, "model": result.model, "table": result.table,
-            "table_version": result.table_version}
+            "route": result.route, "model": result.model, "model_note": quality_note(result.model),
+            "table": result.table, "table_version": result.table_version}
 
 
 def summarize(result: SearchResult, what: str) -> str:
@@ -265,6 +267,8 @@ def summarize(result: SearchResult, what: str) -> str:
     head = f"{len(result.hits)} image(s) {what} (model {result.model}, route {result.route})"
     if result.query.get("filters"):
         head += ", filters " + json.dumps(result.query["filters"])
+    if note := quality_note(result.model):
+        head += f" [{note}]"
     if not result.hits:
         return head + ": nothing matched."
     lines = [head + ":"]
@@ -284,7 +288,7 @@ def compact_report_answer(result: dict) -> dict[str, Any]:
     images = [{**{name: image[name] for name in REPORT_IMAGE_FIELDS if name in image},
                "study_key": image["report"]["study_key"] if image["report"] else None} for image in result["images"]]
     return {"studies": studies, "images": images, "mode": result["mode"], "model": result["model"],
-            "table": result["table"]}
+            "model_note": quality_note(result["model"]), "table": result["table"], "score_scale": FUSED_SCALE}
 
 
 def summarize_reports(result: dict) -> str:
@@ -292,9 +296,11 @@ def summarize_reports(result: dict) -> str:
     query = result["query"]
     head = (f"{len(result['studies'])} report(s) ({result['mode']}) and {len(result['images'])} image(s) for "
             f"{query['text']!r} (model {result['model']})")
+    if note := quality_note(result["model"]):
+        head += f" [{note}]"
     if query.get("filters"):
         head += ", image filters " + json.dumps(query["filters"])
-    lines = [head + ":"]
+    lines = [head + "; scores are rank-fusion sums (about 0.016-0.033), not cosines:"]
     for rank, study in enumerate(result["studies"], start=1):
         labels = ", ".join(study["labels"]) or "no findings read"
         images = ", ".join(image["image_id"] for image in study["images"]) or "none in the collection"

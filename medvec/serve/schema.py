@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medvec.models.registry import quality_note
 
 from medvec.search.reports import MODES
 
@@ -19,15 +21,32 @@ HIGHLIGHTS = ("where the query's words occur in `snippet`: [start, end) offsets 
               "(a browser's UTF-16 string differs only beyond the Basic Multilingual Plane)")
 
 
+FUSED_SCALE = ("reciprocal-rank fusion: each route a result is found by adds 1/(60+rank), so scores run "
+               "from about 0.016 (one route, rank 1) to 0.033 (both routes, rank 1); not a cosine similarity")
+
+
+class ModelNamed(BaseModel):
+    """An answer that names its model, and says so when the model's results carry no clinical meaning."""
+
+    model: str = Field(description="Embedding model the collection was searched with", examples=["tiny-siglip"])
+    model_note: str = Field("", description="Set when the model's results are not clinically meaningful "
+                                            "(random or synthetic-only weights); empty for real models")
+
+    @model_validator(mode="after")
+    def _note_the_model(self):
+        if not self.model_note:
+            self.model_note = quality_note(self.model)
+        return self
+
+
 class ErrorOut(BaseModel):
     """Every HTTP error answer; an MCP tool error carries the same plain message as its text."""
 
     error: str = Field(examples=["k must be between 1 and 500"])
 
 
-class HealthOut(BaseModel):
+class HealthOut(ModelNamed):
     ok: bool
-    model: str = Field(examples=["tiny-siglip"])
     table: str = Field(examples=["images__tiny_siglip"])
     rows: int | None = Field(None, description="images the search holds; null when the table is missing")
     table_version: int | None = None
@@ -57,13 +76,12 @@ class ImageHit(ImageFields):
     rank: int = Field(description="1 for the best match")
 
 
-class SearchAnswer(BaseModel):
+class SearchAnswer(ModelNamed):
     """What a search answers, compact: the MCP tools' shape, and the base of the HTTP `SearchOut`."""
 
     hits: list[ImageHit]
     route: str = Field(description="How it was answered: fallback (precomputed), fallback_vector+index, "
                                    "index[:ivf], similar_images", examples=["fallback"])
-    model: str = Field(description="Embedding model the collection was searched with")
     table: str = Field(description="LanceDB table searched")
     table_version: int
 
@@ -145,9 +163,9 @@ class ReportImageHit(ImageHit):
     study_key: str | None = Field(None, description="The matching report's study, when found through a report")
 
 
-class ReportAnswerFields(BaseModel):
+class ReportAnswerFields(ModelNamed):
     mode: ReportMode = Field(description="How reports were ranked: hybrid, bm25 or vector")
-    model: str = Field(description="Embedding model the collection was searched with")
+    score_scale: str = Field(FUSED_SCALE, description="What the images' (and hybrid studies') scores measure")
     table: str = Field(description="LanceDB reports table searched", examples=["reports__tiny_siglip"])
 
 
@@ -220,10 +238,9 @@ class SimilarHitOut(HitOut):
     reports: list[LinkedReportOut] = Field(description="the reports of the image's study; empty when it has none")
 
 
-class SimilarReportsOut(BaseModel):
+class SimilarReportsOut(ModelNamed):
     """Find similar with `reports=true`: each similar image with its study's reports."""
 
-    model: str
     query: dict[str, Any]
     route: str
     took_ms: float

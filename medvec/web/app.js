@@ -99,6 +99,10 @@ async function start() {
     ? `${health.model} · ${health.rows} images${reports} · ${health.table} v${health.table_version}`
     : `not ready: ${health.reason}`;
   $("#status").classList.toggle("bad", !health.ok);
+  // Random or synthetic-only weights: say so beside every result, not only on the Metrics tab.
+  const note = $("#model-note");
+  note.textContent = health.model_note ? `${health.model}: ${health.model_note}` : "";
+  note.hidden = !health.model_note;
   setReportsAvailable(health.ok && typeof health.reports === "number");
   if (health.auth_required && !state.token) {
     showTokenForm(true);
@@ -288,7 +292,7 @@ function renderResults(result, roundTripMs, query) {
   $("#studies-heading span").textContent = "reports that match, with their images";
   const studies = result.studies || null; // a report search: studies, then the merged images
   const hits = studies ? result.images : result.hits;
-  $("#study-list").replaceChildren(...(studies || []).map(studyCard));
+  $("#study-list").replaceChildren(...(studies || []).map((study, i) => studyCard(study, i, result.mode)));
   $("#studies").hidden = !studies;
   $("#images-heading").hidden = !studies;
   $("#results").replaceChildren(...hits.map(card));
@@ -326,12 +330,20 @@ function renderStudyGroups(result, roundTripMs, query) {
   showMarks();
 }
 
+// Report-mode scores are reciprocal-rank fusion sums (about 0.016 to 0.033), not cosines: label them.
+function fusedScore(score) {
+  const span = element("span", `${score.toFixed(4)} fused`, "score fused");
+  span.title = "reciprocal-rank fusion: each route adds 1/(60+rank), so about 0.016 (one route, rank 1) "
+    + "to 0.033 (both routes, rank 1); not a cosine similarity";
+  return span;
+}
+
 function plural(count, one, many = `${one}s`) {
   return `${count} ${count === 1 ? one : many}`;
 }
 
 // A report that matched: its snippet with the query's words marked, its findings, its study's thumbnails.
-function studyCard(study, index) {
+function studyCard(study, index, mode) {
   const article = element("article", null, "study");
   article.dataset.reportId = study.report_id;
   article.dataset.studyKey = study.study_key;
@@ -339,7 +351,8 @@ function studyCard(study, index) {
   const routes = element("span", study.routes.join("+"), "tag route");
   routes.title = "the rankings that found this report";
   head.append(element("span", `#${index + 1}`, "rank"), element("strong", `Study ${study.study_key}`, "study-key"),
-    element("span", study.layout, "tag report-layout"), routes, element("span", study.score.toFixed(4), "score"));
+    element("span", study.layout, "tag report-layout"), routes,
+    mode === "hybrid" ? fusedScore(study.score) : element("span", study.score.toFixed(4), "score"));
   const snippet = element("p", null, "snippet");
   snippet.append(highlighted(study.snippet, study.highlights));
   const labels = element("div", null, "tags");
@@ -402,7 +415,8 @@ function card(hit) {
   });
   const body = element("div", null, "card-body");
   body.append(
-    row(element("span", `#${hit.rank}`, "rank"), element("span", hit.score.toFixed(4), "score")),
+    row(element("span", `#${hit.rank}`, "rank"),
+      hit.routes ? fusedScore(hit.score) : element("span", hit.score.toFixed(4), "score")),
     tags(hit),
   );
   if (hit.routes) { // a report search: how the image was found, and the report that found it
