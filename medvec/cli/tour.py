@@ -17,7 +17,7 @@ def choose_demo_model(settings: Settings) -> Settings:
     chosen = "model" in settings.model_fields_set
     rows = {row["name"]: row for row in model_rows(hub_cache_dirs=[settings.model_cache / "hub", None])}
     row = rows.get(settings.model)
-    if chosen and (settings.embedder == "nim" or (row and row["available"])):
+    if _runs_remotely(settings) or (chosen and row and row["available"]):
         note = f" ({row['quality_note']})" if row and row.get("quality_note") else ""
         print(f"embedding with {settings.model}{note}")
         return settings
@@ -27,6 +27,16 @@ def choose_demo_model(settings: Settings) -> Settings:
     print(f"embedding with {NAME}: a small model shipped with Medvec, {QUALITY_NOTE}. Set MEDVEC_MODEL=siglip-base "
           "(or another model from `medvec models`) where its files can be downloaded.")
     return settings.model_copy(update={"model": NAME})
+
+
+def _runs_remotely(settings: Settings) -> bool:
+    """Whether the configured embedder is a remote service (a NIM): the demo then embeds with it as set."""
+    from medvec.embedders.factory import embedder_config
+
+    try:
+        return not embedder_config(settings).runs_in_process
+    except ValueError:  # an unknown model or a NIM without a URL: the demo's own model takes over
+        return False
 
 
 def show_collection(settings: Settings) -> None:
