@@ -5,15 +5,18 @@ One table per model, so embedding with a new model never touches another model's
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 
-from medvec.tables.records import ImageRecord, image_table_schema
+from medvec.tables.records import ImageRecord, image_table_schema, missing_record_fields
 from medvec.home import image_table_name  # noqa: F401 - named in medvec.home, re-exported for table callers
 from medvec.tables.database import open_table_if_exists, sql_string
+
+log = logging.getLogger(__name__)
 
 
 class TableDimensionMismatch(ValueError):
@@ -42,6 +45,15 @@ def open_image_table(db, name: str, dim: int):
         raise TableDimensionMismatch(
             f"table {name} holds {existing}-d vectors but this model gives {dim}-d vectors; "
             "use the model the table was built with, or give this model its own name")
+    missing = missing_record_fields(table.schema)
+    if missing:  # a table from before these columns: add them (null) so new rows fit
+        try:
+            table.add_columns(missing)
+        except Exception as exc:  # noqa: BLE001 - another writer added them first
+            if missing_record_fields(db.open_table(name).schema):
+                raise
+            log.info("columns already added by another writer (%s)", type(exc).__name__)
+        table = db.open_table(name)
     return table
 
 
