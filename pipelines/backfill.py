@@ -134,7 +134,8 @@ class BackfillSummary:
     failed_runs: list[str] = field(default_factory=list)  # batch names, "embedding_model", "search_refresh"
     ok: int = 0
     errors: int = 0
-    embedded: int = 0
+    embedded: int = 0  # vectors the model computed
+    embed_skipped: int = 0  # images already in the model's table with the same content and revision
     model: str | None = None
     table: str | None = None
     indexed: bool = False
@@ -145,7 +146,7 @@ class BackfillSummary:
         """The documented `medvec backfill --json` object."""
         return {"batches": self.batches, "normalize_runs": self.normalize_runs, "embed_runs": self.embed_runs,
                 "failed_runs": self.failed_runs, "ok": self.ok, "errors": self.errors, "embedded": self.embedded,
-                "model": self.model, "table": self.table, "indexed": self.indexed,
+                "embed_skipped": self.embed_skipped, "model": self.model, "table": self.table, "indexed": self.indexed,
                 "reaped_runs": self.reaped_runs, "seconds": round(self.seconds, 2)}
 
 
@@ -216,4 +217,6 @@ def _embed(summary: BackfillSummary, batches: list[str], instance: dg.DagsterIns
             summary.failed_runs.extend(group)
             continue
         # One materialisation per batch, all carrying the run's totals.
-        summary.embedded += result.asset_materializations_for_node("image_embeddings")[0].metadata["rows_written"].value
+        metadata = result.asset_materializations_for_node("image_embeddings")[0].metadata
+        summary.embedded += metadata["embedded"].value
+        summary.embed_skipped += metadata["skipped"].value

@@ -135,7 +135,7 @@ def _print_ingest(summary, settings: Settings) -> int:
     print(f"  batch records:         {settings.home / 'batches'}")
     if summary.model:
         print(f"  embeddings:            {summary.embedded} vector(s) from {summary.model} in table {summary.table} "
-              f"at {settings.lancedb_uri}")
+              f"at {settings.lancedb_uri}; {summary.embed_skipped} already there (not embedded again)")
     print_errors(summary.errors)
     if summary.failed_runs:
         print(f"Dagster runs failed for batch(es) {', '.join(summary.failed_runs)}: open `dagster dev` to see why")
@@ -217,7 +217,8 @@ def _print_backfill(summary, chosen: list, reaped: list) -> int:
     print(f"re-ran {len(chosen)} batch(es) in {summary.seconds:.1f}s: {summary.ok} image(s) ok, {summary.errors} "
           f"error(s); {summary.normalize_runs} normalise run(s), embedding runs {runs}")
     if summary.model:
-        print(f"  {summary.embedded} vector(s) from {summary.model} in {summary.table}"
+        print(f"  {summary.embedded} vector(s) from {summary.model} in {summary.table}, "
+              f"{summary.embed_skipped} already there (not embedded again)"
               + ("; search assets refreshed" if summary.indexed else ""))
     if reaped:
         print(f"  {len(reaped)} run(s) of a killed medvec command marked failed and their pool slots freed")

@@ -45,7 +45,8 @@ class IngestSummary:
     failed_runs: list[str] = field(default_factory=list)
     model: str | None = None  # None when embedding was skipped
     table: str | None = None
-    embedded: int = 0
+    embedded: int = 0  # vectors the model computed
+    embed_skipped: int = 0  # images already in the model's table with the same content and revision
     indexed: bool = False  # image_index, fallback_queries and similar_images refreshed
     report_files: int = 0  # report files among `files` (MIMIC .txt, Open-I .xml)
     reports: int = 0  # reports stored (Indiana CSV rows included)
@@ -56,7 +57,7 @@ class IngestSummary:
                 "ok": self.ok, "errors": len(self.errors), "skipped": self.skipped,
                 "seconds": round(self.seconds, 2), "metadata_csv": self.metadata_csv, "dataset": self.dataset,
                 "failed_runs": self.failed_runs, "model": self.model, "table": self.table,
-                "embedded": self.embedded, "indexed": self.indexed, "report_files": self.report_files, "reports": self.reports, "error_records": [e.to_row() for e in self.errors]}
+                "embedded": self.embedded, "embed_skipped": self.embed_skipped, "indexed": self.indexed, "report_files": self.report_files, "reports": self.reports, "error_records": [e.to_row() for e in self.errors]}
 
 
 def pending_batches(settings: Settings, manifests: list[BatchManifest], source_root: str,
@@ -150,7 +151,8 @@ def ingest(source_root: str, settings: Settings, *, limit: int | None = None,
         report_ids.update(r.report_id for r in load_batch_reports(settings.home, manifest.batch))
         if embed and result.success:
             [materialization] = result.asset_materializations_for_node("image_embeddings")
-            summary.embedded += materialization.metadata["rows_written"].value
+            summary.embedded += materialization.metadata["embedded"].value
+            summary.embed_skipped += materialization.metadata["skipped"].value
         progress.report("ingest runs", number, len(manifests))
     if embed and summary.embedded:
         progress.report("refreshing the search index", 0, 1)

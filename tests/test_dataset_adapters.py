@@ -157,7 +157,7 @@ def test_chexpert_train_and_valid(tmp_path, settings, dagster_instance):
     assert two.labels == ["Lung Opacity", "Fracture"] and two.extra["uncertain_labels"] == "Cardiomegaly"
     assert (one.view_position, side.view_position, val.view_position) == ("AP", "LATERAL", "PA")
     assert (one.split, val.split) == ("train", "validate") and val.labels == ["Cardiomegaly"]
-    assert (two.extra["sex"], two.extra["age_group"], side.extra["age_group"]) == ("female", "80-89", "90+")
+    assert (two.sex, two.age_group, side.age_group) == ("female", "80-89", "90+")
     assert two.subject_key == side.subject_key != one.subject_key and two.study_id == side.study_id
 
 
@@ -182,7 +182,7 @@ def test_nih_data_entry_and_split_lists(tmp_path, settings, dagster_instance):
     assert got["00000004_000.png"].labels == ["No Finding"]
     assert [got[r[0]].split for r in rows] == ["train", "train", "test", "train"]
     assert [got[r[0]].view_position for r in rows] == ["PA", "PA", "AP", "PA"]
-    assert got["00000003_000.png"].extra["sex"] == "female" and got["00000003_000.png"].extra["age_group"] == "80-89"
+    assert got["00000003_000.png"].sex == "female" and got["00000003_000.png"].age_group == "80-89"
     assert got["00000001_000.png"].subject_key == got["00000001_001.png"].subject_key
     assert got["00000001_000.png"].study_id != got["00000001_001.png"].study_id  # two follow-up visits
 
@@ -211,8 +211,8 @@ def test_vindr_cxr_keeps_every_radiologist(tmp_path, settings, dagster_instance)
     assert test.extra["unmapped_labels"] == "Tuberculosis"
 
 
-def test_scin_cases_and_dermatologist_labels(tmp_path, settings, dagster_instance):
-    root = tmp_path / "scin"
+def write_scin(root) -> None:
+    """Three photographs of two SCIN cases in the published layout (FST3 female, unknown-type male)."""
     cases_header = ["case_id", "source", "release", "year", "age_group", "sex_at_birth", "fitzpatrick_skin_type",
                     "race_ethnicity_white", "race_ethnicity_black_or_african_american", "body_parts_arm",
                     "body_parts_palm", "related_category", "condition_duration", "image_1_path", "image_2_path",
@@ -236,20 +236,24 @@ def test_scin_cases_and_dermatologist_labels(tmp_path, settings, dagster_instanc
     write_csv(root / "dataset" / "scin_labels.csv", labels_header, label_rows)
     for i, name in enumerate(["-3205742176803893704", "-1234567890123456789", "-4762289084741430925"]):
         write_image(root / "dataset" / "images" / f"{name}.png", i, "PNG-RGB")
+
+
+def test_scin_cases_and_dermatologist_labels(tmp_path, settings, dagster_instance):
+    root = tmp_path / "scin"
+    write_scin(root)
     assert detect_dataset(str(root)).name == "scin"
     got = ingest_folder(root, settings, dagster_instance)
     close, angle, other = (got[f"{n}.png"] for n in ["-3205742176803893704", "-1234567890123456789", "-4762289084741430925"])
     assert close.labels == angle.labels == ["Eczema", "Allergic Contact Dermatitis", "Insect Bite"]
     assert json.loads(close.extra["label_weights"]) == {"Eczema": 0.41, "Allergic Contact Dermatitis": 0.33, "Insect Bite": 0.26}
     assert (close.view_position, angle.view_position, other.view_position) == ("CLOSE_UP", "AT_AN_ANGLE", "AT_DISTANCE")
-    assert {k: close.extra[k] for k in ("sex", "age_group", "fitzpatrick_skin_type",
-                                        "dermatologist_fitzpatrick_skin_types", "monk_skin_tone_us",
+    assert (close.sex, close.age_group, close.skin_type) == ("female", "AGE_30_TO_39", "FST3")  # columns
+    assert {k: close.extra[k] for k in ("dermatologist_fitzpatrick_skin_types", "monk_skin_tone_us",
                                         "monk_skin_tone_india")} == {
-        "sex": "female", "age_group": "AGE_30_TO_39", "fitzpatrick_skin_type": "FST3",
         "dermatologist_fitzpatrick_skin_types": "FST4|FST3", "monk_skin_tone_us": "3", "monk_skin_tone_india": "4"}
     assert close.extra["body_parts"] == "arm"
     assert not any(k.startswith("race") for k in close.extra)  # dropped as identifying
-    assert other.labels == [] and other.extra["sex"] == "male" and close.subject_key == angle.subject_key != other.subject_key
+    assert other.labels == [] and (other.sex, other.skin_type) == ("male", None) and close.subject_key == angle.subject_key != other.subject_key
 
 
 def test_generic_csv_still_works_and_dataset_override(tmp_path, settings, dagster_instance):

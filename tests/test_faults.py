@@ -368,6 +368,8 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
             summary = ingest(str(folder), Settings.from_env(), instance=dagster_instance, workers=1,
                              embedder=embedder_resource(Settings.from_env()))
             assert summary.embedded == 2 and not summary.failed_runs
+            # Nothing is embedded twice: empty the table so the backfill must call the NIM, with the wrong key.
+            database.connect(settings.lancedb_uri).open_table(summary.table).delete("true")
             monkeypatch.setenv("NVIDIA_API_KEY", wrong_key)  # a rejected key fails the run, and is not shown
             rejected = backfill(settings, summary.batches, instance=dagster_instance,
                                 embedder=embedder_resource(Settings.from_env()), refresh=False)

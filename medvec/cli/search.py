@@ -32,6 +32,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", action="append", help="only images with this finding; repeatable (any of)")
     parser.add_argument("--modality", action="append", help="only this modality (CR, DX, ...)")
     parser.add_argument("--split", action="append", type=split_argument, help="only this split (train, validate, test)")
+    parser.add_argument("--sex", action="append", help="only this sex (male, female, other); repeatable")
+    parser.add_argument("--age-group", action="append", help="only this age group (40-49, AGE_30_TO_39, ...)")
+    parser.add_argument("--skin-type", action="append", help="only this Fitzpatrick skin type (FST1 ... FST6)")
     parser.add_argument("--model", help="which model's table (default: $MEDVEC_MODEL)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--reports", action="store_true",
@@ -92,7 +95,8 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def _filters(args: argparse.Namespace):
     from medvec.search.images import Filters
 
-    return Filters.of(view=args.view, modality=args.modality, split=args.split, labels=args.label)
+    return Filters.of(view=args.view, modality=args.modality, split=args.split, labels=args.label, sex=args.sex,
+                      age_group=args.age_group, skin_type=args.skin_type)
 
 
 def _run_search(args: argparse.Namespace, ask) -> int:

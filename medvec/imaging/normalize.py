@@ -203,6 +203,10 @@ def _apply_metadata(record: ImageRecord, meta: ImageMetadata) -> None:
     record.subject_key = meta.subject_key or record.subject_key
     record.study_id = meta.study_id or record.study_id
     weights = {"label_weights": json.dumps(meta.label_weights, sort_keys=True)} if meta.label_weights else {}
-    record.extra = {**meta.extra, **meta.demographics, **weights, **record.extra}
+    demographics = dict(meta.demographics)
+    record.sex = demographics.pop("sex", None) or record.sex
+    record.age_group = demographics.pop("age_group", None) or record.age_group
+    record.skin_type = demographics.pop("fitzpatrick_skin_type", None) or record.skin_type
+    record.extra = {**meta.extra, **demographics, **weights, **record.extra}
 
 

@@ -2,6 +2,8 @@
 
 Preparing (WebP decode, resize, normalise, or PNG encoding for a NIM) runs in spawned workers a
 few chunks ahead, so the model never waits for decoding; vectors come back in record order.
+`embed_missing` embeds only what the model's table does not already hold for the same content and
+model revision, so a re-run, a backfill or an overlapping batch costs no model (or paid NIM) call.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from medvec.embedders.base import Embedder, ImagePreparer
+from medvec.tables.images import StoredEmbedding
 from medvec.tables.records import ImageRecord, IngestError
 from medvec.storage import HomePath, as_path
 
@@ -32,10 +35,17 @@ class EmbeddedBatch:
     vectors: np.ndarray  # (len(records), dim) float32, L2-normalised
     errors: list[IngestError] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: int = 0  # records whose stored vector was kept (same content, same model revision)
+    embedded_at: list[str | None] | None = None  # per record: a kept vector's original time, None for new
+
+    @property
+    def embedded(self) -> int:
+        """Vectors the model computed in this call."""
+        return len(self.records) - self.skipped
 
     @property
     def images_per_second(self) -> float:
-        return len(self.records) / self.seconds if self.seconds > 0 else 0.0
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
 
 def _prepare_chunk(prepare: ImagePreparer, paths: list[HomePath]) -> list:
@@ -102,6 +112,30 @@ def embed_records(records: list[ImageRecord], home: HomePath, embedder: Embedder
     dim = embedder.dim
     stacked = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
     return EmbeddedBatch(kept, stacked, errors, time.perf_counter() - started)
+
+
+def is_embedded(record: ImageRecord, stored: StoredEmbedding | None, model_id: str, revision: str | None) -> bool:
+    """Whether the stored vector is this record's: same source content, same model and revision."""
+    return (stored is not None and stored.content_sha256 == record.content_sha256
+            and (stored.model_id, stored.model_revision) == (model_id, revision))
+
+
+def embed_missing(records: list[ImageRecord], home: HomePath, embedder: Embedder,
+                  stored: dict[str, StoredEmbedding], *, model_id: str, revision: str | None,
+                  progress: Callable[[int, int], None] | None = None, **options) -> EmbeddedBatch:
+    """Like `embed_records`, but a record whose stored vector is already its own keeps that vector
+    (and its `embedded_at`) and is not sent to the model; only new or changed images are embedded."""
+    kept = [r for r in records if is_embedded(r, stored.get(r.image_id), model_id, revision)]
+    fresh = [r for r in records if not is_embedded(r, stored.get(r.image_id), model_id, revision)]
+    if not fresh:
+        result = EmbeddedBatch([], np.zeros((0, embedder.dim), np.float32))
+    else:
+        result = embed_records(fresh, home, embedder, progress=progress, **options)
+    reused = np.stack([stored[r.image_id].vector for r in kept]).astype(np.float32) if kept else None
+    vectors = result.vectors if reused is None else np.concatenate([result.vectors.reshape(-1, reused.shape[1]),
+                                                                    reused])
+    return EmbeddedBatch(result.records + kept, vectors, result.errors, result.seconds, skipped=len(kept),
+                         embedded_at=[None] * len(result.records) + [stored[r.image_id].embedded_at for r in kept])
 
 
 def check_vectors(vectors: np.ndarray, dim: int) -> list[str]:

@@ -302,11 +302,19 @@ def _filter_mask(loaded: LoadedTable, filters: Filters) -> np.ndarray:
     """The rows whose metadata passes every filter (each list any-of)."""
     mask = np.ones(len(loaded.ids), dtype=bool)
     meta = loaded.meta
-    for column, values in (("view_position", filters.view), ("modality", filters.modality),
-                           ("split", filters.split)):
-        if values:
-            col = pc.utf8_upper(meta.column(column)) if column != "split" else meta.column(column)
-            mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(list(values))), False).to_numpy(zero_copy_only=False)
+    # Each filter compares in the case Filters.of gives its values; a table from before a column
+    # existed (sex, age_group, skin_type) has no such rows: nothing there matches.
+    for column, values, case in (("view_position", filters.view, pc.utf8_upper),
+                                 ("modality", filters.modality, pc.utf8_upper), ("split", filters.split, None),
+                                 ("sex", filters.sex, pc.utf8_lower), ("age_group", filters.age_group, pc.utf8_upper),
+                                 ("skin_type", filters.skin_type, pc.utf8_upper)):
+        if not values:
+            continue
+        if column not in meta.column_names:
+            mask[:] = False
+            continue
+        col = case(meta.column(column)) if case else meta.column(column)
+        mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(list(values))), False).to_numpy(zero_copy_only=False)
     if filters.labels:
         labels = meta.column("labels").combine_chunks()
         flat = pc.utf8_lower(pc.list_flatten(labels))  # "pleural effusion" finds "Pleural Effusion"

@@ -39,7 +39,7 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 #: Columns a hit carries as metadata. `source_uri` is left out on purpose: file paths can hold
 #: identifiers (names, MRNs in folder names) and a search client has no use for them.
 HIT_COLUMNS = ("image_id", "study_id", "series_id", "subject_key", "view_position", "modality", "body_part",
-               "labels", "split", "rows", "columns", "width", "height", "source_format", "photometric",
+               "labels", "split", "sex", "age_group", "skin_type", "rows", "columns", "width", "height", "source_format", "photometric",
                "bits_stored", "window_source", "batch", "image_uri", "thumb_uri", "extra")
 #: Rows per `take_offsets` page while loading: 2,048 x 1,152 floats is 9 MB in flight beside the matrix.
 LOAD_BATCH_ROWS = 2_048

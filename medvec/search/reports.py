@@ -217,7 +217,10 @@ class ReportSearch:
         except SearchInputError:
             return False
         checks = ((filters.view, (meta.get("view_position") or "").upper()),
-                  (filters.modality, (meta.get("modality") or "").upper()), (filters.split, meta.get("split")))
+                  (filters.modality, (meta.get("modality") or "").upper()), (filters.split, meta.get("split")),
+                  (filters.sex, (meta.get("sex") or "").lower()),
+                  (filters.age_group, (meta.get("age_group") or "").upper()),
+                  (filters.skin_type, (meta.get("skin_type") or "").upper()))
         if any(wanted and value not in wanted for wanted, value in checks):
             return False
         if filters.labels:

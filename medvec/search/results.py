@@ -28,9 +28,13 @@ class Filters:
     modality: tuple[str, ...] = ()
     split: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    sex: tuple[str, ...] = ()  # male | female | other
+    age_group: tuple[str, ...] = ()  # as stored ("40-49", "AGE_30_TO_39")
+    skin_type: tuple[str, ...] = ()  # Fitzpatrick, as stored ("FST3")
 
     @classmethod
-    def of(cls, view=None, modality=None, split=None, labels=None) -> "Filters":
+    def of(cls, view=None, modality=None, split=None, labels=None, sex=None, age_group=None,
+           skin_type=None) -> "Filters":
         def clean(values):
             if values is None:
                 return ()
@@ -39,10 +43,12 @@ class Filters:
             return tuple(sorted({str(v).strip() for v in values if str(v).strip()}))
 
         return cls(view=tuple(v.upper() for v in clean(view)), modality=tuple(m.upper() for m in clean(modality)),
-                   split=clean(split), labels=clean(labels))
+                   split=clean(split), labels=clean(labels), sex=tuple(v.lower() for v in clean(sex)),
+                   age_group=tuple(v.upper() for v in clean(age_group)),
+                   skin_type=tuple(v.upper() for v in clean(skin_type)))
 
     def __bool__(self) -> bool:
-        return bool(self.view or self.modality or self.split or self.labels)
+        return any(self.__dict__.values())
 
     def to_json(self) -> dict:
         return {k: list(v) for k, v in self.__dict__.items() if v}

@@ -5,14 +5,18 @@ One table per model, so embedding with a new model never touches another model's
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 
-from medvec.tables.records import ImageRecord, image_table_schema
+from medvec.tables.records import ImageRecord, image_table_schema, missing_record_fields
 from medvec.home import image_table_name  # noqa: F401 - named in medvec.home, re-exported for table callers
 from medvec.tables.database import open_table_if_exists, sql_string
+
+log = logging.getLogger(__name__)
 
 
 class TableDimensionMismatch(ValueError):
@@ -34,6 +38,15 @@ def open_image_table(db, name: str, dim: int):
         raise TableDimensionMismatch(
             f"table {name} holds {existing}-d vectors but this model gives {dim}-d vectors; "
             "use the model the table was built with, or give this model its own name")
+    missing = missing_record_fields(table.schema)
+    if missing:  # a table from before these columns: add them (null) so new rows fit
+        try:
+            table.add_columns(missing)
+        except Exception as exc:  # noqa: BLE001 - another writer added them first
+            if missing_record_fields(db.open_table(name).schema):
+                raise
+            log.info("columns already added by another writer (%s)", type(exc).__name__)
+        table = db.open_table(name)
     return table
 
 
@@ -76,16 +89,51 @@ def vectors_of(data: pa.Table) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(data.num_rows, dim)
 
 
+#: Ids per `IN (...)` filter when looking up stored rows, so one query's SQL stays small.
+_LOOKUP_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    """What a model's table already holds for one image: enough to tell whether it must be embedded again."""
+
+    content_sha256: str
+    model_id: str | None
+    model_revision: str | None
+    vector: np.ndarray
+    embedded_at: str | None
+
+
+def stored_embeddings(table, image_ids: list[str]) -> dict[str, StoredEmbedding]:
+    """image_id → its stored embedding, for the ids the table holds (in any batch)."""
+    columns = ["image_id", "content_sha256", "model_id", "model_revision", "vector", "embedded_at"]
+    found: dict[str, StoredEmbedding] = {}
+    unique = sorted(set(image_ids))
+    for start in range(0, len(unique), _LOOKUP_CHUNK):
+        ids = ", ".join(sql_string(i) for i in unique[start:start + _LOOKUP_CHUNK])
+        data = table.search().where(f"image_id IN ({ids})").select(columns).limit(None).to_arrow()
+        if data.num_rows == 0:
+            continue
+        vectors = vectors_of(data)
+        for i, row in enumerate(data.drop_columns(["vector"]).to_pylist()):
+            found[row["image_id"]] = StoredEmbedding(row["content_sha256"], row["model_id"], row["model_revision"],
+                                                     vectors[i], row["embedded_at"])
+    return found
+
+
 def image_rows(records: list[ImageRecord], vectors: np.ndarray, *, dim: int, model_id: str,
-               revision: str | None) -> pa.Table:
+               revision: str | None, embedded_at: list[str | None] | None = None) -> pa.Table:
+    """Table rows for records and their vectors; `embedded_at` keeps a reused vector's original time
+    (None, or no list: now)."""
     if len(records) != len(vectors):
         raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
-    embedded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    times = embedded_at if embedded_at is not None else [None] * len(records)
     rows = []
-    for record, vector in zip(records, vectors):
+    for record, vector, when in zip(records, vectors, times):
         row = record.to_row()
         row.update(vector=vector.astype(np.float32).tolist(), model_id=model_id, model_revision=revision,
-                   embedded_at=embedded_at)
+                   embedded_at=when or now)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=image_table_schema(dim))
 

@@ -36,6 +36,10 @@ class ImageRecord:
     window_source: str | None = None  # voi_lut | header_window | percentile | flat | 8bit | grey-rgb (equal channels) | colour (WebP in colour)
     labels: list[str] = field(default_factory=list)
     split: str | None = None
+    # Kept demographics (dataset adapters), searchable for fairness audits: never exact ages or ids.
+    sex: str | None = None  # male | female | other
+    age_group: str | None = None  # a band ("40-49", "90+") or the dataset's own ("AGE_30_TO_39")
+    skin_type: str | None = None  # Fitzpatrick type as the dataset writes it ("FST3")
     extra: dict[str, str] = field(default_factory=dict)  # other metadata-CSV columns, allowed tags
     width: int = 0  # of the viewing WebP
     height: int = 0
@@ -78,13 +82,24 @@ IMAGE_RECORD_SCHEMA = pa.schema([
     ("photometric", pa.string()), ("bits_stored", pa.int32()),
     ("pixel_spacing", pa.list_(pa.float64())), ("transfer_syntax", pa.string()),
     ("frames", pa.int32()), ("window_source", pa.string()), ("labels", pa.list_(pa.string())),
-    ("split", pa.string()), ("extra", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+    ("split", pa.string()), ("sex", pa.string()), ("age_group", pa.string()), ("skin_type", pa.string()),
+    ("extra", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
 ])
 
 INGEST_ERROR_SCHEMA = pa.schema([
     ("source_uri", pa.string()), ("batch", pa.string()), ("stage", pa.string()),
     ("error", pa.string()), ("message", pa.string()), ("at", pa.string()),
 ])
+
+
+#: Columns added to the record after tables were first written: an older table or batch file
+#: without them reads as null, and `missing_record_fields` names what to add before a write.
+LATER_RECORD_COLUMNS = ("sex", "age_group", "skin_type")
+
+
+def missing_record_fields(schema: pa.Schema) -> list[pa.Field]:
+    """The later record columns an existing table lacks (all nullable strings)."""
+    return [IMAGE_RECORD_SCHEMA.field(name) for name in LATER_RECORD_COLUMNS if name not in schema.names]
 
 
 def image_table_schema(dim: int) -> pa.Schema:

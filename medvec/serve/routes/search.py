@@ -117,8 +117,12 @@ def filters_query(view: Annotated[list[str], Query(description="any of these vie
              label: Annotated[list[str], Query(description="has any of these labels")] = [],
              modality: Annotated[list[str], Query(description="any of these modalities (CR, DX…)")] = [],
              split: Annotated[list[str], Query(description="any of these splits (train, valid, test)")] = [],
+             sex: Annotated[list[str], Query(description="any of these sexes (male, female, other)")] = [],
+             age_group: Annotated[list[str], Query(description="any of these age groups (40-49, AGE_30_TO_39…)")] = [],
+             skin_type: Annotated[list[str], Query(description="any of these Fitzpatrick skin types (FST1…FST6)")] = [],
              ) -> Filters:
-    return Filters.of(view=view, modality=modality, split=split, labels=label)
+    return Filters.of(view=view, modality=modality, split=split, labels=label, sex=sex, age_group=age_group,
+                      skin_type=skin_type)
 
 
 def search_json(result: SearchResult) -> dict:
