@@ -8,8 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
+
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
+from medvec.phi import Pseudonymizer
 from medvec.serve.embed_server import EmbedServer
 from medvec.tables import database
 from pipelines.backfill import backfill
@@ -71,7 +73,8 @@ def test_an_image_with_new_content_under_the_same_id_is_embedded_again(settings,
     folder, nim, summary = embedded
     before = {row["image_id"]: row for row in _rows(settings, summary.table)}
     dataset = pydicom.dcmread(folder / "CT_small.dcm")
-    changed_id = dataset.SOPInstanceUID
+    # Stored under its keyed replacement UID (PS3.15), made with the fixture's key.
+    changed_id = Pseudonymizer(settings.pseudonym_key.get_secret_value()).uid(dataset.SOPInstanceUID)
     dataset.PixelData = np.ascontiguousarray(dataset.pixel_array[::-1]).tobytes()  # same id, new content
     dataset.save_as(folder / "CT_small.dcm")
     inputs_before = nim_server.stats["inputs"]
