@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from medvec.ingest.batches import load_batch_records
 from medvec.phi import IDENTIFYING_TAGS, is_identifying_column
 from medvec.storage import HomePath
-from medvec.tables.database import EMBED_STAGES, list_errors, sql_string
+from medvec.tables.database import EMBED_STAGES, list_errors, sql_string, table_names
 from medvec.tables.images import table_dim, vectors_of
 
 #: Below this L2 norm a vector points nowhere: cosine search would rank it arbitrarily.
@@ -99,15 +99,6 @@ def _identifying(name: str) -> bool:
     return is_identifying_column(name) or any(squashed == tag.lower() for tag in _TAG_COLUMNS)
 
 
-def table_names(db) -> list[str]:
-    """Every table in the database, Medvec's or not."""
-    names, token = [], None
-    while True:
-        page = db.list_tables(page_token=token)
-        names += page.tables
-        token = page.page_token
-        if not token:
-            return sorted(names)
 
 
 def identifying_columns(db) -> dict[str, list[str]]:

@@ -60,3 +60,14 @@ def list_errors(db, batch: str | None = None) -> list[dict]:
     if batch is not None:
         query = query.where(f"batch = {sql_string(batch)}")
     return query.limit(None).to_arrow().sort_by([("batch", "ascending"), ("source_uri", "ascending")]).to_pylist()
+
+
+def table_names(db) -> list[str]:
+    """Every table in the database, Medvec's or not, sorted (LanceDB lists them a page at a time)."""
+    names, token = [], None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += page.tables
+        token = page.page_token
+        if not token:
+            return sorted(names)

@@ -12,14 +12,7 @@ from medvec.storage import HomePath, remove_tree
 
 
 def medvec_tables(db) -> list[str]:
-    names, token = [], None
-    while True:
-        page = db.list_tables(page_token=token)
-        names += page.tables
-        token = page.page_token
-        if not token:
-            break
-    return sorted(n for n in names if is_medvec_table(n))
+    return [n for n in database.table_names(db) if is_medvec_table(n)]
 
 
 def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
