@@ -13,7 +13,8 @@ export DAGSTER_HOME ?= $(MEDVEC_HOME)/dagster
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# What running needs (`pip install -e .`): `make demo` installs only this.
+# What running needs, plus the sample data's two real WG04 radiographs (`pip install -e '.[samples]'`):
+# `make demo` installs only this.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "CPU-only Linux: installing $(TORCH_SPEC) first"; \
 		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
 	elif [ "$(TORCH_SPEC)" != "torch==2.13.0" ]; then $(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[samples]'
 	touch $@
 
 # The test and docs toolchains on top (moto, playwright, torchmetrics, onnx, the cluster extra, mkdocs): its own stamp, so

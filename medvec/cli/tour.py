@@ -141,4 +141,13 @@ def run_evaluation(settings: Settings) -> None:
         return
     result = evaluate_models(database.connect(settings.lancedb_uri), targets, split="all", policy="exclude")
     paths = save_report(settings.home, result)
-    print(f"\nretrieval evaluation of {settings.model} saved (the page's Metrics tab shows it): {paths['json']}")
+    print(f"\nretrieval evaluation of {settings.model} (every image; the page's Metrics tab shows it):")
+    for section in result["models"]:
+        text, chance = section.get("text_to_image") or {}, section.get("chance") or {}
+        if "macro" in text and chance:
+            print(f"  text → image mAP {text['macro']['map']:.2f} (chance {chance['map']:.2f}); "
+                  f"image → image precision@10 {section['image_to_image']['precision@10']:.2f} "
+                  f"(chance {chance['precision@10']:.2f})")
+        for finding, m in (text.get("per_finding") or {}).items():
+            print(f"  {finding:<18} precision@5 {m['precision@5']:.2f}, mAP {m['map']:.2f}")
+    print(f"  report: {paths['json']}")
