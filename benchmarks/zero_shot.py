@@ -119,7 +119,7 @@ def comparison_table(section: dict, model: str) -> tuple[str, list[dict]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from medvec.evaluation.zero_shot import evaluate_zero_shot
-    from medvec.search.configured import eval_targets
+    from medvec.evaluation.targets import eval_targets
     from medvec.settings import Settings
     from medvec.tables import database
 

@@ -60,7 +60,7 @@ def _run_in_terminal(argv: list[str], env: dict) -> str:
 @pytest.mark.slow
 def test_ingest_in_a_terminal_shows_a_moving_bar_through_dagster(tmp_path):
     env = {**os.environ, "MEDVEC_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "MEDVEC_MODEL": "tiny-siglip", "COLUMNS": "120"}
+           "MEDVEC_MODEL": "tiny-siglip", "MEDVEC_PSEUDONYM_KEY": "progress-test-key", "COLUMNS": "120"}
     env.pop("MEDVEC_EMBEDDER", None)
     subprocess.run([MEDVEC, "sample-data", str(tmp_path / "sample"), "--count", "6"], env=env, check=True,
                    capture_output=True)

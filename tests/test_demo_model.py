@@ -54,7 +54,7 @@ def gate_collection(tmp_path_factory):
     from pipelines.ingest import ingest
 
     root = tmp_path_factory.mktemp("gate")
-    settings = Settings.from_env({"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "gate-key",
+    settings = Settings.from_env({"MEDVEC_HOME": str(root / "home"), "MEDVEC_PSEUDONYM_KEY": "gate-key", "MEDVEC_ALLOW_DEV_KEY": "1",
                                   "MEDVEC_MODEL": MODEL})
     sample = write_sample_data(root / "sample", count=48)
     with dg.instance_for_test() as instance:

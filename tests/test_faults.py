@@ -357,8 +357,8 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
     folder = tmp_path / "incoming"
     folder.mkdir()
     _with_sentinels("CT_small.dcm", folder / "ct.dcm")
-    _with_sentinels("MR_small_RLE.dcm", folder / "mr.dcm")
-    _with_sentinels("CT_small.dcm", folder / "cut.dcm", truncate=True)
+    _with_sentinels("MR_small_RLE.dcm", folder / "mr.dcm", n=2)  # its own UIDs: not a duplicate of ct.dcm
+    _with_sentinels("CT_small.dcm", folder / "cut.dcm", truncate=True, n=3)
     with EmbedServer(stand_in_model, api_key=key) as server:
         monkeypatch.setenv("MEDVEC_EMBEDDER", "nim")
         monkeypatch.setenv("MEDVEC_NIM_URL", server.url)
@@ -367,7 +367,7 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
         with caplog.at_level(logging.DEBUG):
             summary = ingest(str(folder), Settings.from_env(), instance=dagster_instance, workers=1,
                              embedder=embedder_resource(Settings.from_env()))
-            assert summary.embedded == 2 and not summary.failed_runs
+            assert summary.embedded == 2 and not summary.failed_runs, [(e.source_uri, e.stage, e.message) for e in summary.errors]
             # Nothing is embedded twice: empty the table so the backfill must call the NIM, with the wrong key.
             database.connect(settings.lancedb_uri).open_table(summary.table).delete("true")
             monkeypatch.setenv("NVIDIA_API_KEY", wrong_key)  # a rejected key fails the run, and is not shown

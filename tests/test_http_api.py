@@ -368,10 +368,14 @@ def test_report_search_gives_studies_with_marked_snippets_and_images_with_routes
     studies, images = body["studies"], body["images"]
     assert len(studies) == 6 and len(images) == 6
     assert "effusion" in studies[0]["snippet"].lower()
+    assert studies[0]["highlights"]
     for study in studies:
-        assert study["snippet"] and study["highlights"] and set(study["routes"]) <= {"bm25", "vector"}
+        # A study whose only mention is negated ("No pleural effusion.") has nothing marked.
+        assert study["snippet"] and set(study["routes"]) <= {"bm25", "vector"}
         marked = [study["snippet"][start:end].lower() for start, end in study["highlights"]]
         assert all(word.startswith(("small", "left", "effusion")) for word in marked), marked
+        for start, _ in study["highlights"]:
+            assert not study["snippet"][:start].lower().rstrip().endswith(("no", "no pleural")), study["snippet"]
         assert study["images"], study["study_key"]
         for image in study["images"]:
             assert image["thumbnail_url"] == f"/api/images/{image['image_id']}/thumbnail"
@@ -553,10 +557,12 @@ def test_openapi_documents_every_route(api):
         ("get", "/api/health"), ("get", "/api/search"), ("post", "/api/search/image"),
         ("get", "/api/similar/{image_id}"), ("get", "/api/images/{image_id}"),
         ("get", "/api/images/{image_id}/image"), ("get", "/api/images/{image_id}/thumbnail"), ("get", "/api/stats"),
-        ("get", "/api/eval"), ("get", "/api/eval/plot.png"), ("get", "/api/images/{image_id}/reports")}
+        ("get", "/api/eval"), ("get", "/api/eval/plot.png"), ("get", "/api/images/{image_id}/reports"),
+        ("get", "/api/eval/zero_shot.png"), ("post", "/api/search/refine")}
     assert all(op.get("summary") for op in operations.values())
     search_params = {p["name"] for p in operations[("get", "/api/search")]["parameters"]}
-    assert search_params == {"q", "k", "view", "label", "modality", "split", "reports", "mode"}
+    assert search_params == {"q", "k", "view", "label", "modality", "split", "sex", "age_group", "skin_type",
+                             "reports", "mode", "rerank"}
     assert {p["name"] for p in operations[("get", "/api/similar/{image_id}")]["parameters"]} >= {"image_id", "reports"}
     components = schema["components"]["schemas"]
     assert "HitOut" in components

@@ -39,7 +39,7 @@ def _put_in_hub_cache(cache: Path, repo_id: str, files: dict[str, str]) -> None:
 
 def test_registry_entries_are_consistent():
     assert set(REGISTRY) == {"siglip-base", "siglip-so400m", "medsiglip", "clip-b32", "biomedclip", "nvclip",
-                             "tiny-siglip", "tiny-biomedclip"}
+                             "medvec-demo-clip", "tiny-siglip", "tiny-biomedclip"}
     slugs = [spec.slug for spec in REGISTRY.values()]
     assert len(set(slugs)) == len(slugs) and all(re.fullmatch(r"[a-z0-9_]+", slug) for slug in slugs)
     for name, spec in REGISTRY.items():
@@ -105,9 +105,11 @@ def test_models_listing_says_what_this_machine_can_run(monkeypatch, empty_hub_ca
     rows = {row["name"]: row for row in model_rows()}
     assert list(rows) == list(REGISTRY)
     assert set(rows["siglip-base"]) == {"name", "model_id", "dim", "image_size", "loader", "gated", "licence",
-                                        "no_retrieval_quality", "available", "why_not"}
+                                        "no_retrieval_quality", "quality_note", "available", "why_not"}
     json.dumps(list(rows.values()))  # the --json contract
     assert rows["tiny-siglip"]["available"] and rows["tiny-siglip"]["no_retrieval_quality"]
+    assert "random weights" in rows["tiny-siglip"]["quality_note"]
+    assert rows["medvec-demo-clip"]["available"] and "synthetic" in rows["medvec-demo-clip"]["quality_note"]
     assert not rows["medsiglip"]["available"] and "HF_TOKEN" in rows["medsiglip"]["why_not"]
     assert not rows["siglip-base"]["available"] and "not downloaded" in rows["siglip-base"]["why_not"]
     assert "HF_TOKEN" not in rows["siglip-base"]["why_not"]

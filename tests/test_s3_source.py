@@ -43,6 +43,7 @@ def test_ingest_from_an_s3_prefix(bucket, s3_endpoint, tmp_path, monkeypatch, da
     _, name = bucket
     monkeypatch.setenv("MEDVEC_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("MEDVEC_PSEUDONYM_KEY", "s3-source-test-key")
     settings = Settings.from_env()
     summary = ingest(f"s3://{name}/downloads", settings, instance=dagster_instance, workers=2)
     assert summary.ok == 3 and [e.source_uri for e in summary.errors] == [f"s3://{name}/downloads/p10/s9/bad.dcm"]

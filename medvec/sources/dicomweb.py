@@ -104,6 +104,9 @@ class DicomWebSource(ImageSource):
     """A DICOMweb service root. `settings` supplies credentials and defaults; by default they are read
     from the environment, so worker processes (which open the source from a manifest's root) get them too."""
 
+    #: Instances only: no dataset's published CSVs to detect or read beside them.
+    holds_dataset_files = False
+
     def __init__(self, root: str, settings: DicomWebSettings | None = None):
         self.root = root.rstrip("/")
         self.settings = settings if settings is not None else dicomweb_settings()

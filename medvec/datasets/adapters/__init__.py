@@ -54,6 +54,8 @@ def is_dataset_metadata_file(uri: str) -> bool:
 def choose_metadata(source, dataset: str | None = None, metadata_csv: str | None = None) -> tuple[str | None, str | None]:
     """(dataset adapter name, metadata CSV) for a source: `--dataset` wins, an explicit `--metadata` means
     the generic CSV, else the files present decide. The generic adapter travels as today's `metadata_csv`."""
+    if not getattr(source, "holds_dataset_files", True):
+        return None, metadata_csv  # an archive (DICOMweb) serves instances, not a dataset's published files
     if dataset:
         adapter = get_adapter(dataset)
     elif metadata_csv:
