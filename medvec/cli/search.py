@@ -99,18 +99,27 @@ def _filters(args: argparse.Namespace):
                       age_group=args.age_group, skin_type=args.skin_type)
 
 
-def _run_search(args: argparse.Namespace, ask) -> int:
-    """Run one query and print it; bad input is a plain message and exit code 2."""
+def _answer(args: argparse.Namespace, ask):
+    """(`ask`'s answer over the model's search, None), or (None, exit code 2) after a plain message for bad
+    input; the search is closed either way."""
     from medvec.search.configured import open_search
     from medvec.search.images import NotIndexed, SearchInputError
+    from medvec.search.reports import NoReports
 
     search = open_search(get_settings(), args.model)
     try:
-        result = ask(search)
-    except (SearchInputError, NotIndexed) as exc:
-        return refuse(f"medvec: {exc}")
+        return ask(search), None
+    except (SearchInputError, NotIndexed, NoReports) as exc:
+        return None, refuse(f"medvec: {exc}")
     finally:
         search.close()
+
+
+def _run_search(args: argparse.Namespace, ask) -> int:
+    """Run one query and print it; bad input is a plain message and exit code 2."""
+    result, code = _answer(args, ask)
+    if result is None:
+        return code
     if args.json:
         print_json(result.to_json())
         return 0
@@ -126,17 +135,11 @@ def _run_search(args: argparse.Namespace, ask) -> int:
 
 
 def _run_report_search(args: argparse.Namespace, ask) -> int:
-    from medvec.search.configured import open_search
-    from medvec.search.images import NotIndexed, SearchInputError
-    from medvec.search.reports import NoReports, ReportSearch
+    from medvec.search.reports import ReportSearch
 
-    search = open_search(get_settings(), args.model)
-    try:
-        result = ask(ReportSearch(search))
-    except (SearchInputError, NotIndexed, NoReports) as exc:
-        return refuse(f"medvec: {exc}")
-    finally:
-        search.close()
+    result, code = _answer(args, lambda search: ask(ReportSearch(search)))
+    if result is None:
+        return code
     if args.json:
         print_json(result)
         return 0
@@ -183,26 +186,20 @@ def _print_similar_with_reports(result: dict) -> None:
 
 def _run_refined_search(args: argparse.Namespace) -> int:
     """Study-level, per-patient, image + text or feedback search: `medvec.search.studies.refined_search`."""
-    from medvec.search.configured import open_search
     from medvec.search.feedback import Refinement
-    from medvec.search.images import NotIndexed, SearchInputError
     from medvec.search.reports import ReportSearch
     from medvec.search.studies import refined_search
 
     path = Path(args.image) if args.image else None
     if path is not None and not path.is_file():
         return refuse(f"medvec search: no file {path}")
-    search = open_search(get_settings(), args.model)
-    try:
-        result = refined_search(search, k=args.k, filters=_filters(args), text=" ".join(args.text) or None,
-                                image=path.read_bytes() if path else None, filename=path.name if path else "query",
-                                refinement=Refinement.of(args.text_weight, args.relevant, args.not_relevant),
-                                by_study=args.by_study, per_patient=args.per_patient, study_score=args.study_score,
-                                reports=ReportSearch(search))
-    except (SearchInputError, NotIndexed) as exc:
-        return refuse(f"medvec: {exc}")
-    finally:
-        search.close()
+    result, code = _answer(args, lambda search: refined_search(
+        search, k=args.k, filters=_filters(args), text=" ".join(args.text) or None,
+        image=path.read_bytes() if path else None, filename=path.name if path else "query",
+        refinement=Refinement.of(args.text_weight, args.relevant, args.not_relevant), by_study=args.by_study,
+        per_patient=args.per_patient, study_score=args.study_score, reports=ReportSearch(search)))
+    if result is None:
+        return code
     if args.json:
         print_json(result)
         return 0
