@@ -407,6 +407,67 @@ def test_int8_text_tower_is_kept_only_when_its_answers_match_float32(embedder, s
     assert checks["float32"]["chosen"] == "float32" and "overlap" not in checks["float32"]
 
 
+@pytest.fixture(scope="module")
+def demo_model():
+    """`medvec demo`'s model (medvec-demo-clip, shipped in the package)."""
+    from medvec.embedders.transformers_local import TransformersEmbedder
+    from medvec.models.demo_clip import WEIGHTS_DIR
+    from medvec.models.registry import resolve_model
+
+    with TransformersEmbedder(resolve_model("medvec-demo-clip"), WEIGHTS_DIR) as demo:
+        yield demo
+
+
+def test_demo_model_int8_text_tower_is_under_a_third_of_float32_and_ranks_like_it(demo_model, tmp_path):
+    """The demo's tower is 64 wide: unless the file is compacted its names and shapes outweigh its int8 weights."""
+    from medvec.bundle.export_onnx import cpu_float32_text_tower, export_text_tower
+    from medvec.bundle.quantize import choose_text_precision
+    from medvec.models.demo_clip.data import training_images
+    from medvec.search.precompute import FALLBACK_QUERIES
+
+    pictures = training_images(60, 11, demo_model.image_preparer())
+    images = demo_model.embed_prepared([picture.pixels for picture in pictures])
+    queries = list(FALLBACK_QUERIES)
+    ids = python_token_ids(demo_model.tokenizer, queries, demo_model.spec.text_length)
+    path = tmp_path / "text.onnx"
+    export_text_tower(cpu_float32_text_tower(demo_model), ids, path)
+    check = choose_text_precision(path, "auto", ids, queries, images)
+    assert check["chosen"] == "int8" and check["overlap"] >= 0.95
+    assert check["int8_bytes"] * 3 <= check["float32_bytes"]  # both files as the build writes them
+
+
+def test_compacting_an_onnx_file_keeps_its_answers_and_drops_what_only_people_read(demo_model, tmp_path):
+    """Quantised as onnxruntime writes it (long names, every intermediate shape, a zero point per weight),
+    then compacted: the same numbers (to float32 rounding: onnxruntime's optimiser sees the graph without the
+    shapes) from a smaller file with the same input and output."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from medvec.bundle.compact_onnx import compact_onnx
+    from medvec.bundle.export_onnx import cpu_float32_text_tower, export_text_tower
+
+    ids = python_token_ids(demo_model.tokenizer, check_prompts(), demo_model.spec.text_length)
+    export_text_tower(cpu_float32_text_tower(demo_model), ids, tmp_path / "float32.onnx")
+    quantize_dynamic(str(tmp_path / "float32.onnx"), str(tmp_path / "as_written.onnx"), weight_type=QuantType.QInt8)
+    shutil.copyfile(tmp_path / "as_written.onnx", tmp_path / "compacted.onnx")
+    size = compact_onnx(tmp_path / "compacted.onnx")
+
+    def run(name):
+        session = onnxruntime.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        return session.run(["text_embeds"], {"input_ids": np.asarray(ids, np.int64)})[0]
+
+    assert np.allclose(run("compacted.onnx"), run("as_written.onnx"), rtol=0, atol=1e-6)
+    before, after = onnx.load(str(tmp_path / "as_written.onnx")), onnx.load(str(tmp_path / "compacted.onnx"))
+    assert size < 0.95 * (tmp_path / "as_written.onnx").stat().st_size  # the float32 input was compacted already
+    assert [v.name for v in after.graph.input] == ["input_ids"] and [v.name for v in after.graph.output] == \
+        ["text_embeds"]
+    assert [n.op_type for n in after.graph.node] == [n.op_type for n in before.graph.node]
+    assert len(after.graph.value_info) == 0 and {n.name for n in after.graph.node} == {""}
+    contents = [(t.data_type, tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes()) for t in after.graph.initializer]
+    assert len(set(contents)) == len(contents) < len(before.graph.initializer)  # the equal zero points are one
+
+
 def test_a_folder_that_is_not_a_bundle_is_never_replaced(search, embedder, search_collection, ort_web, tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(BundleError, match="not a Medvec bundle"):
