@@ -351,14 +351,14 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
     from dagster._serdes import serialize_value  # run snapshots are stored compressed: read them back
 
     from resources.embedders import embedder_resource
-    from tests.test_phi import SENTINELS, _with_sentinels
+    from tests.test_phi import SENTINELS, write_sentinel_dicom
 
     key, wrong_key = "nvapi-ZZKEYSENTINELQQ-0123456789", "nvapi-ZZWRONGKEYSENTINELQQ-987"
     folder = tmp_path / "incoming"
     folder.mkdir()
-    _with_sentinels("CT_small.dcm", folder / "ct.dcm")
-    _with_sentinels("MR_small_RLE.dcm", folder / "mr.dcm", n=2)  # its own UIDs: not a duplicate of ct.dcm
-    _with_sentinels("CT_small.dcm", folder / "cut.dcm", truncate=True, n=3)
+    write_sentinel_dicom("CT_small.dcm", folder / "ct.dcm")
+    write_sentinel_dicom("MR_small_RLE.dcm", folder / "mr.dcm", n=2)  # its own UIDs: not a duplicate of ct.dcm
+    write_sentinel_dicom("CT_small.dcm", folder / "cut.dcm", truncate=True, n=3)
     with EmbedServer(stand_in_model, api_key=key) as server:
         monkeypatch.setenv("MEDVEC_EMBEDDER", "nim")
         monkeypatch.setenv("MEDVEC_NIM_URL", server.url)
