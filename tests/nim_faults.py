@@ -22,9 +22,10 @@ class Fault:
     """What to do to one request. `Fault()` forwards it untouched.
 
     status: answer this status (with Retry-After when `retry_after` is set) without forwarding.
-    sleep_s: wait this long before forwarding (longer than the client's timeout: a timeout).
     stall: answer nothing until the client sends its next request (it gave up: a timeout whatever the
         machine's load, with no sleep to outlast the client's timeout), then forward.
+    hold: answer nothing until the test calls `release()` (a barrier: the request is in flight for as
+        long as the test needs, e.g. to kill the client), then forward.
     truncate: cut the real answer's body in half (malformed JSON).
     dim: keep only the first `dim` numbers of each embedding.
     drop: drop this many items from `data` (wrong count).
@@ -33,8 +34,8 @@ class Fault:
 
     status: int | None = None
     retry_after: str | None = None
-    sleep_s: float = 0.0
     stall: bool = False
+    hold: bool = False
     truncate: bool = False
     dim: int | None = None
     drop: int = 0
@@ -59,6 +60,7 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._posted = threading.Condition(self._lock)  # notified on every embeddings request
+        self._released = threading.Event()
         self._httpd = _Server(("127.0.0.1", 0), _handler(self))
         threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="fault-proxy", daemon=True).start()
 
@@ -82,7 +84,12 @@ class FaultProxy:
         with self._posted:
             self._posted.wait_for(lambda: len(self._embedding_posts()) >= count, timeout_s)
 
+    def release(self) -> None:
+        """Let every held request (and any later `hold` fault) go on to the server."""
+        self._released.set()
+
     def stop(self) -> None:
+        self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -138,8 +145,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if fault.status is not None:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 return self._send(fault.status, json.dumps({"detail": "injected fault"}).encode(), headers)
-            if fault.sleep_s:
-                time.sleep(fault.sleep_s)
+            if fault.hold:
+                proxy._released.wait()
             if fault.stall:
                 proxy.wait_for_posts(len(proxy.posts()) + 1)
             self._forward(raw, fault)

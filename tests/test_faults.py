@@ -118,14 +118,16 @@ def test_a_run_killed_in_the_middle_of_embedding_is_finished_with_every_image_on
         _chests(tmp_path / "incoming", 12)
         summary = ingest(str(tmp_path / "incoming"), settings, batch_size=3, instance=instance, embed=False, workers=1)
     assert len(summary.batches) == 4 and summary.ok == 12
-    proxy.inject(*[Fault(sleep_s=1.5)] * 40)  # every embedding request takes 1.5 s: room to land the kill
+    # The first batch's request is answered; every later one is held open until the kill: a barrier, so
+    # the kill lands with the next batch in flight however slow the machine is.
+    proxy.inject(Fault(), *[Fault(hold=True)] * 40)
     killed = subprocess.Popen([str(BIN / "medvec"), "backfill", "--all", "--no-refresh", "--workers", "1"],
                               env=_cli_env(settings, dagster_home, proxy.url), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not _table_ids(settings):  # the first batch of the multi-batch embedding run is committed
+    deadline = time.monotonic() + 300  # only turns a hang into a failure
+    while not (_table_ids(settings) and len(proxy.posts()) >= 2):  # batch one committed, the next one held
         assert killed.poll() is None, killed.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no embeddings written in 180 s"
+        assert time.monotonic() < deadline, "no embeddings written, or no second request, in 300 s"
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)  # the next batch's request is in flight
     killed.wait(30)
@@ -287,7 +289,9 @@ def test_nim_faults_retry_then_fail_only_their_batch_and_write_nothing_of_it(tmp
         _pngs(tmp_path / name, count, seed=len(batches))
         [batches[name]] = ingest(str(tmp_path / name), settings, instance=dagster_instance, embed=False,
                                  workers=1).batches
-    nim = _nim(proxy.url, timeout_s=1.0)
+    # A stalled answer times out whatever the timeout; a generous one keeps healthy answers from timing out
+    # on a loaded machine (which would add posts the assertions below count).
+    nim = _nim(proxy.url, timeout_s=10.0)
     resources = {**home_resources(settings), "embedder": nim}
     dg.materialize([embedding_model], instance=dagster_instance, resources=resources)
 
@@ -301,7 +305,7 @@ def test_nim_faults_retry_then_fail_only_their_batch_and_write_nothing_of_it(tmp
     failed = embed(batches["big"])
     assert failed.failed_runs == [batches["big"]]
     assert {len(post.body["input"]) for post in proxy.posts()[seen:]} == {64, 6}  # 64 vectors came back, unused
-    proxy.inject(Fault(sleep_s=2.0), Fault(truncate=True))  # a timeout, then a malformed answer, then fine
+    proxy.inject(Fault(stall=True), Fault(truncate=True))  # a timeout, then a malformed answer, then fine
     assert embed(batches["slow"]).failed_runs == []
 
     table = database.connect(settings.lancedb_uri).open_table(TABLE)
