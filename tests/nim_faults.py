@@ -24,8 +24,9 @@ class Fault:
     status: answer this status (with Retry-After when `retry_after` is set) without forwarding.
     stall: answer nothing until the client sends its next request (it gave up: a timeout whatever the
         machine's load, with no sleep to outlast the client's timeout), then forward.
-    hold: answer nothing until the test calls `release()` (a barrier: the request is in flight for as
-        long as the test needs, e.g. to kill the client), then forward.
+    hold: answer nothing until the test lets it through (`let_through()` one request at a time, or
+        `release()` all): a barrier, the request is in flight for as long as the test needs (e.g. to
+        kill the client), then forward.
     truncate: cut the real answer's body in half (malformed JSON).
     dim: keep only the first `dim` numbers of each embedding.
     drop: drop this many items from `data` (wrong count).
@@ -60,7 +61,7 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._posted = threading.Condition(self._lock)  # notified on every embeddings request
-        self._released = threading.Event()
+        self._released, self._passes = False, 0  # held requests go on when released, or one per pass
         self._httpd = _Server(("127.0.0.1", 0), _handler(self))
         threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="fault-proxy", daemon=True).start()
 
@@ -84,9 +85,23 @@ class FaultProxy:
         with self._posted:
             self._posted.wait_for(lambda: len(self._embedding_posts()) >= count, timeout_s)
 
+    def let_through(self, count: int = 1) -> None:
+        """Let `count` held requests (the oldest waiting, or the next to arrive) go on to the server."""
+        with self._posted:
+            self._passes += count
+            self._posted.notify_all()
+
     def release(self) -> None:
         """Let every held request (and any later `hold` fault) go on to the server."""
-        self._released.set()
+        with self._posted:
+            self._released = True
+            self._posted.notify_all()
+
+    def _wait_to_pass(self) -> None:
+        with self._posted:
+            self._posted.wait_for(lambda: self._released or self._passes > 0)
+            if not self._released:
+                self._passes -= 1
 
     def stop(self) -> None:
         self.release()
@@ -146,7 +161,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 return self._send(fault.status, json.dumps({"detail": "injected fault"}).encode(), headers)
             if fault.hold:
-                proxy._released.wait()
+                proxy._wait_to_pass()
             if fault.stall:
                 proxy.wait_for_posts(len(proxy.posts()) + 1)
             self._forward(raw, fault)
