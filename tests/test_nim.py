@@ -86,8 +86,9 @@ def proxy(server):
 
 
 def nim(url: str, **options) -> NimEmbedder:
-    """A client with test-sized timeouts and backoff."""
-    settings = dict(api_key=KEY, dim=64, name="tiny-siglip", timeout_s=5, max_retries=4, backoff_base_s=0.01,
+    """A client with test-sized backoff; the timeout only ends a hang (a timed-out healthy answer on a loaded
+    machine would add a retry the tests count)."""
+    settings = dict(api_key=KEY, dim=64, name="tiny-siglip", timeout_s=60, max_retries=4, backoff_base_s=0.01,
                     backoff_max_s=0.5)
     settings.update(options)
     return NimEmbedder(url, MODEL, **settings)
@@ -254,8 +255,8 @@ def test_a_permanent_429_fails_with_advice(proxy):
 def test_transient_faults_are_retried(proxy, local_model, fault):
     proxy.inject(fault)
     # The stalled answer times out however long the client waits (it is held until the retry arrives), so
-    # the timeout only bounds the healthy retry: generous, for a loaded machine.
-    vectors = nim(proxy.url, timeout_s=5.0).embed_texts(TEXTS)
+    # the timeout only bounds the healthy retry: generous, for a loaded machine (and paid once, by the stall).
+    vectors = nim(proxy.url, timeout_s=10.0).embed_texts(TEXTS)
     np.testing.assert_allclose(vectors, local_model.embed_texts(TEXTS), atol=1e-5)
     assert len(proxy.posts()) == 2
 
@@ -376,7 +377,7 @@ def test_ready_when_up_and_a_reason_when_nothing_listens(server):
 def test_ready_is_503_until_the_model_has_warmed_up(local_model):
     watched = WatchedEmbedder(local_model, gated=True)
     with EmbedServer(watched).start(wait_ready=False) as server:
-        ok, reason = nim(server.url).ready(timeout=2)
+        ok, reason = nim(server.url).ready(timeout=60)  # answered at once (503); the timeout only ends a hang
         assert not ok and "503" in reason and "not ready" in reason
         watched.gate.set()
         deadline = time.monotonic() + 300  # only ends a hang: the warm-up may be slow on a loaded machine
