@@ -109,7 +109,7 @@ def watch_tick(context: dg.SensorEvaluationContext, medvec: MedvecHomeResource, 
     if not root.startswith("s3://") and not os.path.isdir(root):
         return dg.SensorResult(skip_reason=f"folder {root} does not exist yet", cursor=cursor.to_json())
     source = open_source(root, medvec.s3_endpoint_url)
-    tick = watch_source(source, medvec.home_path, cursor, options, launcher=sensor_name)
+    tick = watch_source(source, medvec.home_path, cursor, options, launcher=sensor_name, now=clock())
     if tick.changed:
         new = report_changed(database.connect(medvec.lancedb_uri), tick.changed)
         if new:  # paths can hold identifiers: the log gives counts, ingest_errors the files

@@ -22,9 +22,11 @@ class Fault:
     """What to do to one request. `Fault()` forwards it untouched.
 
     status: answer this status (with Retry-After when `retry_after` is set) without forwarding.
-    sleep_s: wait this long before forwarding (longer than the client's timeout: a timeout).
     stall: answer nothing until the client sends its next request (it gave up: a timeout whatever the
         machine's load, with no sleep to outlast the client's timeout), then forward.
+    hold: answer nothing until the test lets it through (`let_through()` one request at a time, or
+        `release()` all): a barrier, the request is in flight for as long as the test needs (e.g. to
+        kill the client), then forward.
     truncate: cut the real answer's body in half (malformed JSON).
     dim: keep only the first `dim` numbers of each embedding.
     drop: drop this many items from `data` (wrong count).
@@ -33,8 +35,8 @@ class Fault:
 
     status: int | None = None
     retry_after: str | None = None
-    sleep_s: float = 0.0
     stall: bool = False
+    hold: bool = False
     truncate: bool = False
     dim: int | None = None
     drop: int = 0
@@ -59,6 +61,7 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._posted = threading.Condition(self._lock)  # notified on every embeddings request
+        self._released, self._passes = False, 0  # held requests go on when released, or one per pass
         self._httpd = _Server(("127.0.0.1", 0), _handler(self))
         threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="fault-proxy", daemon=True).start()
 
@@ -82,7 +85,26 @@ class FaultProxy:
         with self._posted:
             self._posted.wait_for(lambda: len(self._embedding_posts()) >= count, timeout_s)
 
+    def let_through(self, count: int = 1) -> None:
+        """Let `count` held requests (the oldest waiting, or the next to arrive) go on to the server."""
+        with self._posted:
+            self._passes += count
+            self._posted.notify_all()
+
+    def release(self) -> None:
+        """Let every held request (and any later `hold` fault) go on to the server."""
+        with self._posted:
+            self._released = True
+            self._posted.notify_all()
+
+    def _wait_to_pass(self) -> None:
+        with self._posted:
+            self._posted.wait_for(lambda: self._released or self._passes > 0)
+            if not self._released:
+                self._passes -= 1
+
     def stop(self) -> None:
+        self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -138,8 +160,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if fault.status is not None:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 return self._send(fault.status, json.dumps({"detail": "injected fault"}).encode(), headers)
-            if fault.sleep_s:
-                time.sleep(fault.sleep_s)
+            if fault.hold:
+                proxy._wait_to_pass()
             if fault.stall:
                 proxy.wait_for_posts(len(proxy.posts()) + 1)
             self._forward(raw, fault)

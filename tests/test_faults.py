@@ -118,14 +118,19 @@ def test_a_run_killed_in_the_middle_of_embedding_is_finished_with_every_image_on
         _chests(tmp_path / "incoming", 12)
         summary = ingest(str(tmp_path / "incoming"), settings, batch_size=3, instance=instance, embed=False, workers=1)
     assert len(summary.batches) == 4 and summary.ok == 12
-    proxy.inject(*[Fault(sleep_s=1.5)] * 40)  # every embedding request takes 1.5 s: room to land the kill
+    # Every request is held until the test lets it through: one at a time until the first batch is
+    # committed, then none, so the kill lands with the next batch in flight however slow the machine is.
+    proxy.inject(*[Fault(hold=True)] * 40)
     killed = subprocess.Popen([str(BIN / "medvec"), "backfill", "--all", "--no-refresh", "--workers", "1"],
                               env=_cli_env(settings, dagster_home, proxy.url), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not _table_ids(settings):  # the first batch of the multi-batch embedding run is committed
+    deadline, passed = time.monotonic() + 300, 0  # the deadline only turns a hang into a failure
+    while not (_table_ids(settings) and len(proxy.posts()) > passed):  # batch one committed, the next held
         assert killed.poll() is None, killed.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no embeddings written in 180 s"
+        assert time.monotonic() < deadline, "no embeddings written, or no request after them, in 300 s"
+        if len(proxy.posts()) > passed and not _table_ids(settings):
+            proxy.let_through()
+            passed += 1
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)  # the next batch's request is in flight
     killed.wait(30)
@@ -287,7 +292,9 @@ def test_nim_faults_retry_then_fail_only_their_batch_and_write_nothing_of_it(tmp
         _pngs(tmp_path / name, count, seed=len(batches))
         [batches[name]] = ingest(str(tmp_path / name), settings, instance=dagster_instance, embed=False,
                                  workers=1).batches
-    nim = _nim(proxy.url, timeout_s=1.0)
+    # A stalled answer times out whatever the timeout; a generous one keeps healthy answers from timing out
+    # on a loaded machine (which would add posts the assertions below count).
+    nim = _nim(proxy.url, timeout_s=10.0)
     resources = {**home_resources(settings), "embedder": nim}
     dg.materialize([embedding_model], instance=dagster_instance, resources=resources)
 
@@ -301,7 +308,7 @@ def test_nim_faults_retry_then_fail_only_their_batch_and_write_nothing_of_it(tmp
     failed = embed(batches["big"])
     assert failed.failed_runs == [batches["big"]]
     assert {len(post.body["input"]) for post in proxy.posts()[seen:]} == {64, 6}  # 64 vectors came back, unused
-    proxy.inject(Fault(sleep_s=2.0), Fault(truncate=True))  # a timeout, then a malformed answer, then fine
+    proxy.inject(Fault(stall=True), Fault(truncate=True))  # a timeout, then a malformed answer, then fine
     assert embed(batches["slow"]).failed_runs == []
 
     table = database.connect(settings.lancedb_uri).open_table(TABLE)
@@ -351,14 +358,14 @@ def test_the_nim_key_and_identifying_tags_reach_no_log_event_or_file(tmp_path, s
     from dagster._serdes import serialize_value  # run snapshots are stored compressed: read them back
 
     from resources.embedders import embedder_resource
-    from tests.test_phi import SENTINELS, _with_sentinels
+    from tests.test_phi import SENTINELS, write_sentinel_dicom
 
     key, wrong_key = "nvapi-ZZKEYSENTINELQQ-0123456789", "nvapi-ZZWRONGKEYSENTINELQQ-987"
     folder = tmp_path / "incoming"
     folder.mkdir()
-    _with_sentinels("CT_small.dcm", folder / "ct.dcm")
-    _with_sentinels("MR_small_RLE.dcm", folder / "mr.dcm", n=2)  # its own UIDs: not a duplicate of ct.dcm
-    _with_sentinels("CT_small.dcm", folder / "cut.dcm", truncate=True, n=3)
+    write_sentinel_dicom("CT_small.dcm", folder / "ct.dcm")
+    write_sentinel_dicom("MR_small_RLE.dcm", folder / "mr.dcm", n=2)  # its own UIDs: not a duplicate of ct.dcm
+    write_sentinel_dicom("CT_small.dcm", folder / "cut.dcm", truncate=True, n=3)
     with EmbedServer(stand_in_model, api_key=key) as server:
         monkeypatch.setenv("MEDVEC_EMBEDDER", "nim")
         monkeypatch.setenv("MEDVEC_NIM_URL", server.url)

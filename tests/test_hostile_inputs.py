@@ -1,8 +1,9 @@
 """A source folder as hostile as a real archive: over-long UIDs, names that are not UTF-8, a FIFO, a link
 loop, a link to /dev/zero, a link out of the root, pixel bombs in every format, a folder named `x.dcm`,
-a reused UID with other content, an empty file. Through `medvec ingest` (a real subprocess, under a
-timeout), the folder sensor and the upload route: every good file is stored, every bad one is one
-error record, and a second run adds nothing and fails nothing."""
+a reused UID with other content, an empty file, burned-in text (BurnedInAnnotation YES, an ultrasound).
+Through `medvec ingest` (a real subprocess, under a timeout), the folder sensor and the upload route:
+every good file is stored, every bad one is one error record, and a second run adds nothing and fails
+nothing."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ NON_UTF8_NAME = b"caf\xe9-\xff.dcm"
 #: Source name -> the stage of its one error record.
 BAD = {"empty.dcm": "read", "fifo.dcm": "read", "loop.dcm": "read", "devzero.dcm": "read", "outside.dcm": "read",
        "bomb.png": "decode", "bomb.jpg": "decode", "bomb.j2k": "decode", "bomb_j2k.dcm": "decode",
-       "bomb_rows.dcm": "decode", "z_dup_other.dcm": "duplicate"}
+       "bomb_rows.dcm": "decode", "z_dup_other.dcm": "duplicate", "burned.dcm": "deidentify", "us.dcm": "deidentify"}
 #: Stored as images ("café" is the non-UTF-8 name); y_copy.dcm is the same bytes as a_good.dcm: kept once.
 GOOD = {"a_good.dcm", "good.png", "long_uid.dcm", "caf%E9-%FF.dcm", "inner.png", "mr.dcm"}
 
@@ -131,6 +132,9 @@ def hostile(tmp_path) -> Path:
     (root / "bomb_j2k.dcm").write_bytes(dicom_j2k_bomb())
     (root / "bomb_rows.dcm").write_bytes(_bytes(_dicom(SOPInstanceUID="1.2.826.0.1.3680043.99.3", Rows=60000,
                                                        Columns=60000)))
+    (root / "burned.dcm").write_bytes(_bytes(_dicom(SOPInstanceUID="1.2.826.0.1.3680043.99.4",
+                                                    BurnedInAnnotation="YES")))
+    (root / "us.dcm").write_bytes(_bytes(_dicom(SOPInstanceUID="1.2.826.0.1.3680043.99.5", Modality="US")))
     past = time.time() - 300  # settled for the sensor
     for entry in os.scandir(os.fsencode(root)):
         os.utime(entry.path, (past, past), follow_symlinks=False)
@@ -195,6 +199,8 @@ def test_a_hostile_folder_ingests_with_every_bad_file_recorded_once(hostile, tmp
     assert "loops" in by_name["loop.dcm"]["message"] and "FIFO" in by_name["fifo.dcm"]["message"]
     assert "MEDVEC_MAX_PIXELS" in by_name["bomb_j2k.dcm"]["message"]
     assert "a_good.dcm" in by_name["z_dup_other.dcm"]["message"]  # names the file that holds the UID
+    assert "BurnedInAnnotation is YES" in by_name["burned.dcm"]["message"]
+    assert "modality US" in by_name["us.dcm"]["message"]
 
     second = _ingest(hostile, env)  # nothing new, nothing failing, the errors still one each
     assert second["batches"] == [] and second["failed_runs"] == []
@@ -290,7 +296,8 @@ def test_uploaded_bombs_are_400_never_500(search_collection, hostile):
 
     search = open_search(search_collection.settings)
     uploads = {name: (hostile / name).read_bytes() for name in BAD if (hostile / name).is_file()
-               and not (hostile / name).is_symlink() and name not in ("fifo.dcm", "z_dup_other.dcm")}
+               and not (hostile / name).is_symlink() and name not in ("fifo.dcm", "z_dup_other.dcm")
+               and BAD[name] != "deidentify"}
     try:
         with running(create_app(search, search_collection.settings.home)) as base_url, \
                 httpx.Client(base_url=base_url, timeout=120) as client:
@@ -301,13 +308,15 @@ def test_uploaded_bombs_are_400_never_500(search_collection, hostile):
             with ThreadPoolExecutor(8) as pool:  # parallel bombs: all refused, the server still answers
                 answers = list(pool.map(post, list(uploads.items()) * 2))
             good = client.post("/api/search/image", files={"file": ("a_good.dcm", (hostile / "a_good.dcm").read_bytes())})
+            # A query image is never stored: burned-in text is no reason to refuse searching with it.
+            burned = client.post("/api/search/image", files={"file": ("burned.dcm", (hostile / "burned.dcm").read_bytes())})
     finally:
         search.close()
     assert sorted((name, r.status_code) for name, r in answers) == sorted((name, 400) for name in uploads for _ in "ab")
     reasons = {name: r.json()["error"] for name, r in answers}
     assert all("MEDVEC_MAX_PIXELS" in reasons[name] or "too many pixels" in reasons[name]
                for name in uploads if "bomb" in name), reasons
-    assert good.status_code == 200 and good.json()["hits"]
+    assert good.status_code == 200 and good.json()["hits"] and burned.status_code == 200
 
 
 def test_hostile_s3_objects_are_one_error_each(s3_endpoint, tmp_path, monkeypatch):

@@ -130,17 +130,24 @@ def test_settled_files_open_a_batch_and_its_run_in_one_tick_after_the_model(sett
     assert not (settings.home / "batches" / batch / AWAITING_LAUNCH).exists()
 
 
-def test_a_file_still_being_written_waits_until_it_stops_changing(settings, resources, dagster_instance, watch_env):
+def test_a_file_still_being_written_waits_until_it_stops_changing(settings, resources, dagster_instance, watch_env,
+                                                                  monkeypatch):
+    # The sensors' clock and the file's mtime are set by the test, one second apart per look: no sleep,
+    # and no filesystem timestamp resolution, decides what is settled.
+    now = {"t": float(int(time.time()))}
+    monkeypatch.setattr(pipelines.sensors, "clock", lambda: now["t"])
     incoming = settings.home / "incoming"
     [growing] = _files(incoming, ["growing.dcm"], age_s=0)
+    os.utime(growing, (now["t"],) * 2)
     daemon = Daemon(dagster_instance, resources, incoming_folder_sensor)
     for _ in range(3):
         assert _opened(daemon.tick()) == []  # it changed after the previous look began
-        time.sleep(0.02)
-        with growing.open("ab") as handle:  # the download goes on between ticks
+        with growing.open("ab") as handle:  # the download goes on between ticks, as this look runs
             handle.write(b"more bytes")
+        os.utime(growing, (now["t"],) * 2)
+        now["t"] += 1
     assert _opened(daemon.tick()) == []
-    time.sleep(0.02)
+    now["t"] += 1
     [batch] = _opened(daemon.tick())  # unchanged since the previous look began: settled
     assert [f.uri for f in load_manifest(settings.home, batch).files] == [str(growing)]
     assert load_manifest(settings.home, batch).files[0].size == growing.stat().st_size
@@ -306,10 +313,12 @@ def test_s3_prefix_sensor_opens_batches_and_reports_a_replaced_object(settings, 
         monkeypatch.setenv("MEDVEC_S3_ENDPOINT_URL", s3_endpoint)
     resources = {**resources, "medvec": MedvecHomeResource(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                                                            s3_endpoint_url=s3_endpoint)}
+    # S3 times have one-second resolution: the sensors' clock runs 2 s ahead, so an object written before
+    # a look is older than that look's start (rather than sleeping past the resolution).
+    monkeypatch.setattr(pipelines.sensors, "clock", lambda: time.time() + 2)
     daemon = Daemon(dagster_instance, resources, s3_prefix_sensor)
     [batch] = _opened(daemon.tick())  # p1 is marked done; p2/c.dcm waits for a second look
     assert sorted(_claimed(settings.home)) == [f"s3://{bucket}/cxr/p1/a.dcm", f"s3://{bucket}/cxr/p1/b.dcm"]
-    time.sleep(1.1)  # S3 times have one-second resolution
     [later] = _opened(daemon.tick())
     assert [f.uri for f in load_manifest(settings.home, later).files] == [f"s3://{bucket}/cxr/p2/c.dcm"]
     client.put_object(Bucket=bucket, Key="cxr/p1/a.dcm", Body=b"replaced content")
@@ -333,7 +342,7 @@ def test_a_large_prefix_is_looked_at_over_several_ticks(settings, resources, dag
     keys = [f"cxr/p{i // 100:02d}/{i:04d}.dcm" for i in range(1100)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: client.put_object(Bucket="large-prefix", Key=k, Body=b"DICM"), keys))
-    time.sleep(1.1)
+    monkeypatch.setattr(pipelines.sensors, "clock", lambda: time.time() + 2)  # past S3's one-second resolution
     resources = {**resources, "medvec": MedvecHomeResource(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
                                                            s3_endpoint_url=s3_endpoint)}
     daemon = Daemon(dagster_instance, resources, s3_prefix_sensor)

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from email.utils import parsedate_to_datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -67,7 +67,8 @@ class NimEmbedder(Embedder):
 
     def __init__(self, url: str, model: str, *, api_key: str | None = None, dim: int | None = None,
                  name: str = "nvclip", timeout_s: float = 60, max_batch: int = 64, concurrency: int = 4,
-                 max_retries: int = 6, backoff_base_s: float = 0.5, backoff_max_s: float = 30):
+                 max_retries: int = 6, backoff_base_s: float = 0.5, backoff_max_s: float = 30,
+                 clock: Callable[[], float] = time.time):
         if not 1 <= max_batch <= MAX_INPUTS:
             raise ValueError(f"max_batch must be between 1 and {MAX_INPUTS} (NIM's limit), not {max_batch}")
         if concurrency < 1 or max_retries < 0:
@@ -78,6 +79,7 @@ class NimEmbedder(Embedder):
         self.timeout_s, self.max_batch, self.concurrency = timeout_s, max_batch, concurrency
         self.max_retries, self.backoff_base_s, self.backoff_max_s = max_retries, backoff_base_s, backoff_max_s
         self._api_key = api_key
+        self._clock = clock  # the wall clock a Retry-After date is counted from
         self._shown_url = without_credentials(self.url)  # what logs and errors may show
         self._dim_lock = threading.Lock()
         self._pool_lock = threading.Lock()
@@ -219,7 +221,7 @@ class NimEmbedder(Embedder):
         if status in RETRYABLE_STATUS:
             advice = ("lower concurrency or raise the rate limit" if status == 429
                       else "check the server's logs and /v1/health/ready")
-            raise _Retryable(f"answering {status} {answer.reason}", advice, _retry_after(answer))
+            raise _Retryable(f"answering {status} {answer.reason}", advice, _retry_after(answer, self._clock()))
         if status != 200:
             raise EmbedderError(self._refusal(answer))
         try:
@@ -299,8 +301,8 @@ def without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
-def _retry_after(answer: requests.Response) -> float | None:
-    """Retry-After in seconds: either a number or an HTTP date (RFC 9110)."""
+def _retry_after(answer: requests.Response, now: float) -> float | None:
+    """Retry-After in seconds: either a number or an HTTP date (RFC 9110), counted from `now` (epoch s)."""
     value = answer.headers.get("Retry-After", "").strip()
     if not value:
         return None
@@ -309,7 +311,7 @@ def _retry_after(answer: requests.Response) -> float | None:
     except ValueError:
         pass
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
     except (TypeError, ValueError):
         return None
 

@@ -3,8 +3,14 @@
 A 280 KB PNG can decode to 12000 x 12000 16-bit (1.8 GB), and a tiny file can claim 100k x 100k. Every
 format's size is read from its header only (Pillow's lazy open, DICOM Rows/Columns/SamplesPerPixel, the
 JPEG SOF or JPEG 2000 SIZ of the first frame's codestream, which may disagree with the DICOM header) and
-compared with `max_pixels` (MEDVEC_MAX_PIXELS). Only the first frame of a multi-frame DICOM is ever
-decoded, so the budget is per frame; the frame count is named in the message.
+compared with `max_pixels` (MEDVEC_MAX_PIXELS).
+
+The budget is per frame, not Rows x Columns x frames x samples: Medvec only ever decodes the first frame
+of a multi-frame DICOM (`decode_first_frame` asks pydicom for frame 0 alone, or one fragment's
+codestream), so what a decoder allocates is one frame, however many frames the header claims. The
+other frames cost only their stored bytes, which MEDVEC_MAX_FILE_BYTES bounds before the file is read.
+Multiplying by the frame count would refuse a 200-frame 512 x 512 CT cine (52 Mpx in all, 0.26 Mpx
+decoded). A decoder that read every frame would have to multiply by the frame count first.
 """
 
 from __future__ import annotations
@@ -33,14 +39,14 @@ def use_pillow_limit(max_pixels: int) -> None:
 
 
 def check_pixels(rows: int, columns: int, samples: int, max_pixels: int, *, what: str, frames: int = 1) -> None:
-    """Raise `UnreadableImage` when one frame of `rows` x `columns` x `samples` is over the budget."""
+    """Raise `UnreadableImage` when one frame of `rows` x `columns` x `samples` is over the budget (the
+    header's `frames` is named in the message, not multiplied: one frame is decoded)."""
     pixels = rows * columns * max(samples, 1)
     if pixels > max_pixels:  # an empty or missing size is left to the decoder, which says what is missing
-        many = f", {frames} frames" if frames > 1 else ""
+        many = f" ({frames} frames; only the first is decoded)" if frames > 1 else ""
         raise UnreadableImage(
-            "decode", f"the {what} claims {columns:,} x {rows:,} x {samples} samples{many} = "
-                      f"{pixels / 1e6:,.0f} Mpx per frame, over the {max_pixels / 1e6:,.0f} Mpx limit "
-                      "(MEDVEC_MAX_PIXELS); not decoded")
+            "decode", f"the {what} claims {columns:,} x {rows:,} x {samples} samples = {pixels / 1e6:,.0f} Mpx "
+                      f"per frame{many}, over the {max_pixels / 1e6:,.0f} Mpx limit (MEDVEC_MAX_PIXELS); not decoded")
 
 
 def check_raster_budget(image: Image.Image, max_pixels: int) -> None:
@@ -49,7 +55,8 @@ def check_raster_budget(image: Image.Image, max_pixels: int) -> None:
 
 
 def check_dicom_budget(ds, max_pixels: int) -> None:
-    """Rows x Columns x SamplesPerPixel from the header, then the first frame's own codestream header."""
+    """Rows x Columns x SamplesPerPixel from the header, then the first frame's own codestream header: one
+    frame, the only one `decode_first_frame` decodes (see the module's note)."""
     try:
         rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
         samples = int(ds.get("SamplesPerPixel") or 1)

@@ -27,8 +27,9 @@ def open_table_if_exists(db, name: str):
 
 
 #: The stages each asset owns in the errors table; an asset replaces only its own rows.
-#: "duplicate": another image under a SOP Instance UID a stored image already holds (medvec.ingest.batches).
-NORMALIZE_STAGES = ("read", "parse", "decode", "render", "duplicate")
+#: "duplicate": another image under a SOP Instance UID a stored image already holds (medvec.ingest.batches);
+#: "deidentify": refused by the de-identification policy (burned-in text, medvec.imaging.normalize).
+NORMALIZE_STAGES = ("read", "parse", "decode", "deidentify", "render", "duplicate")
 EMBED_STAGES = ("embed",)
 
 
