@@ -8,14 +8,14 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, get_frame
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID, JPEG2000Lossless, generate_uid
 
 from medvec.imaging.dicom import decode_first_frame, read_dataset
 from medvec.imaging.normalize import normalize_bytes
 from medvec.imaging.raster import read_raster
 from medvec.imaging.reduced import choose_reduction, read_codestream_header
 from medvec.imaging.webp import fit_long_side
-from medvec.imaging.windowing import render_grey
+from medvec.imaging.windowing import has_header_voi, render_grey
 from tests.conftest import SHARED_DATA, dicom_testfile
 
 MAX_MEAN_GREY_DIFF = 1.5
@@ -25,7 +25,8 @@ HTJ2K_LOSSLESS, HTJ2K_RPCL, HTJ2K_LOSSY = (UID("1.2.840.10008.1.2.4.201"), UID("
 
 def _view(data: bytes, target: int | None, window: bool = True, size: int = 512) -> np.ndarray:
     """The 512 px grey view as normalize_bytes renders it, decoded at `target` (None: full size)."""
-    frame = decode_first_frame(read_dataset(data), target)
+    ds = read_dataset(data)
+    frame = decode_first_frame(ds, target, window_from_header=window and has_header_voi(ds))
     grey = render_grey(frame.pixels, frame.dataset, window).pixels
     return np.asarray(fit_long_side(Image.fromarray(grey), size), dtype=float)
 
@@ -55,6 +56,31 @@ def test_shared_chest_files_decode_reduced_and_agree(name):
     frame = decode_first_frame(read_dataset(data), 512)
     assert frame.reduced and 512 <= max(frame.pixels.shape) < 1024 + 64  # J2K keeps >= 1.5x the target
     _assert_agrees(data)
+
+
+@pytest.fixture(scope="module")
+def dx_sized_chest() -> bytes:
+    """A chest at a DX detector's size: RG1's 15-bit pixels bicubic-resized to 2500x3000 with seeded noise
+    restoring RG1's own pixel-to-pixel variation (median neighbour difference ~120), JPEG 2000 lossless."""
+    ds = pydicom.dcmread(dicom_testfile("RG1_UNCR.dcm"))
+    big = Image.fromarray(ds.pixel_array.astype(np.float32), mode="F").resize((2500, 3000), Image.Resampling.BICUBIC)
+    noisy = np.asarray(big) + np.random.default_rng(20).normal(0, 80, (3000, 2500))
+    ds.Rows, ds.Columns = 3000, 2500
+    ds.PixelData = np.clip(np.rint(noisy), 0, 2**15 - 1).astype(np.uint16).tobytes()
+    ds.compress(JPEG2000Lossless)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_dx_sized_chest_decodes_as_deep_as_its_window_allows(dx_sized_chest):
+    # The header's window is fixed: level 2 (750 px) is >= 1.25 x 512. A percentile window reads the
+    # histogram's tails, which deeper levels narrow: it keeps level 1 (>= 1.5 x 512).
+    ds = read_dataset(dx_sized_chest)
+    assert decode_first_frame(ds, 512, window_from_header=True).pixels.shape == (750, 625)
+    ds = read_dataset(dx_sized_chest)
+    assert decode_first_frame(ds, 512, window_from_header=False).pixels.shape == (1500, 1250)
+    _assert_agrees(dx_sized_chest)
 
 
 def test_rg1_reduction_is_limited_to_what_pillow_sizes_like_openjpeg():

@@ -20,7 +20,8 @@ from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless,
                          JPEGLSNearLossless)
 
-from medvec.imaging.reduced import J2K_SYNTAXES, JPEG_BASELINE, decode_j2k_reduced, decode_jpeg_draft
+from medvec.imaging.reduced import (J2K_OVERSAMPLE, J2K_OVERSAMPLE_FIXED_WINDOW, J2K_SYNTAXES, JPEG_BASELINE,
+                                    decode_j2k_reduced, decode_jpeg_draft)
 from medvec.phi import IDENTIFYING_TAGS, scrub
 
 # pydicom's warnings quote element values ("Invalid value for VR PN: '<a name>'"): they must not
@@ -112,13 +113,15 @@ def identifying_values(ds: Dataset) -> list[str]:
     return values
 
 
-def decode_first_frame(ds: Dataset, target_size: int | None = None, *,
-                       j2k_reduction: int | None = None) -> DicomFrame:
+def decode_first_frame(ds: Dataset, target_size: int | None = None, *, j2k_reduction: int | None = None,
+                       window_from_header: bool = False) -> DicomFrame:
     """Decode only the first frame; colour (RGB, YBR, palette) arrives as RGB.
 
     With `target_size`, grey JPEG 2000 / HTJ2K / baseline JPEG frames and YBR baseline JPEG frames decode at the smallest size whose
     long side is still >= it (medvec.imaging.reduced), falling back to the full decode when that
     fails or looks wrong. `j2k_reduction` forces a wavelet reduction (benchmarks, the fallback test).
+    `window_from_header`: the grey levels will come from the header's VOI, not the image's histogram, so
+    JPEG 2000 may decode one level deeper (medvec.imaging.reduced.J2K_OVERSAMPLE_FIXED_WINDOW).
     """
     syntax = str(ds.file_meta.TransferSyntaxUID)
     try:
@@ -126,7 +129,9 @@ def decode_first_frame(ds: Dataset, target_size: int | None = None, *,
     except (TypeError, ValueError) as exc:
         raise UnreadableImage("parse", "the header's Number of Frames is not a number", exc) from exc
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    reduced = _decode_reduced(ds, syntax, frames, photometric, target_size, j2k_reduction) if target_size else None
+    oversample = J2K_OVERSAMPLE_FIXED_WINDOW if window_from_header else J2K_OVERSAMPLE
+    reduced = (_decode_reduced(ds, syntax, frames, photometric, target_size, j2k_reduction, oversample)
+               if target_size else None)
     if reduced is not None:
         del ds.PixelData
         return DicomFrame(ds, reduced, frames, syntax, is_colour=reduced.ndim == 3, reduced=True)
@@ -175,7 +180,7 @@ def _decode(ds: Dataset, syntax: str, index: int | None) -> np.ndarray:
 
 
 def _decode_reduced(ds: Dataset, syntax: str, frames: int, photometric: str, target_size: int,
-                    j2k_reduction: int | None) -> np.ndarray | None:
+                    j2k_reduction: int | None, oversample: float) -> np.ndarray | None:
     """The first frame at a reduced size, or None when not eligible or not trustworthy."""
     if syntax not in J2K_SYNTAXES and syntax != JPEG_BASELINE:
         return None
@@ -198,7 +203,7 @@ def _decode_reduced(ds: Dataset, syntax: str, frames: int, photometric: str, tar
             return None
         return decode_jpeg_draft(frame, target_size, rows=rows, columns=columns, mode="RGB" if ybr_jpeg else "L")
     return decode_j2k_reduced(frame, target_size, rows=rows, columns=columns, bits_allocated=bits_allocated,
-                              bits_stored=bits_stored, signed=signed, reduction=j2k_reduction)
+                              bits_stored=bits_stored, signed=signed, reduction=j2k_reduction, oversample=oversample)
 
 
 def _syntax_name(uid: str) -> str:

@@ -27,7 +27,7 @@ from medvec.imaging.raster import read_raster, sniff_raster
 from medvec.tables.records import ImageRecord
 from medvec.imaging.webp import encode_webp, fit_long_side, pad_to_square
 from medvec.imaging.colour import colour_or_grey, to_rgb8
-from medvec.imaging.windowing import render_grey
+from medvec.imaging.windowing import has_header_voi, render_grey
 
 #: Longest image id: ids are keyed `2.25.` UIDs (at most 44 characters, digits and dots) or content
 #: hashes (64 hex digits), whatever the source's UID was, so file names stay far below 255 bytes.
@@ -86,8 +86,9 @@ def normalize_bytes(data: bytes, source_uri: str, *, batch: str = "", options: N
             ds = read_dataset(data)
             check_dicom_budget(ds, options.max_pixels)
             _refuse_burned_in_text(ds, options)
-            frame = decode_first_frame(ds, options.size)
-            pixels, window_source = _render_dicom(frame, options.window == "header")
+            use_header_voi = options.window == "header"
+            frame = decode_first_frame(ds, options.size, window_from_header=use_header_voi and has_header_voi(ds))
+            pixels, window_source = _render_dicom(frame, use_header_voi)
             record = _dicom_record(frame, sha, batch, source_uri, pseudonymizer, options)
         record.window_source = window_source
     if metadata is not None:

@@ -137,7 +137,7 @@ def render_grey(pixels: np.ndarray, ds: Dataset, use_header_voi: bool = True) ->
     writers (the WG04 set among them) store a window spanning the whole bit range, which renders flat.
     """
     invert = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
-    header_voi = use_header_voi and _has_header_voi(ds)
+    header_voi = use_header_voi and has_header_voi(ds)
     domain = stored_value_domain(pixels.dtype)
     if domain is None:
         # Wide integers or float pixel data: rare in radiography; evaluate on the image itself.
@@ -159,7 +159,8 @@ def render_grey(pixels: np.ndarray, ds: Dataset, use_header_voi: bool = True) ->
     return Rendering(np.take(table, index), source, window)
 
 
-def _has_header_voi(ds: Dataset) -> bool:
+def has_header_voi(ds: Dataset) -> bool:
+    """Whether the header carries a usable VOI (LUT sequence or window): then no percentile window is needed."""
     return bool(ds.get("VOILUTSequence")) or header_window(ds) is not None
 
 
