@@ -181,3 +181,10 @@ def test_dagster_dev_shows_the_dicomweb_sensor_with_its_cursor_and_runs_a_date_r
     assert sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in runs) \
         == sorted(expected)
     assert list_batches(home) == batches and not list(home.glob("batches/*/reingest.json"))
+    # exactly the range read and normalised again, as normalized_images reported in those runs
+    events = _graphql(port, """{ assetOrError(assetKey: {path: ["normalized_images"]}) { ... on Asset {
+        assetMaterializations(limit: 20) { runId metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }""")
+    reported = {e["runId"]: {m["label"]: m.get("intValue") for m in e["metadataEntries"]}
+                for e in events["assetOrError"]["assetMaterializations"]}
+    assert sorted(reported[r["runId"]]["normalized_this_run"] for r in runs) == sorted(expected.values())
+    assert sum(reported[r["runId"]]["kept_unread"] for r in runs) == 6 - 3  # the rest of those batches
