@@ -9,6 +9,7 @@ import dagster as dg
 from medvec import progress
 from medvec.tables import database
 from medvec.ingest.batches import BatchManifest, BatchResult, load_manifest, normalize_batch
+from medvec.ingest.reingest import Reingest, finish_reingest, load_reingest
 from medvec.imaging.normalize import NormalizeOptions
 from medvec.tables.records import IMAGE_RECORD_SCHEMA, ImageRecord
 from medvec.imaging.webp import thumbnail_strip
@@ -17,6 +18,8 @@ from assets.partitions import batch_partitions
 from resources import MedvecHomeResource
 
 ERRORS_SHOWN = 10
+#: On a run that re-ingests chosen files of its batch (the batch's `reingest.json` names them).
+REINGEST_TAG = "medvec/reingest"
 
 
 class NormalizeConfig(dg.Config):
@@ -47,25 +50,40 @@ def source_manifest(context: dg.AssetExecutionContext, medvec: MedvecHomeResourc
 def normalized_images(context: dg.AssetExecutionContext, config: NormalizeConfig, medvec: MedvecHomeResource,
                       source_manifest: BatchManifest) -> dg.Output[list[ImageRecord]]:
     """Each file decoded, rendered to 8-bit grey and written as WebP (viewing size and thumbnail),
-    with an allow-listed metadata record; failures go to the `ingest_errors` table."""
+    with an allow-listed metadata record; failures go to the `ingest_errors` table. A run tagged
+    `medvec/reingest` reads and normalises again only the files its batch's re-ingest marker names."""
     options = NormalizeOptions(size=config.size, thumb_size=config.thumb_size, pad_square=config.pad_square,
                                window=config.window, allow_tags=tuple(config.allow_tags), max_pixels=medvec.max_pixels,
                                date_policy=medvec.date_policy, allow_burned_in=medvec.allow_burned_in,
                                burned_in_modalities=tuple(medvec.burned_in_modalities))
+    reingest = _reingest_of(context, medvec)
     if not medvec.pseudonym_key and medvec.allow_dev_key:  # said here: worker processes stay quiet
         context.log.warning("MEDVEC_PSEUDONYM_KEY is not set: the development key is in use (demo/test only)")
     result = normalize_batch(source_manifest, medvec.home_path, options=options, max_file_bytes=medvec.max_file_bytes,
                              pseudonym_key=medvec.pseudonym_key, allow_dev_key=medvec.allow_dev_key,
                              s3_endpoint_url=medvec.s3_endpoint_url,
                              workers=config.workers or None, allow_columns=tuple(config.allow_columns),
-                             progress=_progress_logger(context, source_manifest.batch))
+                             progress=_progress_logger(context, source_manifest.batch),
+                             only=None if reingest is None else reingest.uris)
     database.replace_batch_errors(database.connect(medvec.lancedb_uri), result.batch, result.errors)
     if result.errors:  # file paths may hold identifiers: the details live in ingest_errors
         stages = ", ".join(sorted({e.stage for e in result.errors}))
         context.log.warning(f"{len(result.errors)} file(s) failed ({stages}); see first_errors and ingest_errors")
     if result.changed:
         context.log.warning(f"{len(result.changed)} file(s) changed size since the batch was opened")
-    return dg.Output(result.records, metadata=_summary_metadata(result, medvec))
+    metadata = _summary_metadata(result, medvec)
+    if reingest is not None:
+        finish_reingest(medvec.home_path, reingest)
+        metadata.update({"reingested": len(reingest.uris), "kept_unread": result.kept})
+    return dg.Output(result.records, metadata=metadata)
+
+
+def _reingest_of(context: dg.AssetExecutionContext, medvec: MedvecHomeResource) -> Reingest | None:
+    """The re-ingest this run serves; one already served (a re-executed run) re-ingests no file."""
+    if REINGEST_TAG not in context.run.tags:
+        return None
+    batch = context.partition_key
+    return load_reingest(medvec.home_path, batch) or Reingest(batch=batch, uris=(), request="", launcher="")
 
 
 def _progress_logger(context: dg.AssetExecutionContext, batch: str):

@@ -6,6 +6,7 @@ Under the home (a folder or an `s3://` prefix):
     batches/<batch>/records.parquet    one row per normalised image (replaced whole on re-run)
     batches/<batch>/errors.parquet     one row per file that failed
     batches/<batch>/reports.parquet    the batch's parsed reports
+    batches/<batch>/awaiting_launch.json, reingest.json   a run a sensor still has to launch
     images/<shard>/<image_id>.webp     viewing size;  thumbs/<shard>/<image_id>.webp  thumbnails
     indexes/<table>/v<version>.*       the in-memory search index saved per table version
     eval/report.json, eval/recall_at_k.png   the latest evaluation

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from medvec.ingest.batches import (load_batch_errors, load_batch_records, load_manifest, normalize_batch, plan_batches,
                             write_manifest)
 from medvec.sources import LocalFolderSource
+from medvec.sources.local_files import path_for_uri
 from tests.conftest import dicom_testfile
 
 GOOD = ["CT_small.dcm", "MR_small_RLE.dcm", "JPEGLSNearLossless_16.dcm", "SC_rgb_jpeg_dcmtk.dcm", "image_dfl.dcm"]
@@ -92,6 +94,22 @@ def test_rematerialising_a_batch_skips_unchanged_files_and_changes_nothing(mixed
         [(e.source_uri, e.stage, e.message) for e in first.errors]
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in home.rglob("*.webp")} == files_before
     assert len(load_batch_records(home, manifest.batch)) == len(first.records)
+
+
+def test_a_reingest_reads_and_normalises_only_the_chosen_files_and_keeps_the_rest(mixed_folder, tmp_path):
+    home = tmp_path / "home"
+    manifest = _open_one_batch(mixed_folder, home)
+    first = normalize_batch(manifest, home, pseudonym_key="k", workers=1)
+    chosen = [f.uri for f in manifest.files if f.uri.endswith(("CT_small.dcm", "random.dcm"))]
+    for entry in manifest.files:  # the files left alone are gone: a re-ingest that read one would say so
+        if entry.uri not in chosen:
+            Path(path_for_uri(entry.uri)).unlink()
+
+    again = normalize_batch(manifest, home, pseudonym_key="k", workers=1, only=chosen)
+    assert again.normalized == 1 and again.unchanged == 0  # normalised again although unchanged
+    assert again.kept == len(first.records) + len(first.errors) - 2
+    assert [r.to_row() for r in again.records] == [r.to_row() for r in first.records]
+    assert [(e.source_uri, e.stage) for e in again.errors] == [(e.source_uri, e.stage) for e in first.errors]
 
 
 def test_outputs_are_identical_when_regenerated_from_scratch(mixed_folder, tmp_path):

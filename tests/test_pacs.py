@@ -260,47 +260,84 @@ def _sent_tail(path: Path) -> bytes:
 
 BACKFILL_FILES = {"CT_small.dcm": "20230105", "MR_small.dcm": "20230310", "MR_small_RLE.dcm": "20230622",
                   "JPEG2000.dcm": "20230930"}
+SPRING = ("20230301", "20230630")
+
+
+def _upload_dated(server: Orthanc, source: Path, target: Path, study_date: str) -> str:
+    """One study per date (Orthanc dates studies, not files), with fresh UIDs: MR_small_RLE.dcm is
+    MR_small.dcm re-encoded, with the same SOPInstanceUID."""
+    from pydicom.uid import generate_uid
+
+    uid = _with_sentinels(source, target, StudyDate=study_date, StudyInstanceUID=generate_uid(),
+                          SeriesInstanceUID=generate_uid(), SOPInstanceUID=generate_uid())
+    server.upload(target.read_bytes())
+    return uid
+
+
+def _by_instance(home) -> dict[str, tuple]:
+    """SOPInstanceUID → (its stored record, (inode, mtime) of its viewing WebP): what a re-ingest rewrites."""
+    found = {}
+    for batch in list_batches(home):
+        for record in load_batch_records(home, batch):
+            st = (home / record.image_uri).stat()
+            found[sop_uid_of(record.source_uri)] = (record, (st.st_ino, st.st_mtime_ns))
+    return found
 
 
 @pytest.mark.slow
-def test_backfill_by_date_range_opens_exactly_that_range_and_leaves_held_instances_alone(
+def test_backfill_by_date_range_reingests_exactly_that_range_and_nothing_outside_it(
         tmp_path, settings, resources, dagster_instance, archive_env):
-    from pydicom.uid import generate_uid
-
-    from medvec.ingest.watch import awaiting_batches
-    from pipelines.dicomweb_sensor import DICOMWEB_SENSOR, dicomweb_backfill_job
+    from pipelines.dicomweb_sensor import dicomweb_backfill_job
 
     server = Orthanc(tmp_path / "orthanc").start()
     try:
-        by_date = {}
-        for name, study_date in BACKFILL_FILES.items():  # one study per date: Orthanc dates studies, not files
-            # fresh UIDs: MR_small_RLE.dcm is MR_small.dcm re-encoded, with the same SOPInstanceUID
-            uid = _with_sentinels(dicom_testfile(name), tmp_path / name, StudyDate=study_date,
-                                  StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
-                                  SOPInstanceUID=generate_uid())
-            server.upload((tmp_path / name).read_bytes())
-            by_date[study_date] = uid
+        uid_of = {d: _upload_dated(server, dicom_testfile(n), tmp_path / n, d) for n, d in BACKFILL_FILES.items()}
+        in_range = sorted(uid for d, uid in uid_of.items() if SPRING[0] <= d <= SPRING[1])
         archive_env(server)
+        daemon = Daemon(dagster_instance, resources, dicomweb_sensor)
+        _first_ticks(daemon)  # the whole archive ingested: one batch of four (MEDVEC_WATCH_BATCH_SIZE=4)
+        [batch] = list_batches(settings.home)
+        def rows() -> int:  # opened afresh: an open LanceDB table keeps the version it opened
+            return database.connect(settings.lancedb_uri).open_table("images__tiny_siglip").count_rows()
 
-        def backfill(date_from: str, date_to: str):
-            config = {"ops": {"open_dicomweb_range": {"config": {"study_date_from": date_from,
-                                                                 "study_date_to": date_to}}}}
-            result = dicomweb_backfill_job.execute_in_process(run_config=config, instance=dagster_instance,
-                                                              resources=resources)
-            opened = result.output_for_node("open_dicomweb_range")
-            held = [sop_uid_of(f.uri) for b in opened for f in load_manifest(settings.home, b).files]
-            metadata = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"][0] \
-                .event_specific_data.metadata
-            return opened, sorted(held), metadata["batches_already_holding_range"].value
+        assert rows() == 4
 
-        spring, spring_held, spring_already = backfill("20230301", "20230630")
-        assert spring_held == sorted([by_date["20230310"], by_date["20230622"]]) and spring_already == []
-        assert set(spring) <= set(awaiting_batches(settings.home, DICOMWEB_SENSOR))
-        assert set(spring) <= set(dagster_instance.get_dynamic_partitions("batch"))
+        def backfill_spring() -> tuple[dict, list[dict], list[dict]]:
+            config = {"ops": {"open_dicomweb_range": {"config": {"study_date_from": SPRING[0],
+                                                                 "study_date_to": SPRING[1]}}}}
+            job = dicomweb_backfill_job.execute_in_process(run_config=config, instance=dagster_instance,
+                                                           resources=resources)
+            opened = [e for e in job.all_events if e.event_type_value == "STEP_OUTPUT"][0].event_specific_data.metadata
+            daemon.tick()
+            runs = daemon.launch()
+            normalized = [r.asset_materializations_for_node("normalized_images")[0].metadata for r in runs]
+            embedded = [r.asset_materializations_for_node("image_embeddings")[0].metadata for r in runs]
+            return {k: v.value for k, v in opened.items()}, normalized, embedded
 
-        year, year_held, year_already = backfill("20230101", "20231231")  # the rest of the year only
-        assert year_held == sorted([by_date["20230105"], by_date["20230930"]])
-        assert year_already == sorted(spring)
-        assert _held(settings.home) == sorted(by_date.values())
+        for attempt in ("first", "identical second"):
+            before = _by_instance(settings.home)
+            opened, [normalized], [embedded] = backfill_spring()
+            after = _by_instance(settings.home)
+            assert opened["instances_in_range"] == 2 and opened["batches_opened"] == [], attempt
+            assert opened["batches_reingesting"] == {batch: 2}, attempt
+            # exactly the range read and normalised again; the rest of the batch not even read
+            assert (normalized["reingested"].value, normalized["normalized_this_run"].value,
+                    normalized["kept_unread"].value, normalized["skipped_unchanged"].value) == (2, 2, 2, 0), attempt
+            assert sorted(u for u in after if after[u][1] != before[u][1]) == in_range, attempt
+            assert all(after[u] == before[u] for u in after if u not in in_range), attempt
+            assert all(after[u][0] == before[u][0] for u in in_range), attempt  # same records, rewritten files
+            # unchanged content and model: no vector computed, the table keeps one row per image
+            assert (embedded["embedded"].value, embedded["skipped"].value) == (0, 4), attempt
+            assert rows() == 4 and list_batches(settings.home) == [batch], attempt
+            assert daemon.tick().run_requests == [], attempt  # the marker was served once
+
+        # A late arrival in the range: a new batch of just it, the held ones re-ingested again.
+        late = _upload_dated(server, dicom_testfile("CT_small.dcm"), tmp_path / "late.dcm", "20230415")
+        opened, normalized, embedded = backfill_spring()
+        [new_batch] = opened["batches_opened"]
+        assert opened["instances_in_range"] == 3 and opened["batches_reingesting"] == {batch: 2}
+        assert [sop_uid_of(f.uri) for f in load_manifest(settings.home, new_batch).files] == [late]
+        assert sum(m["normalized_this_run"].value for m in normalized) == 3
+        assert sum(m["embedded"].value for m in embedded) == 1 and rows() == 5
     finally:
         server.stop()

@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 from medvec.home import batch_dir, batches_dir
 from medvec.imaging.dicom import UnreadableImage
@@ -136,6 +136,7 @@ class BatchResult:
     errors: list[IngestError]
     normalized: int = 0  # decoded and written in this run
     unchanged: int = 0  # skipped: same content hash as the stored record, files present
+    kept: int = 0  # records or errors left as stored, their files not read: outside a re-ingest
     duplicates: list[str] = field(default_factory=list)  # source uris whose image_id another file holds
     changed: list[str] = field(default_factory=list)  # files whose size differs from the manifest
     notes: list[str] = field(default_factory=list)
@@ -224,10 +225,12 @@ def load_batch_errors(home: HomePath, batch: str) -> list[IngestError]:
 def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: NormalizeOptions = NormalizeOptions(),
                     pseudonym_key: str | None = None, allow_dev_key: bool = False, s3_endpoint_url: str | None = None,
                     workers: int | None = None, allow_columns: tuple[str, ...] = (),
-                    progress: Progress | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BatchResult:
+                    progress: Progress | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                    only: Collection[str] | None = None) -> BatchResult:
     """Normalise every file of a batch; re-running gives the same records and files.
 
-    Files whose content hash matches the stored record (and whose WebP files exist) are skipped.
+    Files whose content hash matches the stored record (and whose WebP files exist) are skipped. With
+    `only` (a re-ingest): just those uris are read and normalised again, unchanged or not; the others are not read.
     Failures become `IngestError` records; the rest of the batch goes on. An image id's WebP files are
     written only by its holder (the earliest file in manifest order, or the batch that held it first).
     Without `pseudonym_key`: `MissingPseudonymKey` before anything is read, unless `allow_dev_key`.
@@ -242,12 +245,10 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     init_args = (manifest.source, s3_endpoint_url, pseudonym_key, options, metadata_text, allow_columns,
                  manifest.batch, max_file_bytes, allow_dev_key)
     # Report files (medvec.reports.parse) travel in the same batches; the report assets read them.
-    tasks = [(i, entry, known.get(entry.uri)) for i, entry in enumerate(manifest.files) if not is_report_file(entry.uri)]
+    outcomes, tasks = _kept_outcomes(home, manifest, previous, known, only)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-
-    outcomes: dict[int, object] = {}
     view_shas: dict[int, str] = {}
-    result = BatchResult(batch=manifest.batch, records=[], errors=[])
+    result = BatchResult(batch=manifest.batch, records=[], errors=[], kept=len(outcomes))
     owners = image_owners(home, exclude=manifest.batch)
     index_of = {entry.uri: i for i, entry in enumerate(manifest.files)}
     # image id -> manifest index whose WebP files are on disk: the holder kept from the last run, then
@@ -281,6 +282,20 @@ def normalize_batch(manifest: BatchManifest, home: HomePath, *, options: Normali
     write_parquet(directory / "errors.parquet", ingest_errors_table(result.errors))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _kept_outcomes(home: HomePath, manifest: BatchManifest, previous: dict[str, ImageRecord], known: dict[str, str],
+                   only: Collection[str] | None) -> tuple[dict[int, object], list[tuple]]:
+    """(manifest index → the stored record or error of each file a re-ingest leaves alone, the tasks to run)."""
+    files = [(i, entry) for i, entry in enumerate(manifest.files) if not is_report_file(entry.uri)]
+    if only is None:
+        return {}, [(i, entry, known.get(entry.uri)) for i, entry in files]
+    wanted = set(only)
+    errors = {e.source_uri: e for e in load_batch_errors(home, manifest.batch)}
+    kept = {i: previous.get(entry.uri) or errors.get(entry.uri) for i, entry in files if entry.uri not in wanted}
+    # No known hash for the chosen files: they are normalised again even when unchanged.
+    tasks = [(i, entry, None) for i, entry in files if entry.uri in wanted]
+    return {i: outcome for i, outcome in kept.items() if outcome is not None}, tasks
 
 
 def _batch_metadata(manifest: BatchManifest, pseudonymizer: Pseudonymizer, allow_columns: tuple[str, ...],

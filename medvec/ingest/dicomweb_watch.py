@@ -1,7 +1,7 @@
 """Watching a DICOMweb archive: each look asks QIDO-RS for instances from the cursor's study date on
 (minus a lookback, for studies that reach the archive late), drops every instance a batch already holds
 (by SOPInstanceUID) and opens bounded batches of the rest. No Dagster here: `pipelines/dicomweb_sensor.py`
-calls `watch_dicomweb` once per tick.
+calls `watch_dicomweb` once per tick, and `backfill_range` for a date-range backfill.
 
 Instances are new when no manifest holds their SOPInstanceUID, so an outage at any point (listing,
 opening, retrieving) loses nothing and fetches nothing twice: the cursor only narrows the query.
@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 
-from medvec.ingest.batches import BatchManifest, batch_opening_lock, list_batches
+from medvec.ingest.batches import BatchManifest, batch_opening_lock, is_normalized, list_batches
+from medvec.ingest.reingest import mark_reingest
 from medvec.ingest.watch import claimed_files, open_batches
 from medvec.sources.dicomweb import DicomWebInstance, DicomWebSource, InstanceQuery, sop_uid_of
 from medvec.storage import HomePath
@@ -64,11 +65,46 @@ def claimed_instances(home: HomePath, batches: list[str]) -> set[str]:
     return {sop_uid_of(uri) for uri in claimed_files(home, batches)}
 
 
-def holding_batches(home: HomePath, instances: list[DicomWebInstance]) -> list[str]:
-    """The batches that already hold any of `instances`, in name (opening) order."""
-    wanted = {i.sop_uid for i in instances}
-    claims = claimed_files(home, list_batches(home))
-    return sorted({batch for uri, (batch, _) in claims.items() if sop_uid_of(uri) in wanted})
+@dataclass
+class RangeBackfill:
+    """What a date-range backfill set in motion, as counts of instances per batch."""
+
+    opened: list[BatchManifest]  # new batches for the range's instances no batch held
+    reingest: dict[str, int] = field(default_factory=dict)  # normalised batches: these instances read again
+    pending: dict[str, int] = field(default_factory=dict)  # batches whose first run has not normalised them yet
+
+    @property
+    def instances(self) -> int:
+        return sum(len(m.files) for m in self.opened) + sum(self.reingest.values()) + sum(self.pending.values())
+
+
+def backfill_range(source: DicomWebSource, home: HomePath, instances: list[DicomWebInstance], *, batch_size: int,
+                   launcher: str, now: float | None = None) -> RangeBackfill:
+    """Ingest exactly `instances` (a study date range's listing) again: batches opened for those no batch
+    holds, and a re-ingest marker on each normalised batch naming the ones it holds, so its next run reads
+    and normalises just those (its other files, outside the range, are left alone). `launcher` runs both."""
+    with batch_opening_lock(home):
+        batches = list_batches(home)
+        holder: dict[str, tuple[str, str]] = {}  # SOPInstanceUID → (batch, uri in its manifest); first batch wins
+        for uri, (batch, _) in claimed_files(home, batches).items():
+            holder.setdefault(sop_uid_of(uri), (batch, uri))
+        held: dict[str, set[str]] = {}
+        fresh: dict[str, DicomWebInstance] = {}
+        for instance in instances:
+            if instance.sop_uid in holder:
+                batch, uri = holder[instance.sop_uid]
+                held.setdefault(batch, set()).add(uri)
+            else:
+                fresh.setdefault(instance.sop_uid, instance)
+        chosen = [i.source_file() for i in sorted(fresh.values(), key=lambda i: (i.study_date, i.uri))]
+        plan = RangeBackfill(opened=open_batches(source, home, chosen, batch_size, launcher, now or time.time(), batches))
+        for batch, uris in held.items():
+            if is_normalized(home, batch):
+                mark_reingest(home, batch, sorted(uris), launcher)
+                plan.reingest[batch] = len(uris)
+            else:  # its first run (awaiting launch, running or resumed after a failure) reads every file anyway
+                plan.pending[batch] = len(uris)
+    return plan
 
 
 def query_floor(cursor: DicomWebCursor, lookback_days: int) -> str | None:
