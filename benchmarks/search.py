@@ -160,6 +160,11 @@ def dir_mb(path: Path) -> float:
 
 # --- synthetic collection ------------------------------------------------------------------------
 
+def uid_like(number: int, kind: int) -> str:
+    """A deterministic `2.25.` UID of the usual 44 characters (kind keeps images and studies apart)."""
+    return f"2.25.{(number * 2654435761 + kind * 97) % 10**38 + 10**38:039d}"
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
@@ -259,20 +264,24 @@ class Collection:
                 "labels_per_image_mean": round(float(self.label_hits.sum(axis=1).mean()), 2)}
 
     def image_id(self, row: int) -> str:
-        return f"img{row:07d}"
+        """A pseudonymised SOP Instance UID's shape (`2.25.` and 39 digits, 44 characters), so the ids
+        and the id → row lookup cost what real ones do."""
+        return uid_like(row, 1)
 
     def table(self) -> pa.Table:
         """The collection as rows of a Medvec image table."""
         n = self.rows
         ids = pa.array([self.image_id(i) for i in range(n)])
-        study = pa.array([f"s{i // 2:07d}" for i in range(n)])
+        study = pa.array([uid_like(i // 2, 2) for i in range(n)])
+        image_uris = [f"images/{i % 256:02x}/{self.image_id(i)}.webp" for i in range(n)]
         label_lists = [[CHEXPERT[j] for j in np.flatnonzero(hit)] or ["No Finding"] for hit in self.label_hits]
         split = np.where(np.arange(n) % 50 == 0, "test", np.where(np.arange(n) % 50 == 1, "validate", "train"))
         columns = {
             "image_id": ids, "batch": pa.array(["bench"] * n), "source_uri": pa.array([""] * n),
-            "content_sha256": pa.array([""] * n), "image_uri": pa.array([f"images/{i}.webp" for i in range(n)]),
-            "thumb_uri": pa.array([f"thumbs/{i}.webp" for i in range(n)]), "source_format": pa.array(["dicom"] * n),
-            "study_id": study, "series_id": study, "subject_key": pa.array([f"p{i // 6:07d}" for i in range(n)]),
+            "content_sha256": pa.array([""] * n), "image_uri": pa.array(image_uris),
+            "thumb_uri": pa.array([u.replace("images/", "thumbs/", 1) for u in image_uris]),
+            "source_format": pa.array(["dicom"] * n),
+            "study_id": study, "series_id": study, "subject_key": pa.array([f"{i // 6 * 2654435761 % 2**128:032x}" for i in range(n)]),
             "view_position": pa.array(self.views.tolist()), "modality": pa.array(["CR"] * n),
             "body_part": pa.array(["CHEST"] * n), "rows": pa.array(np.full(n, 3050, np.int32)),
             "columns": pa.array(np.full(n, 2539, np.int32)), "photometric": pa.array(["MONOCHROME2"] * n),
@@ -280,6 +289,8 @@ class Collection:
             "transfer_syntax": pa.array(["1.2.840.10008.1.2.1"] * n), "frames": pa.array(np.ones(n, np.int32)),
             "window_source": pa.array(["header_window"] * n), "labels": pa.array(label_lists, pa.list_(pa.string())),
             "split": pa.array(split.tolist()), "extra": pa.array(["{}"] * n),
+            "sex": pa.array(np.where(np.arange(n) // 6 % 2 == 0, "F", "M").tolist()),
+            "age_group": pa.array(["40-64"] * n), "skin_type": pa.nulls(n, pa.string()),
             "width": pa.array(np.full(n, 426, np.int32)), "height": pa.array(np.full(n, 512, np.int32)),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(self.vectors.reshape(-1)), self.dim),
             "model_id": pa.array(["synthetic"] * n), "model_revision": pa.nulls(n, pa.string()),
