@@ -48,12 +48,14 @@ class ImageIds(Sequence):
         key = image_id.encode()
         if len(key) > self._sorted.itemsize or not self._sorted.size:
             return None
-        at = int(np.searchsorted(self._sorted, key))
-        if at == self._sorted.size or self._sorted[at] != key:
-            return None
-        row = int(self._rows[at])
-        # numpy drops trailing NUL bytes of a fixed-width value: the column itself has the last word.
-        return row if self._column[row].as_py() == image_id else None
+        first, last = np.searchsorted(self._sorted, key, side="left"), np.searchsorted(self._sorted, key, side="right")
+        # numpy drops trailing NUL bytes of a fixed-width value ("x" and "x\0" sort as equals): the
+        # column itself has the last word.
+        for at in range(int(first), int(last)):
+            row = int(self._rows[at])
+            if self._column[row].as_py() == image_id:
+                return row
+        return None
 
 
 class _RowOf(Mapping):
