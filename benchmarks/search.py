@@ -40,7 +40,8 @@ queries it makes from the table's vectors; neither sees the evaluation queries.
 Progress goes to stderr; the report (markdown) to stdout; every number as JSON to --out.
 
 `--load-only` (issue 20) measures loading alone, old path against new, each in a fresh child process:
-load time and peak RSS (VmHWM) of `ImageSearch` on the table with its saved index, against the
+load time and peak RSS (`ru_maxrss`, VmHWM beside it; and an idle child's, imports only, as the
+baseline) of `ImageSearch` on the table with its saved index, against the
 pre-issue-20 load (`to_arrow()`, `combine_chunks()` of the vectors and metadata, the saved index read
 as bytes then deserialised), reproduced here as `old_load`:
 
@@ -56,6 +57,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shlex
 import shutil
 import subprocess
@@ -160,6 +162,11 @@ def dir_mb(path: Path) -> float:
 
 # --- synthetic collection ------------------------------------------------------------------------
 
+def uid_like(number: int, kind: int) -> str:
+    """A deterministic `2.25.` UID of the usual 44 characters (kind keeps images and studies apart)."""
+    return f"2.25.{(number * 2654435761 + kind * 97) % 10**38 + 10**38:039d}"
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
@@ -259,20 +266,25 @@ class Collection:
                 "labels_per_image_mean": round(float(self.label_hits.sum(axis=1).mean()), 2)}
 
     def image_id(self, row: int) -> str:
-        return f"img{row:07d}"
+        """A pseudonymised SOP Instance UID's shape (`2.25.` and 39 digits, 44 characters), so the ids
+        and the id → row lookup cost what real ones do."""
+        return uid_like(row, 1)
 
     def table(self) -> pa.Table:
         """The collection as rows of a Medvec image table."""
         n = self.rows
         ids = pa.array([self.image_id(i) for i in range(n)])
-        study = pa.array([f"s{i // 2:07d}" for i in range(n)])
+        study = pa.array([uid_like(i // 2, 2) for i in range(n)])
+        image_uris = [f"images/{i % 256:02x}/{self.image_id(i)}.webp" for i in range(n)]
         label_lists = [[CHEXPERT[j] for j in np.flatnonzero(hit)] or ["No Finding"] for hit in self.label_hits]
         split = np.where(np.arange(n) % 50 == 0, "test", np.where(np.arange(n) % 50 == 1, "validate", "train"))
         columns = {
             "image_id": ids, "batch": pa.array(["bench"] * n), "source_uri": pa.array([""] * n),
-            "content_sha256": pa.array([""] * n), "image_uri": pa.array([f"images/{i}.webp" for i in range(n)]),
-            "thumb_uri": pa.array([f"thumbs/{i}.webp" for i in range(n)]), "source_format": pa.array(["dicom"] * n),
-            "study_id": study, "series_id": study, "subject_key": pa.array([f"p{i // 6:07d}" for i in range(n)]),
+            "content_sha256": pa.array([""] * n), "image_uri": pa.array(image_uris),
+            "thumb_uri": pa.array([u.replace("images/", "thumbs/", 1) for u in image_uris]),
+            "source_format": pa.array(["dicom"] * n),
+            "study_id": study, "series_id": study,
+            "subject_key": pa.array([f"{i // 6 * 2654435761 % 2**128:032x}" for i in range(n)]),
             "view_position": pa.array(self.views.tolist()), "modality": pa.array(["CR"] * n),
             "body_part": pa.array(["CHEST"] * n), "rows": pa.array(np.full(n, 3050, np.int32)),
             "columns": pa.array(np.full(n, 2539, np.int32)), "photometric": pa.array(["MONOCHROME2"] * n),
@@ -280,6 +292,8 @@ class Collection:
             "transfer_syntax": pa.array(["1.2.840.10008.1.2.1"] * n), "frames": pa.array(np.ones(n, np.int32)),
             "window_source": pa.array(["header_window"] * n), "labels": pa.array(label_lists, pa.list_(pa.string())),
             "split": pa.array(split.tolist()), "extra": pa.array(["{}"] * n),
+            "sex": pa.array(np.where(np.arange(n) // 6 % 2 == 0, "F", "M").tolist()),
+            "age_group": pa.array(["40-64"] * n), "skin_type": pa.nulls(n, pa.string()),
             "width": pa.array(np.full(n, 426, np.int32)), "height": pa.array(np.full(n, 512, np.int32)),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(self.vectors.reshape(-1)), self.dim),
             "model_id": pa.array(["synthetic"] * n), "model_revision": pa.nulls(n, pa.string()),
@@ -675,33 +689,40 @@ def old_load(uri: str, home: Path) -> int:
     return len(ids) + 0 * meta.num_rows + 0 * len(index)
 
 
+def ru_maxrss_mb() -> float:
+    """This process's peak RSS as `getrusage` reports it (Linux: kB). It counts the parent's RSS at the
+    fork too, so the load children are started by a parent that never held the table (`make_table`)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def load_child(job_path: Path) -> dict:
+    """One path's load in this fresh process; `idle` loads nothing (the baseline: imports done)."""
     job = json.loads(job_path.read_text())
     settle_memory()
     rss0, t0 = rss_mb(), time.perf_counter()
+    rows, kind = 0, "-"
     if job["path"] == "old":
         rows = old_load(job["uri"], Path(job["home"]))
         kind = "ivf_pq (saved)"
-    else:
+    elif job["path"] == "new":
         search = ImageSearch(job["uri"], SLUG, home=Path(job["home"]))
         info = search.info()
         rows, kind = info["rows"], info["index"]["kind"] + " (saved)"
         if not search.wait_for_index(timeout=0):
             raise RuntimeError("ImageSearch did not load the saved index")
     load_s = time.perf_counter() - t0
-    peak = vm_hwm_mb()
-    settle_memory()
+    peak, hwm = ru_maxrss_mb(), vm_hwm_mb()
     return {"path": job["path"], "rows": rows, "index": kind, "load_s": round(load_s, 2),
-            "rss_before_mb": round(rss0, 1), "peak_rss_mb": round(peak, 1), "peak_over_before_mb": round(peak - rss0, 1),
+            "rss_before_mb": round(rss0, 1), "ru_maxrss_mb": round(peak, 1), "vm_hwm_mb": round(hwm, 1),
             "rss_after_mb": round(rss_mb(), 1)}
 
 
-def run_load_only(dim: int, args, workdir: Path) -> dict:
-    log(f"load-only, dim {dim}: generating {args.rows:,} vectors")
-    col = Collection(args.rows, dim, seed=args.seed)
-    home = workdir / f"load{dim}"
-    uri = str(home / "lancedb")
-    table = database.connect(uri).create_table(image_table_name(SLUG), schema=image_table_schema(dim))
+def make_table(job_path: Path) -> dict:
+    """The 377k-row table with its saved index, made in a child so the parent stays small (see `ru_maxrss_mb`)."""
+    job = json.loads(job_path.read_text())
+    home, dim = Path(job["home"]), job["dim"]
+    col = Collection(job["rows"], dim, seed=job["seed"])
+    table = database.connect(job["uri"]).create_table(image_table_name(SLUG), schema=image_table_schema(dim))
     data = col.table()
     for start in range(0, data.num_rows, 50_000):
         table.add(data.slice(start, 50_000))
@@ -713,20 +734,35 @@ def run_load_only(dim: int, args, workdir: Path) -> dict:
     ids = [col.image_id(i) for i in range(col.rows)]
     (folder / f"v{table.version}.json").write_text(json.dumps({"ids_sha": ids_fingerprint(ids),
                                                                 "info": index.info.to_json()}))
-    vectors_mb = col.vectors.nbytes / 2**20
-    del index, col, ids
-    settle_memory()
-    res = {"dim": dim, "rows": args.rows, "vectors_mb": round(vectors_mb, 1), "paths": []}
-    for path in ("old", "new"):
+    return {"vectors_mb": round(col.vectors.nbytes / 2**20, 1)}
+
+
+def _child(flag: str, job: Path) -> dict:
+    child = subprocess.run([sys.executable, str(Path(__file__).resolve()), flag, str(job)],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the {flag} child failed:\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def run_load_only(dim: int, args, workdir: Path) -> dict:
+    """Peak is the child's `ru_maxrss` (VmHWM beside it); growth is that minus an idle child's (imports done)."""
+    log(f"load-only, dim {dim}: generating {args.rows:,} vectors in a child")
+    home = workdir / f"load{dim}"
+    uri = str(home / "lancedb")
+    job = workdir / f"make{dim}.json"
+    job.write_text(json.dumps({"uri": uri, "home": str(home), "dim": dim, "rows": args.rows, "seed": args.seed}))
+    vectors_mb = _child("--make-table", job)["vectors_mb"]
+    res = {"dim": dim, "rows": args.rows, "vectors_mb": vectors_mb, "paths": []}
+    for path in ("idle", "old", "new", "old", "new"):  # twice each, alternating: a shared machine drifts
         job = workdir / f"job{dim}{path}.json"
         job.write_text(json.dumps({"uri": uri, "home": str(home), "path": path}))
-        child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--load-child", str(job)],
-                               capture_output=True, text=True)
-        if child.returncode != 0:
-            raise RuntimeError(f"the load child failed:\n{child.stderr[-4000:]}")
-        out = json.loads(child.stdout.strip().splitlines()[-1])
-        out["peak_over_vectors"] = round(out["peak_rss_mb"] / vectors_mb, 2)
-        out["load_growth_over_vectors"] = round(out["peak_over_before_mb"] / vectors_mb, 2)
+        out = _child("--load-child", job)
+        if path == "idle":
+            res["idle_ru_maxrss_mb"] = out["ru_maxrss_mb"]
+            continue
+        out["peak_over_vectors"] = round(out["ru_maxrss_mb"] / vectors_mb, 3)
+        out["growth_over_vectors"] = round((out["ru_maxrss_mb"] - res["idle_ru_maxrss_mb"]) / vectors_mb, 3)
         log(f"{path}: {out}")
         res["paths"].append(out)
     shutil.rmtree(home, ignore_errors=True)
@@ -734,12 +770,15 @@ def run_load_only(dim: int, args, workdir: Path) -> dict:
 
 
 def render_load_report(res: dict) -> str:
-    lines = [f"command: `{res['command']}`", "", "| rows x dim | vectors MB | path | load s | peak RSS MB | "
-             "peak / vectors | growth during load / vectors |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [f"command: `{res['command']}`", "", "| rows x dim | vectors MB | path | load s | peak RSS MB (ru_maxrss) | "
+             "VmHWM MB | peak / vectors | peak − idle baseline / vectors |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in res["dims"]:
+        lines.append(f"| {r['rows']:,} x {r['dim']} | {r['vectors_mb']:,.0f} | idle (imports only) | – | "
+                     f"{r['idle_ru_maxrss_mb']:,.0f} | | | |")
         for p in r["paths"]:
             lines.append(f"| {r['rows']:,} x {r['dim']} | {r['vectors_mb']:,.0f} | {p['path']} | {p['load_s']} | "
-                         f"{p['peak_rss_mb']:,.0f} | {p['peak_over_vectors']} | {p['load_growth_over_vectors']} |")
+                         f"{p['ru_maxrss_mb']:,.0f} | {p['vm_hwm_mb']:,.0f} | {p['peak_over_vectors']} | "
+                         f"{p['growth_over_vectors']} |")
     return "\n".join(lines)
 
 
@@ -858,12 +897,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-search-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--load-only", action="store_true", help="load time and peak RSS, old path vs new")
     parser.add_argument("--load-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--make-table", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.image_search_child:
         print(json.dumps(image_search_child(args.image_search_child)))
         return 0
     if args.load_child:
         print(json.dumps(load_child(args.load_child)))
+        return 0
+    if args.make_table:
+        print(json.dumps(make_table(args.make_table)))
         return 0
     if args.quick:
         args.rows, args.queries, args.flat_queries, args.tune_queries, args.rounds = 50_000, 100, 6, 40, 2

@@ -287,6 +287,7 @@ def test_loading_reads_every_row_once_in_table_order_with_its_own_vector(tmp_pat
     for start in range(0, 700, 250):  # several fragments, batches smaller than a fragment
         upsert_batch(table, f"b{start}", _rows(vectors[start:start + 250], f"b{start}", start=start))
     ids, loaded, meta = read_table(table, batch_rows=64)
+    ids = list(ids)
     assert sorted(ids) == [f"img-{i:06d}" for i in range(700)] and meta.num_rows == 700
     assert meta.column("image_id").to_pylist() == ids
     rows = [int(i[4:]) for i in ids]
@@ -307,9 +308,11 @@ def test_loading_matches_a_plain_arrow_read_across_fragments_and_deleted_rows(tm
     upsert_batch(table, "b600", _rows(_clustered(50, 8, seed=4), "b600", start=600))
     plain = table.to_arrow()
     ids, loaded, meta = read_table(table, batch_rows=64)  # pages smaller than, and across, fragments
+    ids = list(ids)
     assert ids == plain.column("image_id").to_pylist() and len(set(ids)) == len(ids) == plain.num_rows
     kept = {f"img-{i:06d}" for i in range(600)} - set(gone) | {f"img-{i:06d}" for i in range(600, 650)}
     assert set(ids) == kept and len(ids) == 530
     expected = np.asarray(plain.column("vector").combine_chunks().flatten().to_numpy()).reshape(-1, 8)
     assert loaded.dtype == np.float32 and np.array_equal(loaded, expected)
-    assert meta.equals(plain.select([c for c in HIT_COLUMNS if c in plain.schema.names]).combine_chunks())
+    # Few-valued strings come back as dictionaries: the same values, read as plain ones.
+    assert meta.to_pylist() == plain.select([c for c in HIT_COLUMNS if c in plain.schema.names]).to_pylist()

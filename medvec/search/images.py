@@ -313,8 +313,7 @@ def _filter_mask(loaded: LoadedTable, filters: Filters) -> np.ndarray:
         if column not in meta.column_names:
             mask[:] = False
             continue
-        col = case(meta.column(column)) if case else meta.column(column)
-        mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(list(values))), False).to_numpy(zero_copy_only=False)
+        mask &= _matching(meta.column(column), pa.array(list(values)), case)
     if filters.labels:
         labels = meta.column("labels").combine_chunks()
         flat = pc.utf8_lower(pc.list_flatten(labels))  # "pleural effusion" finds "Pleural Effusion"
@@ -325,3 +324,17 @@ def _filter_mask(loaded: LoadedTable, filters: Filters) -> np.ndarray:
         has[parents[matches.to_numpy(zero_copy_only=False)]] = True
         mask &= has
     return mask
+
+
+def _matching(column: pa.ChunkedArray, wanted: pa.Array, case) -> np.ndarray:
+    """Rows whose value, put in `case`, is one of `wanted` (null matches nothing). A dictionary column
+    (`medvec.search.loading` stores few-valued strings so) is matched on its few values, then by index."""
+    parts = []
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            values = case(chunk.dictionary) if case else chunk.dictionary
+            chunk_hits = pc.take(pc.is_in(values, value_set=wanted), chunk.indices)
+        else:
+            chunk_hits = pc.is_in(case(chunk) if case else chunk, value_set=wanted)
+        parts.append(pc.fill_null(chunk_hits, False).to_numpy(zero_copy_only=False))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)

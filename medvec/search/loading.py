@@ -5,7 +5,8 @@ precomputed answers; a missing index is built on a background thread while the e
 Memory: `to_arrow()` + `combine_chunks()` held the Arrow table, its combined copy and the numpy
 matrix at once (~2.7x the vectors at 377k x 1152); a `to_batches` scan still peaked at ~2.5x (Lance
 reads whole vector pages and fragments ahead). Here the only full-size allocation is the final matrix,
-filled by `take_offsets` pages: ~1.2x the vectors over the process baseline (benchmarks/search.py --load-only).
+filled by `take_offsets` pages, the metadata scan's freed buffers are handed back before it fills, and
+the ids stay in Arrow (`ImageIds`): ~1.2x the vectors, process baseline included (benchmarks/search.py --load-only).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import logging
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 
 from medvec.home import fallback_table_name, index_dir, similar_table_name
+from medvec.search.image_ids import ImageIds
 from medvec.search.vector_index import IndexInfo, RowFilter, VectorIndex
 from medvec.storage import HomePath, is_remote
 from medvec.tables import database
@@ -45,7 +47,7 @@ HIT_COLUMNS = ("image_id", "study_id", "series_id", "subject_key", "view_positio
 LOAD_BATCH_ROWS = 2_048
 
 
-def ids_fingerprint(ids: list[str]) -> str:
+def ids_fingerprint(ids: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for image_id in ids:
         digest.update(image_id.encode())
@@ -59,10 +61,10 @@ class LoadedTable:
     `index` may be replaced once, by the background build, with one attribute assignment: a query
     reads it once and uses that object throughout, so it sees the old index or the new, never half."""
 
-    def __init__(self, version: int, ids: list[str], meta: pa.Table, index: VectorIndex):
+    def __init__(self, version: int, ids: ImageIds, meta: pa.Table, index: VectorIndex):
         self.version = version
-        self.ids = ids
-        self.row_of = {image_id: row for row, image_id in enumerate(ids)}
+        self.ids = ids  # a sequence of str: ids[row]
+        self.row_of = ids.row_of  # a read-only mapping image_id -> row
         self.meta = meta
         self.index = index
         self.index_ready = threading.Event()
@@ -83,10 +85,11 @@ class LoadedTable:
         return made
 
 
-def read_table(table, batch_rows: int = LOAD_BATCH_ROWS) -> tuple[list[str], np.ndarray, pa.Table]:
+def read_table(table, batch_rows: int = LOAD_BATCH_ROWS) -> tuple[ImageIds, np.ndarray, pa.Table]:
     """(ids, vectors, hit metadata) of the table's checked-out version, in table order.
 
-    The metadata comes from one scan without the vector column (small); the vectors by
+    The metadata comes from one scan without the vector column (small; its ~370 freed batches are
+    handed back before the vectors arrive, see `_release_freed`); the vectors by
     `take_offsets` in `batch_rows` pages, each copied into its rows of the one final matrix and
     dropped. A scan of the vector column holds far more than a page: Lance reads a data file's
     vector page whole (one page per fragment as LanceDB writes them, 230 MB at 50,000 x 1,152) and
@@ -94,12 +97,14 @@ def read_table(table, batch_rows: int = LOAD_BATCH_ROWS) -> tuple[list[str], np.
     dim = table.schema.field("vector").type.list_size
     columns = [c for c in HIT_COLUMNS if c in table.schema.names]
     with _large_blocks_mapped():
-        meta = table.search().select(columns).limit(None).to_arrow().combine_chunks()
-        ids = meta.column("image_id").combine_chunks()
+        meta = _dictionary_strings(table.search().select(columns).limit(None).to_arrow().combine_chunks())
+        _release_freed()
+        column = meta.column("image_id").combine_chunks()
+        ids = ImageIds(column)  # its sorting scratch comes and goes before the matrix fills
         vectors = np.empty((meta.num_rows, dim), dtype=np.float32)
         for start in range(0, meta.num_rows, batch_rows):
-            _take_vectors(table, ids, vectors, start, min(meta.num_rows, start + batch_rows))
-    return ids.to_pylist(), vectors, meta
+            _take_vectors(table, column, vectors, start, min(meta.num_rows, start + batch_rows))
+    return ids, vectors, meta
 
 
 def _take_vectors(table, ids: pa.Array, vectors: np.ndarray, start: int, stop: int) -> None:
@@ -123,6 +128,33 @@ def _take_vectors(table, ids: pa.Array, vectors: np.ndarray, start: int, stop: i
             vectors[rows] = values.reshape(-1, dim)
 
 
+def _dictionary_strings(meta: pa.Table) -> pa.Table:
+    """String columns with few distinct values (view, modality, split, study ids...) held as dictionaries
+    with the narrowest index type: ~45 MB less at 377k rows, and every reader (`to_pylist`, `take`)
+    sees the same values. Filters match on the dictionary (`medvec.search.images._filter_mask`)."""
+    for position, name in enumerate(meta.column_names):
+        column = meta.column(name)
+        if name == "image_id" or not pa.types.is_string(column.type):
+            continue
+        encoded = column.dictionary_encode().combine_chunks()
+        values = len(encoded.dictionary)
+        index = pa.int8() if values < 2**7 else pa.int16() if values < 2**15 else pa.int32()
+        encoded = encoded.cast(pa.dictionary(index, pa.string()))
+        if encoded.nbytes < column.nbytes * 0.75:
+            meta = meta.set_column(position, name, encoded)
+    return meta
+
+
+def _release_freed() -> None:
+    """Hand freed heap memory back to the OS. The metadata scan's batches (~1,000 rows each, so
+    their buffers fall below even a 1 MB mmap threshold) stay in glibc's arenas once freed:
+    ~200 MB at 377k rows of 44-character UIDs, held beside the whole vector matrix unless trimmed
+    here; Arrow's own pool keeps the freed pages of the combine step likewise."""
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 @contextmanager
 def _large_blocks_mapped():
     """glibc malloc (Lance's allocator) serves blocks below its mmap threshold from per-thread
@@ -142,7 +174,7 @@ def _large_blocks_mapped():
         _LIBC.malloc_trim(0)
 
 
-def saved_index(home: HomePath | None, table_name: str, version: int, ids: list[str],
+def saved_index(home: HomePath | None, table_name: str, version: int, ids: Iterable[str],
                 vectors: np.ndarray) -> VectorIndex | None:
     """The IVF structure `image_index` saved for this exact table version, if any."""
     if home is None:
