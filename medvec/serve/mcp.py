@@ -326,8 +326,7 @@ def run_stdio(settings: Settings, model: str | None = None) -> int:
     # once serving, the SDK itself points fd 1 at stderr for the same reason.
     with contextlib.redirect_stdout(sys.stderr):
         search = open_search(settings, model)
-        collections = OpenCollections(settings, lambda collection: _opened(open_search(collection, model), collection),
-                                      lambda opened: opened[0].close())
+        collections = collection_searches(settings, model)
         server = build_server(search, settings.home, collections)
     log.info("MCP server for %s on stdio", search.table_name)
     try:
@@ -340,5 +339,12 @@ def run_stdio(settings: Settings, model: str | None = None) -> int:
     return 0
 
 
-def _opened(search: ImageSearch, settings: Settings) -> Opened:
-    return search, ReportSearch(search), as_path(settings.home)
+def collection_searches(settings: Settings, model: str | None = None) -> OpenCollections[Opened]:
+    """The other collections of the settings' home, each its own search when a tool first names it."""
+    from medvec.search.configured import open_search
+
+    def open_collection(collection: Settings) -> Opened:
+        search = open_search(collection, model)
+        return search, ReportSearch(search), as_path(collection.home)
+
+    return OpenCollections(settings, open_collection, lambda opened: opened[0].close())
