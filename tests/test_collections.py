@@ -18,8 +18,10 @@ from medvec.search.configured import open_search
 from medvec.serve.collections import OpenCollections, UnknownCollection
 from medvec.serve.http_api import collection_apps, create_app
 from medvec.settings import Settings
+from tests.conftest import CHROMIUM
 from tests.test_dataset_adapters import write_scin
 from tests.test_http_api import running
+from tests.test_web_page import search_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "collections-token"
@@ -188,3 +190,38 @@ def test_mcp_tools_take_a_collection(two_collections):
         search.close()
     assert {hit["image_id"] for hit in derm.structured_content["hits"]} == two_collections.ids["derm"]
     assert {hit["image_id"] for hit in chest.structured_content["hits"]} == two_collections.ids["chest"]
+
+
+# --- the web page -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def site(two_collections):
+    """The page and API over the home itself, which holds no images beside its two collections."""
+    settings = two_collections.settings
+    search = open_search(settings)
+    collections = collection_apps(settings)
+    with running(create_app(search, settings.home, collections=collections)) as base_url:
+        yield base_url
+    collections.close()
+    search.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt install chromium)")
+def test_the_page_picks_a_collection_and_searches_only_it(browser, site, two_collections):
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(site + "/")  # the home itself is empty: the page opens its first collection
+        page.wait_for_url("**/?collection=chest")
+        page.wait_for_selector("#collection-picker:not([hidden])")
+        assert page.eval_on_selector_all("#collection option", "os => os.map(o => o.value)") == ["chest", "derm"]
+        assert set(search_for(page, "eczema")) <= two_collections.ids["chest"]
+        page.select_option("#collection", "derm")
+        page.wait_for_url("**/?collection=derm")
+        page.wait_for_selector("#filter-view .chip")
+        assert set(search_for(page, "eczema")) == two_collections.ids["derm"]  # thumbnails loaded from derm too
+    finally:
+        page.close()
+    assert errors == []
