@@ -15,11 +15,14 @@ Under the home (a folder or an `s3://` prefix):
     models/                            model snapshots and built tiny models (a local home only)
     dagster-io/<asset key>/…           asset values passed between Dagster steps
     lancedb/, incoming/                the default table database and watched source
+    collections/<name>/                a collection: a sub-home laid out as above (its own tables, batches,
+                                       evaluation), except models/, which stays here (one shared model cache)
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 from medvec.storage import HomePath, as_path
 
@@ -33,6 +36,9 @@ LANCEDB = "lancedb"
 INCOMING = "incoming"
 BUNDLES = "bundles"
 PROBES = "probes"
+COLLECTIONS = "collections"
+#: A collection's name: a folder name on every file system and an S3 key part, safe in a URL query.
+COLLECTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 #: Where the latest evaluation lives under the home; the web page, the server and the bundle read it there.
 EVAL_FILES = {"json": "eval/report.json", "png": "eval/recall_at_k.png"}
 ZERO_SHOT_PLOT = "eval/zero_shot_auc.png"  # beside them when the evaluation ran zero-shot
@@ -114,3 +120,32 @@ def image_paths(image_id: str) -> tuple[str, str]:
     """Where an image's files live under the Medvec home, sharded so no folder grows huge."""
     shard = hashlib.sha1(image_id.encode()).hexdigest()[:2]
     return f"{IMAGES}/{shard}/{image_id}.webp", f"{THUMBS}/{shard}/{image_id}.webp"
+
+
+# --- collections -----------------------------------------------------------------------------------
+
+def check_collection_name(name: str) -> str:
+    """`name` when it is a valid collection name, else ValueError with one plain line."""
+    if not COLLECTION_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a collection name: use 1-64 lower-case letters, digits, '_' or '-', "
+                         "starting with a letter or digit (e.g. chest, derm_2024)")
+    return name
+
+
+def collection_home(root: HomePath, name: str) -> HomePath:
+    """The sub-home of collection `name` under the root home `root`."""
+    return as_path(root) / COLLECTIONS / check_collection_name(name)
+
+
+def root_home(home: HomePath, collection: str | None) -> HomePath:
+    """The root home of `home`, the sub-home of `collection` (None: `home` is the root itself)."""
+    return as_path(home).parent.parent if collection else as_path(home)
+
+
+def collection_names(root: HomePath) -> list[str]:
+    """The collections under the root home, sorted; folders with names that are not collection names are
+    not collections."""
+    folder = as_path(root) / COLLECTIONS
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.iterdir() if COLLECTION_NAME.fullmatch(path.name) and path.is_dir())

@@ -11,10 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from medvec.home import check_collection_name, collection_home, root_home
 from medvec.storage import HomePath, S3Path, is_remote
 
 DEFAULT_HOME = "./medvec_home"
@@ -62,6 +63,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = _var(
         "MEDVEC_S3_ENDPOINT_URL", None, "S3-compatible endpoint (MinIO, moto) for boto3 and LanceDB; unset: AWS")
     home: HomePath = _var("MEDVEC_HOME", DEFAULT_HOME, "the Medvec home: a folder or an s3:// prefix")
+    collection: str | None = _var("MEDVEC_COLLECTION", None, "a collection: the sub-home $MEDVEC_HOME/collections/"
+                                  "NAME with its own tables, batches and evaluation (default: none, the home itself)")
     lancedb_uri: str = _var("MEDVEC_LANCEDB_URI", "", "LanceDB tables: a folder or s3:// URI "
                             "(default: $MEDVEC_HOME/lancedb)")
     source: str = _var("MEDVEC_SOURCE", "", "what `medvec ingest` and the folder sensor read "
@@ -184,6 +187,11 @@ class Settings(BaseSettings):
         # huggingface_hub's own reading of the variable: anything but these words is "not offline".
         return str(value).strip().upper() in {"1", "ON", "YES", "TRUE"} if isinstance(value, str) else value
 
+    @field_validator("collection")
+    @classmethod
+    def _collection(cls, value):
+        return check_collection_name(value) if value is not None else None
+
     @field_validator("home", mode="before")
     @classmethod
     def _home(cls, value, info: ValidationInfo):
@@ -202,14 +210,20 @@ class Settings(BaseSettings):
     def allowed_host_list(self) -> tuple[str, ...]:
         return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
-    @model_validator(mode="after")
-    def _defaults_under_home(self):
-        # Frozen model: the home-relative defaults are filled in once, here, while it is being built.
+    # The home, tables and source as given, before a collection and the defaults apply (`for_collection`).
+    _given: dict = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        # Frozen model: the collection and the home-relative defaults apply once, here, while it is being built.
+        self._given = {"home": self.home, "lancedb_uri": self.lancedb_uri, "source": self.source}
+        if self.collection:  # the collection's sub-home stands in for the home everywhere but the model cache
+            self.__dict__["home"] = collection_home(self.home, self.collection)
+            if self.lancedb_uri:
+                self.__dict__["lancedb_uri"] = f"{self.lancedb_uri.rstrip('/')}/collections/{self.collection}"
         if not self.lancedb_uri:
             self.__dict__["lancedb_uri"] = str(self.home / "lancedb")
         if not self.source:
             self.__dict__["source"] = str(self.home / "incoming")
-        return self
 
     @property
     def model_cache(self) -> Path:
@@ -218,7 +232,16 @@ class Settings(BaseSettings):
         read local files."""
         if is_remote(self.home):
             return Path(self.cache_dir or Path.home() / ".cache" / "medvec").expanduser() / "models"
-        return Path(self.home) / "models"
+        return Path(root_home(self.home, self.collection)) / "models"
+
+    @property
+    def root_home(self) -> HomePath:
+        """The home itself, whichever collection these settings are for."""
+        return self._given.get("home") or root_home(self.home, self.collection)
+
+    def for_collection(self, name: str | None) -> "Settings":
+        """These settings for collection `name` of the same home (None: the home itself)."""
+        return type(self).model_validate({**self.model_dump(), **self._given, "collection": name})
 
     def exported(self, field_name: str) -> bool:
         """Whether this secret is set and is what this process's environment holds, so that a Dagster
@@ -265,7 +288,7 @@ def _allowed(error: dict) -> str:
         return f"one of {ctx.get('expected')}"
     if kind in {"greater_than", "greater_than_equal"}:
         return f"a number {'>' if kind == 'greater_than' else '>='} {ctx.get('gt', ctx.get('ge'))}"
-    return error["msg"]
+    return error["msg"].removeprefix("Value error, ")  # a validator's own message is already plain words
 
 
 @lru_cache(maxsize=4)
@@ -293,7 +316,8 @@ def local_state_dir(settings: Settings) -> Path:
     return settings.model_cache.parent if is_remote(settings.home) else Path(settings.home)
 
 
-def model_cache(home: HomePath, settings: Settings | None = None) -> Path:
-    """`Settings.model_cache` for another home (a resource's): the same rule, the same cache folder."""
+def model_cache(home: HomePath, settings: Settings | None = None, collection: str | None = None) -> Path:
+    """`Settings.model_cache` for another home (a resource's, the sub-home of `collection` when one is
+    named): the same rule, the same cache folder."""
     settings = settings or get_settings()
-    return settings.model_copy(update={"home": home}).model_cache
+    return settings.model_copy(update={"home": home, "collection": collection}).model_cache

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from medvec import progress
-from medvec.cli.options import add_render_options
+from medvec.cli.options import add_collection_option, add_render_options
 from medvec.cli.output import print_errors, print_json, progress_bars, refuse
 from medvec.datasets.adapters import DATASET_NAMES
 from medvec.settings import DEFAULT_BATCH_SIZE, Settings, get_settings, local_state_dir
@@ -36,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
     p.add_argument("--no-embed", action="store_true", help="normalise only; do not embed")
     p.add_argument("--json", action="store_true", help="print one summary object")
+    add_collection_option(p)
     add_render_options(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -52,11 +53,13 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
     p.add_argument("--dry-run", action="store_true", help="list the batches that would re-run; change nothing")
     p.add_argument("--json", action="store_true", help="print one summary object")
+    add_collection_option(p)
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("demo", help="sample data → WebP → embeddings → search, offline")
     p.add_argument("--count", type=int, default=36, help="synthetic chest images in the sample (default 36)")
     p.add_argument("--batch-size", type=int, default=16, help="files per batch, one Dagster run each (default 16)")
+    add_collection_option(p)
     p.set_defaults(func=cmd_demo)
 
 

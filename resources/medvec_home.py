@@ -15,6 +15,7 @@ class MedvecHomeResource(dg.ConfigurableResource):
 
     home: str
     lancedb_uri: str
+    collection: str | None = None  # MEDVEC_COLLECTION: `home` is its sub-home; model files stay in the root home
     s3_endpoint_url: str | None = None
     # Secret: an EnvVar in the definitions, so the UI shows the variable's name, never its value.
     pseudonym_key: str | None = None
@@ -31,7 +32,7 @@ class MedvecHomeResource(dg.ConfigurableResource):
         # The key goes in as an EnvVar, never its value: Dagster stores resource values in every run's
         # snapshot ($DAGSTER_HOME/history), where a raw key would sit in plain text.
         key = dg.EnvVar("MEDVEC_PSEUDONYM_KEY") if settings.exported("pseudonym_key") else None
-        return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri,
+        return cls(home=str(settings.home), lancedb_uri=settings.lancedb_uri, collection=settings.collection,
                    s3_endpoint_url=settings.s3_endpoint_url, pseudonym_key=key,
                    max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels,
                    allow_dev_key=settings.allow_dev_key, date_policy=settings.date_policy,
@@ -45,4 +46,4 @@ class MedvecHomeResource(dg.ConfigurableResource):
 
     @property
     def model_cache(self) -> Path:
-        return model_cache(self.home_path)
+        return model_cache(self.home_path, collection=self.collection)

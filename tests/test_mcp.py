@@ -135,13 +135,15 @@ def test_lists_the_five_search_tools_with_input_schemas(conversation):
     assert {"query", "k", "view", "labels", "modality", "split"} <= set(search["properties"])
     assert search["properties"]["k"]["type"] == "integer"
     assert tools["find_similar_images"].input_schema["required"] == ["image_id"]
-    assert set(tools["get_image_metadata"].input_schema["properties"]) == {"image_id"}
+    assert set(tools["get_image_metadata"].input_schema["properties"]) == {"image_id", "collection"}
     reports = tools["search_reports"].input_schema
     assert reports["required"] == ["query"]
-    assert {"query", "k", "mode", "view", "labels", "modality", "split", "thumbnails"} == set(reports["properties"])
+    assert {"query", "k", "mode", "view", "labels", "modality", "split", "thumbnails", "collection"} == set(
+        reports["properties"])
     assert reports["properties"]["mode"]["enum"] == ["hybrid", "bm25", "vector"]
     assert reports["properties"]["mode"]["default"] == "hybrid"
-    assert set(tools["get_image_reports"].input_schema["properties"]) == {"image_id"}
+    assert set(tools["get_image_reports"].input_schema["properties"]) == {"image_id", "collection"}
+    assert all("collection" not in tool.input_schema.get("required", []) for tool in tools.values())
     assert {"studies", "images"} <= set(tools["search_reports"].output_schema["properties"])
     assert "no reports" in tools["search_reports"].description
     assert "indication, findings, impression" in tools["get_image_reports"].description

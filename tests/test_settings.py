@@ -39,7 +39,7 @@ DEFAULTS = {
     "PHYSIONET_USERNAME": None, "PHYSIONET_PASSWORD": None,
     "MEDVEC_MAX_FILE_BYTES": 2 * 2**30, "MEDVEC_MAX_PIXELS": 50_000_000, "MEDVEC_UPLOAD_CONCURRENCY": 2,
     "MEDVEC_ALLOW_DEV_KEY": False, "MEDVEC_DATE_POLICY": "remove", "MEDVEC_ALLOW_BURNED_IN": False,
-    "MEDVEC_BURNED_IN_MODALITIES": "US,SC,XA", "MEDVEC_ALLOWED_HOSTS": "",
+    "MEDVEC_BURNED_IN_MODALITIES": "US,SC,XA", "MEDVEC_ALLOWED_HOSTS": "", "MEDVEC_COLLECTION": None,
 }
 SECRETS = {"MEDVEC_PSEUDONYM_KEY": "pseudo-secret-1", "NVIDIA_API_KEY": "nvapi-secret-2",
            "HF_TOKEN": "hf_secret_3", "MEDVEC_EMBED_SERVER_KEY": "embed-secret-4", "MEDVEC_API_TOKEN": "api-secret-5",
@@ -97,6 +97,9 @@ def test_a_value_is_read_typed():
     ({"MEDVEC_MODEL_SOURCE": "ftp"}, "MEDVEC_MODEL_SOURCE='ftp' is not allowed: one of 'hub', 's3' or 'local'"),
     ({"MEDVEC_REFRESH_QUIET_S": "soon"}, "MEDVEC_REFRESH_QUIET_S='soon' is not allowed: a number"),
     ({"MEDVEC_WATCH_BATCH_SIZE": "0"}, "MEDVEC_WATCH_BATCH_SIZE='0' is not allowed: a number >= 1"),
+    ({"MEDVEC_COLLECTION": "../x"}, "MEDVEC_COLLECTION='../x' is not allowed: '../x' is not a collection name: use "
+                                    "1-64 lower-case letters, digits, '_' or '-', starting with a letter or digit "
+                                    "(e.g. chest, derm_2024)"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable_the_value_and_what_is_allowed(env, line):
     with pytest.raises(SettingsError) as caught:
@@ -160,3 +163,31 @@ def test_definitions_are_built_from_given_settings(tmp_path):
     defs = build_definitions(settings)
     assert defs.resources["embedder"].model == "siglip-base"
     assert defs.resources["medvec"].home == str(tmp_path / "home")
+
+
+def test_a_collection_is_a_sub_home_with_its_own_tables_and_source_and_the_shared_model_cache(tmp_path):
+    root = tmp_path / "home"
+    settings = Settings.from_env({"MEDVEC_HOME": str(root), "MEDVEC_COLLECTION": "derm"})
+    assert settings.home == root / "collections" / "derm" and settings.root_home == root
+    assert settings.lancedb_uri == str(root / "collections" / "derm" / "lancedb")
+    assert settings.source == str(root / "collections" / "derm" / "incoming")
+    assert settings.model_cache == root / "models"
+    chest = settings.for_collection("chest")
+    assert (chest.home, chest.model_cache) == (root / "collections" / "chest", root / "models")
+    assert settings.for_collection(None).lancedb_uri == Settings.from_env({"MEDVEC_HOME": str(root)}).lancedb_uri
+
+
+def test_a_collection_of_a_set_table_database_is_a_database_beneath_it(tmp_path):
+    settings = Settings.from_env({"MEDVEC_HOME": str(tmp_path), "MEDVEC_LANCEDB_URI": "s3://bucket/tables",
+                                  "MEDVEC_COLLECTION": "chest"})
+    assert settings.lancedb_uri == "s3://bucket/tables/collections/chest"
+    assert settings.for_collection(None).lancedb_uri == "s3://bucket/tables"
+
+
+def test_the_code_location_of_a_collection_keeps_its_state_in_the_sub_home(tmp_path):
+    from pipelines.definitions import build_definitions
+
+    settings = Settings.from_env({"MEDVEC_HOME": str(tmp_path / "home"), "MEDVEC_COLLECTION": "derm"})
+    medvec = build_definitions(settings).resources["medvec"]
+    assert medvec.home == str(tmp_path / "home" / "collections" / "derm")
+    assert medvec.model_cache == tmp_path / "home" / "models"

@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 
 from medvec.settings import SettingsError
 from medvec.cli import bundle, collection, evaluate, fetch, normalize, receive, sample, search, servers
+from medvec.cli.options import chosen_collection
 
 COMMAND_GROUP = "medvec.commands"
 DOMAIN_COMMANDS = (normalize, collection, servers, search, evaluate, bundle, sample, fetch, receive)
@@ -23,8 +24,8 @@ log = logging.getLogger("medvec")
 
 
 # The order a new user meets the commands in; any command not named here follows, in its own order.
-WORKFLOW = ("demo", "ingest", "search", "similar", "serve", "eval", "mcp", "bundle", "stats", "models",
-            "fetch", "receive", "backfill", "normalize", "sample-data", "embed-server", "reset")
+WORKFLOW = ("demo", "ingest", "search", "similar", "serve", "eval", "mcp", "bundle", "stats", "collections",
+            "models", "fetch", "receive", "backfill", "normalize", "sample-data", "embed-server", "reset")
 
 DESCRIPTION = """Medvec turns medical images (DICOM) into searchable embeddings.
 
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = args.func(args)
+        with chosen_collection(getattr(args, "collection", None)):
+            code = args.func(args)
         sys.stdout.flush()  # a pipe's buffered output fails here, not in the interpreter's exit
         return code
     except SettingsError as exc:  # a bad variable: its one line, not a traceback

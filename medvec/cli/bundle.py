@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from medvec.cli.options import add_collection_option
 from medvec.cli.output import print_json, refuse, stderr_messages
 from medvec.settings import get_settings
 
@@ -18,6 +19,7 @@ def register(sub) -> None:
                    help="the ONNX text tower (default auto: int8, a quarter of the bytes, when its top 10 matches "
                         "float32's on the common queries, else float32)")
     p.add_argument("--no-thumbnails", action="store_true", help="leave the thumbnails out")
+    add_collection_option(p)
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.set_defaults(func=cmd_bundle)
 

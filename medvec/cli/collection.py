@@ -1,9 +1,11 @@
-"""`medvec models`, `medvec stats` and `medvec reset`: what this machine can run and what the home holds."""
+"""`medvec models`, `medvec stats`, `medvec collections` and `medvec reset`: what this machine can run and what
+the home (and each of its collections) holds."""
 
 from __future__ import annotations
 
 import argparse
 
+from medvec.cli.options import add_collection_option
 from medvec.cli.output import print_json, refuse
 from medvec.settings import get_settings
 
@@ -15,10 +17,16 @@ def register(sub) -> None:
 
     p = sub.add_parser("stats", help="images by view and modality, subjects, studies, errors, models and tables")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    add_collection_option(p)
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("collections", help="the collections in the home (chest, dermatology, ...) and their images")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_collections)
 
     p = sub.add_parser("reset", help="drop Medvec's LanceDB tables (only with --yes)")
     p.add_argument("--yes", action="store_true", help="really drop them")
+    add_collection_option(p)
     p.set_defaults(func=cmd_reset)
 
 
@@ -60,6 +68,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
               f"{model['dim']}-d  indexes: {', '.join(model['indexes']) or 'none'}")
     if not stats["models"]:
         print("  no embeddings yet: run `medvec ingest SOURCE` (or `make demo`)")
+    return 0
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    from medvec.tables.inventory import home_collections
+
+    settings = get_settings()
+    rows = home_collections(settings)
+    if args.json:
+        print_json({"home": str(settings.root_home), "collections": rows})
+        return 0
+    print(f"{len(rows)} collection(s) in {settings.root_home}:")
+    for row in rows:
+        name = row["name"] or "(the home itself)"
+        print(f"  {name:<24} {row['images']:>8} image(s)" + ("  (default)" if row["default"] else ""))
+    if not any(row["name"] for row in rows):
+        print("no named collections: `medvec ingest SOURCE --collection NAME` starts one")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from medvec.cli.options import add_collection_option
 from medvec.cli.output import print_json, refuse, stderr_messages
 from medvec.datasets.splits import eval_split_argument
 from medvec.settings import get_settings
@@ -23,6 +24,7 @@ def register(sub) -> None:
                    help="also fit a logistic-regression probe per finding on the train split; test AUC with CIs")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates over patients (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_collection_option(p)
     p.add_argument("--json", action="store_true", help="print the report (schema medvec.eval/1)")
     p.set_defaults(func=cmd_eval)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from medvec.cli.options import add_collection_option
 from medvec.settings import get_settings
 from medvec.sources.receiver import DicomReceiver, ReceiverConfig
 
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--allow", nargs="+", default=[], metavar="AE",
                    help="calling AE titles accepted (default: any); others are refused")
     p.add_argument("--out", help="folder to write into (default: the watched folder, $MEDVEC_SOURCE)")
+    add_collection_option(p)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medvec.cli.options import add_collection_option
 from medvec.cli.output import print_json, refuse
 from medvec.datasets.splits import split_argument
 from medvec.settings import get_settings
@@ -36,6 +37,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-group", action="append", help="only this age group (40-49, AGE_30_TO_39, ...)")
     parser.add_argument("--skin-type", action="append", help="only this Fitzpatrick skin type (FST1 ... FST6)")
     parser.add_argument("--model", help="which model's table (default: $MEDVEC_MODEL)")
+    add_collection_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--reports", action="store_true",
                         help="search the reports too: studies with report snippets, images found both ways")

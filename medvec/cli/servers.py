@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from medvec.cli.options import add_collection_option
 from medvec.settings import get_settings
 
 
@@ -21,10 +22,14 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     p.add_argument("--model", help="registry name (default: $MEDVEC_MODEL)")
+    p.add_argument("--collection", metavar="NAME", help="the collection answered without ?collection= "
+                   "(default: $MEDVEC_COLLECTION, else the home itself); every collection is served")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("mcp", help="MCP server on stdio with search tools for assistants")
     p.add_argument("--model", help="registry name (default: $MEDVEC_MODEL)")
+    p.add_argument("--collection", metavar="NAME", help="the collection searched when a tool names none "
+                   "(default: $MEDVEC_COLLECTION, else the home itself); tools may name any collection")
     p.set_defaults(func=cmd_mcp)
 
 

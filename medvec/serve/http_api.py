@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from medvec.search.images import ImageSearch, NotIndexed
 from medvec.search.reports import ReportSearch
 from medvec.serve.api_docs import add_offline_docs
+from medvec.serve.collections import CollectionDispatch, OpenCollections, collections_router, known_collection
 from medvec.serve.http_middleware import (AUTH_ERRORS, LOOPBACK_HOSTS, MAX_UPLOAD_BYTES, BodyLimit, HostGuard,
                                           add_error_handlers, bearer_guard)
 from medvec.serve.routes.images import image_router, upload_router
@@ -40,23 +41,32 @@ PAGE_HEADERS = {
 
 
 def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES, allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, allowed_hosts: tuple[str, ...] = (),
+               collections: OpenCollections | None = None) -> FastAPI:
     """The API and page over `search` (and its reports); with `token`, every /api/* route but health needs it.
-    Only loopback names and `allowed_hosts` are answered; other sites' requests are refused (HostGuard)."""
+    Only loopback names and `allowed_hosts` are answered; other sites' requests are refused (HostGuard).
+    With `collections`, `?collection=NAME` on /api/* is answered by that collection's own app, and
+    /api/collections lists them."""
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
                   "search over embedded chest X-rays, and their radiology reports.", docs_url=None)
     add_offline_docs(app)  # /docs from local Swagger UI files: FastAPI's default loads them from a CDN
     reports = ReportSearch(search)  # one per app, like `search`: it keeps the reports and their links loaded
     home = as_path(home).resolve()
     add_error_handlers(app)
+    if collections is not None:  # innermost: the guards below see every request first
+        app.add_middleware(CollectionDispatch, collections=collections)
     app.add_middleware(BodyLimit, max_upload_bytes=max_upload_bytes)
     app.add_middleware(HostGuard, allowed=tuple(allowed_hosts))  # added last: runs first
-    app.include_router(health_router(search, reports, token))
-    guarded = {"prefix": "/api", "dependencies": [Depends(bearer_guard(token))] if token else [],
-               "responses": AUTH_ERRORS if token else None}
-    for router in (search_router(search, reports), upload_router(search, max_upload_bytes), stats_router(search),
-                   image_router(search, reports, home), eval_router(home),
-                   refine_router(search, reports, max_upload_bytes)):
+    # Health never needs the token, so its 404 for an unknown collection names the known ones only without one.
+    app.include_router(health_router(search, reports, token), dependencies=[] if collections is None else
+                       [Depends(known_collection(collections, name_them=token is None))])
+    # The token first: a stranger learns nothing, not even which collections exist.
+    guards = [Depends(bearer_guard(token))] if token else []
+    guards += [Depends(known_collection(collections))] if collections is not None else []
+    guarded = {"prefix": "/api", "dependencies": guards, "responses": AUTH_ERRORS if token else None}
+    routers = [search_router(search, reports), upload_router(search, max_upload_bytes), stats_router(search),
+               image_router(search, reports, home), eval_router(home), refine_router(search, reports, max_upload_bytes)]
+    for router in routers + ([collections_router(collections)] if collections is not None else []):
         app.include_router(router, **guarded)
     app.include_router(_page_router())
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
@@ -118,16 +128,31 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
         print("medvec serve: only loopback names are answered; set MEDVEC_ALLOWED_HOSTS to the host names "
               "clients use for this machine", flush=True)
     # No access log: request lines carry image ids and query text, and `/?token=` would put the token there.
-    app = create_app(search, settings.home, token=token, allowed_hosts=allowed)
+    collections = collection_apps(settings, model, token=token, allowed_hosts=allowed)
+    app = create_app(search, settings.home, token=token, allowed_hosts=allowed, collections=collections)
     config = uvicorn.Config(app, access_log=False, log_level="warning")
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:
         pass  # uvicorn shut down cleanly, then re-raised the Ctrl-C for us
     finally:
+        collections.close()
         search.close()
         listener.close()
     return 0
+
+
+def collection_apps(settings: Settings, model: str | None = None, **app_options) -> OpenCollections:
+    """The other collections of the settings' home, each its own app over its own search when first asked."""
+    from medvec.search.configured import open_search
+
+    def open_app(collection: Settings) -> FastAPI:
+        search = open_search(collection, model)
+        app = create_app(search, collection.home, **app_options)
+        app.state.search = search  # closed when the app leaves the open collections
+        return app
+
+    return OpenCollections(settings, open_app, lambda app: app.state.search.close())
 
 
 def _listen(host: str, port: int) -> socket.socket:

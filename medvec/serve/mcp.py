@@ -14,21 +14,23 @@ import inspect
 import json
 import logging
 import sys
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
-from medvec.models.registry import quality_note
 from medvec.search.feedback import TEXT_WEIGHT, Refinement
-from medvec.search.reports import NoReports, ReportSearch, mark_text
+from medvec.search.reports import NoReports, ReportSearch
 from medvec.search.probe_rerank import search_text_reranked
 from medvec.search.studies import refined_search
-from medvec.search.images import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError, SearchResult
-from medvec.serve.schema import FUSED_SCALE
-from medvec.serve.schema import (ImageHit, ImageMetadata, ImageReportsOut, ReportImageHit, ReportMode,
-                                 ReportSearchAnswer, SearchAnswer, StudyFields, StudySearchAnswer)
+from medvec.search.images import MAX_K, Filters, ImageSearch, NotIndexed, SearchInputError
+from medvec.serve.collections import OpenCollections, UnknownCollection
+from medvec.serve.mcp_answers import (HIT_FIELDS, compact_answer, compact_report_answer, summarize,
+                                      summarize_image_reports, summarize_reports)
+from medvec.serve.schema import (ImageMetadata, ImageReportsOut, ReportMode, ReportSearchAnswer, SearchAnswer,
+                                 StudySearchAnswer)
 from medvec.settings import Settings
 from medvec.storage import HomePath, as_path
 
@@ -48,13 +50,9 @@ reports, and get_image_reports gives an image's report (indication, findings, im
 search_studies answers whole studies (views and reports together) for a text, an image_id or both,
 and takes relevant / not_relevant image_ids from earlier hits to refine a search. Scores
 rank results; they are not diagnoses or probabilities. Filters (view, labels, modality, split) narrow
-the candidate images before ranking."""
+the candidate images before ranking. Where the home holds several collections (chest X-rays,
+skin photographs ...), every tool takes `collection` to choose one; omitted, the server's own."""
 
-
-# The tools answer the compact shapes of `schema`, the classes the HTTP API's answers extend.
-HIT_FIELDS = (*ImageHit.model_fields, "probe_score")  # probe_score: only on rerank="probe" answers
-STUDY_FIELDS = tuple(StudyFields.model_fields)
-REPORT_IMAGE_FIELDS = tuple(f for f in ReportImageHit.model_fields if f != "study_key")
 
 # Tool parameters, described where the assistant reads them (the input schema).
 Query = Annotated[str, Field(min_length=1, max_length=1000,
@@ -89,34 +87,64 @@ Marked = Annotated[list[str] | None, Field(description="image_ids from earlier h
 PerPatient = Annotated[int | None, Field(ge=1, le=MAX_K, description="At most this many studies per patient")]
 StudyScore = Annotated[Literal["best", "mean"], Field(description="best: a study scores as its best view; "
                                                                   "mean: the mean over its views")]
+Collection = Annotated[str | None, Field(max_length=64, description="Which collection of the home to ask (a chest "
+                                                                   "collection, a dermatology one ...); omit for "
+                                                                   "the server's own")]
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 
 
 # --- the server -----------------------------------------------------------------------------------
 
-def build_server(search: ImageSearch, home: HomePath) -> MCPServer:
-    """An MCP server whose tools answer from `search` and its reports; thumbnails are read from under `home`."""
-    home = as_path(home)
-    server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS,
+#: One search's view of a collection: its images, its reports, and the home its thumbnails live under.
+Opened = tuple[ImageSearch, ReportSearch, HomePath]
+
+
+def build_server(search: ImageSearch, home: HomePath, collections: OpenCollections[Opened] | None = None) -> MCPServer:
+    """An MCP server whose tools answer from `search` and its reports; thumbnails are read from under `home`.
+    With `collections`, a tool's `collection` argument asks that collection of the home instead."""
+    known = f" This home's collections: {', '.join(collections.names()) or 'none'}." if collections else ""
+    server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS + known,
                        version=_version(), log_level="WARNING")
     titles = ("Search chest X-rays by text", "Find similar chest X-rays", "Get one chest X-ray's metadata",
               "Search radiology reports and their chest X-rays", "Get one chest X-ray's reports",
               "Search chest X-ray studies, refined by feedback")
-    reports = ReportSearch(search)
-    tools = _image_tools(search, home) + _report_tools(search, reports, home) + (_study_tool(search, reports),)
-    for tool, title in zip(tools, titles, strict=True):
+    pick = _picker((search, ReportSearch(search), as_path(home)), collections)
+    for tool, title in zip(_image_tools(pick) + _report_tools(pick) + (_study_tool(pick),), titles, strict=True):
         # The docstring is what the assistant reads; cleandoc drops the code's indentation.
         server.add_tool(tool, title=title, description=inspect.cleandoc(tool.__doc__), annotations=READ_ONLY)
     return server
 
 
-def _image_tools(search: ImageSearch, home: HomePath) -> tuple:
+def _picker(default: Opened, collections: OpenCollections[Opened] | None):
+    """`with pick(collection) as (search, reports, home)`: the named collection, held while the tool runs."""
+
+    @contextlib.contextmanager
+    def pick(collection: str | None):
+        if not collection or (collections is not None and collection == collections.default):
+            yield default
+            return
+        try:
+            lease = collections.acquire(collection) if collections is not None else None
+        except UnknownCollection as exc:
+            raise ToolError(str(exc)) from None
+        if lease is None:
+            raise ToolError(f"this server searches one collection; start `medvec mcp --collection {collection}`")
+        try:
+            yield lease.value
+        finally:
+            collections.release(lease)
+
+    return pick
+
+
+def _image_tools(pick) -> tuple:
     """Text → images, image → similar images, one image's metadata."""
 
     def search_medical_images(query: Query, k: K = 10, view: View = None, labels: Labels = None,
                               modality: Modality = None, split: Split = None, thumbnails: Thumbnails = 0,
-                              rerank: Rerank = None) -> Annotated[CallToolResult, SearchAnswer]:
+                              rerank: Rerank = None, collection: Collection = None
+                              ) -> Annotated[CallToolResult, SearchAnswer]:
         """Find chest X-rays in the collection that match a text description, best match first.
 
         Returns up to k hits, each with image_id, score (cosine similarity, for ranking only: not a
@@ -127,23 +155,25 @@ def _image_tools(search: ImageSearch, home: HomePath) -> tuple:
         names a finding ("pleural effusion") by that finding's linear probe, and adds probe_score.
         """
         filters = Filters.of(view, modality, split, labels)
-        if rerank == "probe":
-            return _answer(lambda: search_text_reranked(search, query, k, filters), f"for {query!r}", home,
-                           thumbnails)
-        return _answer(lambda: search.search_text(query, k, filters), f"for {query!r}", home, thumbnails)
+        with pick(collection) as (search, _, home):
+            if rerank == "probe":
+                return _answer(lambda: search_text_reranked(search, query, k, filters), f"for {query!r}", home,
+                               thumbnails)
+            return _answer(lambda: search.search_text(query, k, filters), f"for {query!r}", home, thumbnails)
 
     def find_similar_images(image_id: ImageId, k: K = 10, view: View = None, labels: Labels = None,
-                            modality: Modality = None, split: Split = None,
-                            thumbnails: Thumbnails = 0) -> Annotated[CallToolResult, SearchAnswer]:
+                            modality: Modality = None, split: Split = None, thumbnails: Thumbnails = 0,
+                            collection: Collection = None) -> Annotated[CallToolResult, SearchAnswer]:
         """Find the chest X-rays that look most like a given image in the collection (itself excluded).
 
         image_id comes from a previous search result. Returns up to k hits in the same shape as
         search_medical_images; the same filters apply (any-of within a filter, AND across filters).
         """
-        return _answer(lambda: search.similar(image_id, k, Filters.of(view, modality, split, labels)),
-                       f"similar to {image_id}", home, thumbnails)
+        with pick(collection) as (search, _, home):
+            return _answer(lambda: search.similar(image_id, k, Filters.of(view, modality, split, labels)),
+                           f"similar to {image_id}", home, thumbnails)
 
-    def get_image_metadata(image_id: ImageId) -> Annotated[CallToolResult, ImageMetadata]:
+    def get_image_metadata(image_id: ImageId, collection: Collection = None) -> Annotated[CallToolResult, ImageMetadata]:
         """All the metadata the collection holds for one image, by image_id.
 
         Includes study_id, series_id, subject_key (a keyed pseudonym, not a patient identifier),
@@ -152,7 +182,8 @@ def _image_tools(search: ImageSearch, home: HomePath) -> tuple:
         thumbnail relative to the Medvec home. Never the original file path.
         """
         try:
-            metadata = search.get(image_id)
+            with pick(collection) as (search, _, _):
+                metadata = search.get(image_id)
         except (SearchInputError, NotIndexed) as exc:
             return _error(exc)
         return CallToolResult(content=[TextContent(type="text", text=json.dumps(metadata, default=str))],
@@ -161,12 +192,12 @@ def _image_tools(search: ImageSearch, home: HomePath) -> tuple:
     return search_medical_images, find_similar_images, get_image_metadata
 
 
-def _report_tools(search: ImageSearch, reports: ReportSearch, home: HomePath) -> tuple:
+def _report_tools(pick) -> tuple:
     """Text → reports (and images through them), one image's reports."""
 
     def search_reports(query: Query, k: ReportK = 10, mode: Mode = "hybrid", view: View = None, labels: Labels = None,
-                       modality: Modality = None, split: Split = None,
-                       thumbnails: Thumbnails = 0) -> Annotated[CallToolResult, ReportSearchAnswer]:
+                       modality: Modality = None, split: Split = None, thumbnails: Thumbnails = 0,
+                       collection: Collection = None) -> Annotated[CallToolResult, ReportSearchAnswer]:
         """Search the radiology reports with a text, and the images through them, best match first.
 
         Returns `studies`: the k reports that match best (mode hybrid, bm25 or vector), each with
@@ -177,18 +208,19 @@ def _report_tools(search: ImageSearch, reports: ReportSearch, home: HomePath) ->
         AND across) narrow the images, not the reports. Report text is de-identified at ingest.
         Fails with a plain reason when the collection has no reports.
         """
-        try:
-            result = reports.search(query, k, Filters.of(view, modality, split, labels), mode)
-        except (SearchInputError, NotIndexed, NoReports) as exc:
-            return _error(exc)
-        content: list[TextContent | ImageContent] = [TextContent(type="text", text=summarize_reports(result))]
-        for image in result["images"][:thumbnails]:
-            thumbnail = _thumbnail(home, image.get("thumb_uri"))
-            if thumbnail is not None:
-                content.append(thumbnail)
+        with pick(collection) as (_, reports, home):
+            try:
+                result = reports.search(query, k, Filters.of(view, modality, split, labels), mode)
+            except (SearchInputError, NotIndexed, NoReports) as exc:
+                return _error(exc)
+            content: list[TextContent | ImageContent] = [TextContent(type="text", text=summarize_reports(result))]
+            for image in result["images"][:thumbnails]:
+                thumbnail = _thumbnail(home, image.get("thumb_uri"))
+                if thumbnail is not None:
+                    content.append(thumbnail)
         return CallToolResult(content=content, structured_content=compact_report_answer(result))
 
-    def get_image_reports(image_id: ImageId) -> Annotated[CallToolResult, ImageReportsOut]:
+    def get_image_reports(image_id: ImageId, collection: Collection = None) -> Annotated[CallToolResult, ImageReportsOut]:
         """The radiology reports of one image's study, by image_id: indication, findings, impression.
 
         Also the report's study_key, where it came from (mimic, openi or indiana) and the findings
@@ -197,8 +229,9 @@ def _report_tools(search: ImageSearch, reports: ReportSearch, home: HomePath) ->
         Fails with a plain reason when the collection has no reports.
         """
         try:
-            search.get(image_id)  # an unknown id is an error, not an empty list
-            answer = {"image_id": image_id, "reports": reports.reports_for_image(image_id)}
+            with pick(collection) as (search, reports, _):
+                search.get(image_id)  # an unknown id is an error, not an empty list
+                answer = {"image_id": image_id, "reports": reports.reports_for_image(image_id)}
         except (SearchInputError, NotIndexed, NoReports) as exc:
             return _error(exc)
         return CallToolResult(content=[TextContent(type="text", text=summarize_image_reports(answer))],
@@ -207,13 +240,14 @@ def _report_tools(search: ImageSearch, reports: ReportSearch, home: HomePath) ->
     return search_reports, get_image_reports
 
 
-def _study_tool(search: ImageSearch, reports: ReportSearch):
+def _study_tool(pick):
     """Studies (views and reports together) for a text, a stored image, both, refined by feedback."""
 
     def search_studies(query: OptionalQuery = None, image_id: OptionalImageId = None,
                        text_weight: TextWeight = TEXT_WEIGHT, relevant: Marked = None, not_relevant: Marked = None, per_patient: PerPatient = None,
                        study_score: StudyScore = "best", k: K = 10, view: View = None, labels: Labels = None,
-                       modality: Modality = None, split: Split = None) -> Annotated[CallToolResult, StudySearchAnswer]:
+                       modality: Modality = None, split: Split = None,
+                       collection: Collection = None) -> Annotated[CallToolResult, StudySearchAnswer]:
         """Find chest X-ray studies: each hit is one study with its views (best first) and reports.
 
         Ask with a text (query), a stored image (image_id, itself excluded), or both: "this image, with
@@ -223,9 +257,10 @@ def _study_tool(search: ImageSearch, reports: ReportSearch):
         over views. Scores rank; they are not diagnoses or probabilities.
         """
         try:
-            answer = refined_search(search, k=k, filters=Filters.of(view, modality, split, labels), text=query,
-                                    image_id=image_id, refinement=Refinement.of(text_weight, relevant, not_relevant),
-                                    by_study=True, per_patient=per_patient, study_score=study_score, reports=reports)
+            with pick(collection) as (search, reports, _):
+                answer = refined_search(search, k=k, filters=Filters.of(view, modality, split, labels), text=query,
+                                        image_id=image_id, refinement=Refinement.of(text_weight, relevant, not_relevant),
+                                        by_study=True, per_patient=per_patient, study_score=study_score, reports=reports)
         except (SearchInputError, NotIndexed) as exc:
             return _error(exc)
         studies = [{**{n: s[n] for n in ("study_id", "subject_key", "score", "rank", "reports")},
@@ -252,80 +287,6 @@ def _answer(run, what: str, home: HomePath, thumbnails: int) -> CallToolResult:
         if image is not None:
             content.append(image)
     return CallToolResult(content=content, structured_content=answer)
-
-
-def compact_answer(result: SearchResult) -> dict[str, Any]:
-    """The structured answer: the hit fields an assistant uses, not every column."""
-    return {"hits": [{name: hit[name] for name in HIT_FIELDS if name in hit} for hit in
-                     (h.to_json() for h in result.hits)],
-            "route": result.route, "model": result.model, "model_note": quality_note(result.model),
-            "table": result.table, "table_version": result.table_version}
-
-
-def summarize(result: SearchResult, what: str) -> str:
-    """A few lines a person (or a model that ignores structured content) can read."""
-    head = f"{len(result.hits)} image(s) {what} (model {result.model}, route {result.route})"
-    if result.query.get("filters"):
-        head += ", filters " + json.dumps(result.query["filters"])
-    if note := quality_note(result.model):
-        head += f" [{note}]"
-    if not result.hits:
-        return head + ": nothing matched."
-    lines = [head + ":"]
-    for hit in result.hits:
-        meta = hit.metadata
-        labels = ", ".join(meta.get("labels") or []) or "no labels"
-        lines.append(f"{hit.rank}. {hit.image_id} score {hit.score:.3f} {meta.get('view_position') or '?'} "
-                     f"{meta.get('modality') or '?'} [{labels}] split {meta.get('split') or '?'}")
-    return "\n".join(lines)
-
-
-def compact_report_answer(result: dict) -> dict[str, Any]:
-    """Studies with their image ids; images with the fields an assistant uses and the report's study."""
-    studies = [{"rank": rank, **{name: study[name] for name in STUDY_FIELDS},
-                "image_ids": [image["image_id"] for image in study["images"]]}
-               for rank, study in enumerate(result["studies"], start=1)]
-    images = [{**{name: image[name] for name in REPORT_IMAGE_FIELDS if name in image},
-               "study_key": image["report"]["study_key"] if image["report"] else None} for image in result["images"]]
-    return {"studies": studies, "images": images, "mode": result["mode"], "model": result["model"],
-            "model_note": quality_note(result["model"]), "table": result["table"], "score_scale": FUSED_SCALE}
-
-
-def summarize_reports(result: dict) -> str:
-    """Studies with the matched words between « », then the images and how each was found."""
-    query = result["query"]
-    head = (f"{len(result['studies'])} report(s) ({result['mode']}) and {len(result['images'])} image(s) for "
-            f"{query['text']!r} (model {result['model']})")
-    if note := quality_note(result["model"]):
-        head += f" [{note}]"
-    if query.get("filters"):
-        head += ", image filters " + json.dumps(query["filters"])
-    lines = [head + "; scores are rank-fusion sums (about 0.016-0.033), not cosines:"]
-    for rank, study in enumerate(result["studies"], start=1):
-        labels = ", ".join(study["labels"]) or "no findings read"
-        images = ", ".join(image["image_id"] for image in study["images"]) or "none in the collection"
-        lines.append(f"{rank}. study {study['study_key']} ({study['layout']}, {'+'.join(study['routes'])}) "
-                     f"score {study['score']:.4f} [{labels}]: {mark_text(study['snippet'], study['highlights'])} "
-                     f"Images: {images}")
-    if result["images"]:
-        lines.append("Images (direct and through reports):")
-    for image in result["images"]:
-        via = f" study {image['report']['study_key']}" if image["report"] else ""
-        lines.append(f"{image['rank']}. {image['image_id']} score {image['score']:.4f} {'+'.join(image['routes'])} "
-                     f"{image.get('view_position') or '?'} [{', '.join(image.get('labels') or []) or 'no labels'}]"
-                     f"{via}")
-    return "\n".join(lines)
-
-
-def summarize_image_reports(answer: dict) -> str:
-    if not answer["reports"]:
-        return f"No report links to image {answer['image_id']}."
-    lines = [f"{len(answer['reports'])} report(s) for image {answer['image_id']}:"]
-    for report in answer["reports"]:
-        lines.append(f"Study {report['study_key']} ({report['layout']})")
-        lines += [f"  {name.capitalize()}: {report[name]}" for name in ("indication", "findings", "impression")
-                  if report[name]]
-    return "\n".join(lines)
 
 
 def _thumbnail(home: HomePath, thumb_uri: str | None) -> ImageContent | None:
@@ -365,12 +326,25 @@ def run_stdio(settings: Settings, model: str | None = None) -> int:
     # once serving, the SDK itself points fd 1 at stderr for the same reason.
     with contextlib.redirect_stdout(sys.stderr):
         search = open_search(settings, model)
-        server = build_server(search, settings.home)
+        collections = collection_searches(settings, model)
+        server = build_server(search, settings.home, collections)
     log.info("MCP server for %s on stdio", search.table_name)
     try:
         server.run("stdio")
     except KeyboardInterrupt:
         pass
     finally:
+        collections.close()
         search.close()
     return 0
+
+
+def collection_searches(settings: Settings, model: str | None = None) -> OpenCollections[Opened]:
+    """The other collections of the settings' home, each its own search when a tool first names it."""
+    from medvec.search.configured import open_search
+
+    def open_collection(collection: Settings) -> Opened:
+        search = open_search(collection, model)
+        return search, ReportSearch(search), as_path(collection.home)
+
+    return OpenCollections(settings, open_collection, lambda opened: opened[0].close())

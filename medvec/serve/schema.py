@@ -6,6 +6,7 @@ extend those with every column and the URLs of the pixels.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -124,10 +125,30 @@ class SearchOut(SearchAnswer):
     query: dict[str, Any]
 
 
+#: The collection (`?collection=`) of the request being answered, set by `collections.CollectionDispatch`.
+#: The URLs below must name it, so that a hit's image_url fetches from the collection the hit came from;
+#: every route builds them here, so it travels with the request rather than through every router.
+REQUEST_COLLECTION: ContextVar[str | None] = ContextVar("medvec_request_collection", default=None)
+
+
 def with_urls(image: dict) -> dict:
     """An image's row with the API URLs of its pixels (`ImageOut.image_url`, `thumbnail_url`)."""
     base = f"/api/images/{quote(image['image_id'], safe='')}"
-    return image | {"image_url": f"{base}/image", "thumbnail_url": f"{base}/thumbnail"}
+    collection = REQUEST_COLLECTION.get()
+    query = f"?collection={collection}" if collection else ""  # a collection name needs no quoting
+    return image | {"image_url": f"{base}/image{query}", "thumbnail_url": f"{base}/thumbnail{query}"}
+
+
+class CollectionOut(BaseModel):
+    name: str | None = Field(description="the collection's name (`?collection=NAME`); null for the home itself",
+                             examples=["chest"])
+    images: int = Field(description="images it holds (its largest model table's rows)")
+    tables: dict[str, int] = Field(description="rows per model table", examples=[{"images__tiny_siglip": 36}])
+    default: bool = Field(description="true for the collection answered without `?collection=`")
+
+
+class CollectionsOut(BaseModel):
+    collections: list[CollectionOut]
 
 
 # --- reports and report search ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What a Medvec home holds (`medvec stats`) and how to empty its tables (`medvec reset`)."""
+"""What a Medvec home holds (`medvec stats`, `medvec collections`) and how to empty its tables (`medvec reset`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections import Counter
 
 import pyarrow.compute as pc
 
-from medvec.home import index_dir, is_image_table, is_medvec_table, model_slug_of
+from medvec.home import collection_names, index_dir, is_image_table, is_medvec_table, model_slug_of
+from medvec.settings import Settings
 from medvec.tables import database
 from medvec.storage import HomePath, remove_tree
 
@@ -53,6 +54,26 @@ def collection_stats(lancedb_uri: str, home: HomePath | None = None) -> dict:
     stats["errors"] = len(errors)
     stats["errors_by_stage"] = _counts([e["stage"] for e in errors])
     return stats
+
+
+def image_rows(lancedb_uri: str) -> dict[str, int]:
+    """Rows per image table (one per model) in a table database; empty when it holds none."""
+    db = database.connect(lancedb_uri)
+    return {name: db.open_table(name).count_rows() for name in medvec_tables(db) if is_image_table(name)}
+
+
+def home_collections(settings: Settings) -> list[dict]:
+    """The collections of the settings' home: name (None for the home itself), images (its largest image
+    table's rows, what `medvec stats` counts), rows per image table, and `default`: whether it is the one
+    these settings are for. The home itself is listed when it holds images or has no collections."""
+    rows = []
+    for name in [None, *collection_names(settings.root_home)]:
+        tables = image_rows(settings.for_collection(name).lancedb_uri)
+        rows.append({"name": name, "images": max(tables.values(), default=0), "tables": tables,
+                     "default": name == settings.collection})
+    if len(rows) > 1 and not rows[0]["images"]:
+        rows.pop(0)
+    return rows
 
 
 def _counts(values) -> dict:

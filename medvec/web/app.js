@@ -1,6 +1,8 @@
 // Medvec search page: talks to /api/* on this origin only. Images are fetched with the same
 // Authorization header as the JSON calls and shown through blob: URLs, so a token never sits in a URL.
 // Two views, chosen by the address's #hash: search (the default) and metrics (the latest `medvec eval`).
+// Where the home holds several collections, a picker chooses one; the address's ?collection= keeps the choice
+// and every /api/* request carries it.
 // Report text is only ever put on the page as text nodes (matched words in <mark> elements built here),
 // never as HTML.
 "use strict";
@@ -23,6 +25,7 @@ const ROUTE_TITLES = {
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
+  collection: new URL(window.location.href).searchParams.get("collection") || "", // "": the server's own
   reportsAvailable: false, // the model has a reports table (health says how many reports)
   last: null,          // the query on screen: {kind: "text", text} | {kind: "image", file} | {kind: "similar", imageId}
   selected: null,      // the hit shown in the detail panel
@@ -46,10 +49,18 @@ class ApiError extends Error {
   }
 }
 
+// The chosen collection on every /api/* request (image URLs from the server already name theirs).
+function inCollection(path) {
+  if (!state.collection || !path.startsWith("/api/") || path.startsWith("/api/collections")) return path;
+  const url = new URL(path, window.location.origin);
+  if (!url.searchParams.has("collection")) url.searchParams.set("collection", state.collection);
+  return url.pathname + url.search;
+}
+
 async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
   if (state.token) headers.set("Authorization", `Bearer ${state.token}`);
-  const response = await fetch(path, { ...options, headers });
+  const response = await fetch(inCollection(path), { ...options, headers });
   if (response.ok) return response;
   let message = `${response.status} ${response.statusText}`;
   try {
@@ -110,7 +121,34 @@ async function start() {
   }
   state.ready = true;
   if (state.view === "metrics") loadMetrics();
+  loadCollections();
   await loadFilters();
+}
+
+// The picker shows only when there is a choice. Choosing reloads the page at ?collection=NAME (the token
+// stays in this tab's session storage), so every view starts over on the chosen collection.
+async function loadCollections() {
+  const listed = await getJson("/api/collections").then((body) => body.collections).catch(() => []);
+  const picker = $("#collection");
+  picker.replaceChildren(...listed.map((c) => {
+    const option = element("option", `${c.name || "(this home)"} · ${c.images} images`);
+    option.value = c.default ? "" : c.name;
+    return option;
+  }));
+  const chosen = listed.find((c) => (state.collection ? c.name === state.collection : c.default));
+  if (!chosen && listed.length) {
+    chooseCollection(listed[0].name); // the server's own is an empty home beside its collections: open the first
+    return;
+  }
+  picker.value = chosen && !chosen.default ? chosen.name : "";
+  $("#collection-picker").hidden = listed.length < 2;
+}
+
+function chooseCollection(name) {
+  const address = new URL(window.location.href);
+  if (name) address.searchParams.set("collection", name);
+  else address.searchParams.delete("collection");
+  window.location.assign(address.toString());
 }
 
 function setReportsAvailable(available) {
@@ -934,6 +972,7 @@ function wire() {
     if (file) run({ kind: "image", file });
   });
   $("#k").addEventListener("change", rerun);
+  $("#collection").addEventListener("change", (event) => chooseCollection(event.target.value));
   $("#by-study").addEventListener("change", rerun);
   $("#feedback-apply").addEventListener("click", () => {
     if (state.last) run(state.last, true);
@@ -955,6 +994,7 @@ function wire() {
     setToken($("#token-input").value.trim());
     $("#token-input").value = "";
     state.ready = true;
+    loadCollections();
     loadFilters().then(rerun);
     if (state.view === "metrics") loadMetrics();
   });
