@@ -43,7 +43,7 @@ clock = time.time
 def folder_root(settings: Settings) -> str:
     """The folder incoming_folder_sensor watches: MEDVEC_SOURCE when it is a folder, else
     $MEDVEC_HOME/incoming."""
-    return settings.source if not settings.source.startswith("s3://") else str(settings.home / "incoming")
+    return settings.watched_folder
 
 
 def s3_root(settings: Settings) -> str | None:
