@@ -201,3 +201,14 @@ def test_a_tarball_shorter_than_the_server_announces_is_refused(tmp_path, caplog
     assert summary.refused == ["NLMCXR_reports.tgz"]
     assert f"{len(cut)} bytes where the server's Content-Length lists {len(cut) + 10}" in caplog.text
     assert not (tmp_path / "NLMCXR_reports").exists() and not list((tmp_path / ".downloads").iterdir())
+
+
+def test_medvec_fetch_open_i_reports_the_unpacked_folders_and_a_rerun_fetches_nothing(tmp_path, capsys):
+    from medvec.cli import main
+
+    with FileServer(_open_i(), prefix=OPEN_I_BASE) as server:
+        assert main(["fetch", "open-i", str(tmp_path), "--base-url", server.base_url]) == 0
+        assert "open-i: 2 fetched, 2 unpacked, 0 already complete, 0 refused" in capsys.readouterr().out
+        served = dict(server.bytes_served)
+        assert main(["fetch", "open-i", str(tmp_path), "--base-url", server.base_url]) == 0
+        assert "0 fetched, 2 already complete" in capsys.readouterr().out and server.bytes_served == served

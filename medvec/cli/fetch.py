@@ -22,8 +22,9 @@ def run(args) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress(name: str, done: int, total: int | None) -> None:
-        bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, desc=name[-40:], unit="B", unit_scale=True,
-                                                           leave=False))
+        bar = bars.get(name)  # not `or`: a tqdm without a total refuses bool()
+        if bar is None:
+            bar = bars[name] = tqdm(total=total, desc=name[-40:], unit="B", unit_scale=True, leave=False)
         bar.n = done
         bar.refresh()
 

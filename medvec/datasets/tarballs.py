@@ -27,7 +27,7 @@ def unpack_tarball(tarball: Path, dest: Path, progress: Progress | None = None) 
     staging = dest.with_name(f".{dest.name}.unpacking")
     shutil.rmtree(staging, ignore_errors=True)  # an earlier run stopped mid-unpack
     staging.mkdir(parents=True)
-    files = 0
+    files = unpacked = 0
     try:
         with tarfile.open(tarball, "r:*") as archive:
             for member in archive:  # one pass: a .tgz is read as a stream, never seeked back
@@ -35,9 +35,9 @@ def unpack_tarball(tarball: Path, dest: Path, progress: Progress | None = None) 
                 # The "data" filter repeats the checks above and drops permission bits a download must not set.
                 archive.extract(member, staging, filter="data")
                 if member.isfile():
-                    files += 1
+                    files, unpacked = files + 1, unpacked + member.size
                     if progress:
-                        progress(f"unpack {dest.name}", files, None)
+                        progress(f"unpack {dest.name}", unpacked, None)
         (staging / DONE_MARKER).touch()
         os.rename(staging, dest)
     except (tarfile.TarError, EOFError) as exc:
