@@ -226,6 +226,12 @@ class Settings(BaseSettings):
             self.__dict__["source"] = str(self.home / "incoming")
 
     @property
+    def watched_folder(self) -> str:
+        """The folder the folder sensor watches and downloads land in: MEDVEC_SOURCE when it is a folder,
+        else $MEDVEC_HOME/incoming (the S3 sensor watches an s3:// source)."""
+        return self.source if not self.source.startswith("s3://") else str(self.home / "incoming")
+
+    @property
     def model_cache(self) -> Path:
         """Where model snapshots, S3 mirrors and built tiny models are kept: under a local Medvec home, or in
         the local cache (MEDVEC_CACHE_DIR, else ~/.cache/medvec) when the home is on S3, since model loaders

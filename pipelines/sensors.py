@@ -43,7 +43,7 @@ clock = time.time
 def folder_root(settings: Settings) -> str:
     """The folder incoming_folder_sensor watches: MEDVEC_SOURCE when it is a folder, else
     $MEDVEC_HOME/incoming."""
-    return settings.source if not settings.source.startswith("s3://") else str(settings.home / "incoming")
+    return settings.watched_folder
 
 
 def s3_root(settings: Settings) -> str | None:
@@ -156,12 +156,12 @@ def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHom
     embeddings landed since the last refresh began, no embedding run is queued or running, no batch
     awaits launch, and nothing new landed for MEDVEC_REFRESH_QUIET_S seconds."""
     instance = context.instance
-    latest = instance.fetch_materializations(image_embeddings.key, limit=1).records
     index_event = instance.get_latest_materialization_event(SEARCH_ASSETS[0].key)
     indexed_from = None
     if index_event is not None:
         run = instance.get_run_record_by_id(index_event.run_id)
         indexed_from = (run.start_time or run.create_timestamp.timestamp()) if run else index_event.timestamp
+    latest = latest_embedding(instance, indexed_from)
     embedding_runs = refresh_runs = 0
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
         run = record.dagster_run
@@ -171,11 +171,28 @@ def search_refresh_sensor(context: dg.SensorEvaluationContext, medvec: MedvecHom
         embedding_runs += image_embeddings.key in selected or embedding_model.key in selected
         refresh_runs += SEARCH_ASSETS[0].key in selected
     due, reason = refresh_decision(
-        last_embedded_at=latest[0].timestamp if latest else None, indexed_from=indexed_from,
+        last_embedded_at=latest.timestamp if latest else None, indexed_from=indexed_from,
         embedding_in_flight=embedding_runs, refresh_in_flight=bool(refresh_runs),
         awaiting=lambda: len(_pending_launches(instance, medvec.home_path, None)), now=clock(),
         quiet_s=WatchOptions.from_env().refresh_quiet_s)
     if not due:
         return dg.SkipReason(reason)
-    return dg.RunRequest(run_key=f"refresh:{latest[0].storage_id}",
-                         tags={"medvec/refresh_after": str(latest[0].storage_id)})
+    return dg.RunRequest(run_key=f"refresh:{latest.storage_id}",
+                         tags={"medvec/refresh_after": str(latest.storage_id)})
+
+
+def latest_embedding(instance: dg.DagsterInstance, indexed_from: float | None) -> dg.EventLogRecord | None:
+    """The newest image_embeddings materialisation that embedded something, or the newest from before
+    the last refresh began (which that refresh covers, whatever it held). A re-run whose images were all
+    in the table already (`embedded` 0 in its metadata) changed no vector: refreshing for it would only
+    spend model calls (a NIM's text requests for the fallback queries)."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(image_embeddings.key, limit=100, cursor=cursor)
+        for record in page.records:
+            embedded = record.asset_materialization.metadata.get("embedded")
+            if embedded is None or embedded.value or (indexed_from is not None and record.timestamp <= indexed_from):
+                return record  # (no count recorded: assume it changed vectors)
+        if not page.has_more:
+            return None
+        cursor = page.cursor

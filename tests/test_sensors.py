@@ -17,6 +17,7 @@ from assets.checks import CHECKS
 from assets.embeddings import embedding_model, image_embeddings
 from assets.ingest import normalized_images, source_manifest
 from assets.reports import report_embeddings, report_records
+from assets.search import image_index
 from medvec.tables import database
 from medvec.ingest.batches import list_batches, load_manifest
 from medvec.sources import LocalFolderSource
@@ -399,14 +400,46 @@ def test_search_refresh_runs_once_after_a_wave_of_batches(tmp_path, settings, re
     assert job.execute_in_process(instance=dagster_instance, resources=resources, tags=request.tags).success
     assert "already cover" in refresh.tick().skip_message
 
+    # A re-run whose images are all in the table already embeds nothing: no reason to refresh.
+    backfill(settings, summary.batches[:1], instance=dagster_instance, embedder=resources["embedder"], refresh=False,
+             normalize_config={"workers": 1})
+    advanced["s"] += 601
+    assert "already cover" in refresh.tick().skip_message
+
     _files(tmp_path / "more", ["late.dcm"])  # another batch of the wave, opened but not launched yet
     [waiting], _ = rescan(LocalFolderSource(tmp_path / "more"), settings.home, launcher="incoming_folder_sensor")
-    backfill(settings, summary.batches[:1], instance=dagster_instance, embedder=resources["embedder"], refresh=False,
+    (tmp_path / "new").mkdir()
+    shutil.copy(dicom_testfile("SC_rgb.dcm"), tmp_path / "new" / "SC_rgb.dcm")  # an image the table lacks
+    new = ingest(str(tmp_path / "new"), settings, batch_size=1, instance=dagster_instance, embed=False, workers=1)
+    backfill(settings, new.batches, instance=dagster_instance, embedder=resources["embedder"], refresh=False,
              normalize_config={"workers": 1})
     advanced["s"] += 601
     assert "1 batch(es) awaiting launch" in refresh.tick().skip_message
     clear_awaiting(settings.home, waiting.batch)
     assert len(refresh.tick().run_requests) == 1
+
+
+def test_a_rerun_that_embedded_nothing_does_not_refresh_search(resources, dagster_instance, monkeypatch):
+    monkeypatch.setenv("MEDVEC_REFRESH_QUIET_S", "0")
+
+    def embeddings(embedded: int, skipped: int) -> None:  # what image_embeddings records for a run
+        dagster_instance.report_runless_asset_event(dg.AssetMaterialization(
+            image_embeddings.key, metadata={"embedded": embedded, "skipped": skipped, "rows_written": skipped}))
+
+    def tick():
+        return search_refresh_sensor(dg.build_sensor_context(instance=dagster_instance,
+                                                             resources={"medvec": resources["medvec"]}))
+
+    embeddings(3, 0)
+    assert isinstance(tick(), dg.RunRequest)
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization(image_index.key))  # the refresh ran
+    embeddings(0, 3)  # every image was in the table already
+    embeddings(0, 2)
+    skipped = tick()
+    assert isinstance(skipped, dg.SkipReason) and "already cover" in skipped.skip_message
+    embeddings(1, 2)
+    [latest] = dagster_instance.fetch_materializations(image_embeddings.key, limit=1).records
+    assert tick().run_key == f"refresh:{latest.storage_id}"
 
 
 def test_refresh_waits_for_embedding_runs_in_flight_and_for_a_running_refresh():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from medvec.settings import get_settings
 from medvec.datasets.fetch import REMOTES, FetchError, fetch_dataset
 
@@ -23,8 +22,9 @@ def run(args) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress(name: str, done: int, total: int | None) -> None:
-        bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, desc=name[-40:], unit="B", unit_scale=True,
-                                                           leave=False))
+        bar = bars.get(name)  # not `or`: a tqdm without a total refuses bool()
+        if bar is None:
+            bar = bars[name] = tqdm(total=total, desc=name[-40:], unit="B", unit_scale=True, leave=False)
         bar.n = done
         bar.refresh()
 
@@ -41,6 +41,8 @@ def run(args) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    print(f"{summary.dataset}: {len(summary.fetched)} fetched, {len(summary.already_complete)} already complete, "
-          f"{len(summary.refused)} refused (failed their check, deleted), {summary.bytes_downloaded} bytes downloaded")
+    unpacked = f", {len(summary.unpacked)} unpacked" if summary.unpacked else ""
+    print(f"{summary.dataset}: {len(summary.fetched)} fetched{unpacked}, {len(summary.already_complete)} already "
+          f"complete, {len(summary.refused)} refused (failed their check, deleted), {summary.bytes_downloaded} bytes "
+          "downloaded")
     return 1 if summary.refused else 0

@@ -1,57 +1,54 @@
-"""Downloads of public datasets that resume and verify: PhysioNet (MIMIC-CXR, MIMIC-CXR-JPG) with the
-user's credentials, SCIN from its public bucket, Open-I from NLM.
+"""Downloads of public datasets that resume and verify: PhysioNet (MIMIC-CXR, MIMIC-CXR-JPG, VinDr-CXR)
+with the user's credentials, SCIN from its public Google Cloud Storage bucket, Open-I's tarballs from NLM.
 
-A file is fetched to `<name>.part` with ranged requests (a cut connection resumes where it stopped),
-checked against the dataset's `SHA256SUMS.txt` (or the size the server states when that is all there
-is), then renamed into place; a folder gets a `.done` marker once every listed file in it and below is
-complete, so the folder sensor takes files only whole. A file that fails its check is deleted.
+Each file is fetched and checked by `medvec.datasets.download` against what its publisher lists
+(`medvec.datasets.listings`); a folder gets a `.done` marker once every listed file in it and below is
+complete, so the folder sensor takes files only whole. Open-I's tarballs download to the hidden
+`.downloads/` and are unpacked, each into its own folder that appears complete in one rename.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from urllib.parse import quote
 
 import httpx
 
+from medvec.datasets.download import (CorruptFile, FetchError, Progress, Wanted, download_file, is_complete)
+from medvec.datasets.listings import announced_sizes, bucket_listing, sha256sums_listing
+from medvec.datasets.tarballs import unpack_tarball
 from medvec.sources import DONE_MARKER
 
-log = logging.getLogger(__name__)
+__all__ = ["REMOTES", "FetchError", "FetchSummary", "Remote", "fetch_dataset"]
 
-Progress = Callable[[str, int, int | None], None]  # (file, bytes so far, total bytes or None)
-CHUNK = 1 << 20
-MAX_ATTEMPTS = 5  # per file: each dropped connection resumes from the bytes already on disk
+log = logging.getLogger(__name__)
+#: Where tarballs wait to be unpacked: hidden, so the folder sensor never takes an archive for an image.
+DOWNLOADS = ".downloads"
 
 
 @dataclass(frozen=True)
 class Remote:
-    """Where a dataset is published and how its files are listed and checked."""
+    """Where a dataset is published, how its files are listed, and whether they are tarballs to unpack."""
 
     name: str
     base_url: str
-    credentials: bool  # PhysioNet's credentialed projects: HTTP basic auth, like `wget --user`
-    checksums: str | None = None  # a SHA256SUMS.txt listing every file
-    files: tuple[str, ...] = ()  # fixed file list when there is no checksum list
+    listing: str  # "sha256sums" (PhysioNet), "bucket" (a public GCS bucket) or "sizes" (the files below)
+    credentials: bool = False  # PhysioNet's credentialed projects: HTTP basic auth, like `wget --user`
+    files: tuple[str, ...] = ()  # "bucket": the prefixes listed; "sizes": the files
+    unpack: bool = False  # tarballs, each unpacked into a folder named after it
 
 
 REMOTES = {r.name: r for r in (
-    Remote("mimic-cxr", "https://physionet.org/files/mimic-cxr/2.0.0/", True, "SHA256SUMS.txt"),
-    Remote("mimic-cxr-jpg", "https://physionet.org/files/mimic-cxr-jpg/2.1.0/", True, "SHA256SUMS.txt"),
-    Remote("vindr-cxr", "https://physionet.org/files/vindr-cxr/1.0.0/", True, "SHA256SUMS.txt"),
-    Remote("scin", "https://storage.googleapis.com/dx-scin-public-data/", False, None,
-           ("dataset/scin_cases.csv", "dataset/scin_labels.csv")),
-    Remote("open-i", "https://openi.nlm.nih.gov/imgs/collections/", False, None,
-           ("NLMCXR_png.tgz", "NLMCXR_reports.tgz")),
+    Remote("mimic-cxr", "https://physionet.org/files/mimic-cxr/2.0.0/", "sha256sums", True),
+    Remote("mimic-cxr-jpg", "https://physionet.org/files/mimic-cxr-jpg/2.1.0/", "sha256sums", True),
+    Remote("vindr-cxr", "https://physionet.org/files/vindr-cxr/1.0.0/", "sha256sums", True),
+    Remote("scin", "https://storage.googleapis.com/dx-scin-public-data/", "bucket", files=("dataset/",)),
+    Remote("open-i", "https://openi.nlm.nih.gov/imgs/collections/", "sizes",
+           files=("NLMCXR_png.tgz", "NLMCXR_reports.tgz"), unpack=True),
 )}
-
-
-class FetchError(Exception):
-    """A download that cannot go on; the message says what to do next."""
 
 
 @dataclass
@@ -59,24 +56,9 @@ class FetchSummary:
     dataset: str
     fetched: list[str] = field(default_factory=list)
     already_complete: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)  # failed their check; deleted
+    refused: list[str] = field(default_factory=list)  # failed their check (or unsafe to unpack); deleted
+    unpacked: list[str] = field(default_factory=list)  # folders unpacked from tarballs
     bytes_downloaded: int = 0
-
-
-@dataclass(frozen=True)
-class Wanted:
-    path: str  # relative, POSIX
-    sha256: str | None = None
-
-
-def parse_sha256sums(text: str) -> list[Wanted]:
-    """`<hex>  <path>` lines (sha256sum's format; `*` marks binary mode)."""
-    wanted = []
-    for line in text.splitlines():
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2 and len(parts[0]) == 64:
-            wanted.append(Wanted(parts[1].lstrip("*").lstrip("./"), parts[0].lower()))
-    return wanted
 
 
 def fetch_dataset(dataset: str, target: str | Path, *, base_url: str | None = None,
@@ -95,40 +77,22 @@ def fetch_dataset(dataset: str, target: str | Path, *, base_url: str | None = No
     target = Path(target)
     base = (base_url or remote.base_url).rstrip("/") + "/"
     try:
-        wanted = _listing(client, base, remote, auth)
+        wanted = _listing(client, base, remote, only, auth)
         wanted = [w for w in wanted if not only or w.path.startswith(only)]
+        if remote.unpack:
+            return _fetch_and_unpack(client, base, target, dataset, wanted, progress)
         return _fetch_all(client, base, auth, target, dataset, wanted, progress)
     finally:
         if own:
             client.close()
 
 
-def _listing(client: httpx.Client, base: str, remote: Remote, auth) -> list[Wanted]:
-    if remote.checksums:
-        return [Wanted(remote.checksums), *parse_sha256sums(_get_text(client, base + remote.checksums, auth))]
-    wanted = [Wanted(p) for p in remote.files]
-    if remote.name == "scin":  # the cases file names every photograph
-        import csv
-        import io
-
-        cases = csv.DictReader(io.StringIO(_get_text(client, base + "dataset/scin_cases.csv", auth)))
-        wanted += [Wanted(row[c]) for row in cases for c in ("image_1_path", "image_2_path", "image_3_path")
-                   if (row.get(c) or "").strip()]
-    return wanted
-
-
-def _get_text(client: httpx.Client, url: str, auth) -> str:
-    response = client.get(url, auth=auth)
-    _raise_for(response, url)
-    return response.text
-
-
-def _raise_for(response: httpx.Response, url: str) -> None:
-    if response.status_code in (401, 403):
-        raise FetchError(f"{url}: the server refused access ({response.status_code}); check PHYSIONET_USERNAME / "
-                         "PHYSIONET_PASSWORD and that this account has signed the project's data use agreement")
-    if response.status_code >= 400:
-        raise FetchError(f"{url}: HTTP {response.status_code}")
+def _listing(client: httpx.Client, base: str, remote: Remote, only: tuple[str, ...], auth) -> list[Wanted]:
+    if remote.listing == "sha256sums":
+        return sha256sums_listing(client, base, auth)
+    if remote.listing == "bucket":  # list only what --only asks for: the bucket filters by prefix itself
+        return bucket_listing(client, base, tuple(p for p in only if p.startswith(remote.files)) or remote.files)
+    return announced_sizes(client, base, remote.files)
 
 
 def _fetch_all(client, base, auth, target: Path, dataset: str, wanted: list[Wanted],
@@ -136,22 +100,62 @@ def _fetch_all(client, base, auth, target: Path, dataset: str, wanted: list[Want
     summary = FetchSummary(dataset)
     remaining = Counter(folder for w in wanted for folder in _folders(w.path))
     for item in sorted(wanted, key=lambda w: w.path):
-        dest = target / item.path
-        if _complete(dest, item):
-            summary.already_complete.append(item.path)
-        else:
-            try:
-                summary.bytes_downloaded += download_file(client, base + item.path, dest, item.sha256, auth, progress)
-            except CorruptFile as exc:
-                log.error("%s", exc)
-                summary.refused.append(item.path)
-                continue
-            summary.fetched.append(item.path)
+        _fetch_one(client, base + quote(item.path), target / item.path, item, auth, progress, summary)
         for folder in _folders(item.path):
             remaining[folder] -= 1
             if remaining[folder] == 0 and not _refused_under(folder, summary.refused):
                 (target / folder / DONE_MARKER).touch()
     return summary
+
+
+def _fetch_one(client, url: str, dest: Path, item: Wanted, auth, progress: Progress | None,
+               summary: FetchSummary) -> bool:
+    """Fetch `item` unless it is already complete; False when it was refused (and deleted)."""
+    if is_complete(dest, item):
+        summary.already_complete.append(item.path)
+        return True
+    try:
+        summary.bytes_downloaded += download_file(client, url, dest, item, auth, progress)
+    except CorruptFile as exc:
+        log.error("%s", exc)
+        summary.refused.append(item.path)
+        return False
+    summary.fetched.append(item.path)
+    return True
+
+
+def _fetch_and_unpack(client, base, target: Path, dataset: str, wanted: list[Wanted],
+                      progress: Progress | None) -> FetchSummary:
+    """Each tarball into the folder named after it (`NLMCXR_png.tgz` → `NLMCXR_png/`); a folder already
+    unpacked whole (it holds `.done`) is not fetched again, and its tarball is deleted once unpacked."""
+    summary = FetchSummary(dataset)
+    for item in sorted(wanted, key=lambda w: w.path):
+        folder = target / _unpacked_name(item.path)
+        if (folder / DONE_MARKER).exists():
+            summary.already_complete.append(item.path)
+            continue
+        tarball = target / DOWNLOADS / item.path
+        if not _fetch_one(client, base + quote(item.path), tarball, item, None, progress, summary):
+            continue
+        try:
+            files = unpack_tarball(tarball, folder, progress)
+        except CorruptFile as exc:  # unreadable or unsafe: no use keeping it (a disk error keeps it, and stops)
+            log.error("%s", exc)
+            summary.refused.append(item.path)
+            tarball.unlink()
+            continue
+        tarball.unlink()
+        summary.unpacked.append(folder.name)
+        log.info("%s: %d files unpacked into %s", item.path, files, folder.name)
+    return summary
+
+
+def _unpacked_name(path: str) -> str:
+    name = PurePosixPath(path).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _folders(path: str) -> list[str]:
@@ -162,81 +166,3 @@ def _folders(path: str) -> list[str]:
 
 def _refused_under(folder: str, refused: list[str]) -> bool:
     return any(folder == "" or r.startswith(folder + "/") for r in refused)
-
-
-def _complete(dest: Path, item: Wanted) -> bool:
-    if not dest.exists():
-        return False
-    return item.sha256 is None or _sha256_of(dest) == item.sha256
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class CorruptFile(FetchError):
-    pass
-
-
-def download_file(client: httpx.Client, url: str, dest: Path, sha256: str | None = None, auth=None,
-                  progress: Progress | None = None) -> int:
-    """Fetch one file to `dest` via `dest.part`, resuming a partial one; returns the bytes downloaded.
-    Raises `CorruptFile` (and deletes the part) when the bytes do not match the checksum or size."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    downloaded, total = 0, None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        offset = part.stat().st_size if part.exists() else 0
-        try:
-            got, total, finished = _request_range(client, url, part, offset, auth, progress, dest.name)
-            downloaded += got
-            if finished:
-                break
-        except httpx.TransportError as exc:  # dropped mid-file: the bytes on disk stay, the next try resumes
-            log.warning("%s: connection lost after %d bytes (try %d of %d): %s", dest.name,
-                        part.stat().st_size if part.exists() else 0, attempt, MAX_ATTEMPTS, type(exc).__name__)
-    else:
-        raise FetchError(f"{url}: gave up after {MAX_ATTEMPTS} tries; run the same command again to resume")
-    _verify(part, dest, sha256, total)
-    os.replace(part, dest)  # appears whole, under its own name, in one step
-    return downloaded
-
-
-def _request_range(client, url, part: Path, offset: int, auth, progress, name) -> tuple[int, int | None, bool]:
-    """One request from `offset`; (bytes written, full size, finished)."""
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with client.stream("GET", url, headers=headers, auth=auth) as response:
-        if response.status_code == 416:  # nothing after offset: the part is already whole
-            return 0, offset, True
-        _raise_for(response, url)
-        resumed = response.status_code == 206
-        if not resumed:
-            offset = 0  # the server ignored Range: start again from the first byte
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
-        written = 0
-        with open(part, "ab" if resumed else "wb") as handle:
-            # No chunk_size: httpx would hold bytes back to fill a chunk and lose them if the line drops.
-            for chunk in response.iter_bytes():
-                handle.write(chunk)
-                written += len(chunk)
-                if progress:
-                    progress(name, offset + written, total)
-    return written, total, total is None or offset + written >= total
-
-
-def _verify(part: Path, dest: Path, sha256: str | None, total: int | None) -> None:
-    size = part.stat().st_size
-    if sha256 is not None:
-        actual = _sha256_of(part)
-        if actual != sha256:
-            part.unlink()
-            raise CorruptFile(f"{dest.name}: SHA-256 {actual[:12]}… does not match SHA256SUMS.txt ({sha256[:12]}…); "
-                              "the file was deleted, run the fetch again")
-    elif total is not None and size != total:
-        part.unlink()
-        raise CorruptFile(f"{dest.name}: {size} bytes where the server announced {total}; the file was deleted")
