@@ -218,7 +218,7 @@ def auc_plot_png(zero_shot: dict, title: str = "Zero-shot ROC AUC per finding (9
     ax.set_xlabel("ROC AUC (0.5 = chance)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    if models:
+    if ax.get_legend_handles_labels()[0]:  # none when no model could score a finding
         ax.legend(fontsize=7, loc="lower left")
     buffer = io.BytesIO()
     fig.tight_layout()
