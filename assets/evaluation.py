@@ -1,5 +1,5 @@
-"""Retrieval evaluation: how well each model's table finds images by finding, in numbers and plots (with
-zero-shot AUC); and the finding probes fitted on each table's train split."""
+"""Retrieval evaluation: how well each model's table finds images by finding (in the table's vocabulary), in
+numbers and plots (with zero-shot AUC); and the finding probes fitted on each table's train split."""
 
 import base64
 
@@ -18,6 +18,12 @@ from resources import MedvecHomeResource
 from resources.embedders import EmbedderResource, ModelArtifact
 
 
+def _home_settings(medvec: MedvecHomeResource):
+    """This process's settings for the resource's home: its tables and its vocabulary setting."""
+    return get_settings().model_copy(update={"home": medvec.home_path, "lancedb_uri": medvec.lancedb_uri,
+                                             "vocabulary": medvec.vocabulary})
+
+
 class EvaluationConfig(dg.Config):
     split: str = "test"  # evaluate this split; all images when the table carries no splits
     uncertain: str = "exclude"  # CheXpert -1 labels: exclude | positive | negative
@@ -31,7 +37,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                          embedder: EmbedderResource, embedding_model: ModelArtifact) -> dg.MaterializeResult:
     """Recall@1/5/10, precision, MRR and mAP for text → image (per finding) and image → image (same
     subject and study excluded) per model, side by side, with a Recall@K plot and the hard cases."""
-    settings = get_settings().model_copy(update={"home": medvec.home_path, "lancedb_uri": medvec.lancedb_uri})
+    settings = _home_settings(medvec)
     targets = eval_targets(settings, config.models or None)
     configured = embedder.spec().name
     for target in targets:
@@ -76,7 +82,7 @@ def finding_probes(context: dg.AssetExecutionContext, config: ProbesConfig,
                    medvec: MedvecHomeResource) -> dg.MaterializeResult:
     """One logistic-regression probe per finding on each model's stored train-split embeddings, saved in
     the home (search re-ranks finding queries with them: `rerank=probe`), with test-split AUC and 95% CIs."""
-    settings = get_settings().model_copy(update={"home": medvec.home_path, "lancedb_uri": medvec.lancedb_uri})
+    settings = _home_settings(medvec)
     sections = fit_and_save_probes(database.connect(medvec.lancedb_uri), eval_targets(settings, config.models or None),
                                    medvec.home_path, policy=config.uncertain, replicates=config.bootstrap,
                                    progress=context.log.info)

@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.embeddings import NO_QUALITY_NOTE, image_embeddings
 from assets.metadata import OWNERS, TAGS, table_metadata
+from medvec.datasets.vocabulary import table_vocabulary
 from medvec.tables import database
 from medvec.tables.images import image_table_name
 from medvec.search.precompute import compute_fallbacks, compute_similar, stored_query_vectors
@@ -62,14 +63,17 @@ def image_index(context: dg.AssetExecutionContext, config: ImageIndexConfig, med
 @dg.asset(group_name="search", deps=[image_index], kinds={"lancedb", "pytorch"}, owners=OWNERS, tags=TAGS)
 def fallback_queries(context: dg.AssetExecutionContext, medvec: MedvecHomeResource, embedder: EmbedderResource,
                      embedding_model: ModelArtifact) -> dg.MaterializeResult:
-    """About 50 common chest X-ray queries embedded and answered ahead of time, so they answer
-    without loading a text encoder."""
+    """The collection vocabulary's common queries (about 50 chest X-ray phrasings, or each label of the
+    table and its prompt) embedded and answered ahead of time, so they answer without a text encoder."""
     search = table_search(medvec, embedder)
+    table = database.open_table_if_exists(database.connect(medvec.lancedb_uri), search.table_name)
+    vocabulary = table_vocabulary(table, medvec.vocabulary)
     with embedder.load(embedding_model, medvec.model_cache) as model:
-        summary = compute_fallbacks(search, model)
+        summary = compute_fallbacks(search, model, queries=vocabulary.queries)
     rows = "\n".join(f"| {query} | {', '.join(f'`{i[:16]}`' for i in ids)} |" for query, ids in summary["examples"].items())
     metadata = {**_derived_table_metadata(search, fallback_table_name(search.model_slug)),
                 "table": fallback_table_name(embedder.spec().slug), "queries": summary["queries"], "k": summary["k"],
+                "vocabulary": vocabulary.name, "labels": len(vocabulary.labels),
                 "image_table_version": summary["table_version"], "seconds": dg.MetadataValue.float(summary["seconds"]),
                 "examples": dg.MetadataValue.md("| query | top 3 |\n|---|---|\n" + rows)}
     if embedder.spec().no_retrieval_quality:

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     nim_concurrency: int = _var("MEDVEC_NIM_CONCURRENCY", 4, "NIM requests in flight per process", gt=0)
     nim_timeout_s: float = _var("MEDVEC_NIM_TIMEOUT_S", 60.0, "seconds one NIM request may take", gt=0)
     nvidia_api_key: SecretStr | None = _var("NVIDIA_API_KEY", None, "API key the NIM asks for")
+    vocabulary: Literal["auto", "chest", "labels"] = _var(
+        "MEDVEC_VOCABULARY", "auto", "the labels fallback queries and evaluation use: chest (CheXpert findings), "
+        "labels (those the image table holds, e.g. SCIN's conditions) or auto (chest when every label present "
+        "is a chest finding)")
     # --- servers ---
     embed_server_key: SecretStr | None = _var("MEDVEC_EMBED_SERVER_KEY", None,
                                               "bearer key `medvec embed-server` requires")
@@ -176,7 +180,7 @@ class Settings(BaseSettings):
                                    file_secret_settings):
         return init_settings, _EnvSource(settings_cls)
 
-    @field_validator("embedder", mode="before")
+    @field_validator("embedder", "vocabulary", mode="before")
     @classmethod
     def _lower(cls, value):
         return value.strip().lower() if isinstance(value, str) else value

@@ -26,6 +26,7 @@ class MedvecHomeResource(dg.ConfigurableResource):
     date_policy: str = "remove"
     allow_burned_in: bool = False
     burned_in_modalities: list[str] = ["US", "SC", "XA"]
+    vocabulary: str = "auto"  # MEDVEC_VOCABULARY: auto | chest | labels (medvec/datasets/vocabulary.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MedvecHomeResource":
@@ -37,7 +38,8 @@ class MedvecHomeResource(dg.ConfigurableResource):
                    max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels,
                    allow_dev_key=settings.allow_dev_key, date_policy=settings.date_policy,
                    allow_burned_in=settings.allow_burned_in,
-                   burned_in_modalities=list(settings.burned_in_modality_list))
+                   burned_in_modalities=list(settings.burned_in_modality_list),
+                   vocabulary=settings.vocabulary)
 
     @property
     def home_path(self) -> HomePath:

@@ -165,9 +165,9 @@ def test_evaluate_table_reports_the_documented_schema_for_the_chosen_split(tmp_p
 
     class Encoder:  # the text tower of a perfect model: a finding's prompt is its one-hot
         def embed_texts(self, texts):
-            from medvec.evaluation.retrieval import FINDING_PROMPTS
+            from medvec.datasets.vocabulary import CHEST
 
-            return np.concatenate([_onehot([next(f for f, ps in FINDING_PROMPTS.items() if t in ps)]) for t in texts])
+            return np.concatenate([_onehot([next(f for f, ps in CHEST.prompts.items() if t in ps)]) for t in texts])
 
     section = evaluate_table(table, model="synthetic", embedder=Encoder(), split="test")
     assert section["split"] == "test" and section["images"] == 20 and section["labelled_images"] == 20

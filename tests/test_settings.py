@@ -22,7 +22,7 @@ DEFAULTS = {
     "MEDVEC_PSEUDONYM_KEY": None, "MEDVEC_MODEL": "tiny-siglip", "MEDVEC_EMBEDDER": "local",
     "MEDVEC_MODEL_SOURCE": "hub", "MEDVEC_MODEL_LOCATION": None, "MEDVEC_MODEL_REVISION": None,
     "MEDVEC_MODEL_DIM": None, "MEDVEC_MODEL_IMAGE_SIZE": None, "HF_TOKEN": None, "HF_HUB_OFFLINE": False,
-    "MEDVEC_NIM_URL": None, "MEDVEC_NIM_MODEL": "nvidia/nvclip", "MEDVEC_NIM_CONCURRENCY": 4,
+    "MEDVEC_VOCABULARY": "auto", "MEDVEC_NIM_URL": None, "MEDVEC_NIM_MODEL": "nvidia/nvclip", "MEDVEC_NIM_CONCURRENCY": 4,
     "MEDVEC_NIM_TIMEOUT_S": 60.0, "NVIDIA_API_KEY": None, "MEDVEC_EMBED_SERVER_KEY": None,
     "MEDVEC_API_TOKEN": None, "MEDVEC_ORT_WEB_DIST": None, "DAGSTER_HOME": None, "MEDVEC_WATCH_S3": None,
     "MEDVEC_WATCH_BATCH_SIZE": DEFAULT_BATCH_SIZE, "MEDVEC_WATCH_BATCHES_PER_TICK": 4,
@@ -95,6 +95,7 @@ def test_a_value_is_read_typed():
     ({"MEDVEC_MODEL_DIM": "-3"}, "MEDVEC_MODEL_DIM='-3' is not allowed: a number > 0"),
     ({"MEDVEC_EMBEDDER": "foo"}, "MEDVEC_EMBEDDER='foo' is not allowed: one of 'local' or 'nim'"),
     ({"MEDVEC_MODEL_SOURCE": "ftp"}, "MEDVEC_MODEL_SOURCE='ftp' is not allowed: one of 'hub', 's3' or 'local'"),
+    ({"MEDVEC_VOCABULARY": "derm"}, "MEDVEC_VOCABULARY='derm' is not allowed: one of 'auto', 'chest' or 'labels'"),
     ({"MEDVEC_REFRESH_QUIET_S": "soon"}, "MEDVEC_REFRESH_QUIET_S='soon' is not allowed: a number"),
     ({"MEDVEC_WATCH_BATCH_SIZE": "0"}, "MEDVEC_WATCH_BATCH_SIZE='0' is not allowed: a number >= 1"),
     ({"MEDVEC_COLLECTION": "../x"}, "MEDVEC_COLLECTION='../x' is not allowed: '../x' is not a collection name: use "

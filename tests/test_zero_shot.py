@@ -16,7 +16,8 @@ import pytest
 
 from medvec.evaluation.auc import ClusterBootstrap, clusters_of, interval, roc_auc
 from medvec.evaluation.retrieval import EvalData
-from medvec.evaluation.zero_shot import ZERO_SHOT_PROMPTS, auc_markdown, auc_table, paired_difference
+from medvec.datasets.vocabulary import CHEST
+from medvec.evaluation.zero_shot import auc_markdown, auc_table, paired_difference
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 MEDVEC = str(Path(sys.executable).with_name("medvec"))
@@ -143,7 +144,7 @@ def test_auc_table_and_a_model_compared_with_itself():
 
 
 def test_every_finding_has_positive_and_negative_prompts():
-    for finding, (positive, negative) in ZERO_SHOT_PROMPTS.items():
+    for finding, (positive, negative) in CHEST.zero_shot_prompts().items():
         assert positive and negative and not set(positive) & set(negative), finding
 
 

@@ -14,7 +14,7 @@ from medvec.bundle.export_onnx import check_text_onnx, cpu_float32_text_tower, e
 from medvec.bundle.quantize import choose_text_precision
 from medvec.bundle.tokenizer_export import (TokenizerNotSupported, check_with_node, export_tokenizer,
                                             python_token_ids)
-from medvec.evaluation.retrieval import FINDING_PROMPTS
+from medvec.datasets.vocabulary import CHEST
 from medvec.search.precompute import FALLBACK_QUERIES
 
 #: Texts the ONNX export and the browser tokenizer are checked on, besides the common queries and the
@@ -36,7 +36,7 @@ _VARIANTS = (
 
 def check_prompts() -> list[str]:
     """The prompts the ONNX text tower is checked on (each once, in order)."""
-    return list(dict.fromkeys((*FALLBACK_QUERIES, *(p for ps in FINDING_PROMPTS.values() for p in ps),
+    return list(dict.fromkeys((*FALLBACK_QUERIES, *(p for ps in CHEST.prompts.values() for p in ps),
                                *EXTRA_PROMPTS)))
 
 

@@ -34,7 +34,8 @@ def fit_and_save_probes(db, targets, home, *, policy: str = "exclude", replicate
             continue
         progress(f"fitting probes for {target.model} ({target.table})")
         try:
-            fitted = fit_probes(table, policy=policy, replicates=replicates, seed=seed)
+            fitted = fit_probes(table, policy=policy, replicates=replicates, seed=seed,
+                                vocabulary=target.vocabulary_of(table))
         except ValueError as exc:
             sections.append({"model": target.model, "table": target.table, "error": str(exc)})
             continue

@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, mean_over_findings, roc_auc, summary
-from medvec.evaluation.retrieval import FINDING_PROMPTS, judgements, load_eval_data
+from medvec.datasets.vocabulary import CHEST, Vocabulary, table_vocabulary
+from medvec.evaluation.retrieval import judgements, load_eval_data
 from medvec.evaluation.zero_shot import labelled_subset
 from medvec.home import probes_file
 from medvec.storage import HomePath
@@ -36,9 +37,10 @@ def _fit_one(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float
 
 
 def fit_probes(table, *, policy: str = "exclude", train_split: str = "train", test_split: str = "test",
-               replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> dict:
-    """Probes for every finding with enough train examples, and their test-split AUC with intervals.
-    Refuses (ValueError) a table whose rows carry no train/test splits: a probe scored on its own
+               replicates: int = DEFAULT_REPLICATES, seed: int = 0, vocabulary: Vocabulary | None = None) -> dict:
+    """Probes for every finding of `vocabulary` (None: the table's own) with enough train examples, and
+    their test-split AUC with intervals. Each probe keeps its finding's prompts (search re-ranks a query
+    that names one). Refuses (ValueError) a table whose rows carry no train/test splits: a probe scored on its own
     training images would report nothing."""
     started = time.perf_counter()
     train = labelled_subset(load_eval_data(table, train_split))
@@ -47,8 +49,9 @@ def fit_probes(table, *, policy: str = "exclude", train_split: str = "train", te
         raise ValueError(f"{table.name}: no row carries a split, so there is no {train_split} split to fit on "
                          f"and no separate {test_split} split to score on")
     boot = ClusterBootstrap(test.subjects, replicates, seed)
+    vocabulary = vocabulary or table_vocabulary(table)
     probes, per_finding, skipped, points, reps_all = {}, {}, {}, [], []
-    for finding in FINDING_PROMPTS:
+    for finding in vocabulary.labels:
         y_train, keep_train = judgements(train, finding, policy)
         y_fit = y_train[keep_train]
         if min(int(y_fit.sum()), int((~y_fit).sum())) < MIN_PER_CLASS:
@@ -56,7 +59,7 @@ def fit_probes(table, *, policy: str = "exclude", train_split: str = "train", te
             continue
         w, b = _fit_one(train.vectors[keep_train].astype(np.float64), y_fit, seed)
         probes[finding] = {"w": [round(float(v), 7) for v in w], "b": b, "train_positives": int(y_fit.sum()),
-                           "train_negatives": int((~y_fit).sum())}
+                           "train_negatives": int((~y_fit).sum()), "prompts": list(vocabulary.prompts[finding])}
         y_test, keep_test = judgements(test, finding, policy)
         if not (y_test & keep_test).any() or not (~y_test & keep_test).any():
             skipped[finding] = f"fitted, but {test_split} lacks positives or negatives to score it"
@@ -73,6 +76,7 @@ def fit_probes(table, *, policy: str = "exclude", train_split: str = "train", te
     if per_finding:
         macro = {**summary(float(np.mean(points)), mean_over_findings(reps_all)), "findings": len(per_finding)}
     return {"schema": SCHEMA, "table": table.name, "table_version": table.version, "policy": policy,
+            "vocabulary": vocabulary.name,
             "train_split": train_split, "test_split": test_split, "train_images": len(train.ids),
             "test_images": len(test.ids), "test_patients": boot.clusters, "replicates": replicates, "seed": seed,
             "per_finding": per_finding, "macro": macro, "skipped": skipped,
@@ -100,6 +104,15 @@ def load_probes(home: HomePath | None, table_name: str) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_bytes())
+
+
+def probe_prompts(probes: dict | None) -> dict[str, tuple[str, ...]]:
+    """The findings a query can name for re-ranking, each with its prompts: those of the saved probes, and
+    for chest probes (or none yet) every chest finding, so an unfitted one is named as missing."""
+    known = dict(CHEST.prompts) if probes is None or probes.get("vocabulary", CHEST.name) == CHEST.name else {}
+    for finding, probe in (probes or {}).get("probes", {}).items():
+        known[finding] = tuple(probe.get("prompts") or CHEST.prompts.get(finding, ()))
+    return known
 
 
 def probe_logits(probe: dict, vectors: np.ndarray) -> np.ndarray:

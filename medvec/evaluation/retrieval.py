@@ -1,4 +1,5 @@
-"""Retrieval evaluation of one or more models' tables against the finding labels.
+"""Retrieval evaluation of one or more models' tables against their labels, in each table's vocabulary
+(`medvec.datasets.vocabulary`: the CheXpert findings, or a collection's own labels such as SCIN's conditions).
 
 - text → image: each finding's prompts are the queries; relevant = images carrying the finding.
 - image → image: each labelled image queries the rest; relevant = shares at least one finding;
@@ -20,29 +21,13 @@ import pyarrow as pa
 
 from medvec.home import EVAL_FILES, reports_table_for
 from medvec.tables.images import vectors_of
-from medvec.datasets.labels import FINDINGS, label_agreement_of
+from medvec.datasets.labels import label_agreement_of
+from medvec.datasets.vocabulary import CHEST, Vocabulary, table_vocabulary
 from medvec.evaluation.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance
 
 SCHEMA = "medvec.eval/1"
 UNCERTAIN_POLICIES = ("exclude", "positive", "negative")
 
-#: Each finding as radiologists write it; every phrasing is a query and their scores are averaged.
-FINDING_PROMPTS = {
-    "No Finding": ("no acute cardiopulmonary process", "normal chest x-ray", "no finding"),
-    "Enlarged Cardiomediastinum": ("enlarged cardiomediastinum", "widened mediastinum"),
-    "Cardiomegaly": ("cardiomegaly", "enlarged cardiac silhouette", "mild cardiomegaly"),
-    "Lung Opacity": ("lung opacity", "airspace opacity", "patchy opacity"),
-    "Lung Lesion": ("lung lesion", "pulmonary nodule", "lung mass"),
-    "Edema": ("edema", "pulmonary edema", "pulmonary vascular congestion"),
-    "Consolidation": ("consolidation", "lobar consolidation"),
-    "Pneumonia": ("pneumonia", "right lower lobe pneumonia"),
-    "Atelectasis": ("atelectasis", "bibasilar atelectasis"),
-    "Pneumothorax": ("pneumothorax", "small apical pneumothorax"),
-    "Pleural Effusion": ("pleural effusion", "small left pleural effusion", "bilateral pleural effusions"),
-    "Pleural Other": ("pleural thickening", "pleural other"),
-    "Fracture": ("fracture", "rib fracture"),
-    "Support Devices": ("support devices", "endotracheal tube", "central venous catheter"),
-}
 WORST_SHOWN = 5
 CURVE_KS = tuple(range(1, 51))  # Recall@K curves in the report and the plot
 
@@ -153,13 +138,14 @@ def _hard_cases(data, finding, scores, relevant, candidates, k):
 
 
 def image_to_image(data: EvalData, *, ks=DEFAULT_KS, max_queries: int = 2000, chunk: int = 512,
-                   policy: str = "exclude", seed: int = 0) -> dict:
-    """Each labelled image against the others, minus its own subject's and study's images."""
+                   policy: str = "exclude", seed: int = 0, vocabulary: Vocabulary = CHEST) -> dict:
+    """Each labelled image against the others, minus its own subject's and study's images; relevant = shares
+    a label of the vocabulary."""
     n = len(data.ids)
     labelled = [i for i in range(n) if data.labels[i]]
     if len(labelled) > max_queries:
         labelled = sorted(np.random.default_rng(seed).choice(labelled, max_queries, replace=False).tolist())
-    vocab = list(FINDINGS)
+    vocab = list(vocabulary.labels)
     onehot = np.array([[f in l for f in vocab] for l in data.labels], dtype=bool)
     if policy == "positive":
         onehot |= np.array([[f in u for f in vocab] for u in data.uncertain], dtype=bool)
@@ -186,11 +172,12 @@ def image_to_image(data: EvalData, *, ks=DEFAULT_KS, max_queries: int = 2000, ch
     return result
 
 
-def chance(data: EvalData, *, ks=DEFAULT_KS, policy: str = "exclude", repeats: int = 20, seed: int = 0) -> dict:
+def chance(data: EvalData, *, ks=DEFAULT_KS, policy: str = "exclude", repeats: int = 20, seed: int = 0,
+           vocabulary: Vocabulary = CHEST) -> dict:
     """What a random ranking scores on the same text → image judgements (macro over findings)."""
     rng = np.random.default_rng(seed)
     values = []
-    for finding in FINDING_PROMPTS:
+    for finding in vocabulary.labels:
         relevant, candidates = judgements(data, finding, policy)
         if not relevant.any():
             continue
@@ -209,13 +196,17 @@ def _at_ks(metrics: dict, ks) -> dict:
 
 
 def evaluate_table(table, *, model: str, embedder=None, split: str | None = "test", ks=DEFAULT_KS,
-                   policy: str = "exclude", text_unavailable: str | None = None, reports_table=None) -> dict:
-    """One model's section of the report; `embedder` encodes the prompts (None: text part skipped)."""
+                   policy: str = "exclude", text_unavailable: str | None = None, reports_table=None,
+                   vocabulary: Vocabulary | None = None) -> dict:
+    """One model's section of the report; `embedder` encodes the prompts (None: text part skipped);
+    `vocabulary` names the labels judged (None: the table's own, MEDVEC_VOCABULARY=auto)."""
     if policy not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain policy must be one of {UNCERTAIN_POLICIES}, not {policy!r}")
     started = time.perf_counter()
     data = load_eval_data(table, split, reports_table)
+    vocabulary = vocabulary or table_vocabulary(table)
     section = {"model": model, "table": table.name, "table_version": table.version, "split": data.split,
+               "vocabulary": vocabulary.name,
                "images": len(data.ids), "labelled_images": sum(1 for l in data.labels if l),
                "label_sources": data.label_sources}
     if data.report_agreement is not None:
@@ -225,7 +216,7 @@ def evaluate_table(table, *, model: str, embedder=None, split: str | None = "tes
     # Each measure runs once at the report's cut-offs and the curve's; the report keeps its own.
     every_k = [*ks, *(k for k in CURVE_KS if k not in ks)]
     if embedder is not None:
-        prompts = {f: list(p) for f, p in FINDING_PROMPTS.items() if f in present}
+        prompts = {f: list(p) for f, p in vocabulary.prompts.items() if f in present}
         flat = [p for ps in prompts.values() for p in ps]
         vectors = embedder.embed_texts(flat) if flat else np.empty((0, data.vectors.shape[1]))
         by_finding, offset = {}, 0
@@ -241,8 +232,8 @@ def evaluate_table(table, *, model: str, embedder=None, split: str | None = "tes
     else:
         section["text_to_image"] = None
         section["text_to_image_skipped"] = text_unavailable or "no text encoder available"
-    image_curve = image_to_image(data, ks=every_k, policy=policy)
-    random_curve = chance(data, ks=every_k, policy=policy)
+    image_curve = image_to_image(data, ks=every_k, policy=policy, vocabulary=vocabulary)
+    random_curve = chance(data, ks=every_k, policy=policy, vocabulary=vocabulary)
     section["image_to_image"] = _at_ks(image_curve, ks)
     section["chance"] = _at_ks(random_curve, ks)
     curves["image"] = [image_curve[f"recall@{k}"] for k in CURVE_KS] if image_curve["queries"] else []
@@ -252,9 +243,13 @@ def evaluate_table(table, *, model: str, embedder=None, split: str | None = "tes
     return section
 
 
-def report(sections: list[dict], *, split: str | None, ks=DEFAULT_KS, policy: str = "exclude") -> dict:
+def report(sections: list[dict], *, split: str | None, ks=DEFAULT_KS, policy: str = "exclude",
+           vocabularies=(CHEST,)) -> dict:
+    """The whole report; `findings` lists the vocabularies' labels (usually one: a home's tables hold the
+    same images)."""
     return {"schema": SCHEMA, "split": split, "ks": list(ks), "uncertain_policy": policy,
-            "findings": list(FINDINGS), "models": sections}
+            "vocabulary": "+".join(dict.fromkeys(v.name for v in vocabularies)) or CHEST.name,
+            "findings": list(dict.fromkeys(label for v in vocabularies for label in v.labels)), "models": sections}
 
 
 # --- presentation ---------------------------------------------------------------------------------
@@ -333,18 +328,23 @@ class EvalTarget:
     model: str
     table: str
     open_embedder: object = None  # Callable[[], Embedder]
+    vocabulary: Vocabulary | None = None  # the labels judged; None: the table's own (MEDVEC_VOCABULARY=auto)
+
+    def vocabulary_of(self, table) -> Vocabulary:
+        return self.vocabulary or table_vocabulary(table)
 
 
 def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test", ks=DEFAULT_KS,
                     policy: str = "exclude", progress=lambda message: None) -> dict:
     from medvec.tables import database
 
-    sections = []
+    sections, vocabularies = [], []
     for target in targets:
         table = database.open_table_if_exists(db, target.table)
         if table is None:
             sections.append({"model": target.model, "table": target.table, "error": "no such table: embed first"})
             continue
+        vocabularies.append(target.vocabulary_of(table))
         embedder, reason = None, None
         if target.open_embedder is not None:
             try:
@@ -355,12 +355,14 @@ def evaluate_models(db, targets: list[EvalTarget], *, split: str | None = "test"
             progress(f"evaluating {target.model} ({target.table})")
             reports = database.open_table_if_exists(db, reports_table_for(target.table))
             sections.append(evaluate_table(table, model=target.model, embedder=embedder, split=split, ks=ks,
-                                           policy=policy, text_unavailable=reason, reports_table=reports))
+                                           policy=policy, text_unavailable=reason, reports_table=reports,
+                                           vocabulary=vocabularies[-1]))
         finally:
             if embedder is not None:
                 embedder.close()
     evaluated = [s.get("split") for s in sections if "error" not in s]
-    return report(sections, split=evaluated[0] if evaluated else split, ks=ks, policy=policy)
+    return report(sections, split=evaluated[0] if evaluated else split, ks=ks, policy=policy,
+                  vocabularies=vocabularies or [CHEST])
 
 
 

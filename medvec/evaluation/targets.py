@@ -1,4 +1,5 @@
-"""Which models' tables an evaluation covers, each with the way to open its text encoder."""
+"""Which models' tables an evaluation covers, each with the way to open its text encoder and the
+vocabulary its labels are judged in (MEDVEC_VOCABULARY, applied to that table's labels)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ def eval_targets(settings: Settings, models: list[str] | None = None):
     encoder is the registry model with its slug (tables of unregistered models: image → image only)."""
     from medvec.tables import database
     from medvec.tables.inventory import medvec_tables
+    from medvec.datasets.vocabulary import table_vocabulary
     from medvec.evaluation.retrieval import EvalTarget
     from medvec.home import image_table_name, is_image_table, model_slug_of
     from medvec.models.registry import REGISTRY
 
     by_slug = {spec.slug: spec.name for spec in REGISTRY.values()}
+    db = database.connect(settings.lancedb_uri)
     if models:
         names = [resolve_model(m).name if m in REGISTRY else m for m in models]
         slugs = [resolve_model(m).slug for m in models]
     else:
-        slugs = [model_slug_of(t) for t in medvec_tables(database.connect(settings.lancedb_uri)) if is_image_table(t)]
+        slugs = [model_slug_of(t) for t in medvec_tables(db) if is_image_table(t)]
         names = [by_slug.get(s, s) for s in slugs]
     current = embedder_config(settings).spec.name
     targets = []
@@ -32,5 +35,7 @@ def eval_targets(settings: Settings, models: list[str] | None = None):
             # (the factory opens a NIM-only model as a NIM).
             kind = None if name == current else "local"
             opener = lambda n=name, k=kind: open_embedder(embedder_config(settings, n, kind=k))  # noqa: E731
-        targets.append(EvalTarget(model=name, table=image_table_name(slug), open_embedder=opener))
+        table = image_table_name(slug)
+        vocabulary = table_vocabulary(database.open_table_if_exists(db, table), settings.vocabulary)
+        targets.append(EvalTarget(model=name, table=table, open_embedder=opener, vocabulary=vocabulary))
     return targets

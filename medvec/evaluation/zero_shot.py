@@ -1,10 +1,11 @@
 """Zero-shot classification by prompt ensembles: ROC AUC per finding with patient-level bootstrap
 intervals, and paired differences between models.
 
-Each finding has positive prompts (its phrasings in `FINDING_PROMPTS`) and negative ones ("no pleural
-effusion"). An image's score is cos(image, mean positive) - cos(image, mean negative), the positive-vs-
-negative prompt contrast of CheXzero (Tiu et al., Nat. Biomed. Eng. 2022) and MedSigLIP's zero-shot
-evaluation (MedGemma technical report, arXiv 2507.05201). Only labelled images are scored: an image
+Each label of the table's vocabulary (`medvec.datasets.vocabulary`) has positive prompts (its phrasings)
+and negative ones ("no pleural effusion", "a clinical photograph with no eczema"). An image's score is
+cos(image, mean positive) - cos(image, mean negative), the positive-vs-negative prompt contrast of
+CheXzero (Tiu et al., Nat. Biomed. Eng. 2022) and MedSigLIP's zero-shot evaluation (MedGemma technical
+report, arXiv 2507.05201). Only labelled images are scored: an image
 without labels is unknown, not negative. The uncertain-label policy is the retrieval evaluation's.
 """
 
@@ -16,37 +17,25 @@ import time
 import numpy as np
 
 from medvec.evaluation.auc import DEFAULT_REPLICATES, ClusterBootstrap, mean_over_findings, roc_auc, summary
-from medvec.evaluation.retrieval import FINDING_PROMPTS, EvalData, judgements, load_eval_data
+from medvec.evaluation.retrieval import EvalData, judgements, load_eval_data
 
 SCHEMA_NOTE = ("score = cos(image, mean positive prompt) - cos(image, mean negative prompt); AUC with a 95% "
                "percentile interval from a bootstrap over patients (subject_key)")
-#: "No Finding" has no natural negation: its negatives are the words for an abnormal film.
-_NEGATIVE_OVERRIDES = {"No Finding": ("abnormal chest x-ray", "acute cardiopulmonary process")}
-
-
-def negative_prompts(finding: str) -> tuple[str, ...]:
-    if finding in _NEGATIVE_OVERRIDES:
-        return _NEGATIVE_OVERRIDES[finding]
-    first = FINDING_PROMPTS[finding][0]
-    return (f"no {first}", f"no evidence of {first}")
-
-
-#: finding → (positive prompts, negative prompts)
-ZERO_SHOT_PROMPTS = {f: (tuple(p), negative_prompts(f)) for f, p in FINDING_PROMPTS.items()}
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def finding_scores(vectors: np.ndarray, embed_texts, findings) -> dict[str, np.ndarray]:
-    """Each finding's contrast score for every image; `embed_texts` maps a list of texts to vectors."""
-    findings = list(findings)
-    texts = [t for f in findings for side in ZERO_SHOT_PROMPTS[f] for t in side]
+def finding_scores(vectors: np.ndarray, embed_texts, prompts: dict) -> dict[str, np.ndarray]:
+    """Each finding's contrast score for every image; `prompts` maps a finding to its (positive, negative)
+    prompts, `embed_texts` a list of texts to vectors."""
+    findings = list(prompts)
+    texts = [t for f in findings for side in prompts[f] for t in side]
     encoded = np.asarray(embed_texts(texts), dtype=np.float64) if texts else np.empty((0, vectors.shape[1]))
     scores, offset = {}, 0
     for finding in findings:
-        positives, negatives = ZERO_SHOT_PROMPTS[finding]
+        positives, negatives = prompts[finding]
         pos = _unit(encoded[offset:offset + len(positives)].mean(axis=0))
         offset += len(positives)
         neg = _unit(encoded[offset:offset + len(negatives)].mean(axis=0))
@@ -132,7 +121,7 @@ def evaluate_zero_shot(db, targets, *, split: str | None = "test", policy: str =
     compared with the first on the images both hold."""
     from medvec.tables import database
 
-    sections, scored = [], []
+    sections, scored, prompts = [], [], {}
     for target in targets:
         table = database.open_table_if_exists(db, target.table)
         if table is None or target.open_embedder is None:
@@ -150,7 +139,9 @@ def evaluate_zero_shot(db, targets, *, split: str | None = "test", policy: str =
             progress(f"zero-shot {target.model} ({target.table})")
             data = labelled_subset(load_eval_data(table, split))
             present = {f for l in data.labels for f in l} | {f for u in data.uncertain for f in u}
-            scores = finding_scores(data.vectors, embedder.embed_texts, [f for f in ZERO_SHOT_PROMPTS if f in present])
+            scored_prompts = {f: p for f, p in target.vocabulary_of(table).zero_shot_prompts().items() if f in present}
+            scores = finding_scores(data.vectors, embedder.embed_texts, scored_prompts)
+            prompts.update(scored_prompts)
         finally:
             embedder.close()
         section = auc_table(data, scores, policy=policy, replicates=replicates, seed=seed)
@@ -161,7 +152,7 @@ def evaluate_zero_shot(db, targets, *, split: str | None = "test", policy: str =
                                                                       replicates=replicates, seed=seed)}
                    for name, data, scores in scored[1:]]
     return {"method": SCHEMA_NOTE, "prompts": {f: {"positive": list(p), "negative": list(n)}
-                                               for f, (p, n) in ZERO_SHOT_PROMPTS.items()},
+                                               for f, (p, n) in prompts.items()},
             "replicates": replicates, "seed": seed, "models": sections, "comparisons": comparisons}
 
 
@@ -175,13 +166,18 @@ def auc_cell(entry: dict | None, key: str = "auc") -> str:
     return f"{entry[key]:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
+def scored_findings(models: list[dict]) -> list[str]:
+    """The findings any model scored, in vocabulary order (the order each section lists them)."""
+    return list(dict.fromkeys(f for section in models for f in section["per_finding"]))
+
+
 def auc_markdown(zero_shot: dict) -> str:
     """Findings down, models across: AUC [95% CI]; then each paired comparison's difference."""
     models = [s for s in zero_shot["models"] if "error" not in s]
     if not models:
         return "no model could be scored zero-shot: " + "; ".join(
             f"{s['model']}: {s['error']}" for s in zero_shot["models"])
-    findings = [f for f in ZERO_SHOT_PROMPTS if any(f in s["per_finding"] for s in models)]
+    findings = scored_findings(models)
     lines = ["| finding | " + " | ".join(f"{s['model']} AUC [95% CI]" for s in models) + " |",
              "|---|" + "---|" * len(models)]
     for finding in findings:
@@ -203,7 +199,7 @@ def auc_plot_png(zero_shot: dict, title: str = "Zero-shot ROC AUC per finding (9
     from matplotlib import pyplot as plt
 
     models = [s for s in zero_shot["models"] if "error" not in s]
-    findings = [f for f in ZERO_SHOT_PROMPTS if any(f in s["per_finding"] for s in models)] + ["macro"]
+    findings = scored_findings(models) + ["macro"]
     fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(findings) + 1.6), dpi=100)
     for m, section in enumerate(models):
         offset = (m - (len(models) - 1) / 2) * 0.25
@@ -222,7 +218,7 @@ def auc_plot_png(zero_shot: dict, title: str = "Zero-shot ROC AUC per finding (9
     ax.set_xlabel("ROC AUC (0.5 = chance)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    if models:
+    if ax.get_legend_handles_labels()[0]:  # none when no model could score a finding
         ax.legend(fontsize=7, loc="lower left")
     buffer = io.BytesIO()
     fig.tight_layout()

@@ -1,4 +1,4 @@
-"""Answers computed ahead of time: common chest X-ray queries, and every image's nearest neighbours.
+"""Answers computed ahead of time: the collection vocabulary's common queries, and every image's nearest neighbours.
 
 Fallback queries answer without loading a text encoder: each stores its text embedding (so a
 filtered or larger request still skips the encoder) and its top k for the table version it
@@ -12,23 +12,13 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from medvec.datasets.vocabulary import CHEST
 from medvec.embedders.base import Embedder
 from medvec.search.images import (ImageSearch, fallback_table_name, normalize_query_text, similar_table_name)
 
-#: The 14 CheXpert findings in their usual report wording, plus normal studies and devices.
-FALLBACK_QUERIES = (
-    "atelectasis", "bibasilar atelectasis", "cardiomegaly", "enlarged cardiac silhouette",
-    "mild cardiomegaly", "consolidation", "lobar consolidation", "edema", "pulmonary edema",
-    "pulmonary vascular congestion", "enlarged cardiomediastinum", "widened mediastinum", "fracture",
-    "rib fracture", "lung lesion", "pulmonary nodule", "lung mass", "lung opacity", "airspace opacity",
-    "patchy opacity", "pleural effusion", "small left pleural effusion", "bilateral pleural effusions",
-    "large right pleural effusion", "pleural thickening", "pleural other", "pneumonia", "right lower lobe pneumonia",
-    "pneumothorax", "small apical pneumothorax", "tension pneumothorax", "support devices",
-    "endotracheal tube", "nasogastric tube", "central venous catheter", "picc line", "pacemaker",
-    "chest tube", "sternotomy wires", "no finding", "normal chest x-ray", "no acute cardiopulmonary process",
-    "no acute cardiopulmonary abnormality", "clear lungs", "hyperinflated lungs", "emphysema",
-    "hiatal hernia", "interstitial lung disease", "lateral chest x-ray", "frontal chest radiograph",
-)
+#: The chest vocabulary's queries: the default, and the test and benchmark corpus. A collection's own
+#: queries come from its vocabulary (`medvec.datasets.vocabulary.table_vocabulary`).
+FALLBACK_QUERIES = CHEST.queries
 
 FALLBACK_SCHEMA = pa.schema([
     ("query", pa.string()), ("query_key", pa.string()), ("vector", pa.list_(pa.float32())),
@@ -46,7 +36,8 @@ def compute_fallbacks(search: ImageSearch, embedder: Embedder, *, queries=FALLBA
     """Embed each query with the model's text tower, search, and replace the fallback table."""
     started = time.perf_counter()
     version = search.refresh()
-    vectors = embedder.embed_texts(list(queries))
+    queries = list(queries)
+    vectors = embedder.embed_texts(queries) if queries else []  # a labels vocabulary of a table with no labels
     rows = []
     for text, vector in zip(queries, vectors):
         result = search.search_vector(vector, k=min(k, max(1, search.info()["rows"])))

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from medvec.evaluation.probes import load_probes, probe_logits
-from medvec.evaluation.retrieval import FINDING_PROMPTS
+from medvec.evaluation.probes import load_probes, probe_logits, probe_prompts
 from medvec.search.results import MAX_K, Filters, SearchInputError, SearchResult, check_k, normalize_query_text
 
 RERANK_MODES = ("probe",)
 POOL_FACTOR, POOL_MIN = 5, 100  # candidates re-ranked: max(5 k, 100), at most MAX_K
 
 
-def finding_of_query(text: str) -> str | None:
+def finding_of_query(text: str, prompts_by_finding) -> str | None:
     """The finding a query names: its name or one of its prompts, case and punctuation ignored."""
     key = normalize_query_text(text)
-    for finding, prompts in FINDING_PROMPTS.items():
+    for finding, prompts in prompts_by_finding.items():
         if key in {normalize_query_text(finding), *(normalize_query_text(p) for p in prompts)}:
             return finding
     return None
@@ -29,11 +28,11 @@ def finding_of_query(text: str) -> str | None:
 def search_text_reranked(search, text: str, k: int = 10, filters: Filters = Filters()) -> SearchResult:
     """`search.search_text`, its candidate pool re-ordered by the named finding's probe."""
     k = check_k(k)
-    finding = finding_of_query(text)
-    if finding is None:
-        raise SearchInputError("rerank=probe needs a query that names a finding, one of: "
-                               + ", ".join(FINDING_PROMPTS))
     probes = load_probes(search.home, search.table_name)
+    known = probe_prompts(probes)
+    finding = finding_of_query(text, known)
+    if finding is None:
+        raise SearchInputError("rerank=probe needs a query that names a finding, one of: " + ", ".join(known))
     if probes is None or finding not in probes["probes"]:
         raise SearchInputError(f"no {finding} probe for {search.table_name}: run `medvec eval --probes` (or "
                                f"materialise finding_probes) first")

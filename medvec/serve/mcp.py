@@ -64,9 +64,10 @@ ReportK = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many reports, a
                                                            f"(1-{MAX_K})")]
 View = Annotated[list[str] | None, Field(description="Only these projections, any of: PA, AP, LATERAL, LL ... "
                                                      "(case-insensitive)")]
-Labels = Annotated[list[str] | None, Field(description="Only images carrying any of these findings, spelled as in "
-                                                       "the collection (e.g. 'Cardiomegaly', 'Pleural Effusion', "
-                                                       "'No Finding'); case-insensitive")]
+Labels = Annotated[list[str] | None, Field(description="Only images carrying any of these labels, spelled as in "
+                                                       "the collection (a chest one: 'Cardiomegaly', 'Pleural "
+                                                       "Effusion', 'No Finding'; a dermatology one its conditions, "
+                                                       "e.g. 'Eczema'); case-insensitive")]
 Modality = Annotated[list[str] | None, Field(description="Only these DICOM modalities, any of: CR, DX, ... "
                                                          "(case-insensitive)")]
 Split = Annotated[list[str] | None, Field(description="Only these dataset splits, any of: train, valid, test")]
