@@ -25,6 +25,10 @@ from medvec.datasets.labels import label_agreement_of
 from medvec.datasets.vocabulary import CHEST, Vocabulary, table_vocabulary
 from medvec.evaluation.metrics import DEFAULT_KS, mean_metrics, per_query, rank_relevance
 
+#: The chest prompts under the name the demo model's training recipe reads them by: that recipe
+#: (medvec/models/demo_clip/captions.py) is hashed into the packaged weights, so renaming there means retraining.
+FINDING_PROMPTS = CHEST.prompts
+
 SCHEMA = "medvec.eval/1"
 UNCERTAIN_POLICIES = ("exclude", "positive", "negative")
 

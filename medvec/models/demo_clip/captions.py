@@ -75,12 +75,13 @@ def matches(caption: Caption, cardiomegaly: bool, sides: tuple[str, ...], view: 
 
 def vocabulary() -> list[str]:
     """Every word a caption, an evaluation prompt or a precomputed query uses (the tokenizer's vocabulary)."""
-    from medvec.datasets.vocabulary import CHEST
+    from medvec.evaluation.retrieval import FINDING_PROMPTS
+    from medvec.search.precompute import FALLBACK_QUERIES
 
-    texts = [*NORMAL, *CARDIOMEGALY, *NORMAL_HEART, *EFFUSION_ANY, *NO_EFFUSION, *CHEST.queries,
+    texts = [*NORMAL, *CARDIOMEGALY, *NORMAL_HEART, *EFFUSION_ANY, *NO_EFFUSION, *FALLBACK_QUERIES,
              *(t for group in EFFUSION_SIDE.values() for t in group),
              *(t for group in VIEW_WORDS.values() for t in group),
-             *(t for prompts in CHEST.prompts.values() for t in prompts), "and", "with", "without", "there is"]
+             *(t for prompts in FINDING_PROMPTS.values() for t in prompts), "and", "with", "without", "there is"]
     # The same split as the tokenizer's Whitespace pre-tokenizer, so "x-ray" is "x", "-", "ray".
     return sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]+", text.lower())})
 
