@@ -143,8 +143,17 @@ def upsert_batch(table, batch: str, rows: pa.Table, key: str = "image_id"):
     rows that are no longer in it, in one commit (re-runs change nothing, lose nothing)."""
     if rows.num_rows == 0:
         return table.delete(f"batch = {sql_string(batch)}")
-    return (table.merge_insert(key)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(f"batch = {sql_string(batch)}")
-            .execute(rows))
+    for attempt in range(5):
+        try:
+            return (table.merge_insert(key)
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .when_not_matched_by_source_delete(f"batch = {sql_string(batch)}")
+                    .execute(rows))
+        except RuntimeError as exc:
+            # Another writer's commit took the version this merge was planned on (writers racing to
+            # create the table: "incompatible with concurrent transaction Overwrite"). The merge says
+            # what the batch holds, not what to add, so planning it again on the latest version is safe.
+            if "incompatible transaction" not in str(exc).lower() or attempt == 4:
+                raise
+            table.checkout_latest()
