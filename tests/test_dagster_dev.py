@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -17,6 +16,7 @@ import pytest
 from medvec.ingest.batches import is_normalized, list_batches, load_manifest
 from medvec.sources.dicomweb import sop_uid_of
 from tests.conftest import dicom_testfile, free_port
+from tests.dagster_graphql import graphql
 from tests.orthanc_server import Orthanc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +27,6 @@ SENSOR = {**LOCATION, "sensorName": "dicomweb_sensor"}
 DEADLINE_S = 600  # two shared cores: a cold code location, the model run and the batch runs take minutes
 #: The month of the newest study date among the samples; the WG04 radiographs are from 26 August 2004.
 NEWEST_MONTH, RANGE = "200408", ("20040801", "20040831")
-
-
-def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.loads(response.read())
-    assert "errors" not in answer, answer["errors"]
-    return answer["data"]
 
 
 def _until(what: str, probe):
@@ -64,7 +54,7 @@ LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
 
 
 def _runs(port: int, **tags: str) -> list[dict]:
-    found = _graphql(port, RUNS, {"tags": [{"key": k, "value": v} for k, v in tags.items()]})
+    found = graphql(port, RUNS, {"tags": [{"key": k, "value": v} for k, v in tags.items()]})
     return found["runsOrError"]["results"]
 
 
@@ -133,13 +123,13 @@ def _in_range(home: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_dagster_dev_shows_the_dicomweb_sensor_with_its_cursor_and_runs_a_date_range_backfill(dagster_dev):
     port, home = dagster_dev
-    _until("the code location loading", lambda: _graphql(port, "{ repositoriesOrError { __typename } }"))
-    started = _graphql(port, """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) {
+    _until("the code location loading", lambda: graphql(port, "{ repositoriesOrError { __typename } }"))
+    started = graphql(port, """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) {
         ... on Sensor { sensorState { status } } ... on PythonError { message } } }""", {"s": SENSOR})
     assert started["startSensor"]["sensorState"]["status"] == "RUNNING", started
 
     def opening_tick():
-        state = _graphql(port, SENSOR_STATE, {"s": SENSOR})["sensorOrError"]["sensorState"]
+        state = graphql(port, SENSOR_STATE, {"s": SENSOR})["sensorOrError"]["sensorState"]
         opened = [k for t in state["ticks"] for r in t["dynamicPartitionsRequestResults"] for k in r["partitionKeys"]]
         return state if opened else None
 
@@ -159,7 +149,7 @@ def test_dagster_dev_shows_the_dicomweb_sensor_with_its_cursor_and_runs_a_date_r
     expected = _in_range(home)
     assert sum(expected.values()) == 3  # the three WG04-dated instances, whichever batches hold them
 
-    launched = _graphql(port, LAUNCH, {"p": {"selector": {**LOCATION, "jobName": "dicomweb_backfill_job"},
+    launched = graphql(port, LAUNCH, {"p": {"selector": {**LOCATION, "jobName": "dicomweb_backfill_job"},
                                              "runConfigData": {"ops": {"open_dicomweb_range": {"config": {
                                                  "study_date_from": RANGE[0], "study_date_to": RANGE[1]}}}}}})
     assert launched["launchRun"]["__typename"] == "LaunchRunSuccess", launched
@@ -182,7 +172,7 @@ def test_dagster_dev_shows_the_dicomweb_sensor_with_its_cursor_and_runs_a_date_r
         == sorted(expected)
     assert list_batches(home) == batches and not list(home.glob("batches/*/reingest.json"))
     # exactly the range read and normalised again, as normalized_images reported in those runs
-    events = _graphql(port, """{ assetOrError(assetKey: {path: ["normalized_images"]}) { ... on Asset {
+    events = graphql(port, """{ assetOrError(assetKey: {path: ["normalized_images"]}) { ... on Asset {
         assetMaterializations(limit: 20) { runId metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }""")
     reported = {e["runId"]: {m["label"]: m.get("intValue") for m in e["metadataEntries"]}
                 for e in events["assetOrError"]["assetMaterializations"]}

@@ -4,14 +4,12 @@ dropped into the watched folder; the sensor's runs and the search refresh are fo
 the result is searched, a headless Chromium takes a picture of the asset graph
 (tests/artifacts/asset_graph.png), and an embedding backfill is launched as the UI launches it."""
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +20,7 @@ from medvec.sample.writer import write_sample_data
 from medvec.search.configured import open_search
 from medvec.settings import Settings
 from tests.conftest import ARTIFACTS, CHROMIUM, free_port
+from tests.dagster_graphql import graphql
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,21 +28,12 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"query": query, "variables": variables or {}}).encode())
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        payload = json.loads(answer.read())
-    assert not payload.get("errors"), payload["errors"]
-    return payload["data"]
-
-
 RUNS = """query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs { results {
     runId status jobName tags { key value } } } } }"""
 
 
 def _runs(port: int, **tags: str) -> list[dict]:
-    found = _graphql(port, RUNS, {"tags": [{"key": k, "value": v} for k, v in tags.items()]})
+    found = graphql(port, RUNS, {"tags": [{"key": k, "value": v} for k, v in tags.items()]})
     return [{**run, "tags": {t["key"]: t["value"] for t in run["tags"]}} for run in found["runsOrError"]["results"]]
 
 
@@ -81,12 +71,12 @@ def test_a_download_is_picked_up_embedded_indexed_backfilled_and_shown(tmp_path)
     try:
         def answering():
             try:
-                return _graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+                return graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
             except OSError:
                 return None
 
         _wait("dagster dev answering GraphQL", 180, answering, log)
-        started = _graphql(port, """mutation { startSensor(sensorSelector: {repositoryLocationName: "medvec",
+        started = graphql(port, """mutation { startSensor(sensorSelector: {repositoryLocationName: "medvec",
             repositoryName: "__repository__", sensorName: "incoming_folder_sensor"}) { __typename } }""")
         assert started["startSensor"]["__typename"] == "Sensor", started  # `dagster sensor start` does the same
 
@@ -131,14 +121,14 @@ def test_a_download_is_picked_up_embedded_indexed_backfilled_and_shown(tmp_path)
         assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
 
         # A backfill of every batch's embeddings, launched as the UI's "Materialize → all partitions" does.
-        launched = _graphql(port, """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(
+        launched = graphql(port, """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(
             backfillParams: $params) { __typename ... on LaunchBackfillSuccess { backfillId }
             ... on PythonError { message } } }""", {"params": {
             "partitionNames": batches, "assetSelection": [{"path": ["image_embeddings"]}]}})
         backfill_id = launched["launchPartitionBackfill"]["backfillId"]
 
         def backfill_done():
-            status = _graphql(port, """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+            status = graphql(port, """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
                 ... on PartitionBackfill { status } } }""", {"id": backfill_id})["partitionBackfillOrError"]["status"]
             assert status not in ("FAILED", "CANCELED", "COMPLETED_FAILED"), status
             return status == "COMPLETED_SUCCESS" or status == "COMPLETED"
