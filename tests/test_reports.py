@@ -148,6 +148,16 @@ def test_a_batch_reads_its_report_files_and_the_indiana_rows_for_its_images(tmp_
     assert "could not be parsed" in errors[0].message
 
 
+def test_a_pacs_batch_looks_for_no_companion_report_files(caplog):
+    """A DICOMweb root holds instances only: no Indiana CSV is asked for, so nothing is logged as unreadable."""
+    root = "http://127.0.0.1:9/dicom-web"  # the discard port: any request would fail loudly
+    files = [SourceFile(f"{root}/studies/1.2/series/1.2.3/instances/1.2.3.4", 1, 0.0)]
+    manifest = BatchManifest(batch="b1", source=root, created_at="", files=files)
+    with caplog.at_level("WARNING"):
+        assert read_batch_reports(manifest) == ([], [])
+    assert not [r for r in caplog.records if "could not read" in r.getMessage()]
+
+
 # --- the ingested sample ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

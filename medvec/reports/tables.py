@@ -19,6 +19,7 @@ from medvec.reports.parse import (INDIANA_PROJECTIONS, INDIANA_REPORTS, REPORT_R
                             is_report_file, parse_indiana, parse_report_file, report_table_schema,
                             reports_table)
 from medvec.sources import open_source
+from medvec.sources.dicomweb import is_dicomweb_root
 from medvec.tables.database import open_table_if_exists
 from medvec.storage import HomePath, is_missing_object, read_parquet, write_parquet
 
@@ -46,7 +47,8 @@ def read_batch_reports(manifest: BatchManifest, s3_endpoint_url: str | None = No
             errors.append(IngestError(entry.uri, manifest.batch, "report", type(exc).__name__,
                                       f"report could not be read ({exc.strerror or exc})"))
     stems = {file_stem(f.uri) for f in manifest.files if not is_report_file(f.uri)}
-    pair = _read_indiana_pair(source, manifest.source)
+    # A PACS holds instances only: the Indiana pair's CSV files live beside images in folders and buckets.
+    pair = None if is_dicomweb_root(manifest.source) else _read_indiana_pair(source, manifest.source)
     if pair is not None:
         reports_uri, reports_text, projections_text = pair
         for record in parse_indiana(reports_text, projections_text, reports_uri, manifest.batch):
