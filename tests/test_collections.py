@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from medvec.embedders.shared import SharedEmbedders
 from medvec.search.configured import open_search
 from medvec.serve.collections import OpenCollections, UnknownCollection
 from medvec.serve.http_api import collection_apps, create_app
@@ -120,8 +121,9 @@ def test_a_bad_collection_name_is_one_line_and_exit_2(two_collections):
 def api(two_collections):
     """`medvec serve --collection chest` in process: chest without ?collection=, derm with it."""
     settings = two_collections.settings.for_collection("chest")
-    search = open_search(settings)
-    collections = collection_apps(settings, token=TOKEN)
+    embedders = SharedEmbedders()  # as `medvec serve` opens them
+    search = open_search(settings, embedders=embedders)
+    collections = collection_apps(settings, embedders=embedders, token=TOKEN)
     app = create_app(search, settings.home, token=TOKEN, collections=collections)
     with running(app) as base_url:
         with httpx.Client(base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
@@ -166,6 +168,27 @@ def test_at_most_max_open_collections_stay_open_and_a_held_one_closes_when_relea
     assert closed == ["chest"]
     with pytest.raises(UnknownCollection, match="known: chest, derm"):
         collections.acquire("neuro")
+
+
+def test_collections_with_one_model_share_one_encoder_until_the_last_closes(two_collections):
+    embedders = SharedEmbedders()
+    chest = open_search(two_collections.settings.for_collection("chest"), embedders=embedders)
+    derm = open_search(two_collections.settings.for_collection("derm"), embedders=embedders)
+    try:
+        # Texts no fallback query holds, so each search has to encode them.
+        assert {h.image_id for h in chest.search_text("itchy red plaque on the forearm", k=50).hits} == \
+            two_collections.ids["chest"]
+        assert {h.image_id for h in derm.search_text("itchy red plaque on the forearm", k=50).hits} == \
+            two_collections.ids["derm"]
+        assert chest.info()["encoder_loaded"] and derm.info()["encoder_loaded"]
+        assert embedders.loaded() == 1
+        chest.close()
+        assert embedders.loaded() == 1  # derm still holds it, and still answers novel texts
+        assert derm.search_text("scaly patch behind the knee", k=1).hits
+    finally:
+        chest.close()
+        derm.close()
+    assert embedders.loaded() == 0
 
 
 # --- MCP --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from medvec.home import collection_names
 from medvec.serve.schema import REQUEST_COLLECTION, CollectionsOut
 from medvec.settings import Settings
 
-#: Open collections at most: each holds its own search (and, once asked a novel text, its own encoder).
+#: Open collections at most: each holds its own search; collections with one model share its encoder.
 MAX_OPEN = 4
 COLLECTION_HELP = "the collection to search (GET /api/collections lists them; default: the server's own)"
 

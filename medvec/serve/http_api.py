@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from medvec.embedders.shared import SharedEmbedders
 from medvec.search.images import ImageSearch, NotIndexed
 from medvec.search.reports import ReportSearch
 from medvec.serve.api_docs import add_offline_docs
@@ -116,7 +117,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
               file=sys.stderr)
         return 1
     _one_thread_per_query()
-    search = open_search(settings, model)
+    embedders = SharedEmbedders()  # one encoder per model, whichever collections ask
+    search = open_search(settings, model, embedders=embedders)
     print(_describe(search), flush=True)
     url = f"http://{_display_host(host)}:{listener.getsockname()[1]}/"
     print(f"medvec serve: open {url}  (API docs at {url}docs)" +
@@ -128,7 +130,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
         print("medvec serve: only loopback names are answered; set MEDVEC_ALLOWED_HOSTS to the host names "
               "clients use for this machine", flush=True)
     # No access log: request lines carry image ids and query text, and `/?token=` would put the token there.
-    collections = collection_apps(settings, model, token=token, allowed_hosts=allowed)
+    collections = collection_apps(settings, model, embedders, token=token, allowed_hosts=allowed)
     app = create_app(search, settings.home, token=token, allowed_hosts=allowed, collections=collections)
     config = uvicorn.Config(app, access_log=False, log_level="warning")
     try:
@@ -142,12 +144,14 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, mode
     return 0
 
 
-def collection_apps(settings: Settings, model: str | None = None, **app_options) -> OpenCollections:
-    """The other collections of the settings' home, each its own app over its own search when first asked."""
+def collection_apps(settings: Settings, model: str | None = None, embedders: SharedEmbedders | None = None,
+                    **app_options) -> OpenCollections:
+    """The other collections of the settings' home, each its own app over its own search when first asked;
+    their encoders come from `embedders` (one per model) when given."""
     from medvec.search.configured import open_search
 
     def open_app(collection: Settings) -> FastAPI:
-        search = open_search(collection, model)
+        search = open_search(collection, model, embedders=embedders)
         app = create_app(search, collection.home, **app_options)
         app.state.search = search  # closed when the app leaves the open collections
         return app

@@ -21,6 +21,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
+from medvec.embedders.shared import SharedEmbedders
 from medvec.search.feedback import TEXT_WEIGHT, Refinement
 from medvec.search.reports import NoReports, ReportSearch
 from medvec.search.probe_rerank import search_text_reranked
@@ -326,8 +327,9 @@ def run_stdio(settings: Settings, model: str | None = None) -> int:
     # Whatever a library prints while loading must not reach the client as a protocol message;
     # once serving, the SDK itself points fd 1 at stderr for the same reason.
     with contextlib.redirect_stdout(sys.stderr):
-        search = open_search(settings, model)
-        collections = collection_searches(settings, model)
+        embedders = SharedEmbedders()  # one encoder per model, whichever collections the tools name
+        search = open_search(settings, model, embedders=embedders)
+        collections = collection_searches(settings, model, embedders)
         server = build_server(search, settings.home, collections)
     log.info("MCP server for %s on stdio", search.table_name)
     try:
@@ -340,12 +342,14 @@ def run_stdio(settings: Settings, model: str | None = None) -> int:
     return 0
 
 
-def collection_searches(settings: Settings, model: str | None = None) -> OpenCollections[Opened]:
-    """The other collections of the settings' home, each its own search when a tool first names it."""
+def collection_searches(settings: Settings, model: str | None = None,
+                        embedders: SharedEmbedders | None = None) -> OpenCollections[Opened]:
+    """The other collections of the settings' home, each its own search when a tool first names it; their
+    encoders come from `embedders` (one per model) when given."""
     from medvec.search.configured import open_search
 
     def open_collection(collection: Settings) -> Opened:
-        search = open_search(collection, model)
+        search = open_search(collection, model, embedders=embedders)
         return search, ReportSearch(search), as_path(collection.home)
 
     return OpenCollections(settings, open_collection, lambda opened: opened[0].close())
