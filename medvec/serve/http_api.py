@@ -49,7 +49,8 @@ def create_app(search: ImageSearch, home: HomePath, *, token: str | None = None,
     With `collections`, `?collection=NAME` on /api/* is answered by that collection's own app, and
     /api/collections lists them."""
     app = FastAPI(title="Medvec search", version="1", summary="Text → image, image → image and find-similar "
-                  "search over embedded chest X-rays, and their radiology reports.", docs_url=None)
+                  "search over embedded medical images (chest X-rays, dermatology photographs ...) and their "
+                  "reports.", docs_url=None)
     add_offline_docs(app)  # /docs from local Swagger UI files: FastAPI's default loads them from a CDN
     reports = ReportSearch(search)  # one per app, like `search`: it keeps the reports and their links loaded
     home = as_path(home).resolve()

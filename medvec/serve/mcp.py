@@ -42,10 +42,10 @@ MAX_THUMBNAILS = 8
 MAX_THUMBNAIL_BYTES = 512 * 1024
 
 INSTRUCTIONS = """\
-Medvec searches a collection of de-identified chest X-rays (DICOM normalised to WebP) by embedding
-similarity. Use search_medical_images to find images matching a text description, find_similar_images
-to find images that look like one you already have (by image_id), and get_image_metadata for one
-image's details. Where the collection has radiology reports, search_reports finds the studies whose
+Medvec searches a collection of de-identified medical images (chest X-rays from DICOM, PNG or JPEG,
+dermatology photographs ..., normalised to WebP) by embedding similarity. Use search_medical_images to
+find images matching a text description, find_similar_images to find images that look like one you
+already have (by image_id), and get_image_metadata for one image's details. Where the collection has radiology reports, search_reports finds the studies whose
 reports match a text (with the matching passage) and the images found directly or through those
 reports, and get_image_reports gives an image's report (indication, findings, impression).
 search_studies answers whole studies (views and reports together) for a text, an image_id or both,
@@ -106,11 +106,11 @@ def build_server(search: ImageSearch, home: HomePath, collections: OpenCollectio
     """An MCP server whose tools answer from `search` and its reports; thumbnails are read from under `home`.
     With `collections`, a tool's `collection` argument asks that collection of the home instead."""
     known = f" This home's collections: {', '.join(collections.names()) or 'none'}." if collections else ""
-    server = MCPServer("medvec", title="Medvec chest X-ray search", instructions=INSTRUCTIONS + known,
+    server = MCPServer("medvec", title="Medvec medical image search", instructions=INSTRUCTIONS + known,
                        version=_version(), log_level="WARNING")
-    titles = ("Search chest X-rays by text", "Find similar chest X-rays", "Get one chest X-ray's metadata",
-              "Search radiology reports and their chest X-rays", "Get one chest X-ray's reports",
-              "Search chest X-ray studies, refined by feedback")
+    titles = ("Search medical images by text", "Find similar medical images", "Get one image's metadata",
+              "Search reports and their images", "Get one image's reports",
+              "Search studies, refined by feedback")
     pick = _picker((search, ReportSearch(search), as_path(home)), collections)
     for tool, title in zip(_image_tools(pick) + _report_tools(pick) + (_study_tool(pick),), titles, strict=True):
         # The docstring is what the assistant reads; cleandoc drops the code's indentation.
@@ -147,7 +147,7 @@ def _image_tools(pick) -> tuple:
                               modality: Modality = None, split: Split = None, thumbnails: Thumbnails = 0,
                               rerank: Rerank = None, collection: Collection = None
                               ) -> Annotated[CallToolResult, SearchAnswer]:
-        """Find chest X-rays in the collection that match a text description, best match first.
+        """Find images in the collection that match a text description, best match first.
 
         Returns up to k hits, each with image_id, score (cosine similarity, for ranking only: not a
         probability or a diagnosis), rank, view_position, modality, labels, split and study_id.
@@ -166,7 +166,7 @@ def _image_tools(pick) -> tuple:
     def find_similar_images(image_id: ImageId, k: K = 10, view: View = None, labels: Labels = None,
                             modality: Modality = None, split: Split = None, thumbnails: Thumbnails = 0,
                             collection: Collection = None) -> Annotated[CallToolResult, SearchAnswer]:
-        """Find the chest X-rays that look most like a given image in the collection (itself excluded).
+        """Find the images that look most like a given image in the collection (itself excluded).
 
         image_id comes from a previous search result. Returns up to k hits in the same shape as
         search_medical_images; the same filters apply (any-of within a filter, AND across filters).
@@ -250,7 +250,7 @@ def _study_tool(pick):
                        study_score: StudyScore = "best", k: K = 10, view: View = None, labels: Labels = None,
                        modality: Modality = None, split: Split = None,
                        collection: Collection = None) -> Annotated[CallToolResult, StudySearchAnswer]:
-        """Find chest X-ray studies: each hit is one study with its views (best first) and reports.
+        """Find studies: each hit is one study with its views (best first) and reports.
 
         Ask with a text (query), a stored image (image_id, itself excluded), or both: "this image, with
         effusion" combines them, text_weight the text's share (0-1). Refine by marking image_ids from
