@@ -153,6 +153,20 @@ def test_csv_row_matches_by_relative_path_before_file_name(pseudonymizer):
     assert table.lookup("/elsewhere/img.png") is None  # ambiguous by name alone
 
 
+def test_a_label_column_that_is_not_chest_findings_keeps_the_datasets_own_labels(pseudonymizer):
+    """A fundus or dermatology set's labels.csv keeps its own conditions (they become the collection's
+    vocabulary); a chest set's names still map into the CheXpert findings, with the odd ones left over."""
+    own = MetadataTable.from_csv_text(
+        "path,labels\na.png,Diabetic Retinopathy|Glaucoma\nb.png,Glaucoma\nc.png,none\nd.png,Effusion\n",
+        pseudonymizer)
+    assert own.lookup("a.png").labels == ["Diabetic Retinopathy", "Glaucoma"]
+    assert own.lookup("c.png").labels == [] and own.lookup("d.png").labels == ["Effusion"]
+    assert "unmapped_labels" not in own.lookup("a.png").extra
+    chest = MetadataTable.from_csv_text("path,labels\na.png,Effusion|Hernia\nb.png,Edema\n", pseudonymizer)
+    assert chest.lookup("a.png").labels == ["Pleural Effusion"]
+    assert chest.lookup("a.png").extra["unmapped_labels"] == "Hernia"
+
+
 def test_nih1000_pngs_with_labels_csv(pseudonymizer):
     root = SHARED_DATA / "nih1000"
     if not (root / "labels.csv").exists():

@@ -74,8 +74,21 @@ def map_labels(names) -> tuple[list[str], list[str]]:
 def labels_from_terms(text: str) -> tuple[list[str], list[str]]:
     """Open-I MeSH problems ("Cardiomegaly/mild;Pulmonary Atelectasis/base/left") or NIH
     "A|B" strings: split on | ; , and drop "/qualifiers"."""
-    terms = [t.split("/")[0] for t in re.split(r"[|;,]", text or "")]
-    return map_labels(terms)
+    return map_labels(split_terms(text))
+
+
+def split_terms(text: str) -> list[str]:
+    """A label cell's terms: split on | ; , with "/qualifiers" dropped, blanks and none / nan left out."""
+    terms = (t.split("/")[0].strip() for t in re.split(r"[|;,]", text or ""))
+    return [t for t in terms if t and t.lower() not in ("none", "nan")]
+
+
+def are_chest_findings(terms) -> bool:
+    """Whether a label column speaks chest findings: at least half of its distinct terms map into the
+    vocabulary (NIH's 15 names do, with Emphysema, Fibrosis and Hernia left over); a dermatology or
+    fundus set's own conditions do not, and are kept as the dataset spells them."""
+    distinct = {" ".join(t.lower().split()) for t in terms}
+    return bool(distinct) and 2 * sum(1 for t in distinct if to_finding(t)) >= len(distinct)
 
 
 #: Names to look for in report text, longest first so "pleural effusion" wins over "effusion".

@@ -12,7 +12,8 @@ import io
 import logging
 from dataclasses import dataclass, field
 
-from medvec.datasets.labels import chexpert_columns, chexpert_row, labels_from_findings_text, labels_from_terms
+from medvec.datasets.labels import (are_chest_findings, chexpert_columns, chexpert_row, labels_from_findings_text,
+                                    labels_from_terms, split_terms)
 from medvec.datasets.splits import normalize_split
 from medvec.phi import Pseudonymizer, is_identifying_column
 
@@ -99,11 +100,17 @@ class MetadataTable:
         keep = [h for h in reader.fieldnames if h and h not in known and h not in dropped]
 
         rows: dict[str, ImageMetadata] = {}
-        for row in reader:
+        records = list(reader)
+        # A label column of chest findings maps into the CheXpert vocabulary; any other set's labels
+        # (dermatology conditions, fundus grades) are kept as the dataset spells them.
+        own_labels = label_col is not None and not are_chest_findings(
+            [t for r in records if not _is_findings_text(text := (r.get(label_col) or "").strip())
+             for t in split_terms(text)])
+        for row in records:
             path = (row.get(file_col) or "").strip()
             if not path:
                 continue
-            labels, notes = _labels(row, label_col, finding_cols)
+            labels, notes = _labels(row, label_col, finding_cols, own_labels)
             extra = {_norm(k).replace(" ", "_"): (row.get(k) or "").strip() for k in keep if (row.get(k) or "").strip()}
             rows[_path_key(path)] = ImageMetadata(
                 labels=labels,
@@ -125,9 +132,15 @@ class MetadataTable:
         return self._by_name.get(parts[-1])
 
 
-def _labels(row: dict, label_col: str | None, finding_cols: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """Findings in the one vocabulary (medvec.datasets.labels), plus notes for `extra`: labels that did not
-    map, and CheXpert's uncertain (-1) findings."""
+def _is_findings_text(text: str) -> bool:
+    """A sentence of findings text (Open-I style), not a list of terms."""
+    return len(text) > 80 or ". " in text
+
+
+def _labels(row: dict, label_col: str | None, finding_cols: dict[str, str],
+            own_labels: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Findings in the chest vocabulary (medvec.datasets.labels), or with `own_labels` the row's terms as
+    written, plus notes for `extra`: labels that did not map, and CheXpert's uncertain (-1) findings."""
     notes: dict[str, str] = {}
     if finding_cols:
         labels, uncertain = chexpert_row(row, finding_cols)
@@ -137,8 +150,10 @@ def _labels(row: dict, label_col: str | None, finding_cols: dict[str, str]) -> t
     text = (row.get(label_col) or "").strip() if label_col else ""
     if text.lower() in NO_LABEL_VALUES:
         return [], notes
-    if len(text) > 80 or ". " in text:  # a sentence of findings text (Open-I style), not a list of terms
+    if _is_findings_text(text):
         return labels_from_findings_text(text), notes
+    if own_labels:
+        return list(dict.fromkeys(split_terms(text))), notes
     labels, unmapped = labels_from_terms(text)
     if unmapped:
         notes["unmapped_labels"] = "|".join(unmapped)
