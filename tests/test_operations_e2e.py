@@ -20,7 +20,7 @@ from medvec.sample.writer import write_sample_data
 from medvec.search.configured import open_search
 from medvec.settings import Settings
 from tests.conftest import ARTIFACTS, CHROMIUM, free_port
-from tests.dagster_graphql import graphql
+from tests.dagster_graphql import failed_runs, graphql
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -90,7 +90,7 @@ def test_a_download_is_picked_up_embedded_indexed_backfilled_and_shown(tmp_path)
         def batches_done():
             runs = [r for r in _runs(port, **{"dagster/sensor_name": "incoming_folder_sensor"})
                     if "dagster/partition" in r["tags"]]
-            assert not [r for r in runs if r["status"] in ("FAILURE", "CANCELED")], runs
+            assert not failed_runs(port, runs)
             opened = list_batches(home)
             return runs if opened and len(runs) == len(opened) and all(r["status"] == "SUCCESS" for r in runs) else None
 
