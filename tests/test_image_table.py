@@ -124,3 +124,32 @@ def test_writers_racing_to_create_the_table_all_land(tmp_path, round_):
         writer.join(120)
         assert writer.exitcode == 0
     assert len(_ids(uri)) == 3 * 20
+
+
+def _write_reports_after(barrier, db_uri: str, batch: str) -> None:
+    from medvec.reports.parse import ReportRecord
+    from medvec.reports.tables import open_report_table, upsert_batch_reports
+
+    records = [ReportRecord(f"{batch}-{i}", batch, f"/r/{batch}/{i}.txt", "mimic", f"s{i}", impression="clear")
+               for i in range(10)]
+    barrier.wait(60)  # every writer reaches open_report_table together, with no table yet
+    table = open_report_table(database.connect(db_uri), "reports_tiny", 8)
+    upsert_batch_reports(table, batch, records, _vectors(10), "m")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", range(3))
+def test_writers_racing_to_create_the_reports_table_all_land(tmp_path, round_):
+    """Batch runs of one home write their reports at once: the report table's creation races as the
+    image table's does, and every writer's reports land."""
+    uri = str(tmp_path / "db")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    writers = [context.Process(target=_write_reports_after, args=(barrier, uri, f"b{w}")) for w in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    assert database.connect(uri).open_table("reports_tiny").count_rows() == 3 * 10
+

@@ -95,16 +95,9 @@ def report_embedding_text(record: ReportRecord) -> str:
 
 
 def open_report_table(db, name: str, dim: int):
-    from medvec.tables.images import TableDimensionMismatch, table_dim
+    from medvec.tables.images import TableDimensionMismatch, create_keyed_table, table_dim
 
-    table = open_table_if_exists(db, name)
-    if table is None:
-        table = db.create_table(name, schema=report_table_schema(dim), exist_ok=True)
-        try:
-            table.set_unenforced_primary_key("report_id")
-        except ValueError as exc:
-            if "already set" not in str(exc):
-                raise
+    table = open_table_if_exists(db, name) or create_keyed_table(db, name, report_table_schema(dim), "report_id")
     if table_dim(table) != dim:
         raise TableDimensionMismatch(f"table {name} holds {table_dim(table)}-d vectors; this model gives {dim}-d")
     return table

@@ -51,25 +51,30 @@ def open_image_table(db, name: str, dim: int):
 
 
 def _create_image_table(db, name: str, dim: int):
-    """Create the table and set its key, or open the one another writer created meanwhile.
+    table = create_keyed_table(db, name, image_table_schema(dim), "image_id")
+    missing = set(image_table_schema(dim).names) - set(table.schema.names)
+    if missing:
+        raise ValueError(f"table {name} exists without the column(s) {sorted(missing)}; "
+                         "it was not made by this version of Medvec")
+    return table
+
+
+def create_keyed_table(db, name: str, schema: pa.Schema, key: str):
+    """Create the table and set its primary key `key`, or open the one another writer created meanwhile.
 
     `create_table(exist_ok=True)` compares the schema given with the stored one, and the stored one
     carries the primary key's field metadata once the other writer has set it: "Schema Error". That
-    error, with the table now there, means we lost the race; the caller then checks the dimension."""
+    error, with the table now there, means we lost the race; the caller then checks what it needs."""
     try:
-        table = db.create_table(name, schema=image_table_schema(dim), exist_ok=True)
+        table = db.create_table(name, schema=schema, exist_ok=True)
     except ValueError as exc:
         table = open_table_if_exists(db, name)
         if table is None or "schema" not in str(exc).lower():
             raise
-        missing = set(image_table_schema(dim).names) - set(table.schema.names)
-        if missing:
-            raise ValueError(f"table {name} exists without the column(s) {sorted(missing)}; "
-                             "it was not made by this version of Medvec") from exc
         return table
     for attempt in range(5):
         try:
-            table.set_unenforced_primary_key("image_id")
+            table.set_unenforced_primary_key(key)
             return table
         except ValueError as exc:  # another writer created the table and set the key first
             if "already set" not in str(exc):
