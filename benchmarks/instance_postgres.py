@@ -36,12 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.dagster_graphql import graphql  # noqa: E402  (after the root is importable)
 
 PARTITION_HEALTH = """query PartitionHealth($path: [String!]!) {
   assetNodeOrError(assetKey: {path: $path}) {
@@ -151,17 +152,6 @@ def time_instance_reads(instance, keys: list[str], rounds: int) -> dict:
             "has_dynamic_partition": has_one}
 
 
-def _post(port: int, query: str, variables: dict | None = None) -> dict:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        answer = json.loads(response.read())
-    if answer.get("errors"):
-        raise RuntimeError(f"GraphQL errors: {answer['errors'][:2]}")
-    return answer["data"]
-
-
 def start_webserver(env: dict) -> tuple[subprocess.Popen, int]:
     from tests.conftest import free_port
 
@@ -172,7 +162,7 @@ def start_webserver(env: dict) -> tuple[subprocess.Popen, int]:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
-            if _post(port, "{ assetNodes { id } }")["assetNodes"]:
+            if graphql(port, "{ assetNodes { id } }")["assetNodes"]:
                 return server, port
         except OSError:
             time.sleep(1)
@@ -194,18 +184,18 @@ def time_graphql(env: dict, count: int, rounds: int) -> dict:
         report = {}
         for asset in ("normalized_images", "image_embeddings"):
             first = time.perf_counter()
-            node = _post(port, PARTITION_HEALTH, {"path": [asset]})["assetNodeOrError"]
+            node = graphql(port, PARTITION_HEALTH, {"path": [asset]})["assetNodeOrError"]
             first = time.perf_counter() - first
             assert len(node["partitionKeysByDimension"][0]["partitionKeys"]) >= count
             assert len(node["assetPartitionStatuses"]["materializedPartitions"]) == count
-            timing, _ = _timed(lambda: _post(port, PARTITION_HEALTH, {"path": [asset]}), rounds)
+            timing, _ = _timed(lambda: graphql(port, PARTITION_HEALTH, {"path": [asset]}), rounds)
             report[f"partition_health_{asset}"] = {**timing, "first_ms": round(first * 1000, 1)}
         first = time.perf_counter()
-        nodes = _post(port, CATALOG_STATS)["assetNodes"]
+        nodes = graphql(port, CATALOG_STATS)["assetNodes"]
         first = time.perf_counter() - first
         stats = {"/".join(n["assetKey"]["path"]): n["partitionStats"] for n in nodes}
         assert stats["normalized_images"]["numMaterialized"] == count
-        timing, _ = _timed(lambda: _post(port, CATALOG_STATS), rounds)
+        timing, _ = _timed(lambda: graphql(port, CATALOG_STATS), rounds)
         report["catalog_partition_stats"] = {**timing, "first_ms": round(first * 1000, 1)}
         return report
     finally:

@@ -1,4 +1,5 @@
-"""One GraphQL request to a test's own `dagster dev`: the tests that drive the UI's API share it."""
+"""One GraphQL request to a local `dagster dev` or `dagster-webserver`: the tests that drive the UI's API and
+benchmarks/instance_postgres.py share it."""
 
 from __future__ import annotations
 
@@ -6,14 +7,20 @@ import json
 import urllib.request
 
 
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    """The answer's `data`; a GraphQL error fails the test with the server's words."""
+class GraphQLError(RuntimeError):
+    """The server answered with GraphQL errors (its words are the message)."""
+
+
+def graphql(port: int, query: str, variables: dict | None = None, timeout_s: float = 120) -> dict:
+    """The answer's `data`; GraphQL errors raise GraphQLError with the server's words, so a test fails on them
+    (an unreachable server raises OSError, which a caller waiting for start-up catches)."""
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         answer = json.loads(response.read())
-    assert not answer.get("errors"), answer["errors"]
+    if answer.get("errors"):
+        raise GraphQLError(f"GraphQL errors: {answer['errors'][:2]}")
     return answer["data"]
 
 
