@@ -21,6 +21,7 @@ class FileServer:
         self.files, self.served_bodies, self.prefix = files, served or {}, prefix
         self.bucket, self.page_size = bucket, page_size
         self.bytes_served: dict[str, int] = {}
+        self.counting = threading.Lock()  # one handler thread per request
         self.cut_once: dict[str, int] = {}  # path -> byte count after which the first response is cut
         self.listing_pages = 0
         expected = "Basic " + base64.b64encode(":".join(credentials).encode()).decode() if credentials else None
@@ -66,9 +67,11 @@ class FileServer:
                     return self._empty(416, **{"Content-Range": f"bytes */{len(body)}"})
                 chunk = body[start:]
                 cut = outer.cut_once.pop(path, None)
+                # Counted before the write: once the client has the last byte it may read the count at once.
+                with outer.counting:
+                    outer.bytes_served[path] = outer.bytes_served.get(path, 0) + len(chunk[:cut])
                 self._send(206 if start else 200, chunk[:cut] if cut is not None else chunk, len(chunk),
                            **({"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"} if start else {}))
-                outer.bytes_served[path] = outer.bytes_served.get(path, 0) + len(chunk[:cut])
 
             def _send(self, status: int, body: bytes, length: int | None = None, **headers: str) -> None:
                 self.send_response(status)
