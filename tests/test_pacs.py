@@ -212,7 +212,12 @@ def test_storescu_push_ends_with_every_image_searchable(receiver, sample, settin
                                 capture_output=True, text=True, timeout=120)
         assert pushed.returncode == 0, pushed.stderr
     studies = [p for p in out.iterdir() if p.is_dir()]
-    assert all((s / ".done").exists() for s in studies)
+    # The receiver marks a study done on EVT_RELEASED, which pynetdicom fires after the release reply has gone
+    # out: storescu may have exited first. The deadline only ends a hang.
+    deadline = time.monotonic() + 120
+    while not all((s / ".done").exists() for s in studies):
+        assert time.monotonic() < deadline, "the receiver did not mark every study done"
+        time.sleep(0.05)
     files = sorted(out.rglob("*.dcm"))
     assert sorted(str(pydicom.dcmread(f).SOPInstanceUID) for f in files) == sorted(sample)
 
